@@ -1,0 +1,110 @@
+//! Global counter indices of [`crate::MAP_STATS`]: one per verdict reason.
+//!
+//! Every packet the XDP program sees increments exactly one verdict counter (all but the two
+//! event counters [`CT_BACKEND_DOWN`] and [`NEW_FLOW`], which count events on top of the
+//! verdict), plus, when it belongs to a service, that service's and backend's
+//! [`crate::FlowStats`]. The name in [`COUNTER_NAMES`] is the `reason` label of the
+//! `lb_packets_total` metric.
+
+/// Not IPv4 or IPv6 (ARP, LLDP, ...): `XDP_PASS`.
+pub const PASS_NON_IP: u32 = 0;
+/// IPv6: `XDP_PASS` (lb forwards IPv4 only for now).
+pub const PASS_IPV6: u32 = 1;
+/// Frame shorter than an Ethernet header, or an IPv4 header that is truncated, has a version
+/// other than 4, a header length below 20 or a total length that disagrees with the frame:
+/// `XDP_DROP`.
+pub const DROP_MALFORMED: u32 = 2;
+/// IPv4 not addressed to a VIP and not a reply of a tracked flow: `XDP_PASS`.
+pub const PASS_NOT_SERVICE: u32 = 3;
+/// To a VIP but not TCP (ICMP, UDP, ...): `XDP_PASS` so the kernel can answer (e.g. ping).
+pub const PASS_VIP_NON_TCP: u32 = 4;
+/// TCP to a VIP on a port that has no service: `XDP_PASS`.
+pub const PASS_VIP_NO_SERVICE: u32 = 5;
+/// IPv4 fragment addressed to a VIP: `XDP_DROP` (lb does not reassemble).
+pub const DROP_VIP_FRAGMENT: u32 = 6;
+/// IPv4 header with options addressed to a VIP: `XDP_DROP`.
+pub const DROP_VIP_IP_OPTIONS: u32 = 7;
+/// TCP header truncated or with a data offset below 5 (to a VIP or a tracked reply):
+/// `XDP_DROP`.
+pub const DROP_MALFORMED_TCP: u32 = 8;
+/// TTL <= 1 on a packet lb would forward: `XDP_PASS`, the kernel sends ICMP time exceeded.
+pub const PASS_TTL_EXCEEDED: u32 = 9;
+/// Non-SYN TCP to a service with no (live) conntrack entry: `XDP_DROP`.
+pub const DROP_NO_CONNTRACK: u32 = 10;
+/// SYN to a service with no usable backend: answered with RST+ACK (`XDP_TX`).
+pub const TX_RST_NO_BACKEND: u32 = 11;
+/// No free SNAT port after [`crate::SNAT_PORT_ATTEMPTS`] tries (or no SNAT address):
+/// `XDP_DROP`; the client retransmits its SYN.
+pub const DROP_SNAT_EXHAUSTED: u32 = 12;
+/// Conntrack insert failed (map error): `XDP_DROP`.
+pub const DROP_CONNTRACK_FULL: u32 = 13;
+/// Forwarded client -> backend with `XDP_REDIRECT` or `XDP_TX`.
+pub const FWD_TO_BACKEND: u32 = 14;
+/// Forwarded backend -> client with `XDP_REDIRECT` or `XDP_TX`.
+pub const FWD_TO_CLIENT: u32 = 15;
+/// Rewritten but the next hop's MAC is unknown (`BPF_FIB_LKUP_RET_NO_NEIGH`): `XDP_PASS` of
+/// the rewritten packet so the kernel resolves the neighbour and forwards it.
+pub const PASS_FIB_NO_NEIGH: u32 = 16;
+/// No route to the rewritten destination, forwarding disabled, or MTU exceeded: `XDP_DROP`.
+pub const DROP_FIB_FAILED: u32 = 17;
+/// The egress interface is not in [`crate::MAP_TX_PORTS`]: the rewritten packet is passed
+/// to the kernel (`XDP_PASS`), which forwards it.
+pub const PASS_NO_TX_PORT: u32 = 18;
+/// A tracked flow's backend is down: the flow was re-balanced to a live backend (the packet
+/// is then counted again as forwarded or refused).
+pub const CT_BACKEND_DOWN: u32 = 19;
+/// New flows created (SYN that got a backend and a SNAT port).
+pub const NEW_FLOW: u32 = 20;
+/// Internal error (a map lookup that cannot fail did): `XDP_ABORTED`.
+pub const ABORTED: u32 = 21;
+
+/// Number of global counters.
+pub const NUM_COUNTERS: u32 = 22;
+
+/// Metric label of each counter, indexed by counter index.
+pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
+    "pass_non_ip",
+    "pass_ipv6",
+    "drop_malformed",
+    "pass_not_service",
+    "pass_vip_non_tcp",
+    "pass_vip_no_service",
+    "drop_vip_fragment",
+    "drop_vip_ip_options",
+    "drop_malformed_tcp",
+    "pass_ttl_exceeded",
+    "drop_no_conntrack",
+    "tx_rst_no_backend",
+    "drop_snat_exhausted",
+    "drop_conntrack_full",
+    "fwd_to_backend",
+    "fwd_to_client",
+    "pass_fib_no_neigh",
+    "drop_fib_failed",
+    "pass_no_tx_port",
+    "ct_backend_down",
+    "new_flow",
+    "aborted",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_snake_case() {
+        for (i, a) in COUNTER_NAMES.iter().enumerate() {
+            assert!(a
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit()));
+            for b in &COUNTER_NAMES[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(
+            COUNTER_NAMES[DROP_SNAT_EXHAUSTED as usize],
+            "drop_snat_exhausted"
+        );
+        assert_eq!(COUNTER_NAMES[ABORTED as usize], "aborted");
+    }
+}

@@ -1,0 +1,86 @@
+//! The kernel/user ABI of lb.
+//!
+//! Everything that crosses the boundary between the XDP program (`lb-ebpf`) and the control
+//! plane (`lb-userspace`) is defined here exactly once: map names and default capacities, map
+//! key and value layouts, counter indices, flag bits, and the pure functions both sides must
+//! compute identically (the flow hash and the checksum arithmetic).
+//!
+//! Layout rules (checked by the `const` asserts at the bottom of each module):
+//! - every type is `#[repr(C)]`, `Copy`, with explicit padding fields and no `bool`, `enum` or
+//!   `Option` inside;
+//! - fields that hold network-byte-order values end in `_be`: they hold the packet's bytes as a
+//!   native integer (`u32::from_ne_bytes(addr.octets())`), so the data plane can compare them
+//!   with packet fields without swapping;
+//! - all other integers are in host byte order.
+//!
+//! When a pinned layout changes, bump [`ABI_VERSION`]: maps are pinned under a directory named
+//! after it, so a new `lbd` never reinterprets an old layout.
+#![no_std]
+
+pub mod checksum;
+pub mod counters;
+pub mod hash;
+pub mod maps;
+
+pub use counters::*;
+pub use maps::*;
+
+/// Version of the pinned map layout; part of the pin directory name (`abi1`).
+pub const ABI_VERSION: u32 = 1;
+
+/// Name of the XDP program in the object file.
+pub const PROGRAM_NAME: &str = "lb_xdp";
+
+/// IANA protocol number of TCP.
+pub const IPPROTO_TCP: u8 = 6;
+
+/// TCP header flag bits (byte 13 of the TCP header).
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
+/// Converts an address to the `_be` representation used in map keys and values.
+#[inline(always)]
+pub fn ipv4_to_be(addr: core::net::Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(addr.octets())
+}
+
+/// Converts a `_be` address back to an [`core::net::Ipv4Addr`].
+#[inline(always)]
+pub fn ipv4_from_be(addr_be: u32) -> core::net::Ipv4Addr {
+    core::net::Ipv4Addr::from(addr_be.to_ne_bytes())
+}
+
+/// Converts a host-order port to the `_be` representation.
+#[inline(always)]
+pub fn port_to_be(port: u16) -> u16 {
+    port.to_be()
+}
+
+/// Converts a `_be` port to host order.
+#[inline(always)]
+pub fn port_from_be(port_be: u16) -> u16 {
+    u16::from_be(port_be)
+}
+
+#[cfg(test)]
+extern crate std;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::net::Ipv4Addr;
+
+    #[test]
+    fn be_round_trip() {
+        let a = Ipv4Addr::new(192, 0, 2, 10);
+        assert_eq!(ipv4_from_be(ipv4_to_be(a)), a);
+        assert_eq!(ipv4_to_be(a).to_ne_bytes(), [192, 0, 2, 10]);
+        assert_eq!(port_from_be(port_to_be(8080)), 8080);
+        assert_eq!(port_to_be(0x1234).to_ne_bytes(), [0x12, 0x34]);
+    }
+}

@@ -1,0 +1,374 @@
+//! Map names, default capacities, and the key/value layouts of every BPF map.
+//!
+//! | map | type | key | value | writer |
+//! |---|---|---|---|---|
+//! | [`MAP_SERVICES`] | hash | [`ServiceKey`] | [`ServiceValue`] | lbd |
+//! | [`MAP_VIPS`] | hash | `u32` VIP (`_be`) | [`VipValue`] | lbd |
+//! | [`MAP_BACKENDS`] | array | `u32` backend id | [`BackendValue`] | lbd |
+//! | [`MAP_MAGLEV`] | array | `u32` slot | `u32` backend id | lbd |
+//! | [`MAP_CONNTRACK`] | LRU hash | [`FlowKey`] | [`FlowEntry`] | XDP (lbd deletes expired) |
+//! | [`MAP_CONFIG`] | array (1) | `u32` 0 | [`GlobalConfig`] | lbd |
+//! | [`MAP_SNAT_ADDRS`] | array | `u32` index | `u32` address (`_be`) | lbd |
+//! | [`MAP_TX_PORTS`] | devmap hash | `u32` ifindex | `u32` ifindex | lbd |
+//! | [`MAP_STATS`] | per-CPU array | `u32` [`crate::counters`] index | `u64` | XDP |
+//! | [`MAP_SERVICE_STATS`] | per-CPU array | `u32` service id | [`FlowStats`] | XDP |
+//! | [`MAP_BACKEND_STATS`] | per-CPU array | `u32` backend id | [`FlowStats`] | XDP |
+//!
+//! Capacities marked "default" are set by lbd at load time from the configuration
+//! (`aya::EbpfLoader::set_max_entries`); the values here are what the object file declares.
+
+// ---------------------------------------------------------------------------------------------
+// Map names (symbol names in the object file; also the file names under the pin directory).
+// The kernel keeps at most 15 characters of a map name, so every name fits in 15.
+// ---------------------------------------------------------------------------------------------
+
+/// Services by (VIP, port, protocol).
+pub const MAP_SERVICES: &str = "LB_SERVICES";
+/// The set of VIPs, so VIP-specific verdicts (fragments, options, non-TCP) need one lookup.
+pub const MAP_VIPS: &str = "LB_VIPS";
+/// Backends by id. Id 0 is the "unset" sentinel and is never allocated.
+pub const MAP_BACKENDS: &str = "LB_BACKENDS";
+/// All Maglev lookup tables, two per service (double buffering), each `table_size` long.
+pub const MAP_MAGLEV: &str = "LB_MAGLEV";
+/// Connection tracking: two entries per flow (client->VIP and backend->SNAT).
+pub const MAP_CONNTRACK: &str = "LB_CONNTRACK";
+/// Global settings ([`GlobalConfig`]) in slot 0.
+pub const MAP_CONFIG: &str = "LB_CONFIG";
+/// SNAT source addresses on the private side; `GlobalConfig::snat_addr_count` are valid.
+pub const MAP_SNAT_ADDRS: &str = "LB_SNAT_ADDRS";
+/// Redirect targets: every interface lb forwards out of, keyed by ifindex.
+pub const MAP_TX_PORTS: &str = "LB_TX_PORTS";
+/// Global per-CPU counters indexed by [`crate::counters`].
+pub const MAP_STATS: &str = "LB_STATS";
+/// Per-CPU [`FlowStats`] per service id.
+pub const MAP_SERVICE_STATS: &str = "LB_SVC_STATS";
+/// Per-CPU [`FlowStats`] per backend id.
+pub const MAP_BACKEND_STATS: &str = "LB_BE_STATS";
+
+/// Every map name, in a stable order (used for pinning and re-adoption).
+pub const ALL_MAPS: [&str; 11] = [
+    MAP_SERVICES,
+    MAP_VIPS,
+    MAP_BACKENDS,
+    MAP_MAGLEV,
+    MAP_CONNTRACK,
+    MAP_CONFIG,
+    MAP_SNAT_ADDRS,
+    MAP_TX_PORTS,
+    MAP_STATS,
+    MAP_SERVICE_STATS,
+    MAP_BACKEND_STATS,
+];
+
+// ---------------------------------------------------------------------------------------------
+// Capacities.
+// ---------------------------------------------------------------------------------------------
+
+/// Default number of services (ids 0..N). Each costs two Maglev tables.
+pub const DEFAULT_MAX_SERVICES: u32 = 64;
+/// Default number of backend ids (id 0 is reserved, so N-1 usable).
+pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
+/// Default Maglev table size: a prime >= 65537 as the Maglev paper recommends (M >> 100 N).
+pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 65537;
+/// Default number of tracked flows; the conntrack map holds two entries per flow.
+pub const DEFAULT_CONNTRACK_FLOWS: u32 = 1 << 20;
+/// Entries in the conntrack map per tracked flow.
+pub const CONNTRACK_ENTRIES_PER_FLOW: u32 = 2;
+/// Maximum number of SNAT addresses.
+pub const MAX_SNAT_ADDRS: u32 = 16;
+/// Maximum number of interfaces in the redirect map.
+pub const MAX_TX_PORTS: u32 = 64;
+/// Entries in the config map.
+pub const CONFIG_ENTRIES: u32 = 1;
+/// Attempts at finding a free SNAT port for a new flow before giving up (verdict
+/// `DROP_SNAT_EXHAUSTED`). Each attempt is one hash-map insert.
+pub const SNAT_PORT_ATTEMPTS: u32 = 16;
+
+/// Default SNAT port range (inclusive). Kept below the kernel's default ephemeral range
+/// (32768-60999) so lbd's own health-check connections never collide with SNAT flows.
+pub const DEFAULT_SNAT_PORT_MIN: u16 = 1024;
+pub const DEFAULT_SNAT_PORT_MAX: u16 = 32767;
+
+/// Default idle timeout of an established flow.
+pub const DEFAULT_TCP_ESTABLISHED_TIMEOUT_NS: u64 = 600 * 1_000_000_000;
+/// Default idle timeout of a flow after FIN or RST was seen.
+pub const DEFAULT_TCP_CLOSING_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
+/// Default idle timeout of a flow that has seen only its SYN.
+pub const DEFAULT_TCP_SYN_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
+
+/// Backend id meaning "no backend" (Maglev slots of a service with no usable backend).
+pub const BACKEND_ID_NONE: u32 = 0;
+
+// ---------------------------------------------------------------------------------------------
+// Layouts.
+// ---------------------------------------------------------------------------------------------
+
+/// Key of [`MAP_SERVICES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    pub vip_be: u32,
+    pub port_be: u16,
+    /// IP protocol number ([`crate::IPPROTO_TCP`]).
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// The service has no usable backend: new connections are refused with a TCP RST.
+pub const SERVICE_F_NO_BACKEND: u32 = 1 << 0;
+
+/// Value of [`MAP_SERVICES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// Index into the per-service stats map; also selects the service's Maglev tables.
+    pub service_id: u32,
+    /// Index in [`MAP_MAGLEV`] of slot 0 of the active table. lbd fills the inactive table
+    /// completely, then switches this field with one map update (make-before-break).
+    pub table_offset: u32,
+    /// Length of the active table (a prime).
+    pub table_size: u32,
+    /// `SERVICE_F_*` bits.
+    pub flags: u32,
+}
+
+/// Offset in [`MAP_MAGLEV`] of table `slot` (0 or 1) of a service.
+#[inline(always)]
+pub const fn maglev_table_offset(service_id: u32, slot: u32, table_size: u32) -> u32 {
+    (service_id * 2 + slot) * table_size
+}
+
+/// Value of [`MAP_VIPS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipValue {
+    /// Number of services on this VIP (informational; the entry exists while > 0).
+    pub service_count: u32,
+    pub flags: u32,
+}
+
+/// The backend failed its health check or was removed as failed: flows pinned to it by
+/// conntrack are re-balanced instead of forwarded to it.
+pub const BACKEND_F_DOWN: u32 = 1 << 0;
+/// The backend is draining: informational for the data plane (a draining backend is absent
+/// from the Maglev table but keeps its conntrack flows).
+pub const BACKEND_F_DRAINING: u32 = 1 << 1;
+
+/// Value of [`MAP_BACKENDS`], indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendValue {
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub _pad: u16,
+    /// `BACKEND_F_*` bits.
+    pub flags: u32,
+    /// Service this backend belongs to.
+    pub service_id: u32,
+}
+
+/// Key of [`MAP_CONNTRACK`]: the packet's 5-tuple as it arrives at the balancer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src_addr_be: u32,
+    pub dst_addr_be: u32,
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// This entry is the reply direction (backend -> SNAT address).
+pub const FLOW_F_REPLY: u32 = 1 << 0;
+/// The sender of this direction has sent more than its SYN (the handshake progressed).
+pub const FLOW_F_ESTABLISHED: u32 = 1 << 1;
+/// A FIN or RST was seen in this direction: the short closing timeout applies.
+pub const FLOW_F_CLOSING: u32 = 1 << 2;
+
+/// Value of [`MAP_CONNTRACK`]: how to rewrite packets of this direction of a flow.
+///
+/// For the forward entry (client -> VIP) the rewrite is `src = SNAT addr:port`,
+/// `dst = backend addr:port`; for the reply entry (backend -> SNAT) it is `src = VIP:port`,
+/// `dst = client addr:port`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntry {
+    /// `bpf_ktime_get_ns()` of the last packet in this direction (refreshed at most every
+    /// [`FLOW_TOUCH_INTERVAL_NS`] to spare the cache line).
+    pub last_seen_ns: u64,
+    pub new_src_addr_be: u32,
+    pub new_dst_addr_be: u32,
+    pub new_src_port_be: u16,
+    pub new_dst_port_be: u16,
+    pub backend_id: u32,
+    pub service_id: u32,
+    /// `FLOW_F_*` bits.
+    pub flags: u32,
+}
+
+/// Minimum interval between `last_seen_ns` refreshes of a conntrack entry.
+pub const FLOW_TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
+
+impl FlowEntry {
+    /// Idle timeout that applies to this entry under `cfg`.
+    #[inline(always)]
+    pub fn timeout_ns(&self, cfg: &GlobalConfig) -> u64 {
+        if self.flags & FLOW_F_CLOSING != 0 {
+            cfg.tcp_closing_timeout_ns
+        } else if self.flags & FLOW_F_ESTABLISHED != 0 {
+            cfg.tcp_established_timeout_ns
+        } else {
+            cfg.tcp_syn_timeout_ns
+        }
+    }
+
+    /// True when the entry has been idle longer than its timeout at time `now_ns`.
+    #[inline(always)]
+    pub fn is_expired(&self, now_ns: u64, cfg: &GlobalConfig) -> bool {
+        now_ns.saturating_sub(self.last_seen_ns) > self.timeout_ns(cfg)
+    }
+}
+
+/// Value of [`MAP_CONFIG`] slot 0: settings the control plane can change at run time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GlobalConfig {
+    /// Inclusive SNAT port range, host order.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    /// Number of valid entries in [`MAP_SNAT_ADDRS`] (0 = no SNAT address: new flows are
+    /// dropped with `DROP_SNAT_EXHAUSTED`).
+    pub snat_addr_count: u32,
+    pub tcp_established_timeout_ns: u64,
+    pub tcp_closing_timeout_ns: u64,
+    pub tcp_syn_timeout_ns: u64,
+    /// Seed of the flow hash ([`crate::hash::flow_hash`]).
+    pub hash_seed: u32,
+    pub flags: u32,
+}
+
+impl Default for GlobalConfig {
+    fn default() -> Self {
+        Self {
+            snat_port_min: DEFAULT_SNAT_PORT_MIN,
+            snat_port_max: DEFAULT_SNAT_PORT_MAX,
+            snat_addr_count: 0,
+            tcp_established_timeout_ns: DEFAULT_TCP_ESTABLISHED_TIMEOUT_NS,
+            tcp_closing_timeout_ns: DEFAULT_TCP_CLOSING_TIMEOUT_NS,
+            tcp_syn_timeout_ns: DEFAULT_TCP_SYN_TIMEOUT_NS,
+            hash_seed: 0x5eed_1b01,
+            flags: 0,
+        }
+    }
+}
+
+/// Value of [`MAP_SERVICE_STATS`] and [`MAP_BACKEND_STATS`] (per CPU; user space sums).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    /// Packets and bytes (whole frames) forwarded client -> backend.
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    /// Packets and bytes forwarded backend -> client.
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    /// New flows (conntrack entries created).
+    pub new_flows: u64,
+    /// SYNs refused with a RST because no backend was usable (service stats only).
+    pub refused: u64,
+}
+
+impl FlowStats {
+    /// Adds `other` into `self` (summing per-CPU values).
+    pub fn accumulate(&mut self, other: &FlowStats) {
+        self.packets_in += other.packets_in;
+        self.bytes_in += other.bytes_in;
+        self.packets_out += other.packets_out;
+        self.bytes_out += other.bytes_out;
+        self.new_flows += other.new_flows;
+        self.refused += other.refused;
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for VipValue {}
+    unsafe impl aya::Pod for BackendValue {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowEntry {}
+    unsafe impl aya::Pod for GlobalConfig {}
+    unsafe impl aya::Pod for FlowStats {}
+}
+
+const _: () = {
+    use core::mem::{align_of, size_of};
+    assert!(size_of::<ServiceKey>() == 8);
+    assert!(size_of::<ServiceValue>() == 16);
+    assert!(size_of::<VipValue>() == 8);
+    assert!(size_of::<BackendValue>() == 16);
+    assert!(size_of::<FlowKey>() == 16);
+    assert!(size_of::<FlowEntry>() == 32);
+    assert!(align_of::<FlowEntry>() == 8);
+    assert!(size_of::<GlobalConfig>() == 40);
+    assert!(size_of::<FlowStats>() == 48);
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::offset_of;
+
+    #[test]
+    fn map_names_fit_the_kernel_limit() {
+        for name in ALL_MAPS {
+            assert!(name.len() <= 15, "{name} is longer than 15 characters");
+        }
+    }
+
+    #[test]
+    fn field_offsets_are_stable() {
+        assert_eq!(offset_of!(ServiceKey, port_be), 4);
+        assert_eq!(offset_of!(ServiceKey, proto), 6);
+        assert_eq!(offset_of!(FlowKey, src_port_be), 8);
+        assert_eq!(offset_of!(FlowKey, proto), 12);
+        assert_eq!(offset_of!(FlowEntry, new_src_addr_be), 8);
+        assert_eq!(offset_of!(FlowEntry, backend_id), 20);
+        assert_eq!(offset_of!(FlowEntry, flags), 28);
+        assert_eq!(offset_of!(GlobalConfig, tcp_established_timeout_ns), 8);
+        assert_eq!(offset_of!(GlobalConfig, hash_seed), 32);
+        assert_eq!(offset_of!(BackendValue, flags), 8);
+    }
+
+    #[test]
+    fn expiry_follows_state() {
+        let cfg = GlobalConfig::default();
+        let mut e = FlowEntry {
+            last_seen_ns: 1_000,
+            ..Default::default()
+        };
+        assert!(!e.is_expired(1_000 + cfg.tcp_syn_timeout_ns, &cfg));
+        assert!(e.is_expired(1_001 + cfg.tcp_syn_timeout_ns, &cfg));
+        e.flags = FLOW_F_ESTABLISHED;
+        assert!(!e.is_expired(1_001 + cfg.tcp_syn_timeout_ns, &cfg));
+        e.flags |= FLOW_F_CLOSING;
+        assert!(e.is_expired(1_001 + cfg.tcp_closing_timeout_ns, &cfg));
+        // A clock that went backwards never expires an entry.
+        assert!(!e.is_expired(0, &cfg));
+    }
+
+    #[test]
+    fn table_offsets_do_not_overlap() {
+        let m = DEFAULT_MAGLEV_TABLE_SIZE;
+        assert_eq!(maglev_table_offset(0, 1, m), m);
+        assert_eq!(maglev_table_offset(1, 0, m), 2 * m);
+        assert_eq!(
+            maglev_table_offset(DEFAULT_MAX_SERVICES - 1, 1, m) + m,
+            DEFAULT_MAX_SERVICES * 2 * m
+        );
+    }
+}

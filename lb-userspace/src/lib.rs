@@ -1,0 +1,1 @@
+//! lb control plane library.
