@@ -1,1 +1,3 @@
 //! lb control plane library.
+
+pub mod dataplane;

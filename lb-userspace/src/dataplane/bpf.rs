@@ -1,0 +1,1 @@
+//! Loader and map writers for the real kernel data plane (being written).

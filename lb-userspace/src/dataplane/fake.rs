@@ -1,0 +1,1 @@
+//! In-memory data plane for control-plane tests (being written).

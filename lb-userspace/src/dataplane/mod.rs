@@ -1,0 +1,94 @@
+//! The seam between the control plane and the BPF maps.
+//!
+//! The control plane (services, Maglev, health) talks to the data plane only through the
+//! [`Dataplane`] trait: typed writes of map entries and typed reads of counters. The real
+//! implementation ([`bpf::BpfDataplane`]) loads, pins and attaches the XDP program; the
+//! [`fake::FakeDataplane`] keeps the same state in memory so control-plane logic is testable
+//! without a kernel.
+
+pub mod bpf;
+pub mod fake;
+
+use lb_common::{BackendValue, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue, NUM_COUNTERS};
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+/// The eBPF object built by `cargo xtask build-ebpf` (empty when it was not built first).
+pub static EBPF_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lb-ebpf.o"));
+
+/// Errors of data-plane operations.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("the eBPF object is missing from this build; run `cargo xtask build` first")]
+    NoObject,
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+/// What a conntrack sweep found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ConntrackSweep {
+    /// Live flows (forward entries that are not expired) per backend id.
+    pub flows_by_backend: HashMap<u32, u64>,
+    /// Live flows per service id.
+    pub flows_by_service: HashMap<u32, u64>,
+    /// Entries (both directions) deleted because their flow had expired.
+    pub expired_removed: u64,
+    /// Entries present after the sweep.
+    pub entries: u64,
+}
+
+/// Typed access to lb's BPF maps. Every write is a single map update, so the data plane sees
+/// either the old or the new value, never a mix; ordering for make-before-break is the
+/// caller's job (write backends, then Maglev table, then the service entry that points to it).
+pub trait Dataplane: Send + 'static {
+    /// Writes [`lb_common::MAP_CONFIG`] slot 0.
+    fn set_global_config(&mut self, cfg: &GlobalConfig) -> Result<()>;
+    /// Writes the SNAT address array (the count lives in [`GlobalConfig::snat_addr_count`]).
+    fn set_snat_addrs(&mut self, addrs: &[Ipv4Addr]) -> Result<()>;
+    /// Writes backend `id` (id 0 is reserved and rejected).
+    fn set_backend(&mut self, id: u32, value: &BackendValue) -> Result<()>;
+    /// Resets backend `id` to all zeroes (the id may then be reused).
+    fn clear_backend(&mut self, id: u32) -> Result<()>;
+    /// Writes `table` into [`lb_common::MAP_MAGLEV`] starting at `offset`.
+    fn write_maglev(&mut self, offset: u32, table: &[u32]) -> Result<()>;
+    /// Inserts or replaces a service entry.
+    fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()>;
+    /// Removes a service entry (absent is not an error).
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()>;
+    /// Inserts or replaces a VIP entry (`vip_be` in `_be` representation).
+    fn set_vip(&mut self, vip_be: u32, value: &VipValue) -> Result<()>;
+    /// Removes a VIP entry (absent is not an error).
+    fn remove_vip(&mut self, vip_be: u32) -> Result<()>;
+    /// Adds an interface to the redirect map.
+    fn set_tx_port(&mut self, ifindex: u32) -> Result<()>;
+    /// Removes an interface from the redirect map.
+    fn remove_tx_port(&mut self, ifindex: u32) -> Result<()>;
+
+    /// Global verdict counters summed over CPUs, indexed by [`lb_common::counters`].
+    fn global_counters(&self) -> Result<[u64; NUM_COUNTERS as usize]>;
+    /// Per-service stats summed over CPUs.
+    fn service_stats(&self, service_id: u32) -> Result<FlowStats>;
+    /// Per-backend stats summed over CPUs.
+    fn backend_stats(&self, backend_id: u32) -> Result<FlowStats>;
+    /// Zeroes the stats of a backend or service id about to be reused.
+    fn reset_stats(&mut self, service_id: Option<u32>, backend_id: Option<u32>) -> Result<()>;
+    /// Walks conntrack: deletes flows whose both entries expired (as of `now_ns`, the
+    /// `CLOCK_MONOTONIC` time that `bpf_ktime_get_ns` uses) and counts the live ones.
+    fn sweep_conntrack(&mut self, now_ns: u64, cfg: &GlobalConfig) -> Result<ConntrackSweep>;
+
+    /// Current services, for re-adoption after a restart.
+    fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>>;
+    /// Current non-zero backend entries, for re-adoption after a restart.
+    fn backends(&self) -> Result<Vec<(u32, BackendValue)>>;
+    /// Current VIP entries.
+    fn vips(&self) -> Result<Vec<(u32, VipValue)>>;
+}

@@ -1,0 +1,35 @@
+//! `cargo xtask test`: every tier, in order, stopping at the first failing tier.
+
+use crate::build::{self, root};
+use crate::setup::{self, run_cmd};
+use anyhow::Result;
+use std::process::Command;
+
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Skip the network-namespace tier (quick local iteration only; CI runs everything).
+    #[arg(long)]
+    pub skip_netns: bool,
+}
+
+fn tier(name: &str) {
+    println!("\n===== test tier: {name} =====");
+}
+
+pub fn run(args: TestArgs) -> Result<()> {
+    setup::run()?;
+    build::all()?;
+    let cargo_test = |extra: &[&str]| -> Result<()> {
+        run_cmd(Command::new("cargo").current_dir(root()).args(["test", "--release"]).args(extra))
+    };
+    tier("host unit tests");
+    cargo_test(&["--workspace", "--lib", "--bins"])?;
+    tier("packet fixtures (BPF_PROG_TEST_RUN)");
+    cargo_test(&["-p", "lb-tests", "--test", "fixtures", "--", "--test-threads=1"])?;
+    if !args.skip_netns {
+        tier("network-namespace scenarios");
+        cargo_test(&["-p", "lb-tests", "--test", "netns"])?;
+    }
+    println!("\nall test tiers passed");
+    Ok(())
+}
