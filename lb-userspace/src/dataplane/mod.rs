@@ -92,3 +92,49 @@ pub trait Dataplane: Send + 'static {
     /// Current VIP entries.
     fn vips(&self) -> Result<Vec<(u32, VipValue)>>;
 }
+
+/// How the XDP program is attached to an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Driver mode: fastest; needs driver support (veth, most 10G+ NICs).
+    Native,
+    /// skb mode: works on every interface, slower.
+    Generic,
+    /// Native, falling back to generic (logged) when the driver refuses.
+    #[default]
+    Auto,
+}
+
+/// The mode an attachment actually got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachedMode {
+    Native,
+    Generic,
+}
+
+/// Sizes and pinning of a data-plane load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// bpffs directory to pin maps and links under (`<root>/abi<ABI_VERSION>/`), re-adopting
+    /// what is already pinned there. `None` loads unpinned (tests, benchmarks).
+    pub pin_root: Option<std::path::PathBuf>,
+    pub max_services: u32,
+    pub max_backends: u32,
+    pub maglev_table_size: u32,
+    /// Tracked flows; the conntrack map gets `CONNTRACK_ENTRIES_PER_FLOW` times as many entries.
+    pub conntrack_flows: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            pin_root: None,
+            max_services: lb_common::DEFAULT_MAX_SERVICES,
+            max_backends: lb_common::DEFAULT_MAX_BACKENDS,
+            maglev_table_size: lb_common::DEFAULT_MAGLEV_TABLE_SIZE,
+            conntrack_flows: lb_common::DEFAULT_CONNTRACK_FLOWS,
+        }
+    }
+}
