@@ -23,7 +23,8 @@ pub fn run(args: TestArgs) -> Result<()> {
         run_cmd(Command::new("cargo").current_dir(root()).args(["test", "--release"]).args(extra))
     };
     tier("host unit tests");
-    cargo_test(&["--workspace", "--lib", "--bins"])?;
+    cargo_test(&["--workspace", "--exclude", "lb-tests"])?;
+    cargo_test(&["-p", "lb-tests", "--lib", "--bins"])?;
     tier("packet fixtures (BPF_PROG_TEST_RUN)");
     cargo_test(&["-p", "lb-tests", "--test", "fixtures", "--", "--test-threads=1"])?;
     if !args.skip_netns {
