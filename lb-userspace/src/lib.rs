@@ -1,3 +1,9 @@
-//! lb control plane library.
+//! lb control plane library: configuration, Maglev, the service/backend model and its
+//! reconciler, health checks, the control API server, metrics and the daemon wiring.
+//!
+//! Data flows one way: [`config`] (YAML -> validated [`config::Config`]) -> [`controller`]
+//! (ids, health, Maglev tables via [`maglev`]) -> [`dataplane`] (typed map writers) -> BPF
+//! maps; counters flow back through [`stats`] to the API and [`metrics`].
 
+pub mod config;
 pub mod dataplane;
