@@ -1,0 +1,707 @@
+//! Human output of `lbctl`: units and aligned tables, as pure functions of the API data.
+//!
+//! Nothing here does I/O, so every view is unit-tested against golden strings. Conventions
+//! (in the spirit of `ipvsadm -L` and HAProxy's stats page):
+//! - counts and packet rates scale by 1000 with `K`/`M`/`G`/`T` (`12.1K`),
+//! - bytes scale by 1024 with `B`/`KiB`/`MiB`/`GiB`/`TiB` (`9.8 MiB/s`),
+//! - columns are left-aligned, separated by two spaces, with no trailing spaces,
+//! - a backend's `STATE` is one word: `UP`, `DOWN`, `DRAIN`, `BACKUP` or `UNKNOWN`
+//!   ([`backend_state`]).
+
+use crate::api::proto::{
+    BackendListEntry, BackendStats, Health, ServiceStats, StatsSnapshot, StatusInfo,
+};
+use std::fmt::Write as _;
+
+/// Formats a count: exact below 1000, else scaled by 1000 with one decimal below 100 of the
+/// unit (`1.2K`, `12.1K`, `123K`, `4.5M`).
+pub fn count(n: u64) -> String {
+    if n < 1000 {
+        return n.to_string();
+    }
+    scaled(n as f64, 1000.0, &["", "K", "M", "G", "T", "P"], "")
+}
+
+/// Formats a per-second rate of events (flows, packets): like [`count`], with one decimal
+/// for fractional values below 10 (`0.5`, `3`, `350`, `4.0K`). Not-a-number or negative
+/// rates (no sample yet) print as `-`.
+pub fn rate(r: f64) -> String {
+    if !r.is_finite() || r < 0.0 {
+        return "-".into();
+    }
+    if r < 10.0 && r.fract() != 0.0 {
+        let s = format!("{r:.1}");
+        // 9.96 rounds to "10.0": print it like the integer it became.
+        return if s == "10.0" { "10".into() } else { s };
+    }
+    if r < 999.5 {
+        return format!("{r:.0}");
+    }
+    scaled(r, 1000.0, &["", "K", "M", "G", "T", "P"], "")
+}
+
+/// Formats a byte amount in binary units: `512 B`, `1.5 KiB`, `9.8 MiB`, `120 GiB`.
+pub fn bytes(b: f64) -> String {
+    if !b.is_finite() || b < 0.0 {
+        return "-".into();
+    }
+    if b < 1023.5 {
+        return format!("{b:.0} B");
+    }
+    scaled(b, 1024.0, &["B", "KiB", "MiB", "GiB", "TiB", "PiB"], " ")
+}
+
+/// Formats a byte rate: [`bytes`] followed by `/s` (`-` when unknown).
+pub fn byte_rate(b: f64) -> String {
+    let s = bytes(b);
+    if s == "-" {
+        s
+    } else {
+        s + "/s"
+    }
+}
+
+/// Scales `v` (>= 1 unit) by `base` until it prints below 1000 of the unit: one decimal
+/// below 100, none above.
+fn scaled(mut v: f64, base: f64, units: &[&str], sep: &str) -> String {
+    let mut i = 0;
+    while i + 1 < units.len() && v >= 999.5 {
+        v /= base;
+        i += 1;
+    }
+    let digits = if v < 99.95 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    };
+    format!("{digits}{sep}{}", units[i])
+}
+
+/// Formats a duration in whole seconds, two units at most: `45s`, `3m12s`, `2h03m`, `4d02h`.
+pub fn duration_secs(s: u64) -> String {
+    let (d, h, m, sec) = (s / 86_400, s / 3_600 % 24, s / 60 % 60, s % 60);
+    if d > 0 {
+        format!("{d}d{h:02}h")
+    } else if h > 0 {
+        format!("{h}h{m:02}m")
+    } else if m > 0 {
+        format!("{m}m{sec:02}s")
+    } else {
+        format!("{sec}s")
+    }
+}
+
+/// The one-word state of a backend, by precedence:
+/// `DOWN` (failing checks), `DRAIN` (drained), `UNKNOWN` (no verdict yet), `BACKUP` (a
+/// healthy backup standing by, not in the table), `UP` (healthy and in the table; a backup
+/// that took over shows `UP`), `IDLE` (healthy primary not in the table: should not last).
+pub fn backend_state(b: &BackendStats) -> &'static str {
+    match b.health {
+        Health::Down => "DOWN",
+        _ if b.drained => "DRAIN",
+        Health::Unknown => "UNKNOWN",
+        Health::Up if b.in_table => "UP",
+        Health::Up if b.backup => "BACKUP",
+        Health::Up => "IDLE",
+    }
+}
+
+/// A table of left-aligned columns: cells are padded to the widest cell of their column and
+/// separated by two spaces; trailing spaces are trimmed.
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with a header row.
+    pub fn new(header: &[&str]) -> Self {
+        Self {
+            rows: vec![header.iter().map(|s| s.to_string()).collect()],
+        }
+    }
+
+    /// Appends a row (missing cells print empty).
+    pub fn push(&mut self, row: Vec<String>) {
+        self.rows.push(row);
+    }
+
+    /// Column widths (in characters) over all rows.
+    fn widths(&self) -> Vec<usize> {
+        let mut w = Vec::new();
+        for row in &self.rows {
+            for (i, cell) in row.iter().enumerate() {
+                let len = cell.chars().count();
+                if i >= w.len() {
+                    w.push(len);
+                } else {
+                    w[i] = w[i].max(len);
+                }
+            }
+        }
+        w
+    }
+
+    /// Every row rendered (header first), each prefixed by `indent` and without a newline.
+    pub fn lines(&self, indent: &str) -> Vec<String> {
+        let widths = self.widths();
+        self.rows
+            .iter()
+            .map(|row| {
+                let mut line = String::from(indent);
+                for (i, cell) in row.iter().enumerate() {
+                    if i > 0 {
+                        line.push_str("  ");
+                    }
+                    line.push_str(cell);
+                    let pad = widths[i] - cell.chars().count();
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+                line.trim_end().to_string()
+            })
+            .collect()
+    }
+
+    /// The whole table, one line per row, each ending in a newline.
+    pub fn render(&self, indent: &str) -> String {
+        self.lines(indent).into_iter().map(|l| l + "\n").collect()
+    }
+}
+
+fn service_row(s: &ServiceStats) -> Vec<String> {
+    let up = s.backends.iter().filter(|b| b.health == Health::Up).count();
+    vec![
+        s.name.clone(),
+        format!("{}:{}", s.vip, s.port),
+        s.health_check.clone(),
+        format!("{up}/{} up", s.backends.len()),
+        count(s.active_flows),
+        rate(s.new_flows_per_sec),
+        rate(s.packets_per_sec),
+        byte_rate(s.bytes_per_sec),
+    ]
+}
+
+const SERVICE_HEADER: [&str; 8] = [
+    "SERVICE", "VIP:PORT", "CHECK", "BACKENDS", "ACTIVE", "NEW/s", "PKT/s", "BYTES/s",
+];
+
+const BACKEND_HEADER: [&str; 8] = [
+    "BACKEND", "STATE", "W", "ACTIVE", "NEW/s", "PKT/s", "BYTES/s", "FLOWS",
+];
+
+fn backend_row(b: &BackendStats) -> Vec<String> {
+    vec![
+        b.address.to_string(),
+        backend_state(b).into(),
+        b.weight.to_string(),
+        count(b.active_flows),
+        rate(b.new_flows_per_sec),
+        rate(b.packets_per_sec),
+        byte_rate(b.bytes_per_sec),
+        b.new_flows.to_string(),
+    ]
+}
+
+/// The services table (`lbctl service list`): one row per service, no backends.
+pub fn services(list: &[ServiceStats]) -> String {
+    if list.is_empty() {
+        return "no services\n".into();
+    }
+    let mut t = Table::new(&SERVICE_HEADER);
+    for s in list {
+        t.push(service_row(s));
+    }
+    t.render("")
+}
+
+/// Services each followed by an indented table of their backends (`lbctl stats`).
+///
+/// Backend columns are aligned across all services.
+pub fn services_with_backends(list: &[ServiceStats]) -> String {
+    if list.is_empty() {
+        return "no services\n".into();
+    }
+    let mut st = Table::new(&SERVICE_HEADER);
+    let mut bt = Table::new(&BACKEND_HEADER);
+    for s in list {
+        st.push(service_row(s));
+        for b in &s.backends {
+            bt.push(backend_row(b));
+        }
+    }
+    let slines = st.lines("");
+    let blines = bt.lines("  ");
+    let mut out = String::new();
+    out.push_str(&slines[0]);
+    out.push('\n');
+    let mut next_backend = 1;
+    for (i, s) in list.iter().enumerate() {
+        out.push_str(&slines[i + 1]);
+        out.push('\n');
+        if s.backends.is_empty() {
+            out.push_str("  (no backends)\n");
+            continue;
+        }
+        out.push_str(&blines[0]);
+        out.push('\n');
+        for line in &blines[next_backend..next_backend + s.backends.len()] {
+            out.push_str(line);
+            out.push('\n');
+        }
+        next_backend += s.backends.len();
+    }
+    out
+}
+
+/// The detailed backend table (`lbctl backend list`): state, role and totals per backend.
+pub fn backend_list(list: &[BackendListEntry]) -> String {
+    if list.is_empty() {
+        return "no backends\n".into();
+    }
+    let mut t = Table::new(&[
+        "SERVICE",
+        "BACKEND",
+        "ID",
+        "STATE",
+        "W",
+        "ROLE",
+        "TABLE",
+        "ACTIVE",
+        "FLOWS",
+        "PKTS IN/OUT",
+        "BYTES IN/OUT",
+        "CHANGES",
+        "LAST CHANGE",
+    ]);
+    for e in list {
+        let b = &e.backend;
+        t.push(vec![
+            e.service.clone(),
+            b.address.to_string(),
+            b.id.to_string(),
+            backend_state(b).into(),
+            b.weight.to_string(),
+            if b.backup { "backup" } else { "primary" }.into(),
+            if b.in_table { "yes" } else { "no" }.into(),
+            count(b.active_flows),
+            count(b.new_flows),
+            format!("{}/{}", count(b.packets_in), count(b.packets_out)),
+            format!("{}/{}", bytes(b.bytes_in as f64), bytes(b.bytes_out as f64)),
+            b.transitions.to_string(),
+            b.last_transition.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    t.render("")
+}
+
+/// The `lbctl status` view.
+pub fn status(s: &StatusInfo) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "lbd {}  pid {}  up {}",
+        s.version,
+        s.pid,
+        duration_secs(s.uptime_secs)
+    );
+    let interfaces = if s.interfaces.is_empty() {
+        "none".to_string()
+    } else {
+        s.interfaces
+            .iter()
+            .map(|i| {
+                let mode = match i.mode {
+                    crate::dataplane::AttachedMode::Native => "native",
+                    crate::dataplane::AttachedMode::Generic => "generic",
+                };
+                format!("{} (ifindex {}, {mode})", i.name, i.ifindex)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let pinned = match &s.pin_root {
+        Some(p) => p.display().to_string(),
+        None => "not pinned (forwarding stops with lbd)".into(),
+    };
+    let down = s.backends.saturating_sub(s.healthy_backends);
+    let mut t = Table::default();
+    t.push(vec!["config".into(), s.config_path.display().to_string()]);
+    t.push(vec!["pinned at".into(), pinned]);
+    t.push(vec!["interfaces".into(), interfaces]);
+    t.push(vec!["services".into(), s.services.to_string()]);
+    t.push(vec![
+        "backends".into(),
+        format!("{} ({} up, {down} not up)", s.backends, s.healthy_backends),
+    ]);
+    out.push_str(&t.render(""));
+    out
+}
+
+/// The `lbctl stats` view: services with backends, then the global counters in
+/// [`lb_common::COUNTER_NAMES`] order (then any the server added). With `previous` (the
+/// sample before, as in `--watch`) the counters get a per-second rate.
+pub fn stats(snap: &StatsSnapshot, previous: Option<&StatsSnapshot>) -> String {
+    let mut out = services_with_backends(&snap.services);
+    out.push('\n');
+    let dt_secs = previous
+        .map(|p| snap.timestamp_ms.saturating_sub(p.timestamp_ms) as f64 / 1000.0)
+        .filter(|dt| *dt > 0.0);
+    let mut names: Vec<&str> = lb_common::COUNTER_NAMES
+        .iter()
+        .copied()
+        .filter(|n| snap.counters.contains_key(*n))
+        .collect();
+    names.extend(
+        snap.counters
+            .keys()
+            .map(String::as_str)
+            .filter(|n| !lb_common::COUNTER_NAMES.contains(n)),
+    );
+    let mut t = Table::new(&["COUNTER", "TOTAL", "RATE/s"]);
+    for name in names {
+        let total = snap.counters[name];
+        let r = match (previous, dt_secs) {
+            (Some(p), Some(dt)) => match p.counters.get(name) {
+                Some(&before) if before <= total => rate((total - before) as f64 / dt),
+                _ => "-".into(),
+            },
+            _ => "-".into(),
+        };
+        t.push(vec![name.to_string(), total.to_string(), r]);
+    }
+    out.push_str(&t.render(""));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::proto::InterfaceInfo;
+    use crate::dataplane::AttachedMode;
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn counts_scale_by_thousands() {
+        let cases = [
+            (0, "0"),
+            (999, "999"),
+            (1000, "1.0K"),
+            (1234, "1.2K"),
+            (12_100, "12.1K"),
+            (99_949, "99.9K"),
+            (99_950, "100K"),
+            (123_456, "123K"),
+            (999_499, "999K"),
+            (999_500, "1.0M"),
+            (4_500_000, "4.5M"),
+            (7_000_000_000, "7.0G"),
+            (u64::MAX, "18447P"),
+        ];
+        for (n, want) in cases {
+            assert_eq!(count(n), want, "{n}");
+        }
+    }
+
+    #[test]
+    fn rates_show_small_fractions() {
+        let cases = [
+            (0.0, "0"),
+            (0.5, "0.5"),
+            (3.0, "3"),
+            (9.96, "10"),
+            (117.4, "117"),
+            (350.0, "350"),
+            (999.4, "999"),
+            (999.6, "1.0K"),
+            (4000.5, "4.0K"),
+            (12_100.0, "12.1K"),
+            (f64::NAN, "-"),
+            (-1.0, "-"),
+        ];
+        for (r, want) in cases {
+            assert_eq!(rate(r), want, "{r}");
+        }
+    }
+
+    #[test]
+    fn bytes_use_binary_units() {
+        let cases = [
+            (0.0, "0 B"),
+            (512.0, "512 B"),
+            (1023.0, "1023 B"),
+            (1024.0, "1.0 KiB"),
+            (1536.0, "1.5 KiB"),
+            (10_276_045.0, "9.8 MiB"),
+            (3.5 * 1024.0 * 1024.0 * 1024.0, "3.5 GiB"),
+            (150.0 * 1024.0 * 1024.0, "150 MiB"),
+            (1023.9 * 1024.0, "1.0 MiB"),
+        ];
+        for (b, want) in cases {
+            assert_eq!(bytes(b), want, "{b}");
+        }
+        assert_eq!(byte_rate(10_276_045.0), "9.8 MiB/s");
+        assert_eq!(byte_rate(f64::INFINITY), "-");
+    }
+
+    #[test]
+    fn durations_use_two_units() {
+        assert_eq!(duration_secs(0), "0s");
+        assert_eq!(duration_secs(45), "45s");
+        assert_eq!(duration_secs(192), "3m12s");
+        assert_eq!(duration_secs(7384), "2h03m");
+        assert_eq!(duration_secs(4 * 86_400 + 2 * 3600 + 59), "4d02h");
+    }
+
+    fn backend(addr: &str) -> BackendStats {
+        BackendStats {
+            address: addr.parse().unwrap(),
+            id: 1,
+            weight: 1,
+            backup: false,
+            health: Health::Up,
+            drained: false,
+            in_table: true,
+            active_flows: 402,
+            new_flows: 12034,
+            packets_in: 2500,
+            bytes_in: 300_000,
+            packets_out: 1500,
+            bytes_out: 3_500_000,
+            new_flows_per_sec: 117.0,
+            packets_per_sec: 4000.0,
+            bytes_per_sec: 3.3 * 1024.0 * 1024.0,
+            transitions: 0,
+            last_transition: None,
+        }
+    }
+
+    fn web() -> ServiceStats {
+        let mut b2 = backend("10.1.2.2:8080");
+        b2.health = Health::Down;
+        b2.in_table = false;
+        b2.active_flows = 0;
+        b2.new_flows = 310;
+        b2.new_flows_per_sec = 0.0;
+        b2.packets_per_sec = 0.0;
+        b2.bytes_per_sec = 0.0;
+        let mut b3 = backend("10.1.3.2:8080");
+        b3.backup = true;
+        b3.in_table = false;
+        b3.weight = 10;
+        b3.active_flows = 0;
+        b3.new_flows = 0;
+        b3.new_flows_per_sec = 0.0;
+        b3.packets_per_sec = 0.0;
+        b3.bytes_per_sec = 0.0;
+        ServiceStats {
+            name: "web".into(),
+            vip: Ipv4Addr::new(192, 0, 2, 10),
+            port: 80,
+            health_check: "http".into(),
+            active_flows: 1234,
+            new_flows: 12344,
+            refused: 0,
+            packets_in: 0,
+            bytes_in: 0,
+            packets_out: 0,
+            bytes_out: 0,
+            new_flows_per_sec: 350.0,
+            packets_per_sec: 12_100.0,
+            bytes_per_sec: 10_276_045.0,
+            backends: vec![backend("10.1.1.2:8080"), b2, b3],
+        }
+    }
+
+    fn api() -> ServiceStats {
+        let mut b = backend("10.2.0.20:443");
+        b.drained = true;
+        b.in_table = false;
+        b.active_flows = 7;
+        b.new_flows_per_sec = 0.0;
+        b.packets_per_sec = 0.5;
+        b.bytes_per_sec = 40.0;
+        b.new_flows = 5;
+        ServiceStats {
+            name: "api-internal".into(),
+            vip: Ipv4Addr::new(192, 0, 2, 11),
+            port: 443,
+            health_check: "tcp".into(),
+            active_flows: 7,
+            new_flows: 5,
+            refused: 2,
+            packets_in: 0,
+            bytes_in: 0,
+            packets_out: 0,
+            bytes_out: 0,
+            new_flows_per_sec: 0.0,
+            packets_per_sec: 0.5,
+            bytes_per_sec: 40.0,
+            backends: vec![b],
+        }
+    }
+
+    #[test]
+    fn backend_states_follow_precedence() {
+        let mut b = backend("10.0.0.1:80");
+        assert_eq!(backend_state(&b), "UP");
+        b.backup = true;
+        assert_eq!(backend_state(&b), "UP");
+        b.in_table = false;
+        assert_eq!(backend_state(&b), "BACKUP");
+        b.backup = false;
+        assert_eq!(backend_state(&b), "IDLE");
+        b.drained = true;
+        assert_eq!(backend_state(&b), "DRAIN");
+        b.health = Health::Unknown;
+        assert_eq!(backend_state(&b), "DRAIN");
+        b.drained = false;
+        assert_eq!(backend_state(&b), "UNKNOWN");
+        b.drained = true;
+        b.health = Health::Down;
+        assert_eq!(backend_state(&b), "DOWN");
+    }
+
+    #[test]
+    fn golden_services_with_backends() {
+        let got = services_with_backends(&[web(), api()]);
+        let want = "\
+SERVICE       VIP:PORT        CHECK  BACKENDS  ACTIVE  NEW/s  PKT/s  BYTES/s
+web           192.0.2.10:80   http   2/3 up    1.2K    350    12.1K  9.8 MiB/s
+  BACKEND        STATE   W   ACTIVE  NEW/s  PKT/s  BYTES/s    FLOWS
+  10.1.1.2:8080  UP      1   402     117    4.0K   3.3 MiB/s  12034
+  10.1.2.2:8080  DOWN    1   0       0      0      0 B/s      310
+  10.1.3.2:8080  BACKUP  10  0       0      0      0 B/s      0
+api-internal  192.0.2.11:443  tcp    1/1 up    7       0      0.5    40 B/s
+  BACKEND        STATE   W   ACTIVE  NEW/s  PKT/s  BYTES/s    FLOWS
+  10.2.0.20:443  DRAIN   1   7       0      0.5    40 B/s     5
+";
+        assert_eq!(got, want, "\n{got}");
+    }
+
+    #[test]
+    fn golden_services_only_and_empty() {
+        let got = services(&[web()]);
+        let want = "\
+SERVICE  VIP:PORT       CHECK  BACKENDS  ACTIVE  NEW/s  PKT/s  BYTES/s
+web      192.0.2.10:80  http   2/3 up    1.2K    350    12.1K  9.8 MiB/s
+";
+        assert_eq!(got, want, "\n{got}");
+        assert_eq!(services(&[]), "no services\n");
+        assert_eq!(services_with_backends(&[]), "no services\n");
+        let mut empty = api();
+        empty.backends.clear();
+        let got = services_with_backends(&[empty]);
+        assert!(
+            got.ends_with("0/0 up    7       0      0.5    40 B/s\n  (no backends)\n"),
+            "\n{got}"
+        );
+    }
+
+    #[test]
+    fn golden_backend_list() {
+        let web = web();
+        let mut entries: Vec<BackendListEntry> = web
+            .backends
+            .iter()
+            .map(|b| BackendListEntry {
+                service: "web".into(),
+                backend: b.clone(),
+            })
+            .collect();
+        entries[1].backend.transitions = 2;
+        entries[1].backend.last_transition = Some("down 12s ago: connection refused".into());
+        let got = backend_list(&entries);
+        let want = "\
+SERVICE  BACKEND        ID  STATE   W   ROLE     TABLE  ACTIVE  FLOWS  PKTS IN/OUT  BYTES IN/OUT     CHANGES  LAST CHANGE
+web      10.1.1.2:8080  1   UP      1   primary  yes    402     12.0K  2.5K/1.5K    293 KiB/3.3 MiB  0        -
+web      10.1.2.2:8080  1   DOWN    1   primary  no     0       310    2.5K/1.5K    293 KiB/3.3 MiB  2        down 12s ago: connection refused
+web      10.1.3.2:8080  1   BACKUP  10  backup   no     0       0      2.5K/1.5K    293 KiB/3.3 MiB  0        -
+";
+        assert_eq!(got, want, "\n{got}");
+        assert_eq!(backend_list(&[]), "no backends\n");
+    }
+
+    #[test]
+    fn golden_status() {
+        let s = StatusInfo {
+            version: "0.1.0".into(),
+            pid: 4242,
+            uptime_secs: 7384,
+            config_path: "/etc/lb/lb.yaml".into(),
+            interfaces: vec![
+                InterfaceInfo {
+                    name: "eth0".into(),
+                    ifindex: 2,
+                    mode: AttachedMode::Native,
+                },
+                InterfaceInfo {
+                    name: "eth1".into(),
+                    ifindex: 3,
+                    mode: AttachedMode::Generic,
+                },
+            ],
+            services: 2,
+            backends: 4,
+            healthy_backends: 3,
+            pin_root: Some("/sys/fs/bpf/lb".into()),
+        };
+        let want = "\
+lbd 0.1.0  pid 4242  up 2h03m
+config      /etc/lb/lb.yaml
+pinned at   /sys/fs/bpf/lb
+interfaces  eth0 (ifindex 2, native), eth1 (ifindex 3, generic)
+services    2
+backends    4 (3 up, 1 not up)
+";
+        assert_eq!(status(&s), want, "\n{}", status(&s));
+    }
+
+    #[test]
+    fn golden_stats_with_counter_rates() {
+        let mut counters = BTreeMap::new();
+        for name in lb_common::COUNTER_NAMES {
+            counters.insert(name.to_string(), 0);
+        }
+        let prev = StatsSnapshot {
+            timestamp_ms: 10_000,
+            services: vec![],
+            counters: counters.clone(),
+        };
+        counters.insert("fwd_to_backend".into(), 4000);
+        counters.insert("new_flow".into(), 3);
+        counters.insert("from_the_future".into(), 1);
+        let snap = StatsSnapshot {
+            timestamp_ms: 12_000,
+            services: vec![],
+            counters,
+        };
+        let got = stats(&snap, Some(&prev));
+        assert!(
+            got.starts_with("no services\n\nCOUNTER              TOTAL  RATE/s\n"),
+            "\n{got}"
+        );
+        assert!(
+            got.contains("\nfwd_to_backend       4000   2.0K\n"),
+            "\n{got}"
+        );
+        assert!(
+            got.contains("\nnew_flow             3      1.5\n"),
+            "\n{got}"
+        );
+        assert!(got.contains("\npass_non_ip          0      0\n"), "\n{got}");
+        assert!(
+            got.ends_with("\naborted              0      0\nfrom_the_future      1      -\n"),
+            "\n{got}"
+        );
+        // Index order, not alphabetical.
+        assert!(got.find("pass_non_ip").unwrap() < got.find("drop_malformed").unwrap());
+        // Without a previous sample there is no rate.
+        let single = stats(&snap, None);
+        assert!(
+            single.contains("\nfwd_to_backend       4000   -\n"),
+            "\n{single}"
+        );
+    }
+}

@@ -1,0 +1,788 @@
+//! `lbctl`, the operator CLI: argument parsing, request building and output.
+//!
+//! The binary (`src/bin/lbctl.rs`) only parses [`Cli`] and calls [`run`]. Requests go to lbd
+//! through [`crate::api::client::Client`]; human output comes from the pure functions of
+//! [`format`], JSON output is the response data as lbd sent it. This module is the CLI's edge,
+//! so it reports errors with `anyhow` (one line, printed by the binary with `{:#}`).
+
+pub mod format;
+
+use crate::api::client::Client;
+use crate::api::proto::{
+    BackendListEntry, Request, ServiceStats, StatsSnapshot, StatusInfo, DEFAULT_SOCKET_PATH,
+};
+use crate::config::{BackendConfig, ServiceConfig};
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{json, Map, Value};
+use std::io::{ErrorKind, Write};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Command line of `lbctl`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "lbctl",
+    version,
+    about = "Operate lbd, the lb layer-4 load balancer daemon",
+    after_help = "Backends are addressed as SERVICE ADDR:PORT, e.g. `lbctl backend drain web 10.1.1.2:8080`.\n\
+                  Changes apply to the running lbd only; `lbctl config save` persists them."
+)]
+pub struct Cli {
+    /// lbd's control socket.
+    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_SOCKET_PATH)]
+    pub socket: PathBuf,
+    /// Output format: aligned tables for people, or the API's JSON data for scripts.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format of `lbctl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned tables with units.
+    Human,
+    /// The response data as JSON (pretty-printed; one compact line per sample with --watch).
+    Json,
+}
+
+/// `lbctl` commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show lbd's version, uptime, interfaces and totals.
+    Status,
+    /// List, add or remove services.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// List, add, remove, drain, undrain or re-weight backends.
+    #[command(subcommand)]
+    Backend(BackendCommand),
+    /// Show per-service and per-backend traffic and the global counters.
+    Stats(StatsArgs),
+    /// Make lbd re-read its config file and apply the difference.
+    Reload,
+    /// Print or persist the running configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Detach the XDP program, remove pinned maps and stop lbd (forwarding stops).
+    Unload,
+}
+
+/// `lbctl service ...`
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// List services with their health summary and rates.
+    List,
+    /// Add a service from flags or from a YAML file.
+    Add(ServiceAddArgs),
+    /// Remove a service and all its backends.
+    Remove {
+        /// Service name.
+        name: String,
+    },
+}
+
+/// Arguments of `lbctl service add`.
+#[derive(Debug, Args)]
+pub struct ServiceAddArgs {
+    /// Read the whole service from FILE: one entry of `services:` as in lb.example.yaml.
+    #[arg(long, value_name = "FILE", conflicts_with_all = [
+        "name", "vip", "port", "health", "interval", "timeout", "rise", "fall", "path",
+        "expect_status", "backend",
+    ])]
+    pub from_yaml: Option<PathBuf>,
+    /// Service name.
+    #[arg(long, required_unless_present = "from_yaml")]
+    pub name: Option<String>,
+    /// Virtual IP clients connect to.
+    #[arg(long, required_unless_present = "from_yaml")]
+    pub vip: Option<Ipv4Addr>,
+    /// TCP port on the VIP.
+    #[arg(long, required_unless_present = "from_yaml")]
+    pub port: Option<u16>,
+    /// Health check type (default tcp).
+    #[arg(long, value_parser = ["tcp", "http", "none"])]
+    pub health: Option<String>,
+    /// Time between checks, with a unit (e.g. 2s, 500ms).
+    #[arg(long)]
+    pub interval: Option<String>,
+    /// Time a check may take, with a unit (shorter than --interval).
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// Consecutive successes that mark a backend up.
+    #[arg(long)]
+    pub rise: Option<u32>,
+    /// Consecutive failures that mark a backend down.
+    #[arg(long)]
+    pub fall: Option<u32>,
+    /// HTTP path to check (http only).
+    #[arg(long)]
+    pub path: Option<String>,
+    /// HTTP status expected (http only).
+    #[arg(long)]
+    pub expect_status: Option<u16>,
+    /// A backend: ADDR:PORT[,weight=N][,backup][,drain]; repeat for more.
+    #[arg(long = "backend", value_name = "SPEC")]
+    pub backend: Vec<String>,
+}
+
+/// `lbctl backend ...`
+#[derive(Debug, Subcommand)]
+pub enum BackendCommand {
+    /// List backends (of one service, or of all) with state and totals.
+    List {
+        /// Only this service's backends.
+        service: Option<String>,
+    },
+    /// Add a backend to a service.
+    Add {
+        /// Service name.
+        service: String,
+        /// Backend address.
+        #[arg(value_parser = parse_backend_addr)]
+        address: SocketAddrV4,
+        /// Maglev weight, 1..=1000.
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        /// Only gets traffic while no primary backend is healthy.
+        #[arg(long)]
+        backup: bool,
+        /// Add it drained (no new flows until `backend undrain`).
+        #[arg(long)]
+        drain: bool,
+    },
+    /// Remove a backend (its flows move to other backends).
+    Remove(BackendRef),
+    /// Stop sending new flows to a backend; its existing flows stay.
+    Drain(BackendRef),
+    /// Let a drained backend take new flows again.
+    Undrain(BackendRef),
+    /// Change a backend's Maglev weight.
+    SetWeight {
+        /// Service name.
+        service: String,
+        /// Backend address.
+        #[arg(value_parser = parse_backend_addr)]
+        address: SocketAddrV4,
+        /// New weight, 1..=1000.
+        weight: u32,
+    },
+}
+
+/// A backend addressed as `SERVICE ADDR:PORT`.
+#[derive(Debug, Args)]
+pub struct BackendRef {
+    /// Service name.
+    pub service: String,
+    /// Backend address.
+    #[arg(value_parser = parse_backend_addr)]
+    pub address: SocketAddrV4,
+}
+
+/// Arguments of `lbctl stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Refresh in place until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+    /// Seconds between refreshes (0.2..=3600).
+    #[arg(long, requires = "watch", default_value_t = 1.0, value_parser = parse_interval)]
+    pub interval: f64,
+}
+
+/// `lbctl config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the running configuration as YAML (lbd accepts it back as its config).
+    Dump,
+    /// Write the running configuration to lbd's config file (previous kept as .bak).
+    Save,
+}
+
+fn parse_backend_addr(s: &str) -> Result<SocketAddrV4, String> {
+    s.parse()
+        .map_err(|_| format!("`{s}` is not IPV4:PORT (e.g. 10.1.1.2:8080)"))
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds (e.g. 1 or 0.5)"))?;
+    if (0.2..=3600.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is out of range: use 0.2 to 3600 seconds"))
+    }
+}
+
+/// Parses a `--backend` spec `ADDR:PORT[,weight=N][,backup][,drain]` into a backend.
+pub fn parse_backend_spec(spec: &str) -> Result<BackendConfig> {
+    let mut parts = spec.split(',').map(str::trim);
+    let addr = parts.next().unwrap_or_default();
+    let address = parse_backend_addr(addr).map_err(|e| anyhow!("--backend {spec}: {e}"))?;
+    let mut obj = Map::new();
+    obj.insert("address".into(), json!(address.to_string()));
+    for opt in parts {
+        match opt.split_once('=') {
+            Some(("weight", w)) => {
+                let w: u32 = w.parse().map_err(|_| {
+                    anyhow!("--backend {spec}: weight `{w}` is not a number (use weight=1..1000)")
+                })?;
+                obj.insert("weight".into(), json!(w));
+            }
+            None if opt == "backup" => {
+                obj.insert("backup".into(), json!(true));
+            }
+            None if opt == "drain" => {
+                obj.insert("drain".into(), json!(true));
+            }
+            _ => bail!(
+                "--backend {spec}: unknown option `{opt}` (expected weight=N, backup or drain)"
+            ),
+        }
+    }
+    serde_json::from_value(Value::Object(obj)).with_context(|| format!("--backend {spec}"))
+}
+
+/// Builds the service of `lbctl service add` from its flags or its `--from-yaml` file.
+///
+/// Flags not given are left out, so the config's defaults apply exactly as in the file;
+/// durations are passed through as text and parsed by the config's own parser.
+pub fn service_from_args(args: &ServiceAddArgs) -> Result<ServiceConfig> {
+    if let Some(file) = &args.from_yaml {
+        return service_from_yaml_file(file);
+    }
+    let (Some(name), Some(vip), Some(port)) = (&args.name, args.vip, args.port) else {
+        bail!("service add needs --name, --vip and --port (or --from-yaml FILE)");
+    };
+    let mut check = Map::new();
+    let mut put = |key: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            check.insert(key.into(), v);
+        }
+    };
+    put("type", args.health.clone().map(Value::from));
+    put("interval", args.interval.clone().map(Value::from));
+    put("timeout", args.timeout.clone().map(Value::from));
+    put("rise", args.rise.map(Value::from));
+    put("fall", args.fall.map(Value::from));
+    put("path", args.path.clone().map(Value::from));
+    put("expect_status", args.expect_status.map(Value::from));
+    let backends = args
+        .backend
+        .iter()
+        .map(|s| parse_backend_spec(s))
+        .collect::<Result<Vec<_>>>()?;
+    let mut svc = json!({
+        "name": name,
+        "vip": vip.to_string(),
+        "port": port,
+        "backends": backends,
+    });
+    if !check.is_empty() {
+        svc["health_check"] = Value::Object(check);
+    }
+    serde_json::from_value(svc).map_err(|e| anyhow!("service add: {e}"))
+}
+
+/// Reads one service (an entry of `services:`) from a YAML file.
+pub fn service_from_yaml_file(file: &Path) -> Result<ServiceConfig> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    service_from_yaml_str(&text).map_err(|e| anyhow!("{}: {e}", file.display()))
+}
+
+/// Parses one service from YAML text, with an error naming the offending key.
+pub fn service_from_yaml_str(text: &str) -> Result<ServiceConfig> {
+    serde_yaml::from_str::<ServiceConfig>(text).map_err(|e| {
+        anyhow!(
+            "{} (expected one service mapping, as an entry of `services:` in lb.example.yaml)",
+            one_line(&e.to_string())
+        )
+    })
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Runs one `lbctl` invocation, writing its output to stdout.
+pub fn run(cli: &Cli) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    write_or_pipe_closed(run_to(cli, &mut out))
+}
+
+/// A closed stdout (`lbctl stats | head`) ends the command quietly, like other Unix tools.
+fn write_or_pipe_closed(r: Result<()>) -> Result<()> {
+    match r {
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Runs one `lbctl` invocation, writing its output to `out`.
+pub fn run_to(cli: &Cli, out: &mut dyn Write) -> Result<()> {
+    // Build the request first: bad arguments are reported without contacting lbd.
+    let request = match &cli.command {
+        Command::Stats(args) if args.watch => {
+            return watch_stats(&cli.socket, cli.output, args.interval, out)
+        }
+        command => request_for(command)?,
+    };
+    let mut client = Client::connect(&cli.socket)?;
+    let data = client.call(&request)?;
+    if cli.output == Output::Json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&data)?)?;
+        return Ok(());
+    }
+    let text = render_human(&request, data)?;
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// The request a (non-watch) command sends.
+pub fn request_for(command: &Command) -> Result<Request> {
+    Ok(match command {
+        Command::Status => Request::Status,
+        Command::Service(ServiceCommand::List) => Request::ServiceList,
+        Command::Service(ServiceCommand::Add(args)) => Request::ServiceAdd {
+            service: service_from_args(args)?,
+        },
+        Command::Service(ServiceCommand::Remove { name }) => {
+            Request::ServiceRemove { name: name.clone() }
+        }
+        Command::Backend(BackendCommand::List { service }) => Request::BackendList {
+            service: service.clone(),
+        },
+        Command::Backend(BackendCommand::Add {
+            service,
+            address,
+            weight,
+            backup,
+            drain,
+        }) => Request::BackendAdd {
+            service: service.clone(),
+            backend: serde_json::from_value(json!({
+                "address": address.to_string(),
+                "weight": weight,
+                "backup": backup,
+                "drain": drain,
+            }))
+            .context("backend add")?,
+        },
+        Command::Backend(BackendCommand::Remove(r)) => Request::BackendRemove {
+            service: r.service.clone(),
+            address: r.address,
+        },
+        Command::Backend(BackendCommand::Drain(r)) => Request::BackendDrain {
+            service: r.service.clone(),
+            address: r.address,
+        },
+        Command::Backend(BackendCommand::Undrain(r)) => Request::BackendUndrain {
+            service: r.service.clone(),
+            address: r.address,
+        },
+        Command::Backend(BackendCommand::SetWeight {
+            service,
+            address,
+            weight,
+        }) => Request::BackendSetWeight {
+            service: service.clone(),
+            address: *address,
+            weight: *weight,
+        },
+        Command::Stats(_) => Request::Stats,
+        Command::Reload => Request::Reload,
+        Command::Config(ConfigCommand::Dump) => Request::ConfigDump,
+        Command::Config(ConfigCommand::Save) => Request::ConfigSave,
+        Command::Unload => Request::Unload,
+    })
+}
+
+/// Human rendering of a response's data for `request`.
+pub fn render_human(request: &Request, data: Value) -> Result<String> {
+    let decode =
+        |what: &'static str| move |e: serde_json::Error| anyhow!("unexpected {what} from lbd: {e}");
+    Ok(match request {
+        Request::Status => {
+            let s: StatusInfo = serde_json::from_value(data).map_err(decode("status data"))?;
+            format::status(&s)
+        }
+        Request::ServiceList => {
+            let l: Vec<ServiceStats> =
+                serde_json::from_value(data).map_err(decode("service list"))?;
+            format::services(&l)
+        }
+        Request::BackendList { .. } => {
+            let l: Vec<BackendListEntry> =
+                serde_json::from_value(data).map_err(decode("backend list"))?;
+            format::backend_list(&l)
+        }
+        Request::Stats => {
+            let s: StatsSnapshot = serde_json::from_value(data).map_err(decode("stats data"))?;
+            format::stats(&s, None)
+        }
+        Request::ConfigSave => match data {
+            Value::String(path) => format!("saved the running configuration to {path}\n"),
+            other => format!("{other}\n"),
+        },
+        // Messages, summaries and the YAML dump are text.
+        _ => match data {
+            Value::String(s) if s.ends_with('\n') => s,
+            Value::String(s) => s + "\n",
+            other => serde_json::to_string_pretty(&other)? + "\n",
+        },
+    })
+}
+
+/// ANSI: cursor home. Each line is followed by "erase to end of line", the screen by "erase
+/// below", so the view refreshes in place without flicker.
+const HOME: &str = "\x1b[H";
+const ERASE_LINE: &str = "\x1b[K";
+const ERASE_BELOW: &str = "\x1b[J";
+const CLEAR: &str = "\x1b[2J";
+
+/// `lbctl stats --watch`: one sample per `interval` seconds until interrupted. Human output
+/// redraws the screen (and keeps retrying while lbd is unreachable); JSON output prints one
+/// compact line per sample and stops at the first error.
+fn watch_stats(socket: &Path, output: Output, interval: f64, out: &mut dyn Write) -> Result<()> {
+    let period = Duration::from_secs_f64(interval);
+    let mut client: Option<Client> = None;
+    let mut previous: Option<StatsSnapshot> = None;
+    let mut next = Instant::now();
+    if output == Output::Human {
+        write!(out, "{CLEAR}")?;
+    }
+    loop {
+        let sample = (|| -> Result<StatsSnapshot> {
+            if client.is_none() {
+                client = Some(Client::connect(socket)?);
+            }
+            let c = client.as_mut().expect("connected above");
+            Ok(c.call_typed::<StatsSnapshot>(&Request::Stats)?)
+        })();
+        match (output, sample) {
+            (Output::Json, Ok(snap)) => {
+                writeln!(out, "{}", serde_json::to_string(&snap)?)?;
+            }
+            (Output::Json, Err(e)) => return Err(e),
+            (Output::Human, Ok(snap)) => {
+                let body = format::stats(&snap, previous.as_ref());
+                let title = format!(
+                    "lbctl stats: every {interval}s from {} (Ctrl-C to quit)\n\n",
+                    socket.display()
+                );
+                write_screen(out, &(title + &body))?;
+                previous = Some(snap);
+            }
+            (Output::Human, Err(e)) => {
+                client = None;
+                previous = None;
+                let text =
+                    format!("lbctl stats: {e:#}\nretrying every {interval}s (Ctrl-C to quit)\n");
+                write_screen(out, &text)?;
+            }
+        }
+        out.flush()?;
+        next += period;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            next = now;
+        }
+    }
+}
+
+fn write_screen(out: &mut dyn Write, text: &str) -> std::io::Result<()> {
+    let mut screen = String::with_capacity(text.len() + 256);
+    screen.push_str(HOME);
+    for line in text.lines() {
+        screen.push_str(line);
+        screen.push_str(ERASE_LINE);
+        screen.push('\n');
+    }
+    screen.push_str(ERASE_BELOW);
+    out.write_all(screen.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("lbctl").chain(args.iter().copied()))
+    }
+
+    fn request(args: &[&str]) -> Value {
+        let cli = parse(args).unwrap();
+        serde_json::to_value(request_for(&cli.command).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_and_defaults() {
+        let cli = parse(&["status"]).unwrap();
+        assert_eq!(cli.socket, Path::new("/run/lb/lbd.sock"));
+        assert_eq!(cli.output, Output::Human);
+        let cli = parse(&[
+            "backend",
+            "list",
+            "--output",
+            "json",
+            "--socket",
+            "/tmp/x.sock",
+        ])
+        .unwrap();
+        assert_eq!(cli.socket, Path::new("/tmp/x.sock"));
+        assert_eq!(cli.output, Output::Json);
+    }
+
+    #[test]
+    fn commands_map_to_requests() {
+        assert_eq!(request(&["status"]), json!({"command": "status"}));
+        assert_eq!(
+            request(&["service", "list"]),
+            json!({"command": "service_list"})
+        );
+        assert_eq!(
+            request(&["service", "remove", "web"]),
+            json!({"command": "service_remove", "name": "web"})
+        );
+        assert_eq!(
+            request(&["backend", "list"]),
+            json!({"command": "backend_list", "service": null})
+        );
+        assert_eq!(
+            request(&["backend", "list", "web"]),
+            json!({"command": "backend_list", "service": "web"})
+        );
+        assert_eq!(
+            request(&["backend", "drain", "web", "10.1.1.2:8080"]),
+            json!({"command": "backend_drain", "service": "web", "address": "10.1.1.2:8080"})
+        );
+        assert_eq!(
+            request(&["backend", "undrain", "web", "10.1.1.2:8080"]),
+            json!({"command": "backend_undrain", "service": "web", "address": "10.1.1.2:8080"})
+        );
+        assert_eq!(
+            request(&["backend", "remove", "web", "10.1.1.2:8080"]),
+            json!({"command": "backend_remove", "service": "web", "address": "10.1.1.2:8080"})
+        );
+        assert_eq!(
+            request(&["backend", "set-weight", "web", "10.1.1.2:8080", "7"]),
+            json!({"command": "backend_set_weight", "service": "web",
+                   "address": "10.1.1.2:8080", "weight": 7})
+        );
+        assert_eq!(
+            request(&[
+                "backend",
+                "add",
+                "web",
+                "10.1.1.9:80",
+                "--weight",
+                "3",
+                "--backup"
+            ]),
+            json!({"command": "backend_add", "service": "web", "backend":
+                   {"address": "10.1.1.9:80", "weight": 3, "backup": true, "drain": false}})
+        );
+        assert_eq!(request(&["stats"]), json!({"command": "stats"}));
+        assert_eq!(request(&["reload"]), json!({"command": "reload"}));
+        assert_eq!(
+            request(&["config", "dump"]),
+            json!({"command": "config_dump"})
+        );
+        assert_eq!(
+            request(&["config", "save"]),
+            json!({"command": "config_save"})
+        );
+        assert_eq!(request(&["unload"]), json!({"command": "unload"}));
+    }
+
+    #[test]
+    fn service_add_from_flags_uses_config_defaults() {
+        let v = request(&[
+            "service",
+            "add",
+            "--name",
+            "web",
+            "--vip",
+            "192.0.2.10",
+            "--port",
+            "80",
+            "--health",
+            "http",
+            "--interval",
+            "500ms",
+            "--path",
+            "/healthz",
+            "--backend",
+            "10.1.1.2:8080",
+            "--backend",
+            "10.1.1.3:8080,weight=5,backup",
+        ]);
+        assert_eq!(v["command"], "service_add");
+        let s = &v["service"];
+        assert_eq!(s["name"], "web");
+        assert_eq!(s["vip"], "192.0.2.10");
+        assert_eq!(s["port"], 80);
+        assert_eq!(s["health_check"]["type"], "http");
+        assert_eq!(s["health_check"]["path"], "/healthz");
+        // Given durations are parsed by the config's parser; others take its defaults.
+        let cfg: ServiceConfig = serde_json::from_value(s.clone()).unwrap();
+        assert_eq!(cfg.health_check.interval, Duration::from_millis(500));
+        assert_eq!(cfg.health_check.timeout, Duration::from_secs(1));
+        assert_eq!(cfg.backends.len(), 2);
+        assert_eq!(cfg.backends[0].weight, 1);
+        assert!(!cfg.backends[0].backup);
+        assert_eq!(cfg.backends[1].weight, 5);
+        assert!(cfg.backends[1].backup);
+    }
+
+    #[test]
+    fn service_add_errors_name_the_flag() {
+        let cli = parse(&[
+            "service",
+            "add",
+            "--name",
+            "web",
+            "--vip",
+            "192.0.2.10",
+            "--port",
+            "80",
+            "--interval",
+            "2 fortnights",
+        ])
+        .unwrap();
+        let err = format!("{:#}", request_for(&cli.command).unwrap_err());
+        assert!(err.starts_with("service add:"), "{err}");
+        assert!(err.contains("2 fortnights"), "{err}");
+
+        let err = format!(
+            "{:#}",
+            parse_backend_spec("10.1.1.2:80,wieght=2").unwrap_err()
+        );
+        assert_eq!(
+            err,
+            "--backend 10.1.1.2:80,wieght=2: unknown option `wieght=2` (expected weight=N, backup or drain)"
+        );
+        let err = format!("{:#}", parse_backend_spec("10.1.1.2").unwrap_err());
+        assert_eq!(
+            err,
+            "--backend 10.1.1.2: `10.1.1.2` is not IPV4:PORT (e.g. 10.1.1.2:8080)"
+        );
+        let err = format!(
+            "{:#}",
+            parse_backend_spec("10.1.1.2:80,weight=x").unwrap_err()
+        );
+        assert!(err.contains("weight `x` is not a number"), "{err}");
+
+        // Missing required flags and conflicting --from-yaml are usage errors.
+        assert!(parse(&["service", "add", "--name", "web"]).is_err());
+        assert!(parse(&["service", "add", "--from-yaml", "f.yaml", "--name", "web"]).is_err());
+        assert!(parse(&["backend", "drain", "web", "10.1.1.2"]).is_err());
+        assert!(parse(&["stats", "--interval", "2"]).is_err());
+        assert!(parse(&["stats", "--watch", "--interval", "0"]).is_err());
+        assert!(parse(&["stats", "--watch", "--interval", "0.5"]).is_ok());
+    }
+
+    #[test]
+    fn service_from_yaml_reads_one_service() {
+        let text = "\
+name: api
+vip: 192.0.2.11
+port: 443
+health_check:
+  type: tcp
+  interval: 1s
+backends:
+  - address: 10.2.0.20:443
+    weight: 3
+";
+        let s = service_from_yaml_str(text).unwrap();
+        assert_eq!(s.name, "api");
+        assert_eq!(s.port, 443);
+        assert_eq!(s.backends[0].weight, 3);
+        let err = service_from_yaml_str("name: api\nvip: 192.0.2.11\nport: 443\nbakends: []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bakends"), "{err}");
+        assert!(err.contains("expected one service mapping"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+
+        let dir = std::env::temp_dir().join(format!("lbctl-yaml-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("svc.yaml");
+        std::fs::write(&file, text).unwrap();
+        let cli = parse(&["service", "add", "--from-yaml", file.to_str().unwrap()]).unwrap();
+        let v = serde_json::to_value(request_for(&cli.command).unwrap()).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(v["service"]["name"], "api");
+        let missing = dir.join("nope.yaml");
+        let err = format!("{:#}", service_from_yaml_file(&missing).unwrap_err());
+        assert!(
+            err.starts_with(&format!("cannot read {}", missing.display())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn human_rendering_of_messages() {
+        assert_eq!(
+            render_human(&Request::Reload, json!("added service api")).unwrap(),
+            "added service api\n"
+        );
+        assert_eq!(
+            render_human(&Request::ConfigDump, json!("services: []\n")).unwrap(),
+            "services: []\n"
+        );
+        assert_eq!(
+            render_human(&Request::ConfigSave, json!("/etc/lb/lb.yaml")).unwrap(),
+            "saved the running configuration to /etc/lb/lb.yaml\n"
+        );
+        let err = render_human(&Request::Status, json!({"version": 1})).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("unexpected status data from lbd:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unreachable_lbd_is_one_clear_line() {
+        let cli = parse(&["--socket", "/nonexistent/lbd.sock", "status"]).unwrap();
+        let mut out = Vec::new();
+        let err = format!("{:#}", run_to(&cli, &mut out).unwrap_err());
+        assert_eq!(
+            err,
+            "cannot reach lbd at /nonexistent/lbd.sock: is lbd running? (no such socket)"
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn screen_redraw_erases_leftovers() {
+        let mut out = Vec::new();
+        write_screen(&mut out, "a\nbb\n").unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "\x1b[Ha\x1b[K\nbb\x1b[K\n\x1b[J"
+        );
+    }
+}
