@@ -1,0 +1,267 @@
+//! `lb_xdp`: lb's XDP data plane (the packet path of docs/architecture.md).
+//!
+//! The entry point is thin: [`try_lb`] decides a [`Verdict`], and the single exit in
+//! [`lb_xdp`] records its counter and returns its action. Modules by concern: [`parse`]
+//! (all pointer arithmetic), [`maps`], [`conntrack`], [`nat`], [`forward`], [`rst`], [`stats`].
+#![no_std]
+#![no_main]
+
+mod conntrack;
+mod forward;
+mod maps;
+mod nat;
+mod parse;
+mod rst;
+mod stats;
+
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
+use conntrack::{tcp_key, AllocError};
+use forward::Direction;
+use lb_common::{
+    hash::flow_hash, tcp_flags, BACKEND_F_DOWN, BACKEND_ID_NONE, FLOW_F_REPLY, IPPROTO_TCP,
+    SERVICE_F_NO_BACKEND, *,
+};
+use maps::{LB_BACKENDS, LB_CONFIG, LB_CONNTRACK, LB_MAGLEV, LB_SERVICES, LB_VIPS};
+use parse::{
+    frame_len, ptr_at, EthHdr, Ipv4Hdr, TcpHdr, ETH_HLEN, ETH_P_IPV6_BE, ETH_P_IP_BE, IPV4_HLEN,
+    TCP_HLEN,
+};
+use stats::Verdict;
+
+/// The load balancer. Every packet increments exactly one verdict counter.
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    let verdict = match try_lb(&ctx) {
+        Ok(v) => v,
+        Err(()) => Verdict::new(xdp_action::XDP_ABORTED, ABORTED),
+    };
+    stats::count(verdict.counter);
+    verdict.action
+}
+
+/// Passes every packet: attached by the test lab to veth peers so native redirects into them
+/// are delivered (see docs/maps.md).
+#[xdp]
+pub fn lb_xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Ethernet and IPv4 validation, then the service path or the reply path.
+#[inline(always)]
+fn try_lb(ctx: &XdpContext) -> Result<Verdict, ()> {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Ok(Verdict::drop(DROP_MALFORMED));
+    };
+    // SAFETY: bounds-checked by ptr_at.
+    let ether_type = unsafe { (*eth).ether_type_be };
+    if ether_type != ETH_P_IP_BE {
+        return Ok(Verdict::pass(if ether_type == ETH_P_IPV6_BE {
+            PASS_IPV6
+        } else {
+            PASS_NON_IP
+        }));
+    }
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
+        return Ok(Verdict::drop(DROP_MALFORMED));
+    };
+    // SAFETY: bounds-checked by ptr_at; the frame is not aliased elsewhere.
+    let (eth, ip) = unsafe { (&mut *eth, &mut *ip) };
+    let hlen = ip.header_len();
+    let tot_len = ip.tot_len();
+    if ip.version() != 4
+        || hlen < IPV4_HLEN
+        || tot_len < hlen
+        || tot_len > frame_len(ctx) - ETH_HLEN
+    {
+        return Ok(Verdict::drop(DROP_MALFORMED));
+    }
+    // SAFETY: read-only presence check.
+    if unsafe { LB_VIPS.get(&ip.dst_be) }.is_some() {
+        lb4_service(ctx, eth, ip, tot_len)
+    } else {
+        lb4_reply(ctx, eth, ip, hlen, tot_len)
+    }
+}
+
+/// Checks the TCP data offset against the header and the IP payload length.
+#[inline(always)]
+fn tcp_header_ok(tcp: &TcpHdr, l4_len: usize) -> bool {
+    let doff = tcp.header_len();
+    doff >= TCP_HLEN && doff <= l4_len
+}
+
+/// A packet to a VIP (steps 3-8 of the packet path).
+#[inline(always)]
+fn lb4_service(
+    ctx: &XdpContext,
+    eth: &mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    tot_len: usize,
+) -> Result<Verdict, ()> {
+    if ip.is_fragment() {
+        return Ok(Verdict::drop(DROP_VIP_FRAGMENT));
+    }
+    if ip.header_len() != IPV4_HLEN {
+        return Ok(Verdict::drop(DROP_VIP_IP_OPTIONS));
+    }
+    if ip.proto != IPPROTO_TCP {
+        return Ok(Verdict::pass(PASS_VIP_NON_TCP));
+    }
+    let Some(tcp) = ptr_at::<TcpHdr>(ctx, ETH_HLEN + IPV4_HLEN) else {
+        return Ok(Verdict::drop(DROP_MALFORMED_TCP));
+    };
+    // SAFETY: bounds-checked by ptr_at, disjoint from the IP header.
+    let tcp = unsafe { &mut *tcp };
+    if !tcp_header_ok(tcp, tot_len - IPV4_HLEN) {
+        return Ok(Verdict::drop(DROP_MALFORMED_TCP));
+    }
+    let svc_key = ServiceKey {
+        vip_be: ip.dst_be,
+        port_be: tcp.dst_port_be,
+        proto: IPPROTO_TCP,
+        _pad: 0,
+    };
+    // SAFETY: copy of a map value.
+    let Some(svc) = (unsafe { LB_SERVICES.get(&svc_key) }).copied() else {
+        return Ok(Verdict::pass(PASS_VIP_NO_SERVICE));
+    };
+    if ip.ttl <= 1 {
+        return Ok(Verdict::pass(PASS_TTL_EXCEEDED));
+    }
+    let cfg = *LB_CONFIG.get(0).ok_or(())?;
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = tcp_key(ip.src_be, ip.dst_be, tcp.src_port_be, tcp.dst_port_be);
+
+    if let Some(entry) = LB_CONNTRACK.get_ptr_mut(&key) {
+        // SAFETY: map value pointer; concurrent updates are benign (last writer wins).
+        let entry = unsafe { &mut *entry };
+        if entry.flags & FLOW_F_REPLY == 0 && !entry.is_expired(now, &cfg) {
+            let usable = match LB_BACKENDS.get(entry.backend_id) {
+                Some(b) => b.addr_be != 0 && b.flags & BACKEND_F_DOWN == 0,
+                None => false,
+            };
+            if usable {
+                conntrack::touch(entry, tcp.flags, now);
+                let e = *entry;
+                nat::rewrite(ip, tcp, &e);
+                return Ok(forward::forward(
+                    ctx,
+                    eth,
+                    ip,
+                    e.service_id,
+                    e.backend_id,
+                    Direction::ToBackend,
+                ));
+            }
+            stats::count(CT_BACKEND_DOWN);
+            conntrack::release(entry);
+        }
+    }
+
+    // A new flow: only a SYN without ACK may create one.
+    if tcp.flags & (tcp_flags::SYN | tcp_flags::ACK) != tcp_flags::SYN {
+        return Ok(Verdict::drop(DROP_NO_CONNTRACK));
+    }
+    if svc.flags & SERVICE_F_NO_BACKEND != 0 || svc.table_size == 0 {
+        return rst::reply_rst(ctx, svc.service_id);
+    }
+    let h = flow_hash(
+        key.src_addr_be,
+        key.dst_addr_be,
+        key.src_port_be,
+        key.dst_port_be,
+        cfg.hash_seed,
+    );
+    let slot = svc.table_offset.wrapping_add(h % svc.table_size);
+    let backend_id = *LB_MAGLEV.get(slot).ok_or(())?;
+    if backend_id == BACKEND_ID_NONE {
+        return rst::reply_rst(ctx, svc.service_id);
+    }
+    let backend = *LB_BACKENDS.get(backend_id).ok_or(())?;
+    if backend.addr_be == 0 {
+        return rst::reply_rst(ctx, svc.service_id);
+    }
+    let entry = match conntrack::allocate(&key, &backend, backend_id, svc.service_id, &cfg, now) {
+        Ok(e) => e,
+        Err(AllocError::SnatExhausted) => return Ok(Verdict::drop(DROP_SNAT_EXHAUSTED)),
+        Err(AllocError::Full) => return Ok(Verdict::drop(DROP_CONNTRACK_FULL)),
+    };
+    stats::count(NEW_FLOW);
+    stats::new_flow(svc.service_id, backend_id);
+    nat::rewrite(ip, tcp, &entry);
+    Ok(forward::forward(
+        ctx,
+        eth,
+        ip,
+        svc.service_id,
+        backend_id,
+        Direction::ToBackend,
+    ))
+}
+
+/// A packet not addressed to a VIP: a reply of a tracked flow (backend -> SNAT), or not ours.
+#[inline(always)]
+fn lb4_reply(
+    ctx: &XdpContext,
+    eth: &mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    hlen: usize,
+    tot_len: usize,
+) -> Result<Verdict, ()> {
+    if ip.proto != IPPROTO_TCP || ip.is_fragment() {
+        return Ok(Verdict::pass(PASS_NOT_SERVICE));
+    }
+    // IHL is at most 15 words; the mask lets the verifier bound the offset.
+    let l4_off = ETH_HLEN + (hlen & 0x3c);
+    let Some(ports) = ptr_at::<[u16; 2]>(ctx, l4_off) else {
+        return Ok(Verdict::pass(PASS_NOT_SERVICE));
+    };
+    // SAFETY: bounds-checked by ptr_at.
+    let [sport, dport] = unsafe { *ports };
+    let key = tcp_key(ip.src_be, ip.dst_be, sport, dport);
+    let Some(entry) = LB_CONNTRACK.get_ptr_mut(&key) else {
+        return Ok(Verdict::pass(PASS_NOT_SERVICE));
+    };
+    // SAFETY: map value pointer; concurrent updates are benign.
+    let entry = unsafe { &mut *entry };
+    let cfg = *LB_CONFIG.get(0).ok_or(())?;
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if entry.flags & FLOW_F_REPLY == 0 || entry.is_expired(now, &cfg) {
+        return Ok(Verdict::pass(PASS_NOT_SERVICE));
+    }
+    let Some(tcp) = ptr_at::<TcpHdr>(ctx, l4_off) else {
+        return Ok(Verdict::drop(DROP_MALFORMED_TCP));
+    };
+    // SAFETY: bounds-checked by ptr_at, disjoint from the IP header.
+    let tcp = unsafe { &mut *tcp };
+    if !tcp_header_ok(tcp, tot_len - hlen) {
+        return Ok(Verdict::drop(DROP_MALFORMED_TCP));
+    }
+    if ip.ttl <= 1 {
+        return Ok(Verdict::pass(PASS_TTL_EXCEEDED));
+    }
+    conntrack::touch(entry, tcp.flags, now);
+    let e = *entry;
+    nat::rewrite(ip, tcp, &e);
+    Ok(forward::forward(
+        ctx,
+        eth,
+        ip,
+        e.service_id,
+        e.backend_id,
+        Direction::ToClient,
+    ))
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// License of the object (GPL-compatible: `bpf_fib_lookup` and friends are GPL-only helpers).
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,96 @@
+//! The BPF maps of `lb_xdp`, exactly as `lb_common::maps` names and types them.
+//!
+//! Every map is declared pinnable by name: the loader pins them under
+//! `<bpffs_root>/abi<ABI_VERSION>/` and re-adopts them on restart. Capacities here are the
+//! object-file defaults; the loader overrides the configurable ones at load time.
+
+use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    BackendValue, FlowEntry, FlowKey, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue,
+    CONFIG_ENTRIES, CONNTRACK_ENTRIES_PER_FLOW, DEFAULT_CONNTRACK_FLOWS, DEFAULT_MAGLEV_TABLE_SIZE,
+    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, MAX_SNAT_ADDRS, MAX_TX_PORTS, NUM_COUNTERS,
+};
+
+/// Services by (VIP, port, protocol): which Maglev table and stats slot a packet uses.
+#[map]
+pub static LB_SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::pinned(DEFAULT_MAX_SERVICES, 0);
+
+/// Set of VIPs: one lookup decides whether a packet is addressed to the balancer.
+#[map]
+pub static LB_VIPS: HashMap<u32, VipValue> = HashMap::pinned(DEFAULT_MAX_SERVICES, 0);
+
+/// Backends by id (id 0 = unset): address, port and `BACKEND_F_*` flags.
+#[map]
+pub static LB_BACKENDS: Array<BackendValue> = Array::pinned(DEFAULT_MAX_BACKENDS, 0);
+
+/// All Maglev tables (two per service), slot -> backend id. Mmapable so user space can write a
+/// whole table with memory stores instead of one syscall per slot.
+#[map]
+pub static LB_MAGLEV: Array<u32> = Array::pinned(
+    DEFAULT_MAX_SERVICES * 2 * DEFAULT_MAGLEV_TABLE_SIZE,
+    BPF_F_MMAPABLE,
+);
+
+/// Connection tracking: forward (client -> VIP) and reply (backend -> SNAT) entries.
+#[map]
+pub static LB_CONNTRACK: LruHashMap<FlowKey, FlowEntry> =
+    LruHashMap::pinned(DEFAULT_CONNTRACK_FLOWS * CONNTRACK_ENTRIES_PER_FLOW, 0);
+
+/// Global run-time settings in slot 0 (SNAT range, timeouts, hash seed).
+#[map]
+pub static LB_CONFIG: Array<GlobalConfig> = Array::pinned(CONFIG_ENTRIES, 0);
+
+/// SNAT source addresses; the first `GlobalConfig::snat_addr_count` are valid.
+#[map]
+pub static LB_SNAT_ADDRS: Array<u32> = Array::pinned(MAX_SNAT_ADDRS, 0);
+
+/// Interfaces lb may redirect to, keyed by ifindex.
+#[map]
+pub static LB_TX_PORTS: DevMapHash = DevMapHash::pinned(MAX_TX_PORTS, 0);
+
+/// Global per-CPU verdict and event counters (`lb_common::counters`).
+#[map]
+pub static LB_STATS: PerCpuArray<u64> = PerCpuArray::pinned(NUM_COUNTERS, 0);
+
+/// Per-CPU packet, byte and flow counters per service id.
+#[map]
+pub static LB_SVC_STATS: PerCpuArray<FlowStats> = PerCpuArray::pinned(DEFAULT_MAX_SERVICES, 0);
+
+/// Per-CPU packet, byte and flow counters per backend id.
+#[map]
+pub static LB_BE_STATS: PerCpuArray<FlowStats> = PerCpuArray::pinned(DEFAULT_MAX_BACKENDS, 0);
+
+/// Compile-time string equality (the map symbols must be the lb-common names).
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+const _: () = {
+    assert!(same(lb_common::MAP_SERVICES, "LB_SERVICES"));
+    assert!(same(lb_common::MAP_VIPS, "LB_VIPS"));
+    assert!(same(lb_common::MAP_BACKENDS, "LB_BACKENDS"));
+    assert!(same(lb_common::MAP_MAGLEV, "LB_MAGLEV"));
+    assert!(same(lb_common::MAP_CONNTRACK, "LB_CONNTRACK"));
+    assert!(same(lb_common::MAP_CONFIG, "LB_CONFIG"));
+    assert!(same(lb_common::MAP_SNAT_ADDRS, "LB_SNAT_ADDRS"));
+    assert!(same(lb_common::MAP_TX_PORTS, "LB_TX_PORTS"));
+    assert!(same(lb_common::MAP_STATS, "LB_STATS"));
+    assert!(same(lb_common::MAP_SERVICE_STATS, "LB_SVC_STATS"));
+    assert!(same(lb_common::MAP_BACKEND_STATS, "LB_BE_STATS"));
+};

@@ -1,0 +1,99 @@
+//! The TCP RST+ACK answer to a SYN for a service with no usable backend.
+//!
+//! The SYN is turned into the reply in place: MACs, addresses and ports swapped, options and
+//! payload cut with `bpf_xdp_adjust_tail`, `seq = 0`, `ack = SYN seq + 1 + payload length`
+//! (RFC 793 reset generation for a segment without ACK), both checksums computed from scratch,
+//! and sent back out of the ingress interface with `XDP_TX`.
+
+use crate::parse::{frame_len, ptr_at, EthHdr, Ipv4Hdr, TcpHdr, ETH_HLEN, IPV4_HLEN, TCP_HLEN};
+use crate::stats::{self, Verdict};
+use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext};
+use lb_common::{checksum::csum_fold, tcp_flags, IPPROTO_TCP, TX_RST_NO_BACKEND};
+
+/// Length of the RST frame: Ethernet + IPv4 + TCP, no options.
+const RST_FRAME_LEN: usize = ETH_HLEN + IPV4_HLEN + TCP_HLEN;
+/// TTL of the generated RST.
+const RST_TTL: u8 = 64;
+/// IPv4 "don't fragment", network order.
+const IP_DF_BE: u16 = 0x4000u16.to_be();
+
+/// Sum of `N` 16-bit words read natively from `p`.
+#[inline(always)]
+fn sum_words<const N: usize>(p: *const [u16; N]) -> u64 {
+    // SAFETY: the caller passes a pointer bounds-checked by `ptr_at`.
+    let words = unsafe { &*p };
+    let mut sum = 0u64;
+    let mut i = 0;
+    while i < N {
+        sum += words[i] as u64;
+        i += 1;
+    }
+    sum
+}
+
+/// Rewrites the SYN in `ctx` (already validated: IPv4 without options, full TCP header) into
+/// the RST+ACK reply. `Err` only if the frame cannot be shrunk (internal error).
+#[inline(always)]
+pub fn reply_rst(ctx: &XdpContext, service_id: u32) -> Result<Verdict, ()> {
+    let (seq, payload) = {
+        let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(())?;
+        let tcp: *mut TcpHdr = ptr_at(ctx, ETH_HLEN + IPV4_HLEN).ok_or(())?;
+        // SAFETY: bounds-checked pointers.
+        let (ip, tcp) = unsafe { (&*ip, &*tcp) };
+        let payload = ip.tot_len().saturating_sub(IPV4_HLEN + tcp.header_len()) as u32;
+        (u32::from_be(tcp.seq_be), payload)
+    };
+    let len = frame_len(ctx);
+    if len > RST_FRAME_LEN {
+        let delta = RST_FRAME_LEN as i32 - len as i32;
+        // SAFETY: helper call on the program's own context.
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+            return Err(());
+        }
+    }
+    // Pointers are invalid after adjust_tail: fetch them again.
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(())?;
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(())?;
+    let tcp: *mut TcpHdr = ptr_at(ctx, ETH_HLEN + IPV4_HLEN).ok_or(())?;
+    // SAFETY: bounds-checked pointers into the frame, not aliased.
+    let (eth, ip, tcp) = unsafe { (&mut *eth, &mut *ip, &mut *tcp) };
+
+    let mac = eth.dst;
+    eth.dst = eth.src;
+    eth.src = mac;
+
+    let (src, dst) = (ip.src_be, ip.dst_be);
+    ip.version_ihl = 0x45;
+    ip.tos = 0;
+    ip.tot_len_be = ((IPV4_HLEN + TCP_HLEN) as u16).to_be();
+    ip.id_be = 0;
+    ip.frag_off_be = IP_DF_BE;
+    ip.ttl = RST_TTL;
+    ip.proto = IPPROTO_TCP;
+    ip.check = 0;
+    ip.src_be = dst;
+    ip.dst_be = src;
+    ip.check = !csum_fold(sum_words(ip as *const Ipv4Hdr as *const [u16; IPV4_HLEN / 2]));
+
+    let port = tcp.src_port_be;
+    tcp.src_port_be = tcp.dst_port_be;
+    tcp.dst_port_be = port;
+    tcp.seq_be = 0;
+    tcp.ack_seq_be = seq.wrapping_add(1).wrapping_add(payload).to_be();
+    tcp.doff_res = ((TCP_HLEN / 4) as u8) << 4;
+    tcp.flags = tcp_flags::RST | tcp_flags::ACK;
+    tcp.window_be = 0;
+    tcp.check = 0;
+    tcp.urg_ptr_be = 0;
+    let pseudo = (dst & 0xffff) as u64
+        + (dst >> 16) as u64
+        + (src & 0xffff) as u64
+        + (src >> 16) as u64
+        + u16::from_ne_bytes([0, IPPROTO_TCP]) as u64
+        + u16::from_ne_bytes((TCP_HLEN as u16).to_be_bytes()) as u64;
+    let sum = pseudo + sum_words(tcp as *const TcpHdr as *const [u16; TCP_HLEN / 2]);
+    tcp.check = !csum_fold(sum);
+
+    stats::refused(service_id);
+    Ok(Verdict::new(xdp_action::XDP_TX, TX_RST_NO_BACKEND))
+}
