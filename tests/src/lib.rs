@@ -1,1 +1,3 @@
 //! Test harnesses.
+
+pub mod lab;

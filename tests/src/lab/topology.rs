@@ -1,0 +1,455 @@
+//! [`Lab`]: builds the namespaces and veths of one lab and owns everything started in them.
+//!
+//! Drop order (also on panic): backend servers, then lbd (`lbd --unload` detaches XDP and
+//! removes the pins), then the namespaces, then the temp dir and the bpffs directory.
+
+use super::client::{run_in_netns, spawn_in_netns};
+use super::lbd::{release_binary, BackendSpec, HealthSpec, Lbd, LbdConfig, ServiceSpec};
+use super::sys::{self, ip, ns_command, ns_run, Netns, Proc, TempDir};
+use super::{
+    backend_addr, backend_ip, backend_name, balancer_private_ip, LabError, Result, SNAT_ADDR, VIP,
+    VIP_PORT,
+};
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How lbd attaches XDP in a lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Driver mode on the veths.
+    Native,
+    /// skb mode.
+    Generic,
+}
+
+impl Mode {
+    /// The config file's `xdp_mode` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Native => "native",
+            Mode::Generic => "generic",
+        }
+    }
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// Number of backends (1..=254).
+    pub backends: usize,
+    /// XDP mode lbd is configured with (also decides the balancer veths' GRO setting).
+    pub mode: Mode,
+    /// Name prefix; unique per lab (default [`sys::unique_prefix`]).
+    pub prefix: Option<String>,
+}
+
+impl LabOptions {
+    /// `backends` backends in `mode`.
+    pub fn new(backends: usize, mode: Mode) -> Self {
+        Self {
+            backends,
+            mode,
+            prefix: None,
+        }
+    }
+}
+
+/// One backend host: its namespace and its test server.
+struct Backend {
+    ns: Netns,
+    server: Option<Proc>,
+}
+
+/// A running lab. See the module docs of [`crate::lab`] for the topology.
+pub struct Lab {
+    prefix: String,
+    mode: Mode,
+    backends: Vec<Backend>,
+    lbd: Option<Lbd>,
+    client: Netns,
+    balancer: Netns,
+    tmp: TempDir,
+    bpffs_root: PathBuf,
+    testsrv_bin: PathBuf,
+}
+
+impl Lab {
+    /// Builds the namespaces and veths and starts a test server on every backend (lbd is
+    /// started separately, see [`Lab::start_lbd`]).
+    pub fn new(opts: LabOptions) -> Result<Lab> {
+        sys::require_root_and_tools()?;
+        if !(1..=254).contains(&opts.backends) {
+            return Err(LabError::Unavailable(format!(
+                "backends must be 1..=254, got {}",
+                opts.backends
+            )));
+        }
+        let prefix = opts.prefix.clone().unwrap_or_else(sys::unique_prefix);
+        let testsrv_bin = release_binary("lb-testsrv")?;
+        let tmp = TempDir::create(&prefix)?;
+        let client = Netns::create(&format!("{prefix}-c"))?;
+        let balancer = Netns::create(&format!("{prefix}-lb"))?;
+        let mut lab = Lab {
+            bpffs_root: Path::new("/sys/fs/bpf").join(&prefix),
+            prefix,
+            mode: opts.mode,
+            backends: Vec::new(),
+            lbd: None,
+            client,
+            balancer,
+            tmp,
+            testsrv_bin,
+        };
+        lab.wire(opts.backends)?;
+        for i in 1..=opts.backends {
+            lab.start_backend(i)?;
+        }
+        Ok(lab)
+    }
+
+    fn wire(&mut self, n: usize) -> Result<()> {
+        let c = self.client.name().to_string();
+        let lb = self.balancer.name().to_string();
+        // Client <-> balancer.
+        ip(&[
+            "-n", &lb, "link", "add", "pub0", "type", "veth", "peer", "name", "c0", "netns", &c,
+        ])?;
+        ip(&["-n", &lb, "addr", "add", "172.30.0.1/24", "dev", "pub0"])?;
+        ip(&["-n", &c, "addr", "add", "172.30.0.2/24", "dev", "c0"])?;
+        ip(&["-n", &lb, "link", "set", "pub0", "up"])?;
+        ip(&["-n", &c, "link", "set", "c0", "up"])?;
+        ip(&[
+            "-n",
+            &c,
+            "route",
+            "add",
+            "192.0.2.0/24",
+            "via",
+            "172.30.0.1",
+        ])?;
+        host_side_offloads(&c, "c0")?;
+        // Balancer <-> each backend: one veth per backend network (no bridge).
+        for i in 1..=n {
+            let b = Netns::create(&format!("{}-b{i}", self.prefix))?;
+            let bn = b.name().to_string();
+            self.backends.push(Backend {
+                ns: b,
+                server: None,
+            });
+            let bk = format!("bk{i}");
+            ip(&[
+                "-n", &lb, "link", "add", &bk, "type", "veth", "peer", "name", "e0", "netns", &bn,
+            ])?;
+            ip(&[
+                "-n",
+                &lb,
+                "addr",
+                "add",
+                &format!("{}/24", balancer_private_ip(i)),
+                "dev",
+                &bk,
+            ])?;
+            ip(&[
+                "-n",
+                &bn,
+                "addr",
+                "add",
+                &format!("{}/24", backend_ip(i)),
+                "dev",
+                "e0",
+            ])?;
+            ip(&["-n", &lb, "link", "set", &bk, "up"])?;
+            ip(&["-n", &bn, "link", "set", "e0", "up"])?;
+            ip(&[
+                "-n",
+                &bn,
+                "route",
+                "add",
+                "default",
+                "via",
+                &balancer_private_ip(i).to_string(),
+            ])?;
+            host_side_offloads(&bn, "e0")?;
+        }
+        // The balancer forwards (bpf_fib_lookup needs it) without reverse-path filtering.
+        let mut sysctls = vec![
+            "net.ipv4.ip_forward=1".to_string(),
+            "net.ipv4.conf.all.rp_filter=0".to_string(),
+            "net.ipv4.conf.default.rp_filter=0".to_string(),
+            "net.ipv4.conf.pub0.rp_filter=0".to_string(),
+        ];
+        sysctls.extend((1..=n).map(|i| format!("net.ipv4.conf.bk{i}.rp_filter=0")));
+        let mut args = vec!["-qw"];
+        args.extend(sysctls.iter().map(String::as_str));
+        ns_run(&lb, "sysctl", &args)?;
+        if self.mode == Mode::Generic {
+            // Generic XDP must see wire-sized packets, not GRO super-packets (pitfall 3).
+            for dev in std::iter::once("pub0".to_string()).chain((1..=n).map(|i| format!("bk{i}")))
+            {
+                ns_run(&lb, "ethtool", &["-K", &dev, "gro", "off"])?;
+            }
+        }
+        // The client must not reach backends directly, even with a route: only packets whose
+        // source is the SNAT address (lb's own NO_NEIGH pass-ups) may be forwarded from pub0.
+        let rules = format!(
+            "table inet lab {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n    iifname \"pub0\" ip saddr != {SNAT_ADDR} drop\n  }}\n}}\n"
+        );
+        sys::run_with_input(ns_command(&lb, "nft").args(["-f", "-"]), &rules)?;
+        Ok(())
+    }
+
+    /// The name prefix of this lab's namespaces.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The XDP mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Number of backends.
+    pub fn backend_count(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// The client namespace's name.
+    pub fn client_ns(&self) -> &str {
+        self.client.name()
+    }
+
+    /// The balancer namespace's name.
+    pub fn balancer_ns(&self) -> &str {
+        self.balancer.name()
+    }
+
+    /// Namespace name of backend `i` (1-based).
+    pub fn backend_ns(&self, i: usize) -> &str {
+        self.backends[i - 1].ns.name()
+    }
+
+    /// The lab's temp dir (config, socket, logs).
+    pub fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Starts (or restarts) the test server of backend `i` (1-based) and waits until it
+    /// listens.
+    pub fn start_backend(&mut self, i: usize) -> Result<()> {
+        self.kill_backend(i);
+        let ns = self.backends[i - 1].ns.name().to_string();
+        let log = self.tmp.path().join(format!("b{i}.log"));
+        let mut cmd = ns_command(&ns, &self.testsrv_bin);
+        cmd.args([
+            "--listen",
+            &backend_addr(i).to_string(),
+            "--name",
+            &backend_name(i),
+        ]);
+        let stderr = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(LabError::io(format!("opening {}", log.display())))?;
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .map_err(LabError::io("starting lb-testsrv"))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut proc = Proc::from_child(child, &format!("lb-testsrv b{i}"), Some(log.clone()));
+        // The server prints one line once it listens.
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(LabError::io("reading lb-testsrv's ready line"))?;
+        if !line.starts_with("listening") {
+            let st = proc.stop(libc::SIGKILL, Duration::from_secs(1));
+            return Err(LabError::Unavailable(format!(
+                "lb-testsrv b{i} did not start ({st}): {}",
+                sys::log_tail(&log, 10)
+            )));
+        }
+        self.backends[i - 1].server = Some(proc);
+        Ok(())
+    }
+
+    /// Kills the test server of backend `i` (SIGKILL, by PID); the host stays up, so new
+    /// connections to it are refused with RST.
+    pub fn kill_backend(&mut self, i: usize) {
+        if let Some(mut p) = self.backends[i - 1].server.take() {
+            p.stop(libc::SIGKILL, Duration::from_secs(2));
+        }
+    }
+
+    /// The lab's default lbd config: every interface, the lab's mode, a unique bpffs root,
+    /// the socket in the temp dir, one service `web` on VIP:80 with `backends`.
+    pub fn lbd_config(&self, backends: Vec<BackendSpec>, health: HealthSpec) -> LbdConfig {
+        let mut interfaces = vec!["pub0".to_string()];
+        interfaces.extend((1..=self.backends.len()).map(|i| format!("bk{i}")));
+        LbdConfig {
+            interfaces,
+            xdp_mode: self.mode.as_str().to_string(),
+            bpffs_root: self.bpffs_root.clone(),
+            api_socket: self.socket_path(),
+            metrics_listen: "127.0.0.1:9560".into(),
+            snat_addresses: vec![SNAT_ADDR],
+            closing_timeout_s: 5,
+            conntrack_flows: 65536,
+            services: vec![ServiceSpec {
+                name: "web".into(),
+                vip: VIP,
+                port: VIP_PORT,
+                health,
+                backends,
+            }],
+        }
+    }
+
+    /// The default config with every backend as an equal primary.
+    pub fn default_config(&self) -> LbdConfig {
+        let backends = (1..=self.backends.len())
+            .map(|i| BackendSpec::new(backend_addr(i)))
+            .collect();
+        self.lbd_config(backends, HealthSpec::default())
+    }
+
+    /// lbd's control socket in this lab.
+    pub fn socket_path(&self) -> PathBuf {
+        self.tmp.path().join("lbd.sock")
+    }
+
+    /// Path of the lab's config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.tmp.path().join("lb.yaml")
+    }
+
+    /// Writes `config` and starts lbd on it, then waits until every primary backend of the
+    /// config is up and a connection through the VIP works.
+    pub fn start_lbd(&mut self, config: &LbdConfig) -> Result<()> {
+        self.start_lbd_text(&config.to_yaml())?;
+        let primaries: Vec<_> = config.services[0]
+            .backends
+            .iter()
+            .filter(|b| !b.backup && !b.drain)
+            .map(|b| (b.address, "up"))
+            .collect();
+        self.lbd()?
+            .wait_health(&primaries, Duration::from_secs(20))?;
+        self.wait_vip(Duration::from_secs(10))
+    }
+
+    /// Writes `text` as the config file and starts lbd on it (no waiting for health).
+    pub fn start_lbd_text(&mut self, text: &str) -> Result<()> {
+        if self.lbd.is_none() {
+            self.lbd = Some(Lbd::new(
+                self.balancer.name(),
+                self.config_path(),
+                self.socket_path(),
+                self.tmp.path().join("lbd.log"),
+            )?);
+        }
+        let lbd = self.lbd.as_mut().expect("just set");
+        lbd.write_config(text)?;
+        lbd.start()
+    }
+
+    /// The lab's lbd (started with [`Lab::start_lbd`]).
+    pub fn lbd(&mut self) -> Result<&mut Lbd> {
+        self.lbd
+            .as_mut()
+            .ok_or_else(|| LabError::Api("lbd was not started in this lab".into()))
+    }
+
+    /// Waits until `GET /id` through the VIP succeeds from the client.
+    pub fn wait_vip(&self, timeout: Duration) -> Result<()> {
+        let ns = self.client.path();
+        sys::wait_for(
+            "a connection through the VIP",
+            timeout,
+            Duration::from_millis(100),
+            || {
+                run_in_netns(ns.clone(), || async {
+                    super::client::probe(super::vip().into(), Duration::from_millis(500)).await
+                })
+                .ok()
+            },
+        )
+        .map(|_| ())
+    }
+
+    /// Runs `f()` in the client namespace and waits for it.
+    pub fn in_client<F, Fut, T>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>>,
+        T: Send + 'static,
+    {
+        run_in_netns(self.client.path(), f)
+    }
+
+    /// Starts `f()` in the client namespace on its own thread.
+    pub fn spawn_in_client<F, Fut, T>(&self, f: F) -> JoinHandle<Result<T>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>>,
+        T: Send + 'static,
+    {
+        spawn_in_netns(self.client.path(), f)
+    }
+
+    /// The client namespace's path (for [`super::client::Prober`]).
+    pub fn client_path(&self) -> PathBuf {
+        self.client.path()
+    }
+
+    /// Runs `program args` in the client namespace.
+    pub fn client_run(&self, program: &str, args: &[&str]) -> Result<String> {
+        ns_run(self.client.name(), program, args)
+    }
+
+    /// Runs `program args` in the balancer namespace.
+    pub fn balancer_run(&self, program: &str, args: &[&str]) -> Result<String> {
+        ns_run(self.balancer.name(), program, args)
+    }
+}
+
+/// Offloads on a host-side veth end: no checksum/segmentation offload (pitfalls 2 and 3), GRO
+/// on so native `XDP_REDIRECT` into it delivers (pitfall 1).
+fn host_side_offloads(ns: &str, dev: &str) -> Result<()> {
+    ns_run(
+        ns,
+        "ethtool",
+        &[
+            "-K", dev, "tx", "off", "tso", "off", "gso", "off", "gro", "on",
+        ],
+    )
+    .map(|_| ())
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for b in &mut self.backends {
+            if let Some(mut p) = b.server.take() {
+                if std::thread::panicking() {
+                    eprintln!("lab: {} log:\n{}", b.ns.name(), p.log_tail(10));
+                }
+                p.stop(libc::SIGKILL, Duration::from_secs(2));
+            }
+        }
+        // Unload before the namespaces go away (it runs inside the balancer namespace).
+        self.lbd = None;
+        self.backends.clear();
+        // client and balancer Netns, then tmp, drop after this body; the bpffs dir:
+        if self.bpffs_root.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&self.bpffs_root) {
+                eprintln!("lab: cannot remove {}: {e}", self.bpffs_root.display());
+            }
+        }
+    }
+}
