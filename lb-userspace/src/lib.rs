@@ -9,3 +9,4 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod maglev;
