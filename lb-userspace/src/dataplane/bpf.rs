@@ -1,132 +1,969 @@
 //! The real kernel data plane: loads the embedded `lb_xdp` object, pins and re-adopts its maps,
 //! attaches it to interfaces, and implements [`Dataplane`] with typed map reads and writes.
+//!
+//! Pin layout under `<pin_root>/abi<ABI_VERSION>/`: one file per map (named after the map) and
+//! `links/<iface>` per attachment. Re-adoption reuses the pinned maps as they are, so the
+//! conntrack table and counters survive an `lbd` restart; the pinned XDP links keep forwarding
+//! while no `lbd` runs.
 
 use super::{
     AttachedMode, ConntrackSweep, Dataplane, DataplaneError, LoadOptions, Result, XdpMode,
+    EBPF_OBJECT,
+};
+use aya::{
+    maps::{Array, DevMapHash, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode,
+    },
+    Ebpf, EbpfLoader,
 };
 use lb_common::{
-    BackendValue, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue, NUM_COUNTERS,
+    BackendValue, FlowEntry, FlowKey, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue,
+    ABI_VERSION, ALL_MAPS, CONFIG_ENTRIES, CONNTRACK_ENTRIES_PER_FLOW, FLOW_F_REPLY, IPPROTO_TCP,
+    MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONFIG, MAP_CONNTRACK, MAP_MAGLEV, MAP_SERVICES,
+    MAP_SERVICE_STATS, MAP_SNAT_ADDRS, MAP_STATS, MAP_TX_PORTS, MAP_VIPS, MAX_SNAT_ADDRS,
+    MAX_TX_PORTS, NUM_COUNTERS, PROGRAM_NAME,
 };
+use std::collections::HashMap;
+use std::io;
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Name of the pass-through XDP program in the object (for veth peers in the test lab).
+pub const PASS_PROGRAM_NAME: &str = "lb_xdp_pass";
+
+/// Where bpffs is expected for the private pin directory of unpinned loads.
+const BPFFS_DEFAULT: &str = "/sys/fs/bpf";
 
 /// What one `BPF_PROG_TEST_RUN` of `lb_xdp` returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TestRunResult {
-    /// The XDP action (`XDP_DROP` = 1, `XDP_PASS` = 2, `XDP_TX` = 3, `XDP_REDIRECT` = 4).
+    /// The XDP action (`XDP_ABORTED` = 0, `XDP_DROP` = 1, `XDP_PASS` = 2, `XDP_TX` = 3,
+    /// `XDP_REDIRECT` = 4).
     pub verdict: u32,
-    /// The frame as the program left it (after rewrites and head/tail adjustments).
+    /// The frame as the program left it (after rewrites and tail adjustments).
     pub output: Vec<u8>,
     /// Kernel-reported mean duration of one run, in nanoseconds.
     pub duration_ns: u64,
 }
 
+/// A shared writable mapping of the mmapable `LB_MAGLEV` array.
+struct MaglevMmap {
+    ptr: *mut u8,
+    len: usize,
+    entries: u32,
+}
+
+// SAFETY: the mapping is owned by this struct and only written through `&mut BpfDataplane`.
+unsafe impl Send for MaglevMmap {}
+
+impl Drop for MaglevMmap {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len come from a successful mmap and are unmapped once.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
 /// The loaded XDP program and its maps.
 pub struct BpfDataplane {
-    _private: (),
+    ebpf: Ebpf,
+    /// `<pin_root>/abi<ABI_VERSION>` when pinning.
+    pin_dir: Option<PathBuf>,
+    services: BpfHashMap<MapData, ServiceKey, ServiceValue>,
+    vips: BpfHashMap<MapData, u32, VipValue>,
+    backends: Array<MapData, BackendValue>,
+    maglev: Array<MapData, u32>,
+    maglev_mmap: Option<MaglevMmap>,
+    conntrack: BpfHashMap<MapData, FlowKey, FlowEntry>,
+    config: Array<MapData, GlobalConfig>,
+    snat_addrs: Array<MapData, u32>,
+    tx_ports: DevMapHash<MapData>,
+    stats: PerCpuArray<MapData, u64>,
+    service_stats: PerCpuArray<MapData, FlowStats>,
+    backend_stats: PerCpuArray<MapData, FlowStats>,
+}
+
+fn other(msg: impl Into<String>) -> DataplaneError {
+    DataplaneError::Other(msg.into())
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    move |e| DataplaneError::Map {
+        map,
+        source: io::Error::other(e),
+    }
+}
+
+/// Expected (max_entries, key size, value size) of every map for `opts`.
+fn expected_shape(name: &str, opts: &LoadOptions) -> (u32, u32, u32) {
+    use std::mem::size_of;
+    let sz = |n: usize| n as u32;
+    match name {
+        MAP_SERVICES => (
+            opts.max_services,
+            sz(size_of::<ServiceKey>()),
+            sz(size_of::<ServiceValue>()),
+        ),
+        MAP_VIPS => (opts.max_services, 4, sz(size_of::<VipValue>())),
+        MAP_BACKENDS => (opts.max_backends, 4, sz(size_of::<BackendValue>())),
+        MAP_MAGLEV => (maglev_entries(opts), 4, 4),
+        MAP_CONNTRACK => (
+            opts.conntrack_flows
+                .saturating_mul(CONNTRACK_ENTRIES_PER_FLOW),
+            sz(size_of::<FlowKey>()),
+            sz(size_of::<FlowEntry>()),
+        ),
+        MAP_CONFIG => (CONFIG_ENTRIES, 4, sz(size_of::<GlobalConfig>())),
+        MAP_SNAT_ADDRS => (MAX_SNAT_ADDRS, 4, 4),
+        MAP_TX_PORTS => (MAX_TX_PORTS, 4, 8),
+        MAP_STATS => (NUM_COUNTERS, 4, 8),
+        MAP_SERVICE_STATS => (opts.max_services, 4, sz(size_of::<FlowStats>())),
+        MAP_BACKEND_STATS => (opts.max_backends, 4, sz(size_of::<FlowStats>())),
+        _ => unreachable!("unknown map {name}"),
+    }
+}
+
+fn maglev_entries(opts: &LoadOptions) -> u32 {
+    opts.max_services
+        .saturating_mul(2)
+        .saturating_mul(opts.maglev_table_size)
+}
+
+/// Checks that maps already pinned in `dir` have the shapes `opts` asks for.
+fn check_pinned(dir: &Path, opts: &LoadOptions) -> Result<()> {
+    for name in ALL_MAPS {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let data = MapData::from_pin(&path).map_err(map_err(name))?;
+        let info = data.info().map_err(map_err(name))?;
+        let (max, key, value) = expected_shape(name, opts);
+        // The kernel rounds per-CPU and devmap value sizes its own way; compare entries and keys
+        // everywhere, value sizes where the kernel reports what was asked.
+        let value_ok = matches!(name, n if n == MAP_TX_PORTS) || info.value_size() == value;
+        if info.max_entries() != max || info.key_size() != key || !value_ok {
+            return Err(other(format!(
+                "pinned map {name} at {} has max_entries {} (key {} B, value {} B) but this \
+                 configuration needs max_entries {max} (key {key} B, value {value} B): the \
+                 `limits` changed since the maps were pinned. Run `lbd --unload` (this drops \
+                 all tracked connections) and start lbd again, or restore the old limits",
+                path.display(),
+                info.max_entries(),
+                info.key_size(),
+                info.value_size(),
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs into a zeroed struct with a valid C string.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// Removes a private pin directory when dropped (unpinned loads).
+struct TempPinDir(PathBuf);
+
+impl Drop for TempPinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or_else(|| {
+        other(format!(
+            "the eBPF object has no map {name}; rebuild it with `cargo xtask build-ebpf`"
+        ))
+    })?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+fn mmap_maglev(ebpf: &Ebpf, entries: u32) -> Option<MaglevMmap> {
+    let Some(Map::Array(data)) = ebpf.map(MAP_MAGLEV) else {
+        return None;
+    };
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    // Array elements are 8-byte aligned slots in the kernel (value_size rounded up to 8).
+    let len = (entries as usize * 8).div_ceil(page) * page;
+    // SAFETY: mapping a BPF array fd; the kernel checks size and flags.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            data.fd().as_fd().as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        tracing::warn!(
+            map = MAP_MAGLEV,
+            error = %io::Error::last_os_error(),
+            "cannot mmap the Maglev array; writing tables with one syscall per slot"
+        );
+        return None;
+    }
+    Some(MaglevMmap {
+        ptr: ptr.cast(),
+        len,
+        entries,
+    })
+}
+
+/// `BPF_LINK_DETACH` of a link fd (forces the detach even if other fds refer to the link).
+fn link_detach(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let attr: [u32; 4] = [fd.as_raw_fd() as u32, 0, 0, 0];
+    // SAFETY: bpf(2) with a zero-padded attr of the declared size.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// `BPF_OBJ_GET` of a pinned object.
+fn obj_get(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // union bpf_attr { struct { __aligned_u64 pathname; __u32 bpf_fd; __u32 file_flags; ... } }
+    let mut attr = [0u64; 3];
+    attr[0] = c.as_ptr() as u64;
+    // SAFETY: bpf(2) with a zero-padded attr of the declared size and a valid C string.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd returned by the kernel.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(rc as i32) })
+}
+
+/// The XDP mode an interface's program runs in, from rtnetlink (`IFLA_XDP_ATTACHED`).
+fn query_xdp_mode(ifindex: u32) -> io::Result<Option<AttachedMode>> {
+    const IFLA_XDP: u16 = 43;
+    const IFLA_XDP_ATTACHED: u16 = 2;
+    const XDP_ATTACHED_DRV: u8 = 1;
+    const XDP_ATTACHED_SKB: u8 = 2;
+    // SAFETY: plain socket/send/recv calls on buffers owned here.
+    unsafe {
+        let sock = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        );
+        if sock < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let sock = std::os::fd::OwnedFd::from_raw_fd_checked(sock);
+        #[repr(C)]
+        struct Req {
+            nh: libc::nlmsghdr,
+            ifi: libc::ifinfomsg,
+        }
+        let mut req: Req = std::mem::zeroed();
+        req.nh.nlmsg_len = std::mem::size_of::<Req>() as u32;
+        req.nh.nlmsg_type = libc::RTM_GETLINK;
+        req.nh.nlmsg_flags = libc::NLM_F_REQUEST as u16;
+        req.nh.nlmsg_seq = 1;
+        req.ifi.ifi_family = libc::AF_UNSPEC as u8;
+        req.ifi.ifi_index = ifindex as i32;
+        if libc::send(
+            sock.as_raw_fd(),
+            (&req as *const Req).cast(),
+            req.nh.nlmsg_len as usize,
+            0,
+        ) < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        let mut buf = vec![0u8; 65536];
+        let n = libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let buf = &buf[..n as usize];
+        let hdr = std::mem::size_of::<libc::nlmsghdr>() + std::mem::size_of::<libc::ifinfomsg>();
+        let mut off = hdr;
+        let align = |x: usize| (x + 3) & !3;
+        while off + 4 <= buf.len() {
+            let len = u16::from_ne_bytes([buf[off], buf[off + 1]]) as usize;
+            let ty = u16::from_ne_bytes([buf[off + 2], buf[off + 3]]) & 0x3fff;
+            if len < 4 || off + len > buf.len() {
+                break;
+            }
+            if ty == IFLA_XDP {
+                let mut inner = off + 4;
+                while inner + 4 <= off + len {
+                    let ilen = u16::from_ne_bytes([buf[inner], buf[inner + 1]]) as usize;
+                    let ity = u16::from_ne_bytes([buf[inner + 2], buf[inner + 3]]);
+                    if ilen < 4 {
+                        break;
+                    }
+                    if ity == IFLA_XDP_ATTACHED && ilen >= 5 {
+                        return Ok(match buf[inner + 4] {
+                            XDP_ATTACHED_DRV => Some(AttachedMode::Native),
+                            XDP_ATTACHED_SKB => Some(AttachedMode::Generic),
+                            _ => None,
+                        });
+                    }
+                    inner += align(ilen);
+                }
+            }
+            off += align(len);
+        }
+        Ok(None)
+    }
+}
+
+trait FromRawFdChecked {
+    unsafe fn from_raw_fd_checked(fd: i32) -> Self;
+}
+
+impl FromRawFdChecked for std::os::fd::OwnedFd {
+    unsafe fn from_raw_fd_checked(fd: i32) -> Self {
+        use std::os::fd::FromRawFd;
+        // SAFETY: the caller passes a freshly created, owned fd.
+        unsafe { Self::from_raw_fd(fd) }
+    }
+}
+
+fn ifindex(iface: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(iface)
+        .map_err(|_| other(format!("interface name {iface:?} contains a NUL byte")))?;
+    // SAFETY: valid C string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        return Err(other(format!(
+            "interface {iface:?} does not exist; fix `interfaces` in the configuration"
+        )));
+    }
+    Ok(idx)
 }
 
 impl BpfDataplane {
-    /// Loads the embedded object (EBPF_OBJECT; DataplaneError::NoObject if empty) with map sizes
-    /// from `opts`, pinning maps under `<pin_root>/abi<ABI_VERSION>/` and re-adopting maps
+    /// Loads the embedded object (`EBPF_OBJECT`; [`DataplaneError::NoObject`] if empty) with map
+    /// sizes from `opts`, pinning maps under `<pin_root>/abi<ABI_VERSION>/` and re-adopting maps
     /// already pinned there (sizes that differ from the pinned maps -> an error telling the
-    /// operator to run `lbd --unload`).
-    pub fn load(_opts: &LoadOptions) -> Result<Self> {
-        Err(DataplaneError::Other(
-            "BpfDataplane::load: being written".into(),
-        ))
+    /// operator to run `lbd --unload`). Without a pin root the maps are private to this value.
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(DataplaneError::NoObject);
+        }
+        if opts.max_services == 0
+            || opts.max_backends < 2
+            || opts.maglev_table_size == 0
+            || opts.conntrack_flows == 0
+        {
+            return Err(other(format!(
+                "invalid limits {opts:?}: max_services, maglev_table_size and conntrack_flows must be > 0 and max_backends >= 2"
+            )));
+        }
+        let entries = maglev_entries(opts);
+        if u64::from(opts.max_services) * 2 * u64::from(opts.maglev_table_size)
+            > u64::from(u32::MAX)
+        {
+            return Err(other("limits.max_services * 2 * limits.maglev_table_size exceeds 2^32 Maglev slots; lower one of them"));
+        }
+        // With a pin root: the persistent directory. Without: a private directory on bpffs that
+        // is removed right after loading (the maps then live as long as this value).
+        let (dir, _temp) = match &opts.pin_root {
+            Some(root) => (root.join(format!("abi{ABI_VERSION}")), None),
+            None => {
+                let nanos = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                let dir = Path::new(BPFFS_DEFAULT)
+                    .join(format!(".lb-private-{}-{nanos}", std::process::id()));
+                (dir.clone(), Some(TempPinDir(dir)))
+            }
+        };
+        let parent = dir.parent().unwrap_or(Path::new("/"));
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            other(format!(
+                "cannot create pin directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        if !is_bpffs(&dir) {
+            return Err(other(format!(
+                "{} is not on a bpffs mount; mount one (`mount -t bpf bpf {}`, or `cargo xtask setup`) or set `bpffs_root` to a directory under one",
+                dir.display(),
+                if opts.pin_root.is_some() { parent.display().to_string() } else { BPFFS_DEFAULT.to_string() }
+            )));
+        }
+        check_pinned(&dir, opts)?;
+
+        let mut loader = EbpfLoader::new();
+        let pin_paths: Vec<(&'static str, PathBuf)> =
+            ALL_MAPS.iter().map(|n| (*n, dir.join(n))).collect();
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        loader
+            .map_max_entries(MAP_SERVICES, opts.max_services)
+            .map_max_entries(MAP_VIPS, opts.max_services)
+            .map_max_entries(MAP_BACKENDS, opts.max_backends)
+            .map_max_entries(MAP_MAGLEV, entries)
+            .map_max_entries(
+                MAP_CONNTRACK,
+                opts.conntrack_flows
+                    .saturating_mul(CONNTRACK_ENTRIES_PER_FLOW),
+            )
+            .map_max_entries(MAP_SERVICE_STATS, opts.max_services)
+            .map_max_entries(MAP_BACKEND_STATS, opts.max_backends);
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|e| other(format!("loading the eBPF object: {e}")))?;
+        for name in [PROGRAM_NAME, PASS_PROGRAM_NAME] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| other(format!("the eBPF object has no program {name}")))?
+                .try_into()
+                .map_err(|e| other(format!("program {name}: {e}")))?;
+            prog.load()
+                .map_err(|e| other(format!("the kernel rejected program {name}: {e:?}")))?;
+        }
+        let maglev_mmap = mmap_maglev(&ebpf, entries);
+        Ok(Self {
+            services: take(&mut ebpf, MAP_SERVICES)?,
+            vips: take(&mut ebpf, MAP_VIPS)?,
+            backends: take(&mut ebpf, MAP_BACKENDS)?,
+            maglev: take(&mut ebpf, MAP_MAGLEV)?,
+            maglev_mmap,
+            conntrack: take(&mut ebpf, MAP_CONNTRACK)?,
+            config: take(&mut ebpf, MAP_CONFIG)?,
+            snat_addrs: take(&mut ebpf, MAP_SNAT_ADDRS)?,
+            tx_ports: take(&mut ebpf, MAP_TX_PORTS)?,
+            stats: take(&mut ebpf, MAP_STATS)?,
+            service_stats: take(&mut ebpf, MAP_SERVICE_STATS)?,
+            backend_stats: take(&mut ebpf, MAP_BACKEND_STATS)?,
+            ebpf,
+            pin_dir: opts.pin_root.as_ref().map(|_| dir),
+        })
+    }
+
+    fn program_mut(&mut self, name: &str) -> Result<&mut Xdp> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or_else(|| other(format!("program {name} missing")))?
+            .try_into()
+            .map_err(|e| other(format!("program {name}: {e}")))
+    }
+
+    fn program(&self, name: &str) -> Result<&Xdp> {
+        self.ebpf
+            .program(name)
+            .ok_or_else(|| other(format!("program {name} missing")))?
+            .try_into()
+            .map_err(|e| other(format!("program {name}: {e}")))
     }
 
     /// Attaches `lb_xdp` to `iface`. With pinning, the link is pinned too
     /// (`<pin_root>/abiN/links/<iface>`) so forwarding survives lbd exiting; if a pinned link
     /// for that interface already exists, the new program replaces the old one atomically
-    /// through the existing link. Auto = native, falling back to generic with a warning.
-    pub fn attach(&mut self, _iface: &str, _mode: XdpMode) -> Result<AttachedMode> {
-        Err(DataplaneError::Other(
-            "BpfDataplane::attach: being written".into(),
-        ))
+    /// through the existing link (no gap; the link keeps its mode). Auto = native, falling back
+    /// to generic with a warning.
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<AttachedMode> {
+        self.attach_program(PROGRAM_NAME, iface, mode)
     }
 
-    /// Detaches every pinned link and removes the pin directory (`lbd --unload`).
-    pub fn unload(_pin_root: &Path) -> Result<()> {
-        Err(DataplaneError::Other(
-            "BpfDataplane::unload: being written".into(),
-        ))
+    /// Attaches the pass-through program `lb_xdp_pass` (never pinned; detached when this value
+    /// is dropped). The test lab puts it on veth peers so native redirects into them work.
+    pub fn attach_pass(&mut self, iface: &str, mode: XdpMode) -> Result<AttachedMode> {
+        let idx = ifindex(iface)?;
+        let prog = self.program_mut(PASS_PROGRAM_NAME)?;
+        Self::attach_fresh(prog, iface, idx, mode).map(|(_, m)| m)
     }
 
-    /// `BPF_PROG_TEST_RUN` of `lb_xdp` on `frame` (ingress ifindex optional, `repeat` >= 1).
+    fn attach_fresh(
+        prog: &mut Xdp,
+        iface: &str,
+        idx: u32,
+        mode: XdpMode,
+    ) -> Result<(aya::programs::xdp::XdpLinkId, AttachedMode)> {
+        let attempt = |prog: &mut Xdp, m: AyaXdpMode| prog.attach_to_if_index(idx, m);
+        match mode {
+            XdpMode::Native => attempt(prog, AyaXdpMode::Driver)
+                .map(|id| (id, AttachedMode::Native))
+                .map_err(|e| {
+                    other(format!(
+                        "native XDP attach to {iface} failed: {e}; use xdp_mode: generic or auto"
+                    ))
+                }),
+            XdpMode::Generic => attempt(prog, AyaXdpMode::Skb)
+                .map(|id| (id, AttachedMode::Generic))
+                .map_err(|e| other(format!("generic XDP attach to {iface} failed: {e}"))),
+            XdpMode::Auto => match attempt(prog, AyaXdpMode::Driver) {
+                Ok(id) => Ok((id, AttachedMode::Native)),
+                Err(e) => {
+                    tracing::warn!(iface, error = %e, "native XDP refused; falling back to generic (skb) mode");
+                    attempt(prog, AyaXdpMode::Skb)
+                        .map(|id| (id, AttachedMode::Generic))
+                        .map_err(|e| {
+                            other(format!(
+                                "XDP attach to {iface} failed in native and generic mode: {e}"
+                            ))
+                        })
+                }
+            },
+        }
+    }
+
+    fn attach_program(&mut self, name: &str, iface: &str, mode: XdpMode) -> Result<AttachedMode> {
+        let idx = ifindex(iface)?;
+        let pin_dir = self.pin_dir.clone();
+        let prog = self.program_mut(name)?;
+        let Some(dir) = pin_dir else {
+            return Self::attach_fresh(prog, iface, idx, mode).map(|(_, m)| m);
+        };
+        let links = dir.join("links");
+        std::fs::create_dir_all(&links)
+            .map_err(|e| other(format!("cannot create {}: {e}", links.display())))?;
+        let link_path = links.join(iface);
+        if link_path.exists() {
+            let replaced = PinnedLink::from_pin(&link_path)
+                .map_err(|e| other(e.to_string()))
+                .and_then(|pinned| {
+                    XdpLink::try_from(FdLink::from(pinned)).map_err(|e| other(e.to_string()))
+                })
+                .and_then(|link| prog.attach_to_link(link).map_err(|e| other(e.to_string())));
+            match replaced {
+                Ok(id) => {
+                    // The link stays attached through its pin; dropping our fd is fine.
+                    drop(prog.take_link(id));
+                    let got = query_xdp_mode(idx).ok().flatten().ok_or_else(|| {
+                        other(format!(
+                            "{iface}: cannot read the XDP mode after replacing the program"
+                        ))
+                    })?;
+                    tracing::info!(iface, mode = ?got, "replaced the program of the pinned XDP link");
+                    return Ok(got);
+                }
+                Err(e) => {
+                    // The pinned link is defunct (e.g. the interface was recreated): re-attach.
+                    tracing::warn!(iface, error = %e, "stale pinned XDP link; attaching afresh");
+                    let _ = std::fs::remove_file(&link_path);
+                }
+            }
+        }
+        let (id, got) = Self::attach_fresh(prog, iface, idx, mode)?;
+        let link = prog.take_link(id).map_err(|e| other(e.to_string()))?;
+        let fd_link = FdLink::try_from(link).map_err(|e| {
+            other(format!(
+                "{iface}: the kernel attached XDP without a bpf_link ({e}); cannot pin it"
+            ))
+        })?;
+        fd_link.pin(&link_path).map_err(|e| {
+            other(format!(
+                "pinning the XDP link at {}: {e}",
+                link_path.display()
+            ))
+        })?;
+        Ok(got)
+    }
+
+    /// Detaches every pinned link and removes the pin directory (`lbd --unload`). A missing
+    /// directory is not an error.
+    pub fn unload(pin_root: &Path) -> Result<()> {
+        let dir = pin_root.join(format!("abi{ABI_VERSION}"));
+        if !dir.exists() {
+            return Ok(());
+        }
+        let links = dir.join("links");
+        if let Ok(entries) = std::fs::read_dir(&links) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                // Force the detach (other fds may still refer to the link), then drop the pin.
+                match obj_get(&path) {
+                    Ok(fd) => {
+                        if let Err(e) = link_detach(fd.as_fd()) {
+                            tracing::warn!(path = %path.display(), error = %e, "BPF_LINK_DETACH failed");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot open pinned link")
+                    }
+                }
+                std::fs::remove_file(&path)
+                    .map_err(|e| other(format!("removing {}: {e}", path.display())))?;
+            }
+        }
+        std::fs::remove_dir_all(&dir).map_err(|e| other(format!("removing {}: {e}", dir.display())))
+    }
+
+    /// `BPF_PROG_TEST_RUN` of `lb_xdp` on `frame` (ingress ifindex optional, `repeat` >= 1):
+    /// the verdict, the output frame and the kernel's mean duration per run. The ifindex is
+    /// resolved in the calling thread's network namespace. Frames shorter than an Ethernet
+    /// header (which the kernel refuses as test input) are run behind 4 bytes of XDP metadata,
+    /// so the program still sees exactly `frame`.
     pub fn test_run(
         &self,
-        _frame: &[u8],
-        _ingress_ifindex: Option<u32>,
-        _repeat: u32,
+        frame: &[u8],
+        ingress_ifindex: Option<u32>,
+        repeat: u32,
     ) -> Result<TestRunResult> {
-        Err(DataplaneError::Other(
-            "BpfDataplane::test_run: being written".into(),
-        ))
+        self.run_program(PROGRAM_NAME, frame, ingress_ifindex, repeat)
+    }
+
+    fn run_program(
+        &self,
+        name: &str,
+        frame: &[u8],
+        ingress_ifindex: Option<u32>,
+        repeat: u32,
+    ) -> Result<TestRunResult> {
+        if repeat == 0 {
+            return Err(other("test_run: repeat must be >= 1"));
+        }
+        let meta = if frame.len() < 14 { 4usize } else { 0 };
+        let mut data_in = vec![0u8; meta];
+        data_in.extend_from_slice(frame);
+        // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
+        let ctx_words: [u32; 6] = [
+            meta as u32,
+            data_in.len() as u32,
+            0,
+            ingress_ifindex.unwrap_or(0),
+            0,
+            0,
+        ];
+        let ctx_in: Vec<u8> = ctx_words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let mut data_out = vec![0u8; data_in.len() + 256];
+        let prog = self.program(name)?;
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(&data_in);
+        opts.data_out = Some(&mut data_out);
+        opts.ctx_in = Some(&ctx_in);
+        opts.repeat = repeat;
+        let res = prog
+            .test_run(opts)
+            .map_err(|e| other(format!("BPF_PROG_TEST_RUN of {name}: {e:?}")))?;
+        let out_len = (res.data_size_out as usize).min(data_out.len());
+        data_out.truncate(out_len);
+        let output = data_out
+            .get(meta.min(out_len)..)
+            .unwrap_or_default()
+            .to_vec();
+        Ok(TestRunResult {
+            verdict: res.return_value,
+            output,
+            duration_ns: res.duration.as_nanos() as u64,
+        })
+    }
+
+    /// Number of possible CPUs (length of per-CPU values).
+    fn nr_cpus() -> Result<usize> {
+        aya::util::nr_cpus().map_err(|(what, e)| other(format!("{what}: {e}")))
+    }
+
+    /// The raw conntrack entries (for tests and `lbctl`-style inspection).
+    pub fn conntrack_entries(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {
+        self.conntrack
+            .iter()
+            .map(|r| r.map_err(map_err(MAP_CONNTRACK)))
+            .collect()
+    }
+
+    /// Writes one conntrack entry (tests: pre-age or forge entries).
+    pub fn set_conntrack_entry(&mut self, key: &FlowKey, entry: &FlowEntry) -> Result<()> {
+        self.conntrack
+            .insert(key, entry, 0)
+            .map_err(map_err(MAP_CONNTRACK))
+    }
+
+    /// Removes every conntrack entry.
+    pub fn clear_conntrack(&mut self) -> Result<()> {
+        let keys: Vec<FlowKey> = self.conntrack.keys().filter_map(|k| k.ok()).collect();
+        for k in keys {
+            match self.conntrack.remove(&k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(MAP_CONNTRACK)(e)),
+            }
+        }
+        Ok(())
     }
 }
 
-fn unfinished<T>() -> Result<T> {
-    Err(DataplaneError::Other("BpfDataplane: being written".into()))
+fn partner_key(e: &FlowEntry) -> FlowKey {
+    FlowKey {
+        src_addr_be: e.new_dst_addr_be,
+        dst_addr_be: e.new_src_addr_be,
+        src_port_be: e.new_dst_port_be,
+        dst_port_be: e.new_src_port_be,
+        proto: IPPROTO_TCP,
+        _pad: [0; 3],
+    }
 }
 
 impl Dataplane for BpfDataplane {
-    fn set_global_config(&mut self, _cfg: &GlobalConfig) -> Result<()> {
-        unfinished()
+    fn set_global_config(&mut self, cfg: &GlobalConfig) -> Result<()> {
+        self.config.set(0, cfg, 0).map_err(map_err(MAP_CONFIG))
     }
-    fn set_snat_addrs(&mut self, _addrs: &[Ipv4Addr]) -> Result<()> {
-        unfinished()
+
+    fn set_snat_addrs(&mut self, addrs: &[Ipv4Addr]) -> Result<()> {
+        if addrs.len() > MAX_SNAT_ADDRS as usize {
+            return Err(other(format!(
+                "snat.addresses has {} entries; at most {MAX_SNAT_ADDRS} are supported",
+                addrs.len()
+            )));
+        }
+        for i in 0..MAX_SNAT_ADDRS {
+            let v = addrs
+                .get(i as usize)
+                .map(|a| lb_common::ipv4_to_be(*a))
+                .unwrap_or(0);
+            self.snat_addrs
+                .set(i, v, 0)
+                .map_err(map_err(MAP_SNAT_ADDRS))?;
+        }
+        Ok(())
     }
-    fn set_backend(&mut self, _id: u32, _value: &BackendValue) -> Result<()> {
-        unfinished()
+
+    fn set_backend(&mut self, id: u32, value: &BackendValue) -> Result<()> {
+        if id == lb_common::BACKEND_ID_NONE {
+            return Err(other(
+                "backend id 0 is reserved (\"no backend\") and cannot be written",
+            ));
+        }
+        self.backends
+            .set(id, value, 0)
+            .map_err(map_err(MAP_BACKENDS))
     }
-    fn clear_backend(&mut self, _id: u32) -> Result<()> {
-        unfinished()
+
+    fn clear_backend(&mut self, id: u32) -> Result<()> {
+        self.backends
+            .set(id, BackendValue::default(), 0)
+            .map_err(map_err(MAP_BACKENDS))
     }
-    fn write_maglev(&mut self, _offset: u32, _table: &[u32]) -> Result<()> {
-        unfinished()
+
+    fn write_maglev(&mut self, offset: u32, table: &[u32]) -> Result<()> {
+        let len = self.maglev.len();
+        let end = u64::from(offset) + table.len() as u64;
+        if end > u64::from(len) {
+            return Err(other(format!(
+                "Maglev write of {} slots at offset {offset} exceeds the {len}-slot map; \
+                 limits.max_services or limits.maglev_table_size disagree with the loaded maps",
+                table.len()
+            )));
+        }
+        if let Some(m) = &self.maglev_mmap {
+            debug_assert!(end <= u64::from(m.entries));
+            for (i, id) in table.iter().enumerate() {
+                // SAFETY: within the mapping (checked above); slots are 8 bytes apart.
+                unsafe {
+                    let p = m.ptr.add((offset as usize + i) * 8).cast::<u32>();
+                    std::ptr::write_volatile(p, *id);
+                }
+            }
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            return Ok(());
+        }
+        for (i, id) in table.iter().enumerate() {
+            self.maglev
+                .set(offset + i as u32, id, 0)
+                .map_err(map_err(MAP_MAGLEV))?;
+        }
+        Ok(())
     }
-    fn set_service(&mut self, _key: &ServiceKey, _value: &ServiceValue) -> Result<()> {
-        unfinished()
+
+    fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
+        self.services
+            .insert(key, value, 0)
+            .map_err(map_err(MAP_SERVICES))
     }
-    fn remove_service(&mut self, _key: &ServiceKey) -> Result<()> {
-        unfinished()
+
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        match self.services.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(MAP_SERVICES)(e)),
+        }
     }
-    fn set_vip(&mut self, _vip_be: u32, _value: &VipValue) -> Result<()> {
-        unfinished()
+
+    fn set_vip(&mut self, vip_be: u32, value: &VipValue) -> Result<()> {
+        self.vips
+            .insert(vip_be, value, 0)
+            .map_err(map_err(MAP_VIPS))
     }
-    fn remove_vip(&mut self, _vip_be: u32) -> Result<()> {
-        unfinished()
+
+    fn remove_vip(&mut self, vip_be: u32) -> Result<()> {
+        match self.vips.remove(&vip_be) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(MAP_VIPS)(e)),
+        }
     }
-    fn set_tx_port(&mut self, _ifindex: u32) -> Result<()> {
-        unfinished()
+
+    fn set_tx_port(&mut self, ifindex: u32) -> Result<()> {
+        self.tx_ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| DataplaneError::Map {
+                map: MAP_TX_PORTS,
+                source: io::Error::other(e),
+            })
     }
-    fn remove_tx_port(&mut self, _ifindex: u32) -> Result<()> {
-        unfinished()
+
+    fn remove_tx_port(&mut self, ifindex: u32) -> Result<()> {
+        match self.tx_ports.remove(ifindex) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(MAP_TX_PORTS)(e)),
+        }
     }
+
     fn global_counters(&self) -> Result<[u64; NUM_COUNTERS as usize]> {
-        unfinished()
+        let mut out = [0u64; NUM_COUNTERS as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let values = self.stats.get(&(i as u32), 0).map_err(map_err(MAP_STATS))?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
     }
-    fn service_stats(&self, _service_id: u32) -> Result<FlowStats> {
-        unfinished()
+
+    fn service_stats(&self, service_id: u32) -> Result<FlowStats> {
+        let values = self
+            .service_stats
+            .get(&service_id, 0)
+            .map_err(map_err(MAP_SERVICE_STATS))?;
+        let mut sum = FlowStats::default();
+        values.iter().for_each(|v| sum.accumulate(v));
+        Ok(sum)
     }
-    fn backend_stats(&self, _backend_id: u32) -> Result<FlowStats> {
-        unfinished()
+
+    fn backend_stats(&self, backend_id: u32) -> Result<FlowStats> {
+        let values = self
+            .backend_stats
+            .get(&backend_id, 0)
+            .map_err(map_err(MAP_BACKEND_STATS))?;
+        let mut sum = FlowStats::default();
+        values.iter().for_each(|v| sum.accumulate(v));
+        Ok(sum)
     }
-    fn reset_stats(&mut self, _service_id: Option<u32>, _backend_id: Option<u32>) -> Result<()> {
-        unfinished()
+
+    fn reset_stats(&mut self, service_id: Option<u32>, backend_id: Option<u32>) -> Result<()> {
+        let n = Self::nr_cpus()?;
+        let zero = || {
+            PerCpuValues::try_from(vec![FlowStats::default(); n]).map_err(|e| DataplaneError::Map {
+                map: MAP_SERVICE_STATS,
+                source: e,
+            })
+        };
+        if let Some(id) = service_id {
+            self.service_stats
+                .set(id, zero()?, 0)
+                .map_err(map_err(MAP_SERVICE_STATS))?;
+        }
+        if let Some(id) = backend_id {
+            self.backend_stats
+                .set(id, zero()?, 0)
+                .map_err(map_err(MAP_BACKEND_STATS))?;
+        }
+        Ok(())
     }
-    fn sweep_conntrack(&mut self, _now_ns: u64, _cfg: &GlobalConfig) -> Result<ConntrackSweep> {
-        unfinished()
+
+    fn sweep_conntrack(&mut self, now_ns: u64, cfg: &GlobalConfig) -> Result<ConntrackSweep> {
+        // One pass to snapshot (key -> expired?) plus live forward flows.
+        let mut expired: HashMap<FlowKey, bool> = HashMap::new();
+        let mut sweep = ConntrackSweep::default();
+        for item in self.conntrack.iter() {
+            let (k, e) = match item {
+                Ok(kv) => kv,
+                // Entries can vanish under iteration (LRU eviction, XDP): skip them.
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(MAP_CONNTRACK)(e)),
+            };
+            let dead = e.is_expired(now_ns, cfg);
+            if !dead && e.flags & FLOW_F_REPLY == 0 {
+                *sweep.flows_by_backend.entry(e.backend_id).or_default() += 1;
+                *sweep.flows_by_service.entry(e.service_id).or_default() += 1;
+            }
+            expired.insert(k, dead);
+        }
+        let mut doomed = Vec::new();
+        for (k, dead) in &expired {
+            if !*dead {
+                continue;
+            }
+            // Needs the entry again for its partner key; a vanished entry needs no delete.
+            let Ok(e) = self.conntrack.get(k, 0) else {
+                continue;
+            };
+            let partner_dead = expired.get(&partner_key(&e)).copied().unwrap_or(true);
+            if partner_dead {
+                doomed.push(*k);
+            }
+        }
+        for k in doomed {
+            // Re-check right before deleting: the data plane may have refreshed it meanwhile.
+            match self.conntrack.get(&k, 0) {
+                Ok(e) if e.is_expired(now_ns, cfg) => match self.conntrack.remove(&k) {
+                    Ok(()) => sweep.expired_removed += 1,
+                    Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_err(MAP_CONNTRACK)(e)),
+                },
+                _ => {}
+            }
+        }
+        sweep.entries = expired.len() as u64 - sweep.expired_removed;
+        Ok(sweep)
     }
+
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
-        unfinished()
+        self.services
+            .iter()
+            .map(|r| r.map_err(map_err(MAP_SERVICES)))
+            .collect()
     }
+
     fn backends(&self) -> Result<Vec<(u32, BackendValue)>> {
-        unfinished()
+        let mut out = Vec::new();
+        for (i, v) in self.backends.iter().enumerate() {
+            let v = v.map_err(map_err(MAP_BACKENDS))?;
+            if v != BackendValue::default() {
+                out.push((i as u32, v));
+            }
+        }
+        Ok(out)
     }
+
     fn vips(&self) -> Result<Vec<(u32, VipValue)>> {
-        unfinished()
+        self.vips
+            .iter()
+            .map(|r| r.map_err(map_err(MAP_VIPS)))
+            .collect()
     }
 }
