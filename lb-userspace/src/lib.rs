@@ -8,5 +8,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod dataplane;
 pub mod maglev;
+pub mod model;

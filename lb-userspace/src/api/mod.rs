@@ -1,6 +1,5 @@
-//! The control API: the wire protocol ([`proto`]) and a blocking client ([`client`]).
-//!
-//! Created by the lbctl engineer so `lbctl` builds; the lbd engineer adds `pub mod server;`.
+//! The control API: the wire protocol ([`proto`]), the client `lbctl` uses ([`client`]) and
+//! the server inside `lbd` ([`server`]).
 
 pub mod client;
 pub mod proto;

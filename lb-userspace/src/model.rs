@@ -1,0 +1,216 @@
+//! The control plane's model of services and backends: what the controller knows about each
+//! one beyond its configuration (data-plane ids, health, whether it is in the Maglev table,
+//! live flows).
+
+use crate::config::{BackendConfig, ServiceConfig};
+use lb_common::ServiceKey;
+use std::net::SocketAddrV4;
+use std::time::SystemTime;
+
+pub use crate::api::proto::Health;
+
+/// Rise/fall state machine of one backend's health checks (pure; see [`HealthTracker::record`]).
+///
+/// Policy (documented in docs/operations.md):
+/// - `Up`: `fall` consecutive failures mark it `Down`; a success resets the failure count.
+/// - `Down`: `rise` consecutive successes mark it `Up`; a failure resets the success count.
+/// - `Unknown` (a new backend whose checks have not run yet): usable, like Katran's "added as
+///   up"; its first result decides at once (success -> `Up`, failure -> `Down`), so a dead new
+///   backend leaves the table after a single check instead of `fall` of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthTracker {
+    health: Health,
+    successes: u32,
+    failures: u32,
+}
+
+impl HealthTracker {
+    /// A tracker starting in `health`.
+    pub fn new(health: Health) -> Self {
+        Self {
+            health,
+            successes: 0,
+            failures: 0,
+        }
+    }
+
+    /// Current verdict.
+    pub fn health(&self) -> Health {
+        self.health
+    }
+
+    /// Records one check result; returns the new health when it changed.
+    pub fn record(&mut self, ok: bool, rise: u32, fall: u32) -> Option<Health> {
+        if ok {
+            self.failures = 0;
+            self.successes = self.successes.saturating_add(1);
+        } else {
+            self.successes = 0;
+            self.failures = self.failures.saturating_add(1);
+        }
+        let next = match self.health {
+            Health::Unknown => {
+                if ok {
+                    Health::Up
+                } else {
+                    Health::Down
+                }
+            }
+            Health::Up if self.failures >= fall => Health::Down,
+            Health::Down if self.successes >= rise => Health::Up,
+            h => h,
+        };
+        if next == self.health {
+            return None;
+        }
+        self.health = next;
+        self.successes = 0;
+        self.failures = 0;
+        Some(next)
+    }
+}
+
+/// True when a backend in this health may receive new flows (`Unknown` counts as usable).
+pub fn is_usable(health: Health) -> bool {
+    health != Health::Down
+}
+
+/// A health transition, kept for `lbctl` and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// When it happened.
+    pub at: SystemTime,
+    /// The new health.
+    pub to: Health,
+    /// Why (the check's last message).
+    pub reason: String,
+}
+
+/// A backend of a running service.
+#[derive(Debug, Clone)]
+pub struct BackendState {
+    /// Its configuration (weight, backup, drain).
+    pub cfg: BackendConfig,
+    /// Data-plane id (never 0), stable for the backend's life.
+    pub id: u32,
+    /// Health state machine.
+    pub tracker: HealthTracker,
+    /// Transitions since it was added.
+    pub transitions: u64,
+    /// The last transition.
+    pub last_transition: Option<Transition>,
+    /// Whether it is in the service's active Maglev table.
+    pub in_table: bool,
+    /// `BACKEND_F_*` flags last written to the data plane.
+    pub written_flags: u32,
+    /// Live flows at the last conntrack sweep.
+    pub active_flows: u64,
+}
+
+impl BackendState {
+    /// The backend's address.
+    pub fn address(&self) -> SocketAddrV4 {
+        self.cfg.address
+    }
+    /// Current health.
+    pub fn health(&self) -> Health {
+        self.tracker.health()
+    }
+    /// Identity string its Maglev permutation derives from.
+    pub fn identity(&self) -> String {
+        self.cfg.address.to_string()
+    }
+}
+
+/// A running service.
+#[derive(Debug, Clone)]
+pub struct ServiceState {
+    /// Its configuration (backends list mirrors `backends`).
+    pub cfg: ServiceConfig,
+    /// Data-plane service id.
+    pub id: u32,
+    /// Key in `LB_SERVICES`.
+    pub key: ServiceKey,
+    /// Which half (0 or 1) of the double-buffered table is active.
+    pub active_slot: u32,
+    /// The Maglev input (identity, weight, id) of the active table, `None` when it must be
+    /// (re)written regardless.
+    pub table_inputs: Option<Vec<(String, u32, u32)>>,
+    /// `SERVICE_F_*` flags last written.
+    pub flags: u32,
+    /// Backends in configuration order.
+    pub backends: Vec<BackendState>,
+    /// Live flows at the last conntrack sweep.
+    pub active_flows: u64,
+}
+
+impl ServiceState {
+    /// The backend with `address`, if any.
+    pub fn backend(&self, address: SocketAddrV4) -> Option<&BackendState> {
+        self.backends.iter().find(|b| b.cfg.address == address)
+    }
+}
+
+/// The data-plane key of a service.
+pub fn service_key(cfg: &ServiceConfig) -> ServiceKey {
+    ServiceKey {
+        vip_be: lb_common::ipv4_to_be(cfg.vip),
+        port_be: lb_common::port_to_be(cfg.port),
+        proto: lb_common::IPPROTO_TCP,
+        _pad: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn up_goes_down_after_fall_failures() {
+        let mut t = HealthTracker::new(Health::Up);
+        assert_eq!(t.record(false, 2, 3), None);
+        assert_eq!(t.record(false, 2, 3), None);
+        assert_eq!(t.record(false, 2, 3), Some(Health::Down));
+        assert_eq!(t.health(), Health::Down);
+    }
+
+    #[test]
+    fn a_success_resets_the_failure_count() {
+        let mut t = HealthTracker::new(Health::Up);
+        t.record(false, 2, 3);
+        t.record(false, 2, 3);
+        assert_eq!(t.record(true, 2, 3), None);
+        t.record(false, 2, 3);
+        assert_eq!(t.record(false, 2, 3), None);
+        assert_eq!(t.health(), Health::Up);
+        assert_eq!(t.record(false, 2, 3), Some(Health::Down));
+    }
+
+    #[test]
+    fn down_rises_after_rise_successes() {
+        let mut t = HealthTracker::new(Health::Down);
+        assert_eq!(t.record(true, 2, 3), None);
+        assert_eq!(t.record(false, 2, 3), None);
+        assert_eq!(t.record(true, 2, 3), None);
+        assert_eq!(t.record(true, 2, 3), Some(Health::Up));
+        // rise = 1 and fall = 1 flip on every differing result.
+        let mut t = HealthTracker::new(Health::Up);
+        assert_eq!(t.record(false, 1, 1), Some(Health::Down));
+        assert_eq!(t.record(true, 1, 1), Some(Health::Up));
+    }
+
+    #[test]
+    fn unknown_is_decided_by_the_first_result() {
+        let mut t = HealthTracker::new(Health::Unknown);
+        assert!(is_usable(t.health()));
+        assert_eq!(t.record(true, 5, 5), Some(Health::Up));
+        let mut t = HealthTracker::new(Health::Unknown);
+        assert_eq!(t.record(false, 5, 5), Some(Health::Down));
+        assert!(!is_usable(t.health()));
+        // Then the normal thresholds apply.
+        for _ in 0..4 {
+            assert_eq!(t.record(true, 5, 5), None);
+        }
+        assert_eq!(t.record(true, 5, 5), Some(Health::Up));
+    }
+}
