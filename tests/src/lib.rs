@@ -1,3 +1,4 @@
 //! Test harnesses.
 
 pub mod lab;
+pub mod bench;

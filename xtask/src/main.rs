@@ -6,6 +6,7 @@
 //! - `demo`: the guided tour in a network-namespace lab.
 //! - `bench`: benchmarks; writes `docs/benchmarks.md` and a raw JSON file.
 
+mod bench;
 mod build;
 mod setup;
 mod test;
@@ -30,6 +31,8 @@ enum Command {
     BuildEbpf,
     /// Run every test tier: host unit tests, packet fixtures, network-namespace scenarios.
     Test(test::TestArgs),
+    /// Benchmarks: writes docs/benchmarks.md and bench-results/*.json (`--smoke`: seconds, temp dir).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -42,5 +45,6 @@ fn main() -> Result<()> {
         }
         Command::BuildEbpf => build::ebpf(),
         Command::Test(args) => test::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

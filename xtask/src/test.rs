@@ -1,5 +1,6 @@
 //! `cargo xtask test`: every tier, in order, stopping at the first failing tier.
 
+use crate::bench;
 use crate::build::{self, root};
 use crate::setup::{self, run_cmd};
 use anyhow::Result;
@@ -30,6 +31,12 @@ pub fn run(args: TestArgs) -> Result<()> {
     if !args.skip_netns {
         tier("network-namespace scenarios");
         cargo_test(&["-p", "lb-tests", "--test", "netns"])?;
+        tier("bench smoke (cargo xtask bench --smoke)");
+        bench::run_built(&bench::BenchArgs {
+            smoke: true,
+            only: Vec::new(),
+            out_dir: None,
+        })?;
     }
     println!("\nall test tiers passed");
     Ok(())

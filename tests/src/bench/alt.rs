@@ -1,0 +1,309 @@
+//! The balancers the bench compares on one lab: lb (native and generic XDP), an nftables
+//! DNAT + masquerade balancer (kube-proxy's nftables-mode fast path), HAProxy in TCP mode,
+//! nginx stream, and direct routing to one backend with no balancer (the upper bound).
+//!
+//! [`prepare`] adapts a [`Lab`] for the comparison once; [`up`] brings one variant up and
+//! [`Active::down`] takes it down again, so variants can be interleaved on the same lab. The
+//! HAProxy and nginx processes run in the balancer namespace with configs generated into the
+//! lab's temp dir and are killed by PID (also on drop).
+
+use crate::lab::lbd::HealthSpec;
+use crate::lab::sys::{self, ns_command, Proc};
+use crate::lab::{backend_addr, Lab, BACKEND_PORT, VIP, VIP_PORT};
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+/// One balancer under comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// lb, XDP in driver mode.
+    LbNative,
+    /// lb, XDP in skb (generic) mode.
+    LbGeneric,
+    /// nftables DNAT (`numgen random` over the backends) + masquerade.
+    Nftables,
+    /// HAProxy 2.6, TCP mode, round robin.
+    Haproxy,
+    /// nginx stream proxy, round robin.
+    Nginx,
+    /// No balancer: the client talks to backend 1 through plain IP forwarding.
+    Direct,
+}
+
+impl Variant {
+    /// Display name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::LbNative => "lb native",
+            Variant::LbGeneric => "lb generic",
+            Variant::Nftables => "nftables DNAT",
+            Variant::Haproxy => "HAProxy (TCP)",
+            Variant::Nginx => "nginx stream",
+            Variant::Direct => "direct (no balancer)",
+        }
+    }
+
+    /// Where the client connects.
+    pub fn target(self) -> SocketAddrV4 {
+        match self {
+            Variant::Direct => backend_addr(1),
+            _ => SocketAddrV4::new(VIP, VIP_PORT),
+        }
+    }
+}
+
+/// Adapts a lab for the comparison: removes the lab's forward filter (it drops forwarded
+/// client traffic that lb did not rewrite, which is exactly what nftables and direct routing
+/// need) and routes the client to the backend networks through the balancer (direct).
+pub fn prepare(lab: &Lab) -> Result<(), String> {
+    let lb = lab.balancer_ns().to_string();
+    let _ = sys::ns_run(&lb, "nft", &["delete", "table", "inet", "lab"]);
+    sys::ip(&[
+        "-n",
+        lab.client_ns(),
+        "route",
+        "replace",
+        "10.1.0.0/16",
+        "via",
+        "172.30.0.1",
+    ])
+    .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Sets GRO on the balancer's veths (`pub0`, `bk*`).
+pub fn set_balancer_gro(lab: &Lab, on: bool) -> Result<(), String> {
+    let lb = lab.balancer_ns().to_string();
+    let state = if on { "on" } else { "off" };
+    let devs = std::iter::once("pub0".to_string())
+        .chain((1..=lab.backend_count()).map(|i| format!("bk{i}")));
+    for d in devs {
+        sys::ns_run(&lb, "ethtool", &["-K", &d, "gro", state]).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// A variant that is up; [`Active::down`] undoes it.
+pub struct Active {
+    variant: Variant,
+    procs: Vec<Proc>,
+}
+
+/// The nftables ruleset: one chain per backend, `numgen random` picks one (as kube-proxy's
+/// nftables mode does), masquerade toward the backends.
+pub fn nft_ruleset(backends: &[SocketAddrV4]) -> String {
+    let mut s = String::from("table ip lbbench {\n");
+    for (i, b) in backends.iter().enumerate() {
+        s.push_str(&format!(
+            "  chain be{i} {{\n    meta l4proto tcp dnat to {}:{}\n  }}\n",
+            b.ip(),
+            b.port()
+        ));
+    }
+    let map: Vec<String> = (0..backends.len())
+        .map(|i| format!("{i} : goto be{i}"))
+        .collect();
+    s.push_str(&format!(
+        "  chain pre {{\n    type nat hook prerouting priority dstnat; policy accept;\n    ip daddr {VIP} tcp dport {VIP_PORT} numgen random mod {} vmap {{ {} }}\n  }}\n",
+        backends.len(),
+        map.join(", ")
+    ));
+    s.push_str(
+        "  chain post {\n    type nat hook postrouting priority srcnat; policy accept;\n    ct status dnat masquerade\n  }\n}\n",
+    );
+    s
+}
+
+/// HAProxy configuration (TCP mode, round robin, foreground).
+pub fn haproxy_config(backends: &[SocketAddrV4]) -> String {
+    let mut s = format!(
+        "global\n  maxconn 50000\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\nfrontend fe\n  bind {VIP}:{VIP_PORT}\n  default_backend be\n\nbackend be\n  balance roundrobin\n"
+    );
+    for (i, b) in backends.iter().enumerate() {
+        s.push_str(&format!("  server b{} {b}\n", i + 1));
+    }
+    s
+}
+
+/// nginx configuration (stream module, round robin, foreground).
+pub fn nginx_config(backends: &[SocketAddrV4], dir: &std::path::Path) -> String {
+    let servers: String = backends
+        .iter()
+        .map(|b| format!("    server {b};\n"))
+        .collect();
+    format!(
+        "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\ndaemon off;\nworker_processes auto;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log;\nevents {{\n  worker_connections 16384;\n}}\nstream {{\n  upstream be {{\n{servers}  }}\n  server {{\n    listen {VIP}:{VIP_PORT};\n    proxy_pass be;\n  }}\n}}\n",
+        dir = dir.display()
+    )
+}
+
+fn backends(lab: &Lab) -> Vec<SocketAddrV4> {
+    (1..=lab.backend_count()).map(backend_addr).collect()
+}
+
+fn vip_local(lab: &Lab, add: bool) -> Result<(), String> {
+    let verb = if add { "add" } else { "del" };
+    sys::ip(&[
+        "-n",
+        lab.balancer_ns(),
+        "addr",
+        verb,
+        &format!("{VIP}/32"),
+        "dev",
+        "lo",
+    ])
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
+/// Brings `v` up on `lab` and waits until a request through it works. `gro` is the GRO
+/// setting wanted on the balancer's veths for the non-lb variants and lb native (lb generic
+/// always gets GRO off unless `force_gro`, so it sees wire-sized packets).
+pub fn up(lab: &mut Lab, v: Variant, gro: bool) -> Result<Active, String> {
+    let e = |e: crate::lab::LabError| e.to_string();
+    let mut active = Active {
+        variant: v,
+        procs: Vec::new(),
+    };
+    let be = backends(lab);
+    let dir = lab.dir().to_path_buf();
+    set_balancer_gro(lab, if v == Variant::LbGeneric { false } else { gro })?;
+    match v {
+        Variant::LbNative | Variant::LbGeneric => {
+            let mut cfg = lab.default_config();
+            cfg.xdp_mode = if v == Variant::LbNative {
+                "native"
+            } else {
+                "generic"
+            }
+            .into();
+            cfg.conntrack_flows = lb_common::DEFAULT_CONNTRACK_FLOWS;
+            // No health checks: the bench must not depend on (or compete with) them, and the
+            // packet-rate section drops everything at the backends.
+            cfg.services[0].health = HealthSpec {
+                kind: "none".into(),
+                ..HealthSpec::default()
+            };
+            lab.start_lbd_text(&cfg.to_yaml()).map_err(e)?;
+        }
+        Variant::Nftables => {
+            sys::run_with_input(
+                ns_command(lab.balancer_ns(), "nft").args(["-f", "-"]),
+                &nft_ruleset(&be),
+            )
+            .map_err(e)?;
+        }
+        Variant::Haproxy => {
+            vip_local(lab, true)?;
+            let cfg = dir.join("haproxy.cfg");
+            std::fs::write(&cfg, haproxy_config(&be))
+                .map_err(|e| format!("writing {}: {e}", cfg.display()))?;
+            let mut cmd = ns_command(lab.balancer_ns(), "haproxy");
+            cmd.arg("-db").arg("-f").arg(&cfg);
+            active
+                .procs
+                .push(Proc::spawn(&mut cmd, "haproxy", Some(&dir.join("haproxy.log"))).map_err(e)?);
+        }
+        Variant::Nginx => {
+            vip_local(lab, true)?;
+            let cfg = dir.join("nginx.conf");
+            std::fs::write(&cfg, nginx_config(&be, &dir))
+                .map_err(|e| format!("writing {}: {e}", cfg.display()))?;
+            let mut cmd = ns_command(lab.balancer_ns(), "nginx");
+            cmd.arg("-c").arg(&cfg);
+            active
+                .procs
+                .push(Proc::spawn(&mut cmd, "nginx", Some(&dir.join("nginx.log"))).map_err(e)?);
+        }
+        Variant::Direct => {}
+    }
+    if let Err(err) = wait_ready(lab, v) {
+        let _ = active.down(lab);
+        return Err(err);
+    }
+    Ok(active)
+}
+
+fn wait_ready(lab: &Lab, v: Variant) -> Result<(), String> {
+    let target = v.target();
+    let ns = lab.client_path();
+    sys::wait_for(
+        &format!("a request through {}", v.name()),
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || {
+            crate::lab::client::run_in_netns(ns.clone(), move || async move {
+                crate::lab::client::probe(target.into(), Duration::from_millis(500)).await
+            })
+            .ok()
+        },
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
+impl Active {
+    /// The variant.
+    pub fn variant(&self) -> Variant {
+        self.variant
+    }
+
+    /// Takes the variant down (stops processes by PID, removes rules and addresses, unloads
+    /// lb), leaving the lab as [`prepare`] left it.
+    pub fn down(mut self, lab: &mut Lab) -> Result<(), String> {
+        for mut p in self.procs.drain(..) {
+            p.stop(libc::SIGKILL, Duration::from_secs(5));
+        }
+        match self.variant {
+            Variant::LbNative | Variant::LbGeneric => lab
+                .lbd_mut()
+                .map_err(|e| e.to_string())?
+                .unload()
+                .map_err(|e| e.to_string()),
+            Variant::Nftables => sys::ns_run(
+                lab.balancer_ns(),
+                "nft",
+                &["delete", "table", "ip", "lbbench"],
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+            Variant::Haproxy | Variant::Nginx => vip_local(lab, false),
+            Variant::Direct => Ok(()),
+        }
+    }
+}
+
+/// The backends' port (re-exported for the sections' method texts).
+pub const PORT: u16 = BACKEND_PORT;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn two() -> Vec<SocketAddrV4> {
+        vec![
+            SocketAddrV4::new(Ipv4Addr::new(10, 1, 1, 2), 8080),
+            SocketAddrV4::new(Ipv4Addr::new(10, 1, 2, 2), 8080),
+        ]
+    }
+
+    #[test]
+    fn nft_ruleset_spreads_over_every_backend() {
+        let r = nft_ruleset(&two());
+        assert!(r.contains("numgen random mod 2 vmap { 0 : goto be0, 1 : goto be1 }"));
+        assert!(r.contains("dnat to 10.1.2.2:8080"));
+        assert!(r.contains("ct status dnat masquerade"));
+    }
+
+    #[test]
+    fn proxies_listen_on_the_vip_and_list_backends() {
+        let h = haproxy_config(&two());
+        assert!(h.contains("bind 192.0.2.10:80"));
+        assert!(h.contains("server b2 10.1.2.2:8080"));
+        let n = nginx_config(&two(), std::path::Path::new("/tmp/x"));
+        assert!(n.contains("listen 192.0.2.10:80;"));
+        assert!(n.contains("server 10.1.1.2:8080;"));
+        assert!(n.contains("daemon off;"));
+    }
+}

@@ -1,0 +1,340 @@
+//! Section 3: end to end in the lab, same topology and load for every variant (lb native, lb
+//! generic, nftables DNAT, HAProxy, nginx stream, direct routing): new connections per second
+//! (one request per connection), keep-alive requests per second with p50/p99 latency, and
+//! single-stream throughput. Load from `wrk` run inside the client namespace.
+
+use super::alt::{self, Variant};
+use super::report::{Goal, Measurement, Section, Target};
+use super::stats::interleave;
+use super::{BenchError, Scale};
+use crate::lab::Lab;
+
+/// The variants of this section, in interleaving order.
+pub const VARIANTS: [Variant; 6] = [
+    Variant::LbNative,
+    Variant::LbGeneric,
+    Variant::Nftables,
+    Variant::Haproxy,
+    Variant::Nginx,
+    Variant::Direct,
+];
+
+/// Bytes of one `/bulk` response in the throughput case.
+pub const BULK_BYTES: u64 = 64 << 20;
+/// wrk connections for the request-rate cases.
+pub const CONNECTIONS: u32 = 32;
+
+const NEW_CONNS: &str = "new connections (1 request each)";
+const KEEPALIVE: &str = "keep-alive requests";
+const STREAM: &str = "single-stream throughput";
+
+/// What one wrk run reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WrkResult {
+    /// `Requests/sec`.
+    pub requests_per_s: f64,
+    /// `Transfer/sec` in bytes.
+    pub bytes_per_s: f64,
+    /// 50th percentile latency in ms (with `--latency`).
+    pub p50_ms: Option<f64>,
+    /// 99th percentile latency in ms (with `--latency`).
+    pub p99_ms: Option<f64>,
+    /// Requests completed.
+    pub requests: u64,
+    /// Socket errors (connect + read + write + timeout) and non-2xx responses.
+    pub errors: u64,
+}
+
+fn parse_size(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: f64 = n.parse().ok()?;
+    let mul = match unit {
+        "" | "B" => 1.0,
+        "KB" => 1024.0,
+        "MB" => 1024.0 * 1024.0,
+        "GB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    Some(n * mul)
+}
+
+fn parse_ms(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: f64 = n.parse().ok()?;
+    Some(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        _ => return None,
+    })
+}
+
+/// Parses wrk's text output.
+pub fn parse_wrk(out: &str) -> Result<WrkResult, BenchError> {
+    let err = |d: &str| BenchError::Parse {
+        tool: "wrk",
+        detail: format!("{d} in: {}", out.trim()),
+    };
+    let mut r = WrkResult {
+        requests_per_s: f64::NAN,
+        bytes_per_s: f64::NAN,
+        p50_ms: None,
+        p99_ms: None,
+        requests: 0,
+        errors: 0,
+    };
+    for line in out.lines() {
+        let l = line.trim();
+        if let Some(v) = l.strip_prefix("Requests/sec:") {
+            r.requests_per_s = v.trim().parse().map_err(|_| err("bad Requests/sec"))?;
+        } else if let Some(v) = l.strip_prefix("Transfer/sec:") {
+            r.bytes_per_s = parse_size(v).ok_or_else(|| err("bad Transfer/sec"))?;
+        } else if let Some(v) = l.strip_prefix("50%") {
+            r.p50_ms = parse_ms(v);
+        } else if let Some(v) = l.strip_prefix("99%") {
+            r.p99_ms = parse_ms(v);
+        } else if l.contains(" requests in ") {
+            r.requests = l
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| err("bad request count"))?;
+        } else if let Some(v) = l.strip_prefix("Socket errors:") {
+            r.errors += v
+                .split(',')
+                .filter_map(|p| {
+                    p.split_whitespace()
+                        .last()
+                        .and_then(|n| n.parse::<u64>().ok())
+                })
+                .sum::<u64>();
+        } else if let Some(v) = l.strip_prefix("Non-2xx or 3xx responses:") {
+            r.errors += v.trim().parse::<u64>().unwrap_or(0);
+        }
+    }
+    if !r.requests_per_s.is_finite() {
+        return Err(err("no Requests/sec line"));
+    }
+    Ok(r)
+}
+
+fn wrk(lab: &Lab, args: &[String]) -> Result<WrkResult, String> {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lab.client_run("wrk", &a).map_err(|e| e.to_string())?;
+    let r = parse_wrk(&out).map_err(|e| e.to_string())?;
+    if r.requests == 0 {
+        return Err(format!("wrk completed no request: {}", out.trim()));
+    }
+    // More than 1% failed requests means the variant did not carry the load.
+    if r.errors * 100 > r.requests {
+        return Err(format!("{} errors in {} requests", r.errors, r.requests));
+    }
+    Ok(r)
+}
+
+/// One round of one variant: (new conns/s, keep-alive req/s, p50 ms, p99 ms, bytes/s).
+fn round(lab: &mut Lab, v: Variant, secs: u64) -> Result<[f64; 5], String> {
+    let active = alt::up(lab, v, false)?;
+    let t = v.target();
+    let d = format!("{secs}s");
+    let run = || -> Result<[f64; 5], String> {
+        let common = |c: u32| {
+            vec![
+                "-t1".to_string(),
+                format!("-c{c}"),
+                format!("-d{d}"),
+                "--timeout".into(),
+                "2s".into(),
+            ]
+        };
+        let mut a = common(CONNECTIONS);
+        a.extend([
+            "-H".into(),
+            "Connection: close".into(),
+            format!("http://{t}/id"),
+        ]);
+        let nc = wrk(lab, &a)?;
+        let mut a = common(CONNECTIONS);
+        a.extend(["--latency".into(), format!("http://{t}/id")]);
+        let ka = wrk(lab, &a)?;
+        let mut a = common(1);
+        a.push(format!("http://{t}/bulk?bytes={BULK_BYTES}"));
+        let st = wrk(lab, &a)?;
+        Ok([
+            nc.requests_per_s,
+            ka.requests_per_s,
+            ka.p50_ms.ok_or("wrk printed no 50% latency")?,
+            ka.p99_ms.ok_or("wrk printed no 99% latency")?,
+            st.bytes_per_s,
+        ])
+    };
+    let r = run();
+    let d = active.down(lab);
+    let r = r?;
+    d?;
+    Ok(r)
+}
+
+/// Runs section 3 on `lab`, or reports `lab_error` for every row.
+pub fn run(lab: Result<&mut Lab, String>, scale: Scale) -> (Section, Vec<Target>) {
+    let secs = scale.pick(3, 1);
+    let mut sec = Section::new(
+        "e2e",
+        "3. End to end in the lab",
+        format!(
+            "The lab of `tests/src/lab` (client, balancer, 2 backends running `lb-testsrv`, \
+             one veth per link, transmit checksum offload off on the hosts), the same for \
+             every variant; variants are brought up and down in turn on the same lab, {} \
+             rounds interleaved. Load is `wrk` (Debian) in the client namespace, one thread: \
+             new connections = `-c{CONNECTIONS} -H 'Connection: close' GET /id` for {secs} s \
+             (each request on its own connection); keep-alive = `-c{CONNECTIONS} --latency GET \
+             /id` for {secs} s (p50/p99 from wrk's latency distribution); single stream = \
+             `-c1 GET /bulk?bytes={}` for {secs} s. lb runs with 4 SNAT addresses, a 1 s \
+             closing timeout (SNAT port reuse) and no health checks; lb generic gets GRO off on \
+             the balancer (it must see wire-sized packets), all other variants GRO on. HAProxy \
+             2.6 (TCP mode) and nginx 1.22 stream listen on the VIP in the balancer namespace; \
+             nftables is `numgen random` DNAT + masquerade; direct = the client talks to \
+             backend 1 through the balancer's plain IP forwarding. Client, balancer and \
+             backends share 2 cores. A run with more than 1% failed requests is not counted.",
+            scale.rounds(),
+            BULK_BYTES
+        ),
+    );
+    let metrics = [
+        (NEW_CONNS, "connections/s"),
+        (KEEPALIVE, "requests/s"),
+        (KEEPALIVE, "p50 latency ms"),
+        (KEEPALIVE, "p99 latency ms"),
+        (STREAM, "MB/s"),
+    ];
+    match lab {
+        Err(e) => {
+            for v in VARIANTS {
+                for (case, m) in metrics {
+                    sec.push(case, v.name(), m, Measurement::not_measured(e.clone()));
+                }
+            }
+        }
+        Ok(lab) => {
+            let names: Vec<&str> = VARIANTS.iter().map(|v| v.name()).collect();
+            let mut per: Vec<Vec<[f64; 5]>> = vec![Vec::new(); VARIANTS.len()];
+            let runs = interleave(&names, scale.rounds(), |i, _| {
+                let r = round(lab, VARIANTS[i], secs)?;
+                per[i].push(r);
+                Ok(r[0])
+            });
+            for (i, v) in VARIANTS.iter().enumerate() {
+                for (k, (case, m)) in metrics.iter().enumerate() {
+                    let values: Vec<f64> = per[i]
+                        .iter()
+                        .map(|r| if k == 4 { r[k] / 1e6 } else { r[k] })
+                        .collect();
+                    let meas = if values.is_empty() {
+                        Measurement::from_variant(&runs[i])
+                    } else {
+                        Measurement::from_runs(values)
+                    };
+                    sec.push(case, v.name(), m, meas);
+                }
+            }
+        }
+    }
+    let n = |v: Variant| v.name();
+    for (num, den) in [
+        (Variant::LbNative, Variant::Direct),
+        (Variant::LbNative, Variant::Haproxy),
+        (Variant::LbNative, Variant::Nftables),
+        (Variant::LbNative, Variant::Nginx),
+        (Variant::LbGeneric, Variant::Direct),
+    ] {
+        sec.add_ratio(
+            &format!("{} / {}, new connections/s", n(num), n(den)),
+            "connections/s",
+            (NEW_CONNS, n(num)),
+            (NEW_CONNS, n(den)),
+        );
+    }
+    sec.add_ratio(
+        "lb native / direct, keep-alive requests/s",
+        "requests/s",
+        (KEEPALIVE, n(Variant::LbNative)),
+        (KEEPALIVE, n(Variant::Direct)),
+    );
+    sec.add_ratio(
+        "lb native / direct, single-stream MB/s",
+        "MB/s",
+        (STREAM, n(Variant::LbNative)),
+        (STREAM, n(Variant::Direct)),
+    );
+    let limit = "client, balancer and backends share 2 cores: the user-space HTTP server and \
+                 wrk dominate the CPU, so every variant is capped by the same endpoints";
+    let targets = vec![
+        Target::new(
+            "new conns/s, lb native vs direct",
+            Goal::AtLeast,
+            0.9,
+            "x",
+            sec.ratios[0].value.clone(),
+            limit,
+        ),
+        Target::new(
+            "new conns/s, lb native vs HAProxy",
+            Goal::AtLeast,
+            2.0,
+            "x",
+            sec.ratios[1].value.clone(),
+            limit,
+        ),
+        Target::new(
+            "new conns/s, lb native vs nftables",
+            Goal::Above,
+            1.0,
+            "x",
+            sec.ratios[2].value.clone(),
+            limit,
+        ),
+    ];
+    (sec, targets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "Running 3s test @ http://192.0.2.10:80/id
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   730.12us  210.44us   5.21ms   80.00%
+    Req/Sec    43.21k     1.02k   45.00k    70.00%
+  Latency Distribution
+     50%  700.00us
+     75%  800.00us
+     90%    1.00ms
+     99%    1.50ms
+  129630 requests in 3.00s, 10.51MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+Requests/sec:  43210.00
+Transfer/sec:      3.50MB
+";
+
+    #[test]
+    fn wrk_output_parses() {
+        let r = parse_wrk(SAMPLE).unwrap();
+        assert_eq!(r.requests_per_s, 43210.0);
+        assert_eq!(r.bytes_per_s, 3.5 * 1024.0 * 1024.0);
+        assert_eq!(r.p50_ms, Some(0.7));
+        assert_eq!(r.p99_ms, Some(1.5));
+        assert_eq!(r.requests, 129_630);
+        assert_eq!(r.errors, 3);
+    }
+
+    #[test]
+    fn wrk_output_without_rate_is_an_error() {
+        assert!(parse_wrk("unable to connect to 192.0.2.10:80 Connection refused").is_err());
+    }
+}

@@ -1,0 +1,136 @@
+//! `lb-bench`: runs lb's benchmarks and writes the raw JSON and the Markdown report.
+//!
+//! Normally started by `cargo xtask bench` (full run, writes `docs/benchmarks.md` and
+//! `bench-results/<date>-<commit>.json`) or `cargo xtask bench --smoke` (seconds, temp dir).
+//! Needs root: it loads XDP programs and builds network namespaces.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use lb_tests::bench::alt::prepare as alt_prepare;
+use lb_tests::bench::{control, e2e, machine, memory, pktrate, xdp_cost, Report, Scale};
+use lb_tests::lab::{Lab, LabOptions, Mode};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// The hand-written method section appended to the generated report.
+const METHOD: &str = include_str!("../bench/method.md");
+
+#[derive(Parser)]
+#[command(
+    name = "lb-bench",
+    about = "lb's benchmarks (run through `cargo xtask bench`)"
+)]
+struct Args {
+    /// Seconds-long run of every section with tiny counts (numbers are meaningless).
+    #[arg(long)]
+    smoke: bool,
+    /// Where to write the raw JSON.
+    #[arg(long)]
+    json: PathBuf,
+    /// Where to write the Markdown report (omit to skip it).
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// The commit being measured (`git describe --always --dirty`).
+    #[arg(long, default_value = "unknown")]
+    commit: String,
+    /// Run only these sections (comma separated: xdp_cost, pktrate, e2e, control, memory).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Fail (after writing the outputs) when any row or target was not measured.
+    #[arg(long)]
+    require_all: bool,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("lb-bench needs root (XDP programs, network namespaces); run `sudo -E cargo xtask bench`");
+    }
+    let scale = if args.smoke {
+        Scale::Smoke
+    } else {
+        Scale::Full
+    };
+    let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
+    let start = Instant::now();
+    let json_display = args.json.display().to_string();
+    let mut meta = machine::collect(
+        &args.commit,
+        if args.smoke { "smoke" } else { "full" },
+        scale.rounds(),
+        &json_display,
+    );
+    let mut sections = Vec::new();
+    let mut targets = Vec::new();
+    let step = |name: &str| println!("[bench] {name} ({:.0} s)", start.elapsed().as_secs_f64());
+
+    if want("xdp_cost") {
+        step("1. per-packet cost (BPF_PROG_TEST_RUN)");
+        let (s, t) = xdp_cost::run(scale);
+        sections.push(s);
+        targets.extend(t);
+    }
+    let need_lab = want("pktrate") || want("e2e") || want("control");
+    let mut lab: Result<Lab, String> = if need_lab {
+        step("building the lab");
+        Lab::new(LabOptions::new(2, Mode::Native))
+            .map_err(|e| format!("the lab could not be built: {e}"))
+            .and_then(|l| alt_prepare(&l).map(|()| l))
+    } else {
+        Err("not requested".into())
+    };
+    if want("pktrate") {
+        step("2. packet rate (SYN flood)");
+        let (s, t) = pktrate::run(lab.as_mut().ok(), scale);
+        sections.push(s);
+        targets.extend(t);
+    }
+    if want("e2e") {
+        step("3. end to end (wrk)");
+        let (s, t) = e2e::run(lab.as_mut().map_err(|e| e.clone()), scale);
+        sections.push(s);
+        targets.extend(t);
+    }
+    if want("control") {
+        step("4. control plane");
+        let (s, t) = control::run(lab.as_mut().map_err(|e| e.clone()), scale);
+        sections.push(s);
+        targets.extend(t);
+    }
+    drop(lab);
+    if want("memory") {
+        step("5. memory");
+        sections.push(memory::run());
+    }
+    meta.duration_s = start.elapsed().as_secs_f64();
+    let report = Report {
+        meta,
+        targets,
+        sections,
+    };
+    if let Some(dir) = args.json.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let json = serde_json::to_string_pretty(&report).context("serialising the report")?;
+    std::fs::write(&args.json, json).with_context(|| format!("writing {}", args.json.display()))?;
+    println!("[bench] raw results: {}", args.json.display());
+    let md = report.to_markdown(METHOD);
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, &md).with_context(|| format!("writing {}", path.display()))?;
+        println!("[bench] report: {}", path.display());
+    }
+    for t in &report.targets {
+        println!("[bench] target {}: {}", t.name, t.verdict());
+    }
+    println!("[bench] done in {:.0} s", start.elapsed().as_secs_f64());
+    let missing = report.not_measured();
+    if args.require_all && !missing.is_empty() {
+        bail!(
+            "{} measurement(s) could not be taken:\n  {}",
+            missing.len(),
+            missing.join("\n  ")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! `cargo xtask bench`: lb's benchmarks.
+//!
+//! Installs the bench-only Debian packages, builds everything, and runs the `lb-bench` binary
+//! (`tests/src/bin/lb-bench.rs`), which measures and writes:
+//! - full run: `docs/benchmarks.md` and `bench-results/<date>-<commit>.json` (about 15-20
+//!   minutes on 2 cores);
+//! - `--smoke`: every section with tiny counts into a temp dir (seconds; never touches
+//!   `docs/`). `cargo xtask test` runs it as its last tier.
+
+use crate::build::{self, root};
+use crate::setup::{self, run_cmd};
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Debian packages the bench needs on top of `setup::BENCH_PACKAGES`: nginx-light builds its
+/// stream module as a separate package.
+const BENCH_EXTRA_PACKAGES: &[&str] = &["libnginx-mod-stream"];
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Seconds-long run of every section with tiny counts, written to a temp dir.
+    #[arg(long)]
+    pub smoke: bool,
+    /// Run only these sections (comma separated: xdp_cost, pktrate, e2e, control, memory).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Directory for the outputs instead of docs/ and bench-results/ (or the smoke temp dir).
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+}
+
+/// `cargo xtask bench`: set-up and build, then [`run_built`].
+pub fn run(args: BenchArgs) -> Result<()> {
+    setup::run()?;
+    build::all()?;
+    run_built(&args)
+}
+
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git")
+        .current_dir(root())
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Installs the bench packages and runs the already built `lb-bench`.
+pub fn run_built(args: &BenchArgs) -> Result<()> {
+    setup::install_packages(setup::BENCH_PACKAGES)?;
+    setup::install_packages(BENCH_EXTRA_PACKAGES)?;
+    let commit = git(&["describe", "--always", "--dirty"]).unwrap_or_else(|| "unknown".into());
+    let bin = root().join("target/release/lb-bench");
+    let mut cmd = Command::new(&bin);
+    cmd.current_dir(root()).arg("--commit").arg(&commit);
+    if !args.only.is_empty() {
+        cmd.arg("--only").arg(args.only.join(","));
+    }
+    let smoke_dir;
+    if args.smoke {
+        smoke_dir = args.out_dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("lb-bench-smoke-{}", std::process::id()))
+        });
+        std::fs::create_dir_all(&smoke_dir)
+            .with_context(|| format!("creating {}", smoke_dir.display()))?;
+        // The smoke fails when any section could not measure: that is what it is for.
+        cmd.arg("--smoke")
+            .arg("--require-all")
+            .arg("--json")
+            .arg(smoke_dir.join("bench.json"))
+            .arg("--markdown")
+            .arg(smoke_dir.join("benchmarks.md"));
+        println!("[bench] smoke run, output in {}", smoke_dir.display());
+    } else {
+        let (docs, results) = match &args.out_dir {
+            Some(d) => (d.clone(), d.clone()),
+            None => (root().join("docs"), root().join("bench-results")),
+        };
+        std::fs::create_dir_all(&docs)?;
+        std::fs::create_dir_all(&results)?;
+        let date = Command::new("date")
+            .args(["-u", "+%Y%m%d-%H%M%S"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_else(|_| "undated".into());
+        let json = results.join(format!("{date}-{commit}.json"));
+        cmd.arg("--json")
+            .arg(&json)
+            .arg("--markdown")
+            .arg(docs.join("benchmarks.md"));
+    }
+    run_cmd(&mut cmd).context("the benchmark failed")
+}
