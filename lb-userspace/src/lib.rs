@@ -10,5 +10,8 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod dataplane;
+pub mod health;
 pub mod maglev;
+pub mod metrics;
 pub mod model;
+pub mod stats;

@@ -1,0 +1,259 @@
+//! Counter sampling and rates: the 1-second sampler reads the per-CPU stats (summed by the
+//! data plane), keeps the previous sample, and derives per-second rates. [`snapshot`] joins the
+//! samples with the controller's model into the API's [`StatsSnapshot`], which the metrics
+//! endpoint renders too.
+
+use crate::api::proto::{BackendStats, ServiceStats, StatsSnapshot};
+use crate::controller::Controller;
+use crate::dataplane::{Dataplane, DataplaneError};
+use crate::model::{BackendState, ServiceState};
+use lb_common::{FlowStats, NUM_COUNTERS};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Per-second rates over the last sampling interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Rates {
+    /// New flows per second.
+    pub new_flows: f64,
+    /// Packets per second, both directions.
+    pub packets: f64,
+    /// Bytes per second, both directions.
+    pub bytes: f64,
+}
+
+impl Rates {
+    /// Rates between two samples `secs` apart (counter resets give 0, not negative rates).
+    pub fn between(prev: &FlowStats, cur: &FlowStats, secs: f64) -> Rates {
+        if secs <= 0.0 {
+            return Rates::default();
+        }
+        let d = |a: u64, b: u64| b.saturating_sub(a) as f64 / secs;
+        Rates {
+            new_flows: d(prev.new_flows, cur.new_flows),
+            packets: d(
+                prev.packets_in + prev.packets_out,
+                cur.packets_in + cur.packets_out,
+            ),
+            bytes: d(prev.bytes_in + prev.bytes_out, cur.bytes_in + cur.bytes_out),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Id {
+    Service(u32),
+    Backend(u32),
+}
+
+/// Keeps the last sample of every service/backend id and the rates derived from it.
+#[derive(Debug)]
+pub struct StatsSampler {
+    last: HashMap<Id, (Instant, FlowStats)>,
+    rates: HashMap<Id, Rates>,
+    counters: [u64; NUM_COUNTERS as usize],
+}
+
+impl Default for StatsSampler {
+    fn default() -> Self {
+        Self {
+            last: HashMap::new(),
+            rates: HashMap::new(),
+            counters: [0; NUM_COUNTERS as usize],
+        }
+    }
+}
+
+impl StatsSampler {
+    /// An empty sampler.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn record(&mut self, id: Id, now: Instant, cur: FlowStats) {
+        if let Some((t, prev)) = self.last.get(&id) {
+            let secs = now.duration_since(*t).as_secs_f64();
+            self.rates.insert(id, Rates::between(prev, &cur, secs));
+        }
+        self.last.insert(id, (now, cur));
+    }
+
+    /// Reads every service's and backend's stats and the global counters.
+    pub fn sample<D: Dataplane>(&mut self, ctl: &Controller<D>) -> Result<(), DataplaneError> {
+        let now = Instant::now();
+        let dp = ctl.dataplane();
+        let mut seen = Vec::new();
+        for svc in ctl.services() {
+            self.record(Id::Service(svc.id), now, dp.service_stats(svc.id)?);
+            seen.push(Id::Service(svc.id));
+            for b in &svc.backends {
+                self.record(Id::Backend(b.id), now, dp.backend_stats(b.id)?);
+                seen.push(Id::Backend(b.id));
+            }
+        }
+        self.last.retain(|id, _| seen.contains(id));
+        self.rates.retain(|id, _| seen.contains(id));
+        self.counters = dp.global_counters()?;
+        Ok(())
+    }
+
+    fn stats(&self, id: Id) -> (FlowStats, Rates) {
+        (
+            self.last.get(&id).map(|x| x.1).unwrap_or_default(),
+            self.rates.get(&id).copied().unwrap_or_default(),
+        )
+    }
+
+    /// Global verdict counters of the last sample, keyed by counter name.
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        lb_common::COUNTER_NAMES
+            .iter()
+            .zip(self.counters.iter())
+            .map(|(n, v)| (n.to_string(), *v))
+            .collect()
+    }
+}
+
+fn describe_transition(b: &BackendState) -> Option<String> {
+    let t = b.last_transition.as_ref()?;
+    let ago = SystemTime::now()
+        .duration_since(t.at)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let to = match t.to {
+        crate::model::Health::Up => "up",
+        crate::model::Health::Down => "down",
+        crate::model::Health::Unknown => "unknown",
+    };
+    Some(format!("{to} {ago}s ago: {}", t.reason))
+}
+
+/// The API view of one backend.
+pub fn backend_stats(b: &BackendState, sampler: &StatsSampler) -> BackendStats {
+    let (s, r) = sampler.stats(Id::Backend(b.id));
+    BackendStats {
+        address: b.cfg.address,
+        id: b.id,
+        weight: b.cfg.weight,
+        backup: b.cfg.backup,
+        health: b.health(),
+        drained: b.cfg.drain,
+        in_table: b.in_table,
+        active_flows: b.active_flows,
+        new_flows: s.new_flows,
+        packets_in: s.packets_in,
+        bytes_in: s.bytes_in,
+        packets_out: s.packets_out,
+        bytes_out: s.bytes_out,
+        new_flows_per_sec: r.new_flows,
+        packets_per_sec: r.packets,
+        bytes_per_sec: r.bytes,
+        transitions: b.transitions,
+        last_transition: describe_transition(b),
+    }
+}
+
+/// The API view of one service.
+pub fn service_stats(svc: &ServiceState, sampler: &StatsSampler) -> ServiceStats {
+    let (s, r) = sampler.stats(Id::Service(svc.id));
+    ServiceStats {
+        name: svc.cfg.name.clone(),
+        vip: svc.cfg.vip,
+        port: svc.cfg.port,
+        health_check: svc.cfg.health_check.kind.to_string(),
+        active_flows: svc.active_flows,
+        new_flows: s.new_flows,
+        refused: s.refused,
+        packets_in: s.packets_in,
+        bytes_in: s.bytes_in,
+        packets_out: s.packets_out,
+        bytes_out: s.bytes_out,
+        new_flows_per_sec: r.new_flows,
+        packets_per_sec: r.packets,
+        bytes_per_sec: r.bytes,
+        backends: svc
+            .backends
+            .iter()
+            .map(|b| backend_stats(b, sampler))
+            .collect(),
+    }
+}
+
+/// The `stats` answer: every service with its backends plus the global counters.
+pub fn snapshot<D: Dataplane>(ctl: &Controller<D>, sampler: &StatsSampler) -> StatsSnapshot {
+    StatsSnapshot {
+        timestamp_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        services: ctl
+            .services()
+            .iter()
+            .map(|s| service_stats(s, sampler))
+            .collect(),
+        counters: sampler.counters(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::dataplane::fake::FakeDataplane;
+
+    #[test]
+    fn rates_come_from_consecutive_samples() {
+        let prev = FlowStats {
+            packets_in: 10,
+            packets_out: 10,
+            bytes_in: 1000,
+            bytes_out: 0,
+            new_flows: 1,
+            refused: 0,
+        };
+        let cur = FlowStats {
+            packets_in: 30,
+            packets_out: 20,
+            bytes_in: 3000,
+            bytes_out: 1000,
+            new_flows: 5,
+            refused: 0,
+        };
+        let r = Rates::between(&prev, &cur, 2.0);
+        assert_eq!(r.packets, 15.0);
+        assert_eq!(r.bytes, 1500.0);
+        assert_eq!(r.new_flows, 2.0);
+        // A reset counter does not give a negative rate.
+        assert_eq!(Rates::between(&cur, &prev, 1.0).packets, 0.0);
+    }
+
+    #[test]
+    fn snapshot_carries_model_and_counters() {
+        let cfg = Config::from_yaml_str(
+            "interfaces: [eth0]\nsnat: {addresses: [10.0.0.1]}\nlimits: {maglev_table_size: 101}\nservices:\n  - name: web\n    vip: 192.0.2.1\n    port: 80\n    backends: [{address: 10.1.0.1:80, weight: 3}]\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let dp = FakeDataplane::new();
+        let ctl = Controller::new(dp.clone(), cfg).unwrap();
+        let bid = ctl.services()[0].backends[0].id;
+        dp.state().counters[lb_common::FWD_TO_BACKEND as usize] = 42;
+        dp.state().backend_stats.insert(
+            bid,
+            FlowStats {
+                packets_in: 7,
+                new_flows: 2,
+                ..Default::default()
+            },
+        );
+        let mut sampler = StatsSampler::new();
+        sampler.sample(&ctl).unwrap();
+        let snap = snapshot(&ctl, &sampler);
+        assert_eq!(snap.counters["fwd_to_backend"], 42);
+        assert_eq!(snap.counters.len(), NUM_COUNTERS as usize);
+        let b = &snap.services[0].backends[0];
+        assert_eq!((b.packets_in, b.new_flows, b.weight), (7, 2, 3));
+        assert!(b.in_table);
+        assert_eq!(snap.services[0].health_check, "tcp");
+    }
+}
