@@ -359,8 +359,35 @@ impl Lab {
         lbd.start()
     }
 
-    /// The lab's lbd (started with [`Lab::start_lbd`]).
-    pub fn lbd(&mut self) -> Result<&mut Lbd> {
+    /// Starts lbd on an existing config file (e.g. `config/demo.yaml`) whose `api_socket` is
+    /// `socket` and `bpffs_root` is `bpffs_root` (removed with the lab).
+    pub fn start_lbd_file(
+        &mut self,
+        path: &Path,
+        socket: PathBuf,
+        bpffs_root: PathBuf,
+    ) -> Result<()> {
+        self.bpffs_root = bpffs_root;
+        let mut lbd = Lbd::new(
+            self.balancer.name(),
+            path.to_path_buf(),
+            socket,
+            self.tmp.path().join("lbd.log"),
+        )?;
+        lbd.start()?;
+        self.lbd = Some(lbd);
+        Ok(())
+    }
+
+    /// The lab's lbd (started with [`Lab::start_lbd`]): API calls, `lbctl`.
+    pub fn lbd(&self) -> Result<&Lbd> {
+        self.lbd
+            .as_ref()
+            .ok_or_else(|| LabError::Api("lbd was not started in this lab".into()))
+    }
+
+    /// The lab's lbd, mutably (to stop, start or unload it).
+    pub fn lbd_mut(&mut self) -> Result<&mut Lbd> {
         self.lbd
             .as_mut()
             .ok_or_else(|| LabError::Api("lbd was not started in this lab".into()))
@@ -406,6 +433,11 @@ impl Lab {
     /// The client namespace's path (for [`super::client::Prober`]).
     pub fn client_path(&self) -> PathBuf {
         self.client.path()
+    }
+
+    /// The balancer namespace's path.
+    pub fn balancer_path(&self) -> PathBuf {
+        self.balancer.path()
     }
 
     /// Runs `program args` in the client namespace.

@@ -1,0 +1,800 @@
+//! Network-namespace scenarios: real TCP through the real `lbd`/`lbctl` in the lab of
+//! `lb_tests::lab` (see docs/lab.md), each in native and in generic XDP mode.
+//!
+//! Needs root, `cargo xtask build` first (lbd, lbctl and the eBPF object), and runs with
+//! `cargo xtask test` (or `cargo test --release -p lb-tests --test netns`). Every lab has
+//! unique names and removes its namespaces, processes and pins when dropped, also on panic.
+
+use lb_common::counters as c;
+use lb_common::COUNTER_NAMES;
+use lb_tests::lab::client::{self, failures, probe, spread, tally, Prober};
+use lb_tests::lab::http::{pattern_sha256, HttpConn};
+use lb_tests::lab::lbd::{HealthSpec, LbdConfig};
+use lb_tests::lab::packet::{self, Ipv4Spec, PacketSocket};
+use lb_tests::lab::testsrv::{STREAM_CHUNK, STREAM_CHUNKS_PER_SEC};
+use lb_tests::lab::{
+    backend_addr, vip, Lab, LabOptions, Mode, CLIENT_ADDR, SNAT_ADDR, VIP, VIP_PORT,
+};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Margin on top of lbd's detection bounds for check timeouts and scheduling on 2 cores.
+const SLACK: Duration = Duration::from_millis(1200);
+/// Timeout of one probe connection.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn vip_addr() -> SocketAddr {
+    vip().into()
+}
+
+fn lab(backends: usize, mode: Mode) -> Lab {
+    Lab::new(LabOptions::new(backends, mode)).unwrap_or_else(|e| panic!("building the lab: {e}"))
+}
+
+fn started(backends: usize, mode: Mode) -> Lab {
+    let mut l = lab(backends, mode);
+    let cfg = l.default_config();
+    l.start_lbd(&cfg)
+        .unwrap_or_else(|e| panic!("starting lbd: {e}"));
+    l
+}
+
+fn spread_from(l: &Lab, count: usize) -> BTreeMap<String, usize> {
+    l.in_client(move || spread(vip_addr(), count, 16, PROBE_TIMEOUT))
+        .unwrap_or_else(|e| panic!("{count} connections through the VIP: {e}"))
+}
+
+fn with_config(l: &Lab, f: impl FnOnce(&mut LbdConfig)) -> LbdConfig {
+    let mut cfg = l.default_config();
+    f(&mut cfg);
+    cfg
+}
+
+/// Runs each scenario in native and in generic mode.
+macro_rules! both_modes {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[test]
+            fn native() {
+                super::$name(Mode::Native)
+            }
+            #[test]
+            fn generic() {
+                super::$name(Mode::Generic)
+            }
+        }
+    )*};
+}
+
+both_modes!(
+    forwarding,
+    isolation,
+    evenness,
+    weighted_evenness,
+    integrity,
+    failover,
+    backup,
+    drain,
+    restart_without_loss,
+    reload,
+    bad_traffic,
+);
+
+/// 1. The client reaches VIP:80 and sees the VIP as its peer; backends see the SNAT address;
+///    the lab removes everything it created.
+fn forwarding(mode: Mode) {
+    let l = started(3, mode);
+    let probes = l
+        .in_client(|| async {
+            let mut v = Vec::new();
+            for _ in 0..30 {
+                v.push(probe(vip_addr(), PROBE_TIMEOUT).await?);
+            }
+            Ok(v)
+        })
+        .expect("30 connections through the VIP");
+    for p in &probes {
+        assert_eq!(
+            p.client_peer,
+            vip_addr(),
+            "the client's peer must be the VIP"
+        );
+        let (ip, port) = p.seen_peer.rsplit_once(':').expect("ip:port");
+        assert_eq!(
+            ip,
+            SNAT_ADDR.to_string(),
+            "backends must see the SNAT address"
+        );
+        let port: u16 = port.parse().expect("port");
+        assert!(
+            (1024..=32767).contains(&port),
+            "SNAT port {port} out of range"
+        );
+        assert!(["b1", "b2", "b3"].contains(&p.backend.as_str()), "{p:?}");
+    }
+    let counters = l
+        .lbd()
+        .unwrap()
+        .counters()
+        .expect("lbctl stats --output json");
+    for name in COUNTER_NAMES {
+        assert!(
+            counters.contains_key(name),
+            "counter {name} missing from {counters:?}"
+        );
+    }
+    assert!(counters["new_flow"] >= 30, "{counters:?}");
+    assert!(
+        counters["fwd_to_backend"] > 0 && counters["fwd_to_client"] > 0,
+        "{counters:?}"
+    );
+    let prefix = l.prefix().to_string();
+    drop(l);
+    for role in ["c", "lb", "b1", "b2", "b3"] {
+        let p = format!("/run/netns/{prefix}-{role}");
+        assert!(!std::path::Path::new(&p).exists(), "{p} left behind");
+    }
+    assert!(
+        !std::path::Path::new("/sys/fs/bpf").join(&prefix).exists(),
+        "pins left behind"
+    );
+}
+
+/// 2. The client cannot reach any backend's private address, even with a route to it; the
+///    balancer itself can (so the check is not vacuous) and the VIP keeps working.
+fn isolation(mode: Mode) {
+    let l = started(2, mode);
+    let direct = |l: &Lab| {
+        l.in_client(|| async {
+            let mut reached = Vec::new();
+            for i in 1..=2 {
+                if probe(backend_addr(i).into(), Duration::from_millis(800))
+                    .await
+                    .is_ok()
+                {
+                    reached.push(i);
+                }
+            }
+            Ok(reached)
+        })
+        .unwrap()
+    };
+    assert!(
+        direct(&l).is_empty(),
+        "client reached a backend without a route"
+    );
+    l.client_run("ip", &["route", "add", "10.1.0.0/16", "via", "172.30.0.1"])
+        .expect("adding a route to the backends");
+    assert!(
+        direct(&l).is_empty(),
+        "client reached a backend through the balancer"
+    );
+    let from_balancer = client::run_in_netns(l.balancer_path(), || async {
+        probe(backend_addr(1).into(), PROBE_TIMEOUT).await
+    })
+    .expect("the balancer reaches backend 1 directly");
+    assert_eq!(from_balancer.backend, "b1");
+    let counts = spread_from(&l, 50);
+    assert_eq!(counts.values().sum::<usize>(), 50);
+}
+
+fn assert_shares(counts: &BTreeMap<String, usize>, want: &[(&str, f64)], what: &str) {
+    for (name, expect) in want {
+        let got = counts.get(*name).copied().unwrap_or(0) as f64;
+        assert!(
+            (got - expect).abs() <= expect * 0.10,
+            "{what}: {name} got {got}, want {expect} +-10%; all: {counts:?}"
+        );
+    }
+    assert_eq!(
+        counts.len(),
+        want.len(),
+        "{what}: unexpected backends in {counts:?}"
+    );
+}
+
+/// 3a. 3000 new connections over 3 equal backends: each within +-10% of 1000.
+fn evenness(mode: Mode) {
+    let l = started(3, mode);
+    let counts = spread_from(&l, 3000);
+    assert_shares(
+        &counts,
+        &[("b1", 1000.0), ("b2", 1000.0), ("b3", 1000.0)],
+        "equal weights",
+    );
+}
+
+/// 3b. Weights 1:2:3 over 6000 connections: within +-10% of 1000, 2000, 3000.
+fn weighted_evenness(mode: Mode) {
+    let mut l = lab(3, mode);
+    let cfg = with_config(&l, |c| {
+        for (i, b) in c.services[0].backends.iter_mut().enumerate() {
+            b.weight = i as u32 + 1;
+        }
+    });
+    l.start_lbd(&cfg).expect("starting lbd");
+    let counts = spread_from(&l, 6000);
+    assert_shares(
+        &counts,
+        &[("b1", 1000.0), ("b2", 2000.0), ("b3", 3000.0)],
+        "weights 1:2:3",
+    );
+}
+
+/// 4. 100 MB down and 32 MB up through the VIP with equal SHA-256, and 200 concurrent
+///    connections that all complete.
+fn integrity(mode: Mode) {
+    let l = started(3, mode);
+    const DOWN: u64 = 100 * 1024 * 1024;
+    const UP: u64 = 32 * 1024 * 1024;
+    let (down, up) = l
+        .in_client(|| async {
+            let mut conn = HttpConn::connect(vip_addr(), PROBE_TIMEOUT).await?;
+            let down = tokio::time::timeout(
+                Duration::from_secs(120),
+                conn.get_hashed(&format!("/bulk?bytes={DOWN}"), |_| {}),
+            )
+            .await
+            .map_err(|_| lb_tests::lab::LabError::Timeout("100 MB download".into()))??;
+            let up =
+                tokio::time::timeout(Duration::from_secs(120), conn.post_pattern("/sha256", UP))
+                    .await
+                    .map_err(|_| lb_tests::lab::LabError::Timeout("32 MB upload".into()))??;
+            Ok((down, up))
+        })
+        .expect("bulk transfers through the VIP");
+    assert_eq!(down.0, 200);
+    assert_eq!(down.1, DOWN, "downloaded length");
+    assert_eq!(down.2, pattern_sha256(DOWN), "download SHA-256");
+    assert_eq!(up.status, 200);
+    assert_eq!(
+        up.text(),
+        pattern_sha256(UP),
+        "upload SHA-256 as the backend computed it"
+    );
+
+    // 200 connections open at the same time, then each transfers 64 KiB.
+    let results = l
+        .in_client(|| async {
+            let mut conns = Vec::new();
+            for _ in 0..200 {
+                conns.push(HttpConn::connect(vip_addr(), Duration::from_secs(5)).await?);
+            }
+            let mut set = tokio::task::JoinSet::new();
+            for mut c in conns {
+                set.spawn(async move { c.get_hashed("/bulk?bytes=65536", |_| {}).await });
+            }
+            let mut out = Vec::new();
+            while let Some(r) = set.join_next().await {
+                out.push(r.map_err(|e| lb_tests::lab::LabError::Http(e.to_string()))?);
+            }
+            Ok(out)
+        })
+        .expect("200 concurrent connections");
+    assert_eq!(results.len(), 200);
+    let want = pattern_sha256(65536);
+    let bad: Vec<_> = results
+        .iter()
+        .filter(|r| !matches!(r, Ok((200, 65536, s)) if *s == want))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} of 200 concurrent transfers failed: {:?}",
+        bad.len(),
+        bad.first()
+    );
+}
+
+/// 5. Failover: a backend's server dies while the client opens connections continuously.
+///    Failures happen only within interval x fall + interval (+ slack) and are bounded; after
+///    that no connection fails or goes to it; restarted, it rejoins after `rise` successes.
+fn failover(mode: Mode) {
+    let mut l = started(3, mode);
+    let health = HealthSpec::default();
+    let period = Duration::from_millis(20);
+    let prober = Prober::start(
+        l.client_path(),
+        vip_addr(),
+        period,
+        PROBE_TIMEOUT,
+        Duration::from_secs(60),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let t_kill = prober.elapsed();
+    l.kill_backend(2);
+    let detect = health.detection_bound() + SLACK;
+    std::thread::sleep(detect);
+    assert_eq!(
+        l.lbd().unwrap().health_of(backend_addr(2)).unwrap(),
+        "down",
+        "lbd must mark b2 down within {detect:?}"
+    );
+    let t_settled = prober.elapsed();
+    std::thread::sleep(Duration::from_secs(3));
+    let t_restart = prober.elapsed();
+    l.start_backend(2).expect("restarting b2");
+    let recover = health.recovery_bound() + SLACK;
+    std::thread::sleep(recover);
+    let t_back = prober.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let attempts = prober.finish().expect("prober");
+    let end = attempts
+        .last()
+        .map(|a| a.at + Duration::from_millis(1))
+        .unwrap();
+
+    let before = tally(&attempts, Duration::ZERO, t_kill);
+    assert!(
+        !before.contains_key("error"),
+        "failures before the kill: {before:?}"
+    );
+    assert_eq!(
+        before.len(),
+        3,
+        "all three backends answer at first: {before:?}"
+    );
+    let window = tally(&attempts, t_kill, t_settled);
+    let in_window = window.values().sum::<usize>();
+    let failed = window.get("error").copied().unwrap_or(0);
+    // Roughly a third of the attempts in the window go to b2; allow twice that.
+    assert!(
+        failed <= in_window * 2 / 3,
+        "{failed} of {in_window} attempts failed inside the detection window"
+    );
+    let after = tally(&attempts, t_settled, t_restart);
+    assert!(
+        !after.contains_key("error") && !after.contains_key("b2"),
+        "after the detection window: {after:?}; failures: {:?}",
+        failures(&attempts)
+    );
+    assert!(
+        after.contains_key("b1") && after.contains_key("b3"),
+        "{after:?}"
+    );
+    let rejoined = tally(&attempts, t_back, end);
+    assert!(
+        !rejoined.contains_key("error"),
+        "failures after recovery: {rejoined:?}"
+    );
+    assert!(
+        rejoined.contains_key("b2"),
+        "b2 did not rejoin within {recover:?}: {rejoined:?}"
+    );
+    let recovering = tally(&attempts, t_restart, t_back);
+    assert!(
+        !recovering.contains_key("error"),
+        "failures while b2 recovered: {recovering:?}"
+    );
+    eprintln!("failover ({mode:?}): window {window:?}, after {after:?}, rejoined {rejoined:?}");
+}
+
+/// 6. All primaries down: new connections go to the backup; one primary back: they return.
+fn backup(mode: Mode) {
+    let mut l = lab(3, mode);
+    let health = HealthSpec::default();
+    let cfg = with_config(&l, |c| c.services[0].backends[2].backup = true);
+    l.start_lbd(&cfg).expect("starting lbd");
+    l.lbd()
+        .unwrap()
+        .wait_health(&[(backend_addr(3), "up")], Duration::from_secs(10))
+        .expect("the backup is checked too");
+    let primaries = spread_from(&l, 200);
+    assert!(
+        !primaries.contains_key("b3"),
+        "backup used while primaries are up: {primaries:?}"
+    );
+    l.kill_backend(1);
+    l.kill_backend(2);
+    std::thread::sleep(health.detection_bound() + SLACK);
+    let on_backup = spread_from(&l, 200);
+    assert_eq!(
+        on_backup.get("b3"),
+        Some(&200),
+        "all primaries down: {on_backup:?}"
+    );
+    l.start_backend(1).expect("restarting b1");
+    std::thread::sleep(health.recovery_bound() + SLACK);
+    let back = spread_from(&l, 200);
+    assert_eq!(back.get("b1"), Some(&200), "one primary back: {back:?}");
+}
+
+/// 7. `lbctl backend drain` keeps a long transfer going to completion while no new connection
+///    lands on the drained backend; `undrain` lets it take new connections again.
+fn drain(mode: Mode) {
+    let l = started(3, mode);
+    let seconds = 6;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stream = l.spawn_in_client(move || async move {
+        let mut c = HttpConn::connect(vip_addr(), PROBE_TIMEOUT).await?;
+        let id = c.request("GET", "/id", b"").await?.text();
+        let name = id.split(' ').next().unwrap_or_default().to_string();
+        let _ = tx.send(name);
+        c.get_hashed(&format!("/stream?seconds={seconds}"), |_| {})
+            .await
+    });
+    let name = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the long transfer started");
+    let i: usize = name[1..].parse().expect("backend name b<i>");
+    let addr = backend_addr(i).to_string();
+    let started_at = Instant::now();
+    l.lbd()
+        .unwrap()
+        .lbctl(&["backend", "drain", "web", &addr])
+        .expect("lbctl backend drain");
+    let during = spread_from(&l, 300);
+    assert!(
+        !during.contains_key(&name),
+        "new connections reached drained {name}: {during:?}"
+    );
+    assert!(
+        started_at.elapsed() < Duration::from_secs(seconds - 1),
+        "the check must run while the transfer is still going"
+    );
+    let (status, len, sha) = client::join(stream).expect("the long transfer through a drain");
+    assert_eq!(status, 200);
+    assert_eq!(len, seconds * STREAM_CHUNKS_PER_SEC * STREAM_CHUNK);
+    assert_eq!(sha, pattern_sha256(len), "drained transfer content");
+    let listed = l.lbd().unwrap().backends().unwrap();
+    let entry = listed
+        .iter()
+        .find(|b| b["address"] == addr.as_str())
+        .expect("drained backend listed");
+    assert_eq!(entry["drained"], true, "{entry}");
+    l.lbd()
+        .unwrap()
+        .lbctl(&["backend", "undrain", "web", &addr])
+        .expect("lbctl backend undrain");
+    let after = spread_from(&l, 300);
+    assert!(
+        after.contains_key(&name),
+        "{name} takes new connections after undrain: {after:?}"
+    );
+}
+
+/// 8. Restarting lbd (SIGTERM, then separately SIGKILL) during a long transfer while the
+///    client keeps opening connections: zero failed connections, transfer intact.
+fn restart_without_loss(mode: Mode) {
+    let mut l = started(3, mode);
+    let seconds = 10;
+    let stream = l.spawn_in_client(move || async move {
+        let mut c = HttpConn::connect(vip_addr(), PROBE_TIMEOUT).await?;
+        c.get_hashed(&format!("/stream?seconds={seconds}"), |_| {})
+            .await
+    });
+    let prober = Prober::start(
+        l.client_path(),
+        vip_addr(),
+        Duration::from_millis(25),
+        PROBE_TIMEOUT,
+        Duration::from_secs(60),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    for signal in [libc::SIGTERM, libc::SIGKILL] {
+        let lbd = l.lbd_mut().unwrap();
+        lbd.stop(signal).expect("stopping lbd");
+        std::thread::sleep(Duration::from_millis(700));
+        lbd.start()
+            .expect("starting lbd again on the pinned data plane");
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let attempts = prober.finish().expect("prober");
+    let fails = failures(&attempts);
+    assert!(attempts.len() > 100, "too few attempts: {}", attempts.len());
+    assert!(
+        fails.is_empty(),
+        "{} of {} connections failed: {fails:?}",
+        fails.len(),
+        attempts.len()
+    );
+    let (status, len, sha) = client::join(stream).expect("the long transfer across restarts");
+    assert_eq!(status, 200);
+    assert_eq!(len, seconds * STREAM_CHUNKS_PER_SEC * STREAM_CHUNK);
+    assert_eq!(sha, pattern_sha256(len));
+}
+
+/// 9. Adding and removing a backend in the file + `lbctl reload` changes where new
+///    connections go, existing ones stay; an invalid file is refused with its error and the
+///    running state is unchanged.
+fn reload(mode: Mode) {
+    let mut l = lab(3, mode);
+    let only = |l: &Lab, set: &[usize]| {
+        let mut c = l.default_config();
+        c.services[0]
+            .backends
+            .retain(|b| set.iter().any(|i| backend_addr(*i) == b.address));
+        c
+    };
+    l.start_lbd(&only(&l, &[1, 2])).expect("starting lbd");
+    let first = spread_from(&l, 200);
+    assert!(!first.contains_key("b3"), "{first:?}");
+
+    // A long-lived keep-alive connection on b1, asking `GET /id` every 100 ms until stopped.
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let keeper = l.spawn_in_client(move || async move {
+        let mut conn = loop {
+            let mut c = HttpConn::connect(vip_addr(), PROBE_TIMEOUT).await?;
+            if c.request("GET", "/id", b"")
+                .await?
+                .text()
+                .starts_with("b1 ")
+            {
+                break c;
+            }
+        };
+        let mut answers = Vec::new();
+        while !s2.load(Ordering::Relaxed) {
+            answers.push(conn.request("GET", "/id", b"").await.map(|r| r.text()));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(answers)
+    });
+
+    let text = only(&l, &[1, 2, 3]).to_yaml();
+    l.lbd().unwrap().write_config(&text).unwrap();
+    let out = l
+        .lbd()
+        .unwrap()
+        .lbctl(&["reload"])
+        .expect("lbctl reload (add b3)");
+    eprintln!("reload (add b3): {out}");
+    l.lbd()
+        .unwrap()
+        .wait_health(&[(backend_addr(3), "up")], Duration::from_secs(10))
+        .expect("b3 comes up after the reload");
+    let added = spread_from(&l, 300);
+    assert!(
+        added.contains_key("b3"),
+        "b3 gets new connections after being added: {added:?}"
+    );
+
+    let text = only(&l, &[2, 3]).to_yaml();
+    l.lbd().unwrap().write_config(&text).unwrap();
+    l.lbd()
+        .unwrap()
+        .lbctl(&["reload"])
+        .expect("lbctl reload (remove b1)");
+    let removed = spread_from(&l, 300);
+    assert!(
+        !removed.contains_key("b1"),
+        "b1 still gets new connections: {removed:?}"
+    );
+
+    // An invalid file: refused, with the offending field named; nothing changes.
+    let bad = only(&l, &[2, 3])
+        .to_yaml()
+        .replace("weight: 1", "weight: 0");
+    l.lbd().unwrap().write_config(&bad).unwrap();
+    let err = l
+        .lbd()
+        .unwrap()
+        .lbctl(&["reload"])
+        .expect_err("an invalid config must be refused");
+    assert!(
+        err.to_string().contains("weight"),
+        "the error must name the field: {err}"
+    );
+    let listed: Vec<String> = l
+        .lbd()
+        .unwrap()
+        .backends()
+        .unwrap()
+        .iter()
+        .map(|b| b["address"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let want: Vec<String> = [2, 3]
+        .iter()
+        .map(|i| backend_addr(*i).to_string())
+        .collect();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(sorted, want, "running state changed by a refused reload");
+    let still = spread_from(&l, 200);
+    assert!(!still.contains_key("b1") && still.len() == 2, "{still:?}");
+
+    stop.store(true, Ordering::Relaxed);
+    let answers = client::join(keeper).expect("the long-lived connection");
+    assert!(
+        answers.len() >= 10,
+        "too few answers on the long-lived connection: {answers:?}"
+    );
+    for a in &answers {
+        assert!(
+            matches!(a, Ok(t) if t.starts_with("b1 ")),
+            "the long-lived connection on b1 was disturbed: {a:?}"
+        );
+    }
+}
+
+/// 10. Truncated headers, fragments, IP options and non-TCP packets to the VIP get their
+///     documented verdicts (counters move in `lbctl stats --output json`) and normal traffic
+///     keeps working throughout.
+fn bad_traffic(mode: Mode) {
+    let l = started(2, mode);
+    let dst_mac =
+        packet::mac_from_ip_link(&l.balancer_run("ip", &["link", "show", "pub0"]).unwrap())
+            .expect("pub0's MAC");
+    let src_mac = packet::mac_from_ip_link(&l.client_run("ip", &["link", "show", "c0"]).unwrap())
+        .expect("c0's MAC");
+    let tcp = lb_common::IPPROTO_TCP;
+    let syn = packet::tcp_header(40000, VIP_PORT, lb_common::tcp_flags::SYN);
+    let ack = packet::tcp_header(40001, VIP_PORT, lb_common::tcp_flags::ACK);
+    let to_vip = |proto| Ipv4Spec::new(CLIENT_ADDR, VIP, proto);
+    let frame = |ip: &Ipv4Spec, payload: &[u8]| packet::ipv4_frame(dst_mac, src_mac, ip, payload);
+    // (description, frame, counter, exact): exact counters move only through these frames.
+    let mut cases: Vec<(&str, Vec<u8>, u32, bool)> = Vec::new();
+    let mut truncated = frame(&to_vip(tcp), &syn);
+    truncated.truncate(14 + 12);
+    cases.push(("truncated IPv4 header", truncated, c::DROP_MALFORMED, true));
+    let mut long = to_vip(tcp);
+    long.total_len = Some(1400);
+    cases.push((
+        "IPv4 total length beyond the frame",
+        frame(&long, &syn),
+        c::DROP_MALFORMED,
+        true,
+    ));
+    let mut frag = to_vip(tcp);
+    frag.more_fragments = true;
+    cases.push((
+        "first fragment (MF) to the VIP",
+        frame(&frag, &syn),
+        c::DROP_VIP_FRAGMENT,
+        true,
+    ));
+    let mut frag2 = to_vip(tcp);
+    frag2.frag_offset = 100;
+    cases.push((
+        "non-first fragment to the VIP",
+        frame(&frag2, &syn),
+        c::DROP_VIP_FRAGMENT,
+        true,
+    ));
+    let mut opts = to_vip(tcp);
+    opts.options = vec![1, 1, 1, 0];
+    cases.push((
+        "IP options to the VIP",
+        frame(&opts, &syn),
+        c::DROP_VIP_IP_OPTIONS,
+        true,
+    ));
+    cases.push((
+        "truncated TCP header",
+        frame(&to_vip(tcp), &syn[..10]),
+        c::DROP_MALFORMED_TCP,
+        true,
+    ));
+    let mut bad_doff = syn.clone();
+    bad_doff[12] = 4 << 4;
+    cases.push((
+        "TCP data offset 4",
+        frame(&to_vip(tcp), &bad_doff),
+        c::DROP_MALFORMED_TCP,
+        true,
+    ));
+    cases.push((
+        "ACK without a flow",
+        frame(&to_vip(tcp), &ack),
+        c::DROP_NO_CONNTRACK,
+        false,
+    ));
+    let udp = [0x9c, 0x40, 0, 80, 0, 12, 0, 0, 1, 2, 3, 4];
+    cases.push((
+        "UDP to the VIP",
+        frame(&to_vip(17), &udp),
+        c::PASS_VIP_NON_TCP,
+        false,
+    ));
+    let no_service = packet::tcp_header(40002, 81, lb_common::tcp_flags::SYN);
+    cases.push((
+        "SYN to a port without service",
+        frame(&to_vip(tcp), &no_service),
+        c::PASS_VIP_NO_SERVICE,
+        false,
+    ));
+    let mut ttl1 = to_vip(tcp);
+    ttl1.ttl = 1;
+    cases.push((
+        "SYN with TTL 1",
+        frame(&ttl1, &syn),
+        c::PASS_TTL_EXCEEDED,
+        false,
+    ));
+    cases.push((
+        "IPv6 frame",
+        packet::ether_frame(dst_mac, src_mac, 0x86dd, &[0x60; 40]),
+        c::PASS_IPV6,
+        false,
+    ));
+
+    const REPEAT: u64 = 20;
+    let prober = Prober::start(
+        l.client_path(),
+        vip_addr(),
+        Duration::from_millis(20),
+        PROBE_TIMEOUT,
+        Duration::from_secs(60),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for (what, bytes, counter, exact) in cases {
+        let name = COUNTER_NAMES[counter as usize];
+        let before = l.lbd().unwrap().counters().expect("counters");
+        let b2 = bytes.clone();
+        l.in_client(move || async move {
+            let s = PacketSocket::open("c0")?;
+            for _ in 0..REPEAT {
+                s.send(&b2)?;
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("sending {what}: {e}"));
+        lb_tests::lab::sys::wait_for(
+            &format!("counter {name} to move for {what}"),
+            Duration::from_secs(5),
+            Duration::from_millis(100),
+            || {
+                let now = l.lbd().unwrap().counters().ok()?;
+                (now[name] >= before[name] + REPEAT).then_some(now)
+            },
+        )
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+        // lbd samples counters every second; settle before the exact comparison.
+        std::thread::sleep(Duration::from_millis(1100));
+        let settled = l.lbd().unwrap().counters().expect("counters");
+        let delta = settled[name] - before[name];
+        if exact {
+            assert_eq!(
+                delta, REPEAT,
+                "{what}: {name} moved by {delta}, want {REPEAT}"
+            );
+        } else {
+            assert!(delta >= REPEAT, "{what}: {name} moved by {delta}");
+        }
+    }
+    let attempts = prober.finish().expect("prober");
+    let fails = failures(&attempts);
+    assert!(attempts.len() > 50, "{}", attempts.len());
+    assert!(
+        fails.is_empty(),
+        "normal traffic failed during bad traffic: {fails:?}"
+    );
+}
+
+/// The demo runs end to end in its fast mode and removes what it created.
+#[test]
+fn demo_fast_mode() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lb-demo"))
+        .arg("--fast")
+        .output()
+        .expect("running lb-demo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "lb-demo --fast failed ({}):\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for phrase in ["spread", "fail", "recover", "drain", "removed"] {
+        assert!(
+            text.to_lowercase().contains(phrase),
+            "demo output lacks {phrase:?}:\n{text}"
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        !leftovers.iter().any(|n: &String| n.starts_with("lbdemo")),
+        "demo namespaces left behind: {leftovers:?}"
+    );
+}
