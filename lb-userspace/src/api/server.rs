@@ -1,0 +1,327 @@
+//! The control API server inside lbd: one JSON request per line over a Unix stream socket
+//! (mode 0600), one response line each (see [`super::proto`]).
+//!
+//! Mutations change the running state only: each one edits a copy of the running
+//! configuration and hands it to the controller, so API changes are validated exactly like the
+//! config file and `config dump`/`config save` always reflect them.
+
+use super::proto::{
+    BackendListEntry, InterfaceInfo, Request, Response, StatusInfo, MAX_REQUEST_BYTES,
+};
+use crate::config::Config;
+use crate::daemon::{save_atomically, Daemon};
+use crate::dataplane::Dataplane;
+use crate::model::Health;
+use std::future::Future;
+use std::net::SocketAddrV4;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+
+/// Creates the API socket at `path`: the parent directory if missing, a stale socket file
+/// removed, the socket restricted to its owner (0600).
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    // Create the socket with no group/other access from the start (no window at 0755).
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = listener?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves connections on `listener` until `shutdown` resolves.
+pub async fn serve<D: Dataplane, S: Future<Output = ()>>(
+    listener: UnixListener,
+    daemon: Arc<Daemon<D>>,
+    shutdown: S,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => return,
+            a = listener.accept() => a,
+        };
+        let Ok((stream, _)) = accepted else {
+            continue;
+        };
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read);
+            loop {
+                let mut line = String::new();
+                let n = match (&mut lines)
+                    .take(MAX_REQUEST_BYTES as u64)
+                    .read_line(&mut line)
+                    .await
+                {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let r = Response::failure(format!("invalid request: {e}"));
+                        let _ = write.write_all(r.to_line().as_bytes()).await;
+                        return;
+                    }
+                };
+                if n == 0 {
+                    return;
+                }
+                if !line.ends_with('\n') && n >= MAX_REQUEST_BYTES {
+                    let r =
+                        Response::failure(format!("request longer than {MAX_REQUEST_BYTES} bytes"));
+                    let _ = write.write_all(r.to_line().as_bytes()).await;
+                    return;
+                }
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let response = match Request::from_line(&line) {
+                    Err(e) => Response::failure(e.to_string()),
+                    Ok(req) => {
+                        let d = daemon.clone();
+                        tokio::task::spawn_blocking(move || handle(&d, req))
+                            .await
+                            .unwrap_or_else(|e| Response::failure(format!("internal error: {e}")))
+                    }
+                };
+                if write
+                    .write_all(response.to_line().as_bytes())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+fn unknown_service(config: &Config, name: &str) -> String {
+    let known: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+    if known.is_empty() {
+        format!("no service named \"{name}\" (no services are configured)")
+    } else {
+        format!("no service named \"{name}\" (known: {})", known.join(", "))
+    }
+}
+
+/// Applies `edit` to a copy of the running configuration, then applies the copy.
+fn mutate<D: Dataplane>(
+    daemon: &Daemon<D>,
+    edit: impl FnOnce(&mut Config) -> Result<String, String>,
+) -> Response {
+    let mut config = daemon.controller().config().clone();
+    let message = match edit(&mut config) {
+        Ok(m) => m,
+        Err(e) => return Response::failure(e),
+    };
+    match daemon.apply(config) {
+        Ok(_) => Response::success(&message),
+        Err(e) => Response::failure(e.to_string()),
+    }
+}
+
+/// Edits backend `address` of service `service` in `config`.
+fn edit_backend(
+    config: &mut Config,
+    service: &str,
+    address: SocketAddrV4,
+    f: impl FnOnce(&mut crate::config::BackendConfig) -> String,
+) -> Result<String, String> {
+    let msg = unknown_service(config, service);
+    let svc = config
+        .services
+        .iter_mut()
+        .find(|s| s.name == service)
+        .ok_or(msg)?;
+    let b = svc
+        .backends
+        .iter_mut()
+        .find(|b| b.address == address)
+        .ok_or_else(|| format!("service \"{service}\" has no backend {address}"))?;
+    Ok(f(b))
+}
+
+/// Executes one request.
+pub fn handle<D: Dataplane>(daemon: &Daemon<D>, req: Request) -> Response {
+    let command = req.command();
+    let response = match req {
+        Request::Status => {
+            let ctl = daemon.controller();
+            let backends = ctl.services().iter().flat_map(|s| s.backends.iter());
+            Response::success(&StatusInfo {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                pid: std::process::id(),
+                uptime_secs: daemon.started.elapsed().as_secs(),
+                config_path: daemon.config_path.clone(),
+                interfaces: daemon.interfaces.iter().map(InterfaceInfo::clone).collect(),
+                services: ctl.services().len(),
+                backends: backends.clone().count(),
+                healthy_backends: backends.filter(|b| b.health() == Health::Up).count(),
+                pin_root: daemon.pin_root.clone(),
+            })
+        }
+        Request::ServiceList => {
+            let ctl = daemon.controller();
+            Response::success(&crate::stats::snapshot(&ctl, &daemon.sampler()).services)
+        }
+        Request::Stats => {
+            let ctl = daemon.controller();
+            Response::success(&crate::stats::snapshot(&ctl, &daemon.sampler()))
+        }
+        Request::BackendList { service } => {
+            let ctl = daemon.controller();
+            if let Some(name) = &service {
+                if !ctl.services().iter().any(|s| &s.cfg.name == name) {
+                    return Response::failure(unknown_service(ctl.config(), name));
+                }
+            }
+            let sampler = daemon.sampler();
+            let list: Vec<BackendListEntry> = ctl
+                .services()
+                .iter()
+                .filter(|s| service.as_ref().is_none_or(|n| &s.cfg.name == n))
+                .flat_map(|s| {
+                    s.backends.iter().map(|b| BackendListEntry {
+                        service: s.cfg.name.clone(),
+                        backend: crate::stats::backend_stats(b, &sampler),
+                    })
+                })
+                .collect();
+            Response::success(&list)
+        }
+        Request::ServiceAdd { service } => mutate(daemon, |c| {
+            if c.services.iter().any(|s| s.name == service.name) {
+                return Err(format!(
+                    "service \"{}\" already exists; remove it first or change it in the config file and reload",
+                    service.name
+                ));
+            }
+            let msg = format!(
+                "added service {} ({}:{}, {} backends)",
+                service.name,
+                service.vip,
+                service.port,
+                service.backends.len()
+            );
+            c.services.push(service);
+            Ok(msg)
+        }),
+        Request::ServiceRemove { name } => mutate(daemon, |c| {
+            let msg = unknown_service(c, &name);
+            let i = c.services.iter().position(|s| s.name == name).ok_or(msg)?;
+            c.services.remove(i);
+            Ok(format!("removed service {name}"))
+        }),
+        Request::BackendAdd { service, backend } => mutate(daemon, |c| {
+            let msg = unknown_service(c, &service);
+            let svc = c
+                .services
+                .iter_mut()
+                .find(|s| s.name == service)
+                .ok_or(msg)?;
+            if svc.backends.iter().any(|b| b.address == backend.address) {
+                return Err(format!(
+                    "service \"{service}\" already has backend {}; use backend set-weight/drain to change it",
+                    backend.address
+                ));
+            }
+            let msg = format!("added backend {} to {service}", backend.address);
+            svc.backends.push(backend);
+            Ok(msg)
+        }),
+        Request::BackendRemove { service, address } => mutate(daemon, |c| {
+            let msg = unknown_service(c, &service);
+            let svc = c
+                .services
+                .iter_mut()
+                .find(|s| s.name == service)
+                .ok_or(msg)?;
+            let i = svc
+                .backends
+                .iter()
+                .position(|b| b.address == address)
+                .ok_or_else(|| format!("service \"{service}\" has no backend {address}"))?;
+            svc.backends.remove(i);
+            Ok(format!(
+                "removed backend {address} from {service} (it gets no new flows; its id is released when its flows end)"
+            ))
+        }),
+        Request::BackendDrain { service, address } => mutate(daemon, |c| {
+            edit_backend(c, &service, address, |b| {
+                b.drain = true;
+                format!("draining {address} in {service}: no new flows, existing flows stay")
+            })
+        }),
+        Request::BackendUndrain { service, address } => mutate(daemon, |c| {
+            edit_backend(c, &service, address, |b| {
+                b.drain = false;
+                format!("{address} in {service} is no longer draining")
+            })
+        }),
+        Request::BackendSetWeight {
+            service,
+            address,
+            weight,
+        } => mutate(daemon, |c| {
+            if !(1..=crate::config::MAX_WEIGHT).contains(&weight) {
+                return Err(format!(
+                    "weight must be between 1 and {}, got {weight}",
+                    crate::config::MAX_WEIGHT
+                ));
+            }
+            edit_backend(c, &service, address, |b| {
+                b.weight = weight;
+                format!("weight of {address} in {service} set to {weight}")
+            })
+        }),
+        Request::Reload => match daemon.reload() {
+            Ok(summary) => Response::success(&summary),
+            Err(e) => Response::failure(format!(
+                "reload rejected, the running configuration is unchanged: {e}"
+            )),
+        },
+        Request::ConfigDump => Response::success(&daemon.controller().config().to_yaml()),
+        Request::ConfigSave => {
+            let text = daemon.controller().config().to_yaml();
+            match save_atomically(&daemon.config_path, &text) {
+                Ok(()) => Response::success(&daemon.config_path.display().to_string()),
+                Err(e) => Response::failure(format!(
+                    "cannot write {}: {e}",
+                    daemon.config_path.display()
+                )),
+            }
+        }
+        Request::Unload => {
+            daemon.request_stop(true);
+            Response::success(
+                &"unloading: lbd detaches the XDP program, removes the pinned maps and exits",
+            )
+        }
+    };
+    if response.ok {
+        if !matches!(
+            command,
+            "status" | "service_list" | "backend_list" | "stats" | "config_dump"
+        ) {
+            tracing::info!(command, "API request done");
+        }
+    } else {
+        tracing::warn!(
+            command,
+            error = response.error.as_deref().unwrap_or(""),
+            "API request failed"
+        );
+    }
+    response
+}

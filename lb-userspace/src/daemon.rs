@@ -1,0 +1,601 @@
+//! lbd's wiring: given a loaded (and attached) data plane and a configuration, run the
+//! controller, the health-check tasks, the 1-second stats sampler, the 5-second conntrack
+//! sweeper, the control API and the metrics endpoint until shutdown.
+//!
+//! Shutdown (SIGTERM/SIGINT, or the future passed to [`run`]) stops lbd but leaves the pinned
+//! program and maps forwarding; only an `unload` request (or `lbd --unload`) detaches. SIGHUP
+//! reloads the configuration file and applies the difference.
+
+use crate::api::proto::InterfaceInfo;
+use crate::api::server;
+use crate::config::Config;
+use crate::controller::{Controller, ControllerError};
+use crate::dataplane::Dataplane;
+use crate::health::{CheckResult, HealthSupervisor};
+use crate::model::Health;
+use crate::stats::StatsSampler;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Notify};
+
+/// Interval of the stats sampler.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// Interval of the conntrack sweeper.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Errors that stop lbd.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The configuration could not be applied at start.
+    #[error("{0}")]
+    Controller(#[from] ControllerError),
+    /// A socket could not be created.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A data-plane write at start failed.
+    #[error("data plane: {0}")]
+    Dataplane(#[from] crate::dataplane::DataplaneError),
+}
+
+/// How [`run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Normal stop: the pinned program keeps forwarding.
+    Stopped,
+    /// An `unload` request: the caller must detach and remove the pinned state.
+    UnloadRequested,
+}
+
+/// What [`run`] needs besides the data plane.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The configuration file (for reload and `config save`).
+    pub config_path: PathBuf,
+    /// The configuration, already loaded and validated from `config_path`.
+    pub config: Config,
+    /// Interfaces the program is attached to (added to the redirect map).
+    pub interfaces: Vec<InterfaceInfo>,
+    /// Pin root reported by `status` (`None`: unpinned).
+    pub pin_root: Option<PathBuf>,
+}
+
+/// State shared by lbd's tasks and the API server.
+pub struct Daemon<D: Dataplane> {
+    ctl: Mutex<Controller<D>>,
+    sampler: Mutex<StatsSampler>,
+    health: Mutex<HealthSupervisor>,
+    health_tx: mpsc::Sender<CheckResult>,
+    runtime: tokio::runtime::Handle,
+    /// The configuration file.
+    pub config_path: PathBuf,
+    /// When lbd started.
+    pub started: Instant,
+    /// Attached interfaces.
+    pub interfaces: Vec<InterfaceInfo>,
+    /// Pin root.
+    pub pin_root: Option<PathBuf>,
+    stop: Notify,
+    unload: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<D: Dataplane> Daemon<D> {
+    /// The controller, locked.
+    pub fn controller(&self) -> MutexGuard<'_, Controller<D>> {
+        lock(&self.ctl)
+    }
+
+    /// The stats sampler, locked.
+    pub fn sampler(&self) -> MutexGuard<'_, StatsSampler> {
+        lock(&self.sampler)
+    }
+
+    /// Asks lbd to stop; with `unload`, [`run`] returns [`Outcome::UnloadRequested`].
+    pub fn request_stop(&self, unload: bool) {
+        if unload {
+            self.unload.store(true, Ordering::SeqCst);
+        }
+        self.stop.notify_one();
+    }
+
+    /// Starts, stops or restarts health-check tasks to match the running configuration.
+    pub fn sync_health(&self) {
+        let wanted: Vec<_> = self
+            .controller()
+            .services()
+            .iter()
+            .flat_map(|s| {
+                s.backends.iter().map(|b| {
+                    (
+                        s.cfg.name.clone(),
+                        b.cfg.address,
+                        s.cfg.health_check.clone(),
+                    )
+                })
+            })
+            .collect();
+        let _guard = self.runtime.enter();
+        lock(&self.health).sync(&wanted, &self.health_tx);
+    }
+
+    /// Applies `config` (reload or API mutation) and re-syncs health tasks.
+    pub fn apply(&self, config: Config) -> Result<String, ControllerError> {
+        let summary = self.controller().apply(config)?;
+        self.sync_health();
+        tracing::info!(summary = %summary, "configuration applied");
+        Ok(summary.to_string())
+    }
+
+    /// Re-reads the configuration file and applies it.
+    pub fn reload(&self) -> Result<String, String> {
+        let config = Config::load(&self.config_path).map_err(|e| e.to_string())?;
+        self.apply(config).map_err(|e| e.to_string())
+    }
+
+    fn on_check(&self, r: CheckResult) {
+        if !lock(&self.health).is_current(&r) {
+            return;
+        }
+        let change = self
+            .controller()
+            .health_result(&r.service, r.backend, r.ok, &r.reason);
+        match change {
+            Ok(Some(c)) => {
+                let (from, to) = (health_name(c.from), health_name(c.to));
+                if c.to == Health::Down {
+                    tracing::warn!(service = %c.service, backend = %c.backend, reason = %r.reason, from, to, "backend health changed");
+                } else {
+                    tracing::info!(service = %c.service, backend = %c.backend, reason = %r.reason, from, to, "backend health changed");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(service = %r.service, backend = %r.backend, error = %e, "applying a health transition failed")
+            }
+        }
+    }
+}
+
+/// Lowercase name of a health state (as in logs, JSON and metrics).
+pub fn health_name(h: Health) -> &'static str {
+    match h {
+        Health::Up => "up",
+        Health::Down => "down",
+        Health::Unknown => "unknown",
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns` uses.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Runs lbd on `dp` until `shutdown` resolves, SIGTERM/SIGINT arrives, or an `unload`
+/// request. Must be called inside a multi-threaded tokio runtime.
+pub async fn run<D, S>(opts: RunOptions, mut dp: D, shutdown: S) -> Result<Outcome, DaemonError>
+where
+    D: Dataplane,
+    S: Future<Output = ()>,
+{
+    for iface in &opts.interfaces {
+        dp.set_tx_port(iface.ifindex)?;
+    }
+    let ctl = Controller::new(dp, opts.config.clone())?;
+    let api_listener = server::bind(&opts.config.api_socket).map_err(|source| DaemonError::Io {
+        what: format!(
+            "cannot create the API socket {}",
+            opts.config.api_socket.display()
+        ),
+        source,
+    })?;
+    let metrics_listener = tokio::net::TcpListener::bind(opts.config.metrics_listen)
+        .await
+        .map_err(|source| DaemonError::Io {
+            what: format!(
+                "cannot listen on metrics_listen {} (in use? change metrics_listen)",
+                opts.config.metrics_listen
+            ),
+            source,
+        })?;
+    let (health_tx, mut health_rx) = mpsc::channel::<CheckResult>(1024);
+    let daemon = Arc::new(Daemon {
+        ctl: Mutex::new(ctl),
+        sampler: Mutex::new(StatsSampler::new()),
+        health: Mutex::new(HealthSupervisor::new()),
+        health_tx,
+        runtime: tokio::runtime::Handle::current(),
+        config_path: opts.config_path.clone(),
+        started: Instant::now(),
+        interfaces: opts.interfaces.clone(),
+        pin_root: opts.pin_root.clone(),
+        stop: Notify::new(),
+        unload: AtomicBool::new(false),
+    });
+    daemon.sync_health();
+    {
+        let ctl = daemon.controller();
+        tracing::info!(
+            services = ctl.services().len(),
+            backends = ctl.services().iter().map(|s| s.backends.len()).sum::<usize>(),
+            api = %opts.config.api_socket.display(),
+            metrics = %opts.config.metrics_listen,
+            "lbd running"
+        );
+    }
+
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let d = daemon.clone();
+        tasks.spawn(async move {
+            while let Some(r) = health_rx.recv().await {
+                let d = d.clone();
+                let _ = tokio::task::spawn_blocking(move || d.on_check(r)).await;
+            }
+        });
+    }
+    {
+        let d = daemon.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+            loop {
+                tick.tick().await;
+                let d = d.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    let ctl = d.controller();
+                    if let Err(e) = d.sampler().sample(&ctl) {
+                        tracing::warn!(error = %e, "stats sample failed");
+                    }
+                })
+                .await;
+            }
+        });
+    }
+    {
+        let d = daemon.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                tick.tick().await;
+                let d = d.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    let started = Instant::now();
+                    match d.controller().sweep(monotonic_ns()) {
+                        Ok(s) => tracing::debug!(
+                            entries = s.entries,
+                            expired_removed = s.expired_removed,
+                            took_ms = started.elapsed().as_millis() as u64,
+                            "conntrack sweep"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "conntrack sweep failed"),
+                    }
+                })
+                .await;
+            }
+        });
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    {
+        let d = daemon.clone();
+        let mut rx = stop_rx.clone();
+        tasks.spawn(async move {
+            server::serve(api_listener, d, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await;
+        });
+    }
+    {
+        let d = daemon.clone();
+        let mut rx = stop_rx.clone();
+        tasks.spawn(async move {
+            let snapshot = move || {
+                let ctl = d.controller();
+                crate::stats::snapshot(&ctl, &d.sampler())
+            };
+            crate::metrics::serve(metrics_listener, snapshot, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await;
+        });
+    }
+
+    use tokio::signal::unix::{signal, SignalKind};
+    let sig = |k: SignalKind| {
+        signal(k).map_err(|source| DaemonError::Io {
+            what: "cannot install signal handlers".into(),
+            source,
+        })
+    };
+    let mut hup = sig(SignalKind::hangup())?;
+    let mut term = sig(SignalKind::terminate())?;
+    let mut int = sig(SignalKind::interrupt())?;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping; the pinned program keeps forwarding"); break }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping; the pinned program keeps forwarding"); break }
+            _ = daemon.stop.notified() => break,
+            _ = hup.recv() => {
+                let d = daemon.clone();
+                match tokio::task::spawn_blocking(move || d.reload()).await {
+                    Ok(Ok(summary)) => tracing::info!(summary = %summary, "SIGHUP: configuration reloaded"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP: reload rejected; the running configuration is unchanged"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: reload task failed"),
+                }
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    // Give the API a moment to flush the response to an `unload` request.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    lock(&daemon.health).stop_all();
+    let _ = std::fs::remove_file(&opts.config.api_socket);
+    Ok(if daemon.unload.load(Ordering::SeqCst) {
+        Outcome::UnloadRequested
+    } else {
+        Outcome::Stopped
+    })
+}
+
+/// Writes `text` to `path` atomically: a temporary file in the same directory, fsynced, the
+/// previous file kept as `<path>.bak`, then a rename over `path`.
+pub fn save_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the config path has no file name"))?
+        .to_string_lossy()
+        .to_string();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        if path.exists() {
+            std::fs::copy(path, dir.join(format!("{name}.bak")))?;
+        }
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_keeps_a_backup() {
+        let dir = std::env::temp_dir().join(format!("lb-save-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lb.yaml");
+        save_atomically(&path, "one\n").unwrap();
+        assert!(!dir.join("lb.yaml.bak").exists());
+        save_atomically(&path, "two\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("lb.yaml.bak")).unwrap(),
+            "one\n"
+        );
+        let leftovers = std::fs::read_dir(&dir).unwrap().count();
+        assert_eq!(leftovers, 2, "no temporary file left behind");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn monotonic_clock_advances() {
+        let a = monotonic_ns();
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(monotonic_ns() > a);
+    }
+}
+
+#[cfg(test)]
+mod run_tests {
+    use super::*;
+    use crate::api::client::Client;
+    use crate::api::proto::{BackendListEntry, Request, StatsSnapshot, StatusInfo};
+    use crate::dataplane::fake::FakeDataplane;
+    use std::net::SocketAddrV4;
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::net::TcpListener;
+
+    /// A temporary directory removed on drop (also when the test panics).
+    struct TempDir(PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn config_text(dir: &Path, backend_ok: SocketAddrV4, backend_dead: SocketAddrV4) -> String {
+        format!(
+            r#"interfaces: [lo]
+api_socket: {dir}/lbd.sock
+metrics_listen: 127.0.0.1:0
+snat:
+  addresses: [10.0.255.1]
+limits:
+  maglev_table_size: 1009
+services:
+  - name: web
+    vip: 192.0.2.10
+    port: 80
+    health_check:
+      type: tcp
+      interval: 200ms
+      timeout: 100ms
+      rise: 2
+      fall: 2
+    backends:
+      - address: {backend_ok}
+      - address: {backend_dead}
+"#,
+            dir = dir.display()
+        )
+    }
+
+    fn call(sock: &Path, req: Request) -> serde_json::Value {
+        Client::connect(sock)
+            .unwrap()
+            .call(&req)
+            .unwrap_or_else(|e| panic!("{}: {e}", req.command()))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn daemon_serves_the_api_and_follows_health() {
+        let dir = TempDir(std::env::temp_dir().join(format!("lbd-run-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let live = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ok: SocketAddrV4 = match live.local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => a,
+            _ => unreachable!(),
+        };
+        let _acceptor = tokio::spawn(async move {
+            while let Ok((s, _)) = live.accept().await {
+                drop(s);
+            }
+        });
+        // A port with nothing listening: bind then drop.
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            match l.local_addr().unwrap() {
+                std::net::SocketAddr::V4(a) => a,
+                _ => unreachable!(),
+            }
+        };
+        let path = dir.0.join("lb.yaml");
+        std::fs::write(&path, config_text(&dir.0, ok, dead)).unwrap();
+        let config = Config::load(&path).unwrap();
+        let sock = config.api_socket.clone();
+        let dp = FakeDataplane::new();
+        let opts = RunOptions {
+            config_path: path.clone(),
+            config,
+            interfaces: vec![],
+            pin_root: None,
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let daemon = tokio::spawn(run(opts, dp.clone(), async {
+            let _ = stop_rx.await;
+        }));
+        // Wait for the socket (bounded).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "API socket never appeared");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        let sock2 = sock.clone();
+        tokio::task::spawn_blocking(move || {
+            let sock = sock2;
+            let status: StatusInfo = serde_json::from_value(call(&sock, Request::Status)).unwrap();
+            assert_eq!((status.services, status.backends), (1, 2));
+            // Health: the dead backend goes down within interval x fall + interval (+ jitter).
+            let deadline = Instant::now() + Duration::from_secs(3);
+            loop {
+                let list: Vec<BackendListEntry> =
+                    serde_json::from_value(call(&sock, Request::BackendList { service: None }))
+                        .unwrap();
+                let by = |a: SocketAddrV4| list.iter().find(|e| e.backend.address == a).unwrap();
+                if by(dead).backend.health == Health::Down && by(ok).backend.health == Health::Up {
+                    assert!(!by(dead).backend.in_table);
+                    assert!(by(ok).backend.in_table);
+                    break;
+                }
+                assert!(Instant::now() < deadline, "health never settled: {list:?}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // Mutations through the API, reflected in dump and stats.
+            call(
+                &sock,
+                Request::BackendDrain {
+                    service: "web".into(),
+                    address: ok,
+                },
+            );
+            let dump: String = serde_json::from_value(call(&sock, Request::ConfigDump)).unwrap();
+            let dumped = Config::from_yaml_str(&dump, "dump").unwrap();
+            assert!(dumped.services[0].backends[0].drain);
+            let err = Client::connect(&sock)
+                .unwrap()
+                .call(&Request::BackendSetWeight {
+                    service: "nope".into(),
+                    address: ok,
+                    weight: 2,
+                })
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("no service named \"nope\" (known: web)"),
+                "{err}"
+            );
+            let stats: StatsSnapshot = serde_json::from_value(call(&sock, Request::Stats)).unwrap();
+            assert_eq!(stats.counters.len(), lb_common::NUM_COUNTERS as usize);
+            // Save, then a reload of the saved file changes nothing.
+            let saved: String = serde_json::from_value(call(&sock, Request::ConfigSave)).unwrap();
+            assert_eq!(saved, path.display().to_string());
+            assert!(path.with_file_name("lb.yaml.bak").exists());
+            let summary: String = serde_json::from_value(call(&sock, Request::Reload)).unwrap();
+            assert_eq!(summary, "no changes");
+            // A broken file is rejected and the running state stays.
+            std::fs::write(&path, "interfaces: []\nsnat: {addresses: [10.0.255.1]}\n").unwrap();
+            let err = Client::connect(&sock)
+                .unwrap()
+                .call(&Request::Reload)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("lb.yaml:1: interfaces"), "{err}");
+            let status: StatusInfo = serde_json::from_value(call(&sock, Request::Status)).unwrap();
+            assert_eq!(status.backends, 2);
+        })
+        .await
+        .unwrap();
+        stop_tx.send(()).unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), daemon)
+            .await
+            .expect("daemon did not stop")
+            .unwrap()
+            .unwrap();
+        assert_eq!(outcome, Outcome::Stopped);
+        assert!(!sock.exists(), "socket removed on exit");
+        // The data plane keeps its state (pinned maps would keep forwarding).
+        assert_eq!(dp.state().services.len(), 1);
+    }
+}
