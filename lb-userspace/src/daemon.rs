@@ -138,6 +138,25 @@ impl<D: Dataplane> Daemon<D> {
         Ok(summary.to_string())
     }
 
+    /// Edits a copy of the running configuration with `edit` and applies it, holding the
+    /// controller lock throughout so concurrent API mutations cannot lose each other's edits.
+    /// `edit` returns the message for the caller, or an error that aborts without changes.
+    pub fn edit_config(
+        &self,
+        edit: impl FnOnce(&mut Config) -> Result<String, String>,
+    ) -> Result<String, String> {
+        let summary = {
+            let mut ctl = self.controller();
+            let mut config = ctl.config().clone();
+            let message = edit(&mut config)?;
+            let summary = ctl.apply(config).map_err(|e| e.to_string())?;
+            (message, summary)
+        };
+        self.sync_health();
+        tracing::info!(summary = %summary.1, "configuration applied");
+        Ok(summary.0)
+    }
+
     /// Re-reads the configuration file and applies it.
     pub fn reload(&self) -> Result<String, String> {
         let config = Config::load(&self.config_path).map_err(|e| e.to_string())?;

@@ -120,14 +120,9 @@ fn mutate<D: Dataplane>(
     daemon: &Daemon<D>,
     edit: impl FnOnce(&mut Config) -> Result<String, String>,
 ) -> Response {
-    let mut config = daemon.controller().config().clone();
-    let message = match edit(&mut config) {
-        Ok(m) => m,
-        Err(e) => return Response::failure(e),
-    };
-    match daemon.apply(config) {
-        Ok(_) => Response::success(&message),
-        Err(e) => Response::failure(e.to_string()),
+    match daemon.edit_config(edit) {
+        Ok(message) => Response::success(&message),
+        Err(e) => Response::failure(e),
     }
 }
 
