@@ -3,7 +3,6 @@
 //! maps through `bpftool map show id N`.
 
 use super::report::{Measurement, Section};
-use lb::dataplane::bpf::BpfDataplane;
 use lb::dataplane::LoadOptions;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -56,8 +55,7 @@ fn map_name(id: &str) -> Result<String, String> {
 /// Loads the default-sized data plane and accounts its maps.
 pub fn measure_maps() -> Result<Vec<MapMemory>, String> {
     let before = bpf_map_fds();
-    let dp =
-        BpfDataplane::load(&LoadOptions::default()).map_err(|e| format!("loading lb_xdp: {e}"))?;
+    let dp = super::PrivateDataplane::load(&LoadOptions::default())?;
     let after = bpf_map_fds();
     let mut maps = Vec::new();
     for fd in after.difference(&before) {

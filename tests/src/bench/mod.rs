@@ -85,3 +85,63 @@ pub enum BenchError {
 
 /// Result of harness operations.
 pub type Result<T, E = BenchError> = std::result::Result<T, E>;
+
+/// A data plane loaded for a benchmark under its own bpffs directory
+/// (`/sys/fs/bpf/lbbench-<pid>-<n>`), removed again on drop.
+pub struct PrivateDataplane {
+    dp: Option<lb::dataplane::bpf::BpfDataplane>,
+    root: std::path::PathBuf,
+}
+
+impl PrivateDataplane {
+    /// Loads `lb_xdp` with `opts` (its `pin_root` is replaced by a fresh private directory).
+    pub fn load(opts: &lb::dataplane::LoadOptions) -> Result<PrivateDataplane, String> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // bpffs refuses names with a dot.
+        let root =
+            std::path::Path::new("/sys/fs/bpf").join(format!("lbbench-{}-{n}", std::process::id()));
+        let mut opts = opts.clone();
+        opts.pin_root = Some(root.clone());
+        // The guard removes a half-created directory when the load fails.
+        let mut guard = PrivateDataplane { dp: None, root };
+        guard.dp = Some(
+            lb::dataplane::bpf::BpfDataplane::load(&opts)
+                .map_err(|e| format!("loading lb_xdp: {e}"))?,
+        );
+        Ok(guard)
+    }
+
+    /// The loaded data plane.
+    pub fn get(&self) -> &lb::dataplane::bpf::BpfDataplane {
+        self.dp.as_ref().expect("present until drop")
+    }
+
+    /// The loaded data plane, mutably.
+    pub fn get_mut(&mut self) -> &mut lb::dataplane::bpf::BpfDataplane {
+        self.dp.as_mut().expect("present until drop")
+    }
+}
+
+impl Drop for PrivateDataplane {
+    fn drop(&mut self) {
+        self.dp = None;
+        if let Err(e) = lb::dataplane::bpf::BpfDataplane::unload(&self.root) {
+            eprintln!("bench: cannot unload {}: {e}", self.root.display());
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+impl std::ops::Deref for PrivateDataplane {
+    type Target = lb::dataplane::bpf::BpfDataplane;
+    fn deref(&self) -> &Self::Target {
+        self.get()
+    }
+}
+
+impl std::ops::DerefMut for PrivateDataplane {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.get_mut()
+    }
+}

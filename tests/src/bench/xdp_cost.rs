@@ -15,10 +15,10 @@
 
 use super::report::{Goal, Measurement, Section, Target};
 use super::stats::interleave;
+use super::PrivateDataplane;
 use super::Scale;
 use crate::lab::packet::{ipv4_frame, tcp_header, Ipv4Spec};
 use crate::lab::sys::{ip, ns_run, Netns};
-use lb::dataplane::bpf::BpfDataplane;
 use lb::dataplane::{Dataplane, LoadOptions};
 use lb_common::{
     ipv4_to_be, maglev_table_offset, port_to_be, tcp_flags, BackendValue, GlobalConfig, ServiceKey,
@@ -183,7 +183,7 @@ fn ifindex(name: &str) -> Result<u32, String> {
 
 /// A loaded and configured data plane with `flows` established flows.
 struct Bed {
-    dp: BpfDataplane,
+    dp: PrivateDataplane,
     a0: u32,
     b0: u32,
     flows: Vec<ReplyTuple>,
@@ -211,8 +211,8 @@ fn expect(v: u32, want: u32, what: &str) -> Result<(), String> {
 
 impl Bed {
     fn new(entries: u32) -> Result<Bed, String> {
-        let mut dp = BpfDataplane::load(&LoadOptions::default())
-            .map_err(|e| format!("loading lb_xdp: {e}"))?;
+        let mut pdp = PrivateDataplane::load(&LoadOptions::default())?;
+        let dp = pdp.get_mut();
         let a0 = ifindex("a0")?;
         let b0 = ifindex("b0")?;
         let e = |e: lb::dataplane::DataplaneError| e.to_string();
@@ -271,7 +271,7 @@ impl Bed {
         dp.set_tx_port(a0).map_err(e)?;
         dp.set_tx_port(b0).map_err(e)?;
         let mut bed = Bed {
-            dp,
+            dp: pdp,
             a0,
             b0,
             flows: Vec::new(),
