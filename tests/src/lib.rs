@@ -1,4 +1,5 @@
 //! Test harnesses.
 
+pub mod fixture;
 pub mod lab;
 pub mod bench;

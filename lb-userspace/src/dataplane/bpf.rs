@@ -410,7 +410,7 @@ impl BpfDataplane {
                     .map(|d| d.as_nanos())
                     .unwrap_or(0);
                 let dir = Path::new(BPFFS_DEFAULT)
-                    .join(format!(".lb-private-{}-{nanos}", std::process::id()));
+                    .join(format!("lb-private-{}-{nanos}", std::process::id()));
                 (dir.clone(), Some(TempPinDir(dir)))
             }
         };
@@ -630,9 +630,12 @@ impl BpfDataplane {
 
     /// `BPF_PROG_TEST_RUN` of `lb_xdp` on `frame` (ingress ifindex optional, `repeat` >= 1):
     /// the verdict, the output frame and the kernel's mean duration per run. The ifindex is
-    /// resolved in the calling thread's network namespace. Frames shorter than an Ethernet
-    /// header (which the kernel refuses as test input) are run behind 4 bytes of XDP metadata,
-    /// so the program still sees exactly `frame`.
+    /// resolved in the calling thread's network namespace (enter the namespace first).
+    ///
+    /// With `repeat` > 1 the kernel runs the program again on the same buffer, so every run
+    /// after the first sees the previous run's output (a rewritten packet is no longer addressed
+    /// to the VIP); time unmodified paths (drops, passes) or read the result as a mix. The
+    /// kernel refuses frames shorter than an Ethernet header (14 bytes).
     pub fn test_run(
         &self,
         frame: &[u8],
@@ -652,12 +655,16 @@ impl BpfDataplane {
         if repeat == 0 {
             return Err(other("test_run: repeat must be >= 1"));
         }
-        let meta = if frame.len() < 14 { 4usize } else { 0 };
-        let mut data_in = vec![0u8; meta];
-        data_in.extend_from_slice(frame);
+        if frame.len() < 14 {
+            return Err(other(format!(
+                "test_run: a {}-byte frame is shorter than an Ethernet header; BPF_PROG_TEST_RUN refuses it",
+                frame.len()
+            )));
+        }
+        let data_in = frame;
         // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
         let ctx_words: [u32; 6] = [
-            meta as u32,
+            0,
             data_in.len() as u32,
             0,
             ingress_ifindex.unwrap_or(0),
@@ -668,7 +675,7 @@ impl BpfDataplane {
         let mut data_out = vec![0u8; data_in.len() + 256];
         let prog = self.program(name)?;
         let mut opts = TestRunOptions::new();
-        opts.data_in = Some(&data_in);
+        opts.data_in = Some(data_in);
         opts.data_out = Some(&mut data_out);
         opts.ctx_in = Some(&ctx_in);
         opts.repeat = repeat;
@@ -677,13 +684,9 @@ impl BpfDataplane {
             .map_err(|e| other(format!("BPF_PROG_TEST_RUN of {name}: {e:?}")))?;
         let out_len = (res.data_size_out as usize).min(data_out.len());
         data_out.truncate(out_len);
-        let output = data_out
-            .get(meta.min(out_len)..)
-            .unwrap_or_default()
-            .to_vec();
         Ok(TestRunResult {
             verdict: res.return_value,
-            output,
+            output: data_out,
             duration_ns: res.duration.as_nanos() as u64,
         })
     }
