@@ -1051,3 +1051,182 @@ fn test_run_reports_duration_and_repeats() {
         assert_eq!(r.verdict, DROP);
     });
 }
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[test]
+fn conntrack_sweep_counts_and_expires_pairs() {
+    require_root();
+    let ns = FixtureNetns::create();
+    setup_network(&ns);
+    let ifs = Ifs {
+        pub0: ns.ifindex("pub0"),
+        priv0: ns.ifindex("priv0"),
+    };
+    ns.run_inside(move || {
+        let opts = LoadOptions {
+            max_services: 16,
+            max_backends: 32,
+            maglev_table_size: TABLE,
+            conntrack_flows: 1024,
+            pin_root: None,
+        };
+        let mut dp = BpfDataplane::load(&opts).unwrap();
+        populate(&mut dp, &ifs);
+        for sport in [51000u16, 51001, 51002] {
+            let r = dp
+                .test_run(&syn(CLIENT_A, sport, 80).build(), Some(ifs.pub0), 1)
+                .unwrap();
+            assert_eq!(r.verdict, REDIRECT);
+        }
+        let cfg = base_config();
+        let live = dp.sweep_conntrack(monotonic_ns(), &cfg).unwrap();
+        assert_eq!(live.expired_removed, 0);
+        assert_eq!(live.entries, 6);
+        assert_eq!(live.flows_by_service.get(&0), Some(&3));
+        let per_backend: u64 = live.flows_by_backend.values().sum();
+        assert_eq!(per_backend, 3);
+        // Refresh one reply entry as of `later`: its pair must survive (the SNAT port is still
+        // in use) while the two fully expired pairs go.
+        let later = monotonic_ns() + cfg.tcp_syn_timeout_ns + 1_000_000_000;
+        let (rkey, mut rentry) = dp
+            .conntrack_entries()
+            .unwrap()
+            .into_iter()
+            .find(|(_, e)| e.flags & FLOW_F_REPLY != 0 && e.new_dst_port_be == 51001u16.to_be())
+            .expect("reply entry of the second flow");
+        rentry.last_seen_ns = later;
+        dp.set_conntrack_entry(&rkey, &rentry).unwrap();
+        let partial = dp.sweep_conntrack(later, &cfg).unwrap();
+        assert_eq!(partial.expired_removed, 4, "{partial:?}");
+        assert_eq!(partial.entries, 2);
+        assert!(
+            partial.flows_by_service.is_empty(),
+            "the forward entry is expired: no live flow"
+        );
+        let all = dp
+            .sweep_conntrack(later + cfg.tcp_syn_timeout_ns + 1, &cfg)
+            .unwrap();
+        assert_eq!(all.expired_removed, 2, "{all:?}");
+        assert_eq!(all.entries, 0);
+        assert!(dp.conntrack_entries().unwrap().is_empty());
+    });
+}
+
+#[test]
+fn pinned_maps_and_links_survive_reload_and_unload_removes_them() {
+    use lb::dataplane::{AttachedMode, XdpMode};
+    require_root();
+    let ns = FixtureNetns::create();
+    setup_network(&ns);
+    let root =
+        std::path::PathBuf::from(format!("/sys/fs/bpf/lb-fixture-pin-{}", std::process::id()));
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = BpfDataplane::unload(&self.0);
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(root.clone());
+    ns.run_inside(move || {
+        let xdp_state = || {
+            let out = std::process::Command::new("ip")
+                .args(["-d", "link", "show", "pub0"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
+        let opts = LoadOptions {
+            max_services: 4,
+            max_backends: 8,
+            maglev_table_size: TABLE,
+            conntrack_flows: 64,
+            pin_root: Some(root.clone()),
+        };
+        let mut dp = BpfDataplane::load(&opts).unwrap();
+        let key = ServiceKey {
+            vip_be: be(VIP),
+            port_be: 80u16.to_be(),
+            proto: IPPROTO_TCP,
+            _pad: 0,
+        };
+        dp.set_service(
+            &key,
+            &ServiceValue {
+                service_id: 1,
+                table_offset: 0,
+                table_size: TABLE,
+                flags: 0,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            dp.attach("pub0", XdpMode::Generic).unwrap(),
+            AttachedMode::Generic
+        );
+        let dir = root.join(format!("abi{ABI_VERSION}"));
+        assert!(dir.join("links/pub0").exists());
+        for name in ALL_MAPS {
+            assert!(dir.join(name).exists(), "{name} not pinned");
+        }
+        drop(dp);
+        assert!(
+            xdp_state().contains("xdpgeneric"),
+            "the pinned link must keep the program attached: {}",
+            xdp_state()
+        );
+
+        // Re-adoption: the service written by the first instance is still there, and attaching
+        // again replaces the program through the pinned link (keeping its generic mode).
+        let mut dp = BpfDataplane::load(&opts).unwrap();
+        assert_eq!(
+            dp.services().unwrap(),
+            vec![(
+                key,
+                ServiceValue {
+                    service_id: 1,
+                    table_offset: 0,
+                    table_size: TABLE,
+                    flags: 0
+                }
+            )]
+        );
+        assert_eq!(
+            dp.attach("pub0", XdpMode::Auto).unwrap(),
+            AttachedMode::Generic
+        );
+        drop(dp);
+
+        // Different limits against the pinned maps: a clear error naming the fix.
+        let err = BpfDataplane::load(&LoadOptions {
+            conntrack_flows: 128,
+            ..opts.clone()
+        })
+        .err()
+        .expect("size mismatch must fail");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("LB_CONNTRACK") && msg.contains("lbd --unload"),
+            "{msg}"
+        );
+
+        BpfDataplane::unload(&root).unwrap();
+        assert!(!dir.exists());
+        assert!(
+            !xdp_state().contains("xdp"),
+            "still attached after unload: {}",
+            xdp_state()
+        );
+        // Unloading twice is fine.
+        BpfDataplane::unload(&root).unwrap();
+    });
+}
