@@ -71,6 +71,7 @@ macro_rules! both_modes {
 }
 
 both_modes!(
+    lab_topology,
     forwarding,
     isolation,
     evenness,
@@ -83,6 +84,62 @@ both_modes!(
     reload,
     bad_traffic,
 );
+
+/// 0. The lab itself (no lbd): the balancer reaches every backend, the client reaches none
+///    (even with a route), offloads are as pitfalls 1-3 require, and dropping the lab removes
+///    its namespaces.
+fn lab_topology(mode: Mode) {
+    let l = lab(3, mode);
+    for i in 1..=3 {
+        let p = client::run_in_netns(l.balancer_path(), move || async move {
+            probe(backend_addr(i).into(), PROBE_TIMEOUT).await
+        })
+        .unwrap_or_else(|e| panic!("balancer -> backend {i}: {e}"));
+        assert_eq!(p.backend, format!("b{i}"));
+        assert!(p.seen_peer.starts_with(&format!("10.1.{i}.1:")), "{p:?}");
+    }
+    l.client_run("ip", &["route", "add", "10.1.0.0/16", "via", "172.30.0.1"])
+        .expect("adding a route to the backends");
+    let reached = l
+        .in_client(|| async {
+            let mut reached = Vec::new();
+            for i in 1..=3 {
+                if probe(backend_addr(i).into(), Duration::from_millis(500))
+                    .await
+                    .is_ok()
+                {
+                    reached.push(i);
+                }
+            }
+            Ok(reached)
+        })
+        .unwrap();
+    assert!(
+        reached.is_empty(),
+        "the client reached backends {reached:?} directly"
+    );
+    let k = l.client_run("ethtool", &["-k", "c0"]).unwrap();
+    assert!(k.contains("tx-checksumming: off"), "{k}");
+    assert!(k.contains("generic-receive-offload: on"), "{k}");
+    let kb = l.balancer_run("ethtool", &["-k", "pub0"]).unwrap();
+    if mode == Mode::Generic {
+        // Generic XDP must see wire-sized packets (pitfall 3).
+        assert!(kb.contains("generic-receive-offload: off"), "balancer GRO:\n{kb}");
+    }
+    let prefix = l.prefix().to_string();
+    drop(l);
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        !left.iter().any(|n| n.starts_with(&format!("{prefix}-"))),
+        "left behind: {left:?}"
+    );
+}
 
 /// 1. The client reaches VIP:80 and sees the VIP as its peer; backends see the SNAT address;
 ///    the lab removes everything it created.
