@@ -41,7 +41,9 @@ struct Args {
 }
 
 fn init_logging(format: LogFormat) {
+    // LB_LOG, else RUST_LOG, else `info`.
     let filter = tracing_subscriber::EnvFilter::try_from_env("LB_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
