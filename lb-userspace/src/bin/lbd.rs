@@ -72,6 +72,39 @@ fn ifindex(name: &str) -> Result<u32> {
     })
 }
 
+/// Fails with a hint when `root` would not be on a bpf filesystem: pins elsewhere either fail
+/// or do not survive lbd, which breaks hitless restarts.
+fn check_bpffs(root: &std::path::Path) -> Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    // The deepest existing ancestor decides which filesystem the pin directory lands on.
+    let mut probe = root;
+    while !probe.exists() {
+        probe = probe.parent().unwrap_or(std::path::Path::new("/"));
+    }
+    if probe == std::path::Path::new("/sys/fs") || probe == std::path::Path::new("/sys") {
+        anyhow::bail!(
+            "bpffs_root {}: /sys/fs/bpf does not exist in this mount namespace (is lbd started with `ip netns exec`, which remounts /sys? use `nsenter --net=/run/netns/NAME` or mount bpffs: `mount -t bpf bpf /sys/fs/bpf`)",
+            root.display()
+        );
+    }
+    let c = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes())
+        .context("bpffs_root contains a NUL byte")?;
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statfs buffer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statfs {}", probe.display()));
+    }
+    if st.f_type as i64 != BPF_FS_MAGIC {
+        anyhow::bail!(
+            "bpffs_root {} is not on a bpf filesystem ({} is not bpffs); mount one (`mount -t bpf bpf /sys/fs/bpf`) or point bpffs_root below an existing bpffs mount (under `ip netns exec`, /sys is remounted without it: use `nsenter --net=/run/netns/NAME`)",
+            root.display(),
+            probe.display()
+        );
+    }
+    Ok(())
+}
+
 fn real_main(args: Args) -> Result<()> {
     if args.unload {
         // The pin root comes from the config when it is readable; otherwise the default.
@@ -96,6 +129,7 @@ fn real_main(args: Args) -> Result<()> {
         );
         return Ok(());
     }
+    check_bpffs(&config.bpffs_root)?;
     let opts = config.load_options();
     let mut dp = BpfDataplane::load(&opts).context("loading the XDP program")?;
     let mut interfaces = Vec::new();
