@@ -117,7 +117,7 @@ pub fn nft_ruleset(backends: &[SocketAddrV4]) -> String {
 /// HAProxy configuration (TCP mode, round robin, foreground).
 pub fn haproxy_config(backends: &[SocketAddrV4]) -> String {
     let mut s = format!(
-        "global\n  maxconn 50000\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\nfrontend fe\n  bind {VIP}:{VIP_PORT}\n  default_backend be\n\nbackend be\n  balance roundrobin\n"
+        "global\n  maxconn 8000\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\nfrontend fe\n  bind {VIP}:{VIP_PORT}\n  default_backend be\n\nbackend be\n  balance roundrobin\n"
     );
     for (i, b) in backends.iter().enumerate() {
         s.push_str(&format!("  server b{} {b}\n", i + 1));
@@ -156,10 +156,11 @@ fn vip_local(lab: &Lab, add: bool) -> Result<(), String> {
     .map_err(|e| e.to_string())
 }
 
-/// Brings `v` up on `lab` and waits until a request through it works. `gro` is the GRO
-/// setting wanted on the balancer's veths for the non-lb variants and lb native (lb generic
-/// always gets GRO off unless `force_gro`, so it sees wire-sized packets).
-pub fn up(lab: &mut Lab, v: Variant, gro: bool) -> Result<Active, String> {
+/// Brings `v` up on `lab` and waits until a request through it works. GRO on the balancer's
+/// veths: on for every variant when `gro_all` (the SYN flood: a veth without a native XDP
+/// program accepts XDP frames only with GRO on, and SYNs are never merged), otherwise off for
+/// lb generic only (generic XDP must see wire-sized packets, not GRO super-packets).
+pub fn up(lab: &mut Lab, v: Variant, gro_all: bool) -> Result<Active, String> {
     let e = |e: crate::lab::LabError| e.to_string();
     let mut active = Active {
         variant: v,
@@ -167,7 +168,7 @@ pub fn up(lab: &mut Lab, v: Variant, gro: bool) -> Result<Active, String> {
     };
     let be = backends(lab);
     let dir = lab.dir().to_path_buf();
-    set_balancer_gro(lab, if v == Variant::LbGeneric { false } else { gro })?;
+    set_balancer_gro(lab, gro_all || v != Variant::LbGeneric)?;
     match v {
         Variant::LbNative | Variant::LbGeneric => {
             let mut cfg = lab.default_config();
@@ -184,6 +185,15 @@ pub fn up(lab: &mut Lab, v: Variant, gro: bool) -> Result<Active, String> {
                 kind: "none".into(),
                 ..HealthSpec::default()
             };
+            // More SNAT addresses and a short closing timeout, so SNAT ports recycle fast
+            // enough for the new-connection rate (backends route the whole 10.0.255.0/24
+            // back through the balancer).
+            cfg.snat_addresses = (1..=4)
+                .map(|i| std::net::Ipv4Addr::new(10, 0, 255, i))
+                .collect();
+            cfg.closing_timeout_s = 1;
+            std::fs::create_dir_all(&cfg.bpffs_root)
+                .map_err(|e| format!("creating {}: {e}", cfg.bpffs_root.display()))?;
             lab.start_lbd_text(&cfg.to_yaml()).map_err(e)?;
         }
         Variant::Nftables => {

@@ -104,6 +104,8 @@ fn failover_once(lab: &mut crate::lab::Lab) -> Result<f64, String> {
         .bpffs_root
         .join(format!("abi{}", lb_common::ABI_VERSION))
         .join(lb_common::MAP_SERVICES);
+    std::fs::create_dir_all(&cfg.bpffs_root)
+        .map_err(|e| format!("creating {}: {e}", cfg.bpffs_root.display()))?;
     lab.start_lbd(&cfg).map_err(e)?;
     let r = (|| {
         let before = read_service(&pin)?;
@@ -166,6 +168,8 @@ fn apply_once(lab: &mut crate::lab::Lab, n: usize) -> Result<f64, String> {
     let e = |e: crate::lab::LabError| e.to_string();
     let one = many_services_yaml(lab, 1)?;
     let many = many_services_yaml(lab, n)?;
+    let root = lab.default_config().bpffs_root;
+    std::fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
     lab.start_lbd_text(&one).map_err(e)?;
     let r = (|| {
         let lbd = lab.lbd_mut().map_err(e)?;

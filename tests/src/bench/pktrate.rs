@@ -166,6 +166,9 @@ fn flood(
     // Let the last frames drain through the queues.
     std::thread::sleep(Duration::from_millis(200));
     let forwarded = counters.total()? - before;
+    if forwarded == 0 {
+        return Err(format!("none of {sent} SYNs reached a backend"));
+    }
     let secs = elapsed.as_secs_f64();
     Ok((forwarded as f64 / secs, f64::from(sent) / secs))
 }

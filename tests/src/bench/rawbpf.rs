@@ -350,7 +350,9 @@ impl Prog {
         count: u32,
     ) -> Result<std::time::Duration> {
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress.
+        // The kernel wants data = 0 and data_end = the frame's length.
         let mut ctx = [0u32; 6];
+        ctx[1] = frame.len() as u32;
         ctx[3] = ingress_ifindex;
         let mut attr = Attr::new();
         attr.u32(0, self.fd.as_raw_fd() as u32)

@@ -59,11 +59,13 @@ pub fn ip(args: &[&str]) -> Result<String> {
     run(Command::new("ip").args(args))
 }
 
-/// A command that runs `program args` inside namespace `ns` (`ip netns exec`, which execs the
-/// program, so the spawned PID is the program's own).
+/// A command that runs `program args` inside namespace `ns` (`nsenter --net`, which execs the
+/// program, so the spawned PID is the program's own). Not `ip netns exec`: it remounts `/sys`
+/// in a private mount namespace, which hides bpffs at `/sys/fs/bpf` from the program (lbd
+/// could not pin its maps).
 pub fn ns_command(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns]).arg(program);
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(program);
     cmd
 }
 
