@@ -71,7 +71,7 @@ pub fn touch(entry: &mut FlowEntry, flags: u8, now_ns: u64) {
 /// Drops the SNAT reservation (reply entry) of a forward entry that is being replaced.
 #[inline(always)]
 pub fn release(forward: &FlowEntry) {
-    let _ = LB_CONNTRACK.remove(&partner_key(forward));
+    let _ = LB_CONNTRACK.remove(partner_key(forward));
 }
 
 /// True when the existing reply entry at `rkey` may be taken over by the flow `own`: it
@@ -91,7 +91,7 @@ fn reclaimable(rkey: &FlowKey, own: &FlowKey, cfg: &GlobalConfig, now_ns: u64) -
         return true;
     }
     // SAFETY: read-only copy of a map value.
-    match unsafe { LB_CONNTRACK.get(&fkey) } {
+    match unsafe { LB_CONNTRACK.get(fkey) } {
         None => true,
         Some(f) => f.is_expired(now_ns, cfg) || partner_key(f) != *rkey,
     }
@@ -141,14 +141,13 @@ pub fn allocate(
     };
     let mut attempt = 0;
     while attempt < SNAT_PORT_ATTEMPTS {
-        let port_be =
-            snat_port_candidate(h, attempt, cfg.snat_port_min, cfg.snat_port_max).to_be();
+        let port_be = snat_port_candidate(h, attempt, cfg.snat_port_min, cfg.snat_port_max).to_be();
         let rkey = tcp_key(backend.addr_be, snat_addr, backend.port_be, port_be);
-        let reserved = match LB_CONNTRACK.insert(&rkey, &reply, BPF_NOEXIST as u64) {
+        let reserved = match LB_CONNTRACK.insert(rkey, reply, BPF_NOEXIST as u64) {
             Ok(()) => true,
             Err(e) if e == -EEXIST => {
                 if reclaimable(&rkey, key, cfg, now_ns) {
-                    if LB_CONNTRACK.insert(&rkey, &reply, BPF_ANY as u64).is_err() {
+                    if LB_CONNTRACK.insert(rkey, reply, BPF_ANY as u64).is_err() {
                         return Err(AllocError::Full);
                     }
                     true
@@ -169,8 +168,8 @@ pub fn allocate(
                 service_id,
                 flags: 0,
             };
-            if LB_CONNTRACK.insert(key, &forward, BPF_ANY as u64).is_err() {
-                let _ = LB_CONNTRACK.remove(&rkey);
+            if LB_CONNTRACK.insert(key, forward, BPF_ANY as u64).is_err() {
+                let _ = LB_CONNTRACK.remove(rkey);
                 return Err(AllocError::Full);
             }
             return Ok(forward);

@@ -8,16 +8,13 @@ use crate::{
     stats::{self, Verdict},
 };
 use aya_ebpf::{
-    bindings::{
-        bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-    },
+    bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
     helpers::generated::bpf_fib_lookup as fib_lookup,
     programs::XdpContext,
     EbpfContext,
 };
 use lb_common::{
-    DROP_FIB_FAILED, FWD_TO_BACKEND, FWD_TO_CLIENT, IPPROTO_TCP, PASS_FIB_NO_NEIGH,
-    PASS_NO_TX_PORT,
+    DROP_FIB_FAILED, FWD_TO_BACKEND, FWD_TO_CLIENT, IPPROTO_TCP, PASS_FIB_NO_NEIGH, PASS_NO_TX_PORT,
 };
 
 /// `AF_INET`.

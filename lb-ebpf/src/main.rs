@@ -14,7 +14,9 @@ mod parse;
 mod rst;
 mod stats;
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext,
+};
 use conntrack::{tcp_key, AllocError};
 use forward::Direction;
 use lb_common::{
@@ -76,7 +78,7 @@ fn try_lb(ctx: &XdpContext) -> Result<Verdict, ()> {
         return Ok(Verdict::drop(DROP_MALFORMED));
     }
     // SAFETY: read-only presence check.
-    if unsafe { LB_VIPS.get(&ip.dst_be) }.is_some() {
+    if unsafe { LB_VIPS.get(ip.dst_be) }.is_some() {
         lb4_service(ctx, eth, ip, tot_len)
     } else {
         lb4_reply(ctx, eth, ip, hlen, tot_len)
@@ -122,7 +124,7 @@ fn lb4_service(
         _pad: 0,
     };
     // SAFETY: copy of a map value.
-    let Some(svc) = (unsafe { LB_SERVICES.get(&svc_key) }).copied() else {
+    let Some(svc) = (unsafe { LB_SERVICES.get(svc_key) }).copied() else {
         return Ok(Verdict::pass(PASS_VIP_NO_SERVICE));
     };
     if ip.ttl <= 1 {
@@ -133,7 +135,7 @@ fn lb4_service(
     let now = unsafe { bpf_ktime_get_ns() };
     let key = tcp_key(ip.src_be, ip.dst_be, tcp.src_port_be, tcp.dst_port_be);
 
-    if let Some(entry) = LB_CONNTRACK.get_ptr_mut(&key) {
+    if let Some(entry) = LB_CONNTRACK.get_ptr_mut(key) {
         // SAFETY: map value pointer; concurrent updates are benign (last writer wins).
         let entry = unsafe { &mut *entry };
         if entry.flags & FLOW_F_REPLY == 0 && !entry.is_expired(now, &cfg) {
@@ -220,7 +222,7 @@ fn lb4_reply(
     // SAFETY: bounds-checked by ptr_at.
     let [sport, dport] = unsafe { *ports };
     let key = tcp_key(ip.src_be, ip.dst_be, sport, dport);
-    let Some(entry) = LB_CONNTRACK.get_ptr_mut(&key) else {
+    let Some(entry) = LB_CONNTRACK.get_ptr_mut(key) else {
         return Ok(Verdict::pass(PASS_NOT_SERVICE));
     };
     // SAFETY: map value pointer; concurrent updates are benign.

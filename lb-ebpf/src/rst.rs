@@ -7,7 +7,9 @@
 
 use crate::parse::{frame_len, ptr_at, EthHdr, Ipv4Hdr, TcpHdr, ETH_HLEN, IPV4_HLEN, TCP_HLEN};
 use crate::stats::{self, Verdict};
-use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext,
+};
 use lb_common::{checksum::csum_fold, tcp_flags, IPPROTO_TCP, TX_RST_NO_BACKEND};
 
 /// Length of the RST frame: Ethernet + IPv4 + TCP, no options.
@@ -58,9 +60,7 @@ pub fn reply_rst(ctx: &XdpContext, service_id: u32) -> Result<Verdict, ()> {
     // SAFETY: bounds-checked pointers into the frame, not aliased.
     let (eth, ip, tcp) = unsafe { (&mut *eth, &mut *ip, &mut *tcp) };
 
-    let mac = eth.dst;
-    eth.dst = eth.src;
-    eth.src = mac;
+    core::mem::swap(&mut eth.dst, &mut eth.src);
 
     let (src, dst) = (ip.src_be, ip.dst_be);
     ip.version_ihl = 0x45;
@@ -73,11 +73,11 @@ pub fn reply_rst(ctx: &XdpContext, service_id: u32) -> Result<Verdict, ()> {
     ip.check = 0;
     ip.src_be = dst;
     ip.dst_be = src;
-    ip.check = !csum_fold(sum_words(ip as *const Ipv4Hdr as *const [u16; IPV4_HLEN / 2]));
+    ip.check = !csum_fold(sum_words(
+        ip as *const Ipv4Hdr as *const [u16; IPV4_HLEN / 2],
+    ));
 
-    let port = tcp.src_port_be;
-    tcp.src_port_be = tcp.dst_port_be;
-    tcp.dst_port_be = port;
+    core::mem::swap(&mut tcp.src_port_be, &mut tcp.dst_port_be);
     tcp.seq_be = 0;
     tcp.ack_seq_be = seq.wrapping_add(1).wrapping_add(payload).to_be();
     tcp.doff_res = ((TCP_HLEN / 4) as u8) << 4;
