@@ -186,12 +186,15 @@ pub struct BackendRef {
 /// Arguments of `lbctl stats`.
 #[derive(Debug, Args)]
 pub struct StatsArgs {
-    /// Refresh in place until Ctrl-C.
+    /// Refresh in place until Ctrl-C (or --count samples).
     #[arg(long)]
     pub watch: bool,
     /// Seconds between refreshes (0.2..=3600).
-    #[arg(long, requires = "watch", default_value_t = 1.0, value_parser = parse_interval)]
+    #[arg(long, requires = "watch", value_name = "SECS", default_value_t = 1.0, value_parser = parse_interval)]
     pub interval: f64,
+    /// Stop after N samples (default: run until Ctrl-C).
+    #[arg(long, requires = "watch", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
 }
 
 /// `lbctl config ...`
@@ -334,7 +337,7 @@ pub fn run_to(cli: &Cli, out: &mut dyn Write) -> Result<()> {
     // Build the request first: bad arguments are reported without contacting lbd.
     let request = match &cli.command {
         Command::Stats(args) if args.watch => {
-            return watch_stats(&cli.socket, cli.output, args.interval, out)
+            return watch_stats(&cli.socket, cli.output, args.interval, args.count, out)
         }
         command => request_for(command)?,
     };
@@ -452,10 +455,16 @@ const ERASE_LINE: &str = "\x1b[K";
 const ERASE_BELOW: &str = "\x1b[J";
 const CLEAR: &str = "\x1b[2J";
 
-/// `lbctl stats --watch`: one sample per `interval` seconds until interrupted. Human output
-/// redraws the screen (and keeps retrying while lbd is unreachable); JSON output prints one
-/// compact line per sample and stops at the first error.
-fn watch_stats(socket: &Path, output: Output, interval: f64, out: &mut dyn Write) -> Result<()> {
+/// `lbctl stats --watch`: one sample per `interval` seconds until interrupted (or `count`
+/// samples). Human output redraws the screen (and keeps retrying while lbd is unreachable);
+/// JSON output prints one compact line per sample and stops at the first error.
+fn watch_stats(
+    socket: &Path,
+    output: Output,
+    interval: f64,
+    count: Option<u64>,
+    out: &mut dyn Write,
+) -> Result<()> {
     let period = Duration::from_secs_f64(interval);
     let mut client: Option<Client> = None;
     let mut previous: Option<StatsSnapshot> = None;
@@ -463,6 +472,7 @@ fn watch_stats(socket: &Path, output: Output, interval: f64, out: &mut dyn Write
     if output == Output::Human {
         write!(out, "{CLEAR}")?;
     }
+    let mut taken = 0u64;
     loop {
         let sample = (|| -> Result<StatsSnapshot> {
             if client.is_none() {
@@ -494,6 +504,10 @@ fn watch_stats(socket: &Path, output: Output, interval: f64, out: &mut dyn Write
             }
         }
         out.flush()?;
+        taken += 1;
+        if count.is_some_and(|c| taken >= c) {
+            return Ok(());
+        }
         next += period;
         let now = Instant::now();
         if next > now {
@@ -774,6 +788,185 @@ backends:
             "cannot reach lbd at /nonexistent/lbd.sock: is lbd running? (no such socket)"
         );
         assert!(out.is_empty());
+    }
+
+    /// Serves canned responses on a temporary socket: one connection, answers by command.
+    struct FakeLbd {
+        dir: PathBuf,
+        thread: Option<std::thread::JoinHandle<Vec<String>>>,
+    }
+
+    impl FakeLbd {
+        fn start(tag: &str, answer: fn(&Request) -> crate::api::proto::Response) -> Self {
+            use std::io::BufRead;
+            let dir = std::env::temp_dir().join(format!("lbctl-fake-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let listener = std::os::unix::net::UnixListener::bind(dir.join("lbd.sock")).unwrap();
+            let thread = std::thread::spawn(move || {
+                let (stream, _) = listener.accept().unwrap();
+                let mut w = stream.try_clone().unwrap();
+                let mut seen = Vec::new();
+                for line in std::io::BufReader::new(stream).lines() {
+                    let line = line.unwrap();
+                    let req = Request::from_line(&line).unwrap();
+                    w.write_all(answer(&req).to_line().as_bytes()).unwrap();
+                    seen.push(line);
+                }
+                seen
+            });
+            Self {
+                dir,
+                thread: Some(thread),
+            }
+        }
+
+        fn socket(&self) -> String {
+            self.dir.join("lbd.sock").display().to_string()
+        }
+
+        /// Request lines the fake received (after the client disconnected).
+        fn finish(mut self) -> Vec<String> {
+            self.thread.take().unwrap().join().unwrap()
+        }
+    }
+
+    impl Drop for FakeLbd {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn snapshot(ts: u64, fwd: u64) -> StatsSnapshot {
+        let mut counters = std::collections::BTreeMap::new();
+        for name in lb_common::COUNTER_NAMES {
+            counters.insert(name.to_string(), 0);
+        }
+        counters.insert("fwd_to_backend".into(), fwd);
+        StatsSnapshot {
+            timestamp_ms: ts,
+            services: vec![],
+            counters,
+        }
+    }
+
+    #[test]
+    fn end_to_end_against_a_fake_lbd() {
+        use crate::api::proto::Response;
+        let fake = FakeLbd::start("e2e", |req| match req {
+            Request::BackendDrain { service, address } => {
+                Response::success(&format!("draining {address} of {service}"))
+            }
+            Request::Stats => Response::success(&snapshot(1000, 5)),
+            _ => Response::failure("no service named `api` (known: web)"),
+        });
+        let sock = fake.socket();
+        // A watch with two samples on one connection, JSON lines.
+        let cli = parse(&[
+            "--socket",
+            &sock,
+            "-o",
+            "json",
+            "stats",
+            "--watch",
+            "--interval",
+            "0.2",
+            "--count",
+            "2",
+        ])
+        .unwrap();
+        let mut out = Vec::new();
+        run_to(&cli, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        let snap: StatsSnapshot = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(snap, snapshot(1000, 5));
+        let seen = fake.finish();
+        assert_eq!(seen, vec!["{\"command\":\"stats\"}"; 2]);
+
+        let fake = FakeLbd::start("e2e2", |req| match req {
+            Request::BackendDrain { service, address } => {
+                Response::success(&format!("draining {address} of {service}"))
+            }
+            _ => Response::failure("no service named `api` (known: web)"),
+        });
+        let sock = fake.socket();
+        let cli = parse(&[
+            "--socket",
+            &sock,
+            "backend",
+            "drain",
+            "web",
+            "10.1.1.2:8080",
+        ])
+        .unwrap();
+        let mut out = Vec::new();
+        run_to(&cli, &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "draining 10.1.1.2:8080 of web\n"
+        );
+        let seen = fake.finish();
+        assert_eq!(
+            seen,
+            vec![
+                "{\"command\":\"backend_drain\",\"service\":\"web\",\"address\":\"10.1.1.2:8080\"}"
+            ]
+        );
+
+        // A server-side error is the command's one-line error.
+        let fake = FakeLbd::start("e2e3", |_| {
+            Response::failure("no service named `api` (known: web)")
+        });
+        let sock = fake.socket();
+        let cli = parse(&["--socket", &sock, "service", "remove", "api"]).unwrap();
+        let mut out = Vec::new();
+        let err = format!("{:#}", run_to(&cli, &mut out).unwrap_err());
+        assert_eq!(err, "no service named `api` (known: web)");
+        assert!(out.is_empty());
+        fake.finish();
+    }
+
+    #[test]
+    fn human_watch_redraws_with_counter_rates() {
+        use crate::api::proto::Response;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static CALLS: AtomicU64 = AtomicU64::new(0);
+        let fake = FakeLbd::start("watch", |_| {
+            let n = CALLS.fetch_add(1, Ordering::SeqCst);
+            Response::success(&snapshot(1000 + n * 1000, 100 + n * 250))
+        });
+        let sock = fake.socket();
+        let cli = parse(&[
+            "--socket",
+            &sock,
+            "stats",
+            "--watch",
+            "--interval",
+            "0.2",
+            "--count",
+            "2",
+        ])
+        .unwrap();
+        let mut out = Vec::new();
+        run_to(&cli, &mut out).unwrap();
+        fake.finish();
+        let text = String::from_utf8(out).unwrap();
+        let screens: Vec<&str> = text.split("\x1b[H").collect();
+        assert_eq!(screens.len(), 3, "{text:?}");
+        assert_eq!(screens[0], "\x1b[2J");
+        assert!(
+            screens[1].contains("fwd_to_backend       100    -\x1b[K\n"),
+            "{:?}",
+            screens[1]
+        );
+        assert!(
+            screens[2].contains("fwd_to_backend       350    250\x1b[K\n"),
+            "{:?}",
+            screens[2]
+        );
+        assert!(screens[2].ends_with("\x1b[J"));
     }
 
     #[test]
