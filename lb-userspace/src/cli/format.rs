@@ -339,9 +339,11 @@ pub fn status(s: &StatusInfo) -> String {
 }
 
 /// The `lbctl stats` view: services with backends, then the global counters in
-/// [`lb_common::COUNTER_NAMES`] order (then any the server added). With `previous` (the
-/// sample before, as in `--watch`) the counters get a per-second rate.
-pub fn stats(snap: &StatsSnapshot, previous: Option<&StatsSnapshot>) -> String {
+/// [`lb_common::COUNTER_NAMES`] order (then any the server added).
+///
+/// `rates` adds a per-second column computed against `previous` (the sample before, as in
+/// `--watch`; `-` while there is none). A single sample prints totals only.
+pub fn stats(snap: &StatsSnapshot, previous: Option<&StatsSnapshot>, rates: bool) -> String {
     let mut out = services_with_backends(&snap.services);
     out.push('\n');
     let dt_secs = previous
@@ -358,7 +360,11 @@ pub fn stats(snap: &StatsSnapshot, previous: Option<&StatsSnapshot>) -> String {
             .map(String::as_str)
             .filter(|n| !lb_common::COUNTER_NAMES.contains(n)),
     );
-    let mut t = Table::new(&["COUNTER", "TOTAL", "RATE/s"]);
+    let mut t = if rates {
+        Table::new(&["COUNTER", "TOTAL", "RATE/s"])
+    } else {
+        Table::new(&["COUNTER", "TOTAL"])
+    };
     for name in names {
         let total = snap.counters[name];
         let r = match (previous, dt_secs) {
@@ -368,7 +374,11 @@ pub fn stats(snap: &StatsSnapshot, previous: Option<&StatsSnapshot>) -> String {
             },
             _ => "-".into(),
         };
-        t.push(vec![name.to_string(), total.to_string(), r]);
+        let mut row = vec![name.to_string(), total.to_string()];
+        if rates {
+            row.push(r);
+        }
+        t.push(row);
     }
     out.push_str(&t.render(""));
     out
@@ -677,7 +687,7 @@ backends    4 (3 up, 1 not up)
             services: vec![],
             counters,
         };
-        let got = stats(&snap, Some(&prev));
+        let got = stats(&snap, Some(&prev), true);
         assert!(
             got.starts_with("no services\n\nCOUNTER              TOTAL  RATE/s\n"),
             "\n{got}"
@@ -698,9 +708,19 @@ backends    4 (3 up, 1 not up)
         // Index order, not alphabetical.
         assert!(got.find("pass_non_ip").unwrap() < got.find("drop_malformed").unwrap());
         // Without a previous sample there is no rate.
-        let single = stats(&snap, None);
+        let first = stats(&snap, None, true);
         assert!(
-            single.contains("\nfwd_to_backend       4000   -\n"),
+            first.contains("\nfwd_to_backend       4000   -\n"),
+            "\n{first}"
+        );
+        // A single sample has no rate column.
+        let single = stats(&snap, None, false);
+        assert!(
+            single.contains("\nCOUNTER              TOTAL\n"),
+            "\n{single}"
+        );
+        assert!(
+            single.contains("\nfwd_to_backend       4000\n"),
             "\n{single}"
         );
     }

@@ -433,7 +433,7 @@ pub fn render_human(request: &Request, data: Value) -> Result<String> {
         }
         Request::Stats => {
             let s: StatsSnapshot = serde_json::from_value(data).map_err(decode("stats data"))?;
-            format::stats(&s, None)
+            format::stats(&s, None, false)
         }
         Request::ConfigSave => match data {
             Value::String(path) => format!("saved the running configuration to {path}\n"),
@@ -487,7 +487,7 @@ fn watch_stats(
             }
             (Output::Json, Err(e)) => return Err(e),
             (Output::Human, Ok(snap)) => {
-                let body = format::stats(&snap, previous.as_ref());
+                let body = format::stats(&snap, previous.as_ref(), true);
                 let title = format!(
                     "lbctl stats: every {interval}s from {} (Ctrl-C to quit)\n\n",
                     socket.display()
