@@ -124,7 +124,10 @@ fn lab_topology(mode: Mode) {
     let kb = l.balancer_run("ethtool", &["-k", "pub0"]).unwrap();
     if mode == Mode::Generic {
         // Generic XDP must see wire-sized packets (pitfall 3).
-        assert!(kb.contains("generic-receive-offload: off"), "balancer GRO:\n{kb}");
+        assert!(
+            kb.contains("generic-receive-offload: off"),
+            "balancer GRO:\n{kb}"
+        );
     }
     let prefix = l.prefix().to_string();
     drop(l);
@@ -173,11 +176,21 @@ fn forwarding(mode: Mode) {
         );
         assert!(["b1", "b2", "b3"].contains(&p.backend.as_str()), "{p:?}");
     }
-    let counters = l
-        .lbd()
-        .unwrap()
-        .counters()
-        .expect("lbctl stats --output json");
+    // lbd samples the counters once a second.
+    let counters = lb_tests::lab::sys::wait_for(
+        "new_flow >= 30 in lbctl stats",
+        Duration::from_secs(5),
+        Duration::from_millis(200),
+        || {
+            let c = l
+                .lbd()
+                .unwrap()
+                .counters()
+                .expect("lbctl stats --output json");
+            (c.get("new_flow").copied().unwrap_or(0) >= 30).then_some(c)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}", l.lbd().unwrap().counters()));
     for name in COUNTER_NAMES {
         assert!(
             counters.contains_key(name),

@@ -254,7 +254,7 @@ impl Lbd {
         let _ = std::fs::remove_file(&self.socket);
         let mut cmd = ns_command(&self.ns, &self.lbd_bin);
         cmd.arg("--config").arg(&self.config_path);
-        cmd.env(
+        cmd.env("NO_COLOR", "1").env(
             "RUST_LOG",
             std::env::var("LB_LAB_LOG").unwrap_or_else(|_| "info".into()),
         );
