@@ -8,6 +8,7 @@
 
 mod bench;
 mod build;
+mod demo;
 mod setup;
 mod test;
 
@@ -31,6 +32,9 @@ enum Command {
     BuildEbpf,
     /// Run every test tier: host unit tests, packet fixtures, network-namespace scenarios.
     Test(test::TestArgs),
+    /// The guided tour: a lab with a client, the balancer and three backends; narrates
+    /// spreading, failover, recovery and a drain with live numbers, then removes everything.
+    Demo(demo::DemoArgs),
     /// Benchmarks: writes docs/benchmarks.md and bench-results/*.json (`--smoke`: seconds, temp dir).
     Bench(bench::BenchArgs),
 }
@@ -45,6 +49,7 @@ fn main() -> Result<()> {
         }
         Command::BuildEbpf => build::ebpf(),
         Command::Test(args) => test::run(args),
+        Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
     }
 }

@@ -1,0 +1,57 @@
+//! `cargo xtask demo`: the guided tour in a network-namespace lab.
+//!
+//! Prepares the machine (`setup::run`), builds everything (`build::all`, which also builds the
+//! lb-tests binaries `lb-demo` and `lb-testsrv`), then runs `target/release/lb-demo` on
+//! `config/demo.yaml`. lb-demo narrates traffic spreading, a failure, a recovery and a drain,
+//! and removes everything it created at the end or on Ctrl-C.
+
+use crate::build::{self, root};
+use crate::setup;
+use anyhow::{bail, Context, Result};
+use std::process::Command;
+
+/// Options of `cargo xtask demo`.
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Shorter phases (what the netns test tier runs).
+    #[arg(long)]
+    pub fast: bool,
+    /// Skip set-up and build (the binaries must already be built).
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+/// Runs the demo.
+pub fn run(args: DemoArgs) -> Result<()> {
+    if !args.no_build {
+        setup::run()?;
+        build::all()?;
+    }
+    let root = root();
+    let demo = root.join("target/release/lb-demo");
+    if !demo.is_file() {
+        bail!(
+            "{} is missing; run `cargo xtask build` first",
+            demo.display()
+        );
+    }
+    let mut cmd = Command::new(&demo);
+    cmd.arg("--config").arg(root.join("config/demo.yaml"));
+    if args.fast {
+        cmd.arg("--fast");
+    }
+    println!("[demo] {cmd:?}");
+    // Ctrl-C reaches lb-demo too (same process group); it cleans up and exits, and we wait
+    // for that instead of dying first.
+    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {}", demo.display()))?;
+    if !status.success() {
+        bail!("lb-demo exited with {status}");
+    }
+    Ok(())
+}
