@@ -1230,3 +1230,54 @@ fn pinned_maps_and_links_survive_reload_and_unload_removes_them() {
         BpfDataplane::unload(&root).unwrap();
     });
 }
+
+#[test]
+fn unpinned_attach_native_auto_and_pass_program() {
+    use lb::dataplane::{AttachedMode, XdpMode};
+    require_root();
+    let ns = FixtureNetns::create();
+    setup_network(&ns);
+    ns.run_inside(|| {
+        let opts = LoadOptions {
+            max_services: 4,
+            max_backends: 8,
+            maglev_table_size: TABLE,
+            conntrack_flows: 64,
+            pin_root: None,
+        };
+        let mut dp = BpfDataplane::load(&opts).unwrap();
+        // veth supports driver mode: Auto must pick native without falling back.
+        assert_eq!(
+            dp.attach("priv0", XdpMode::Auto).unwrap(),
+            AttachedMode::Native
+        );
+        assert_eq!(
+            dp.attach_pass("priv0p", XdpMode::Native).unwrap(),
+            AttachedMode::Native
+        );
+        let err = dp
+            .attach("nosuchdev0", XdpMode::Auto)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("nosuchdev0") && err.contains("interfaces"),
+            "{err}"
+        );
+        let show = |dev: &str| {
+            let out = std::process::Command::new("ip")
+                .args(["-d", "link", "show", dev])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
+        assert!(
+            show("priv0").contains("prog/xdp") && show("priv0p").contains("prog/xdp"),
+            "{}",
+            show("priv0")
+        );
+        drop(dp);
+        // Unpinned links go away with the data plane.
+        assert!(!show("priv0").contains("prog/xdp"), "{}", show("priv0"));
+        assert!(!show("priv0p").contains("prog/xdp"), "{}", show("priv0p"));
+    });
+}

@@ -290,7 +290,7 @@ fn query_xdp_mode(ifindex: u32) -> io::Result<Option<AttachedMode>> {
         if sock < 0 {
             return Err(io::Error::last_os_error());
         }
-        let sock = std::os::fd::OwnedFd::from_raw_fd_checked(sock);
+        let sock = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(sock);
         #[repr(C)]
         struct Req {
             nh: libc::nlmsghdr,
@@ -348,18 +348,6 @@ fn query_xdp_mode(ifindex: u32) -> io::Result<Option<AttachedMode>> {
             off += align(len);
         }
         Ok(None)
-    }
-}
-
-trait FromRawFdChecked {
-    unsafe fn from_raw_fd_checked(fd: i32) -> Self;
-}
-
-impl FromRawFdChecked for std::os::fd::OwnedFd {
-    unsafe fn from_raw_fd_checked(fd: i32) -> Self {
-        use std::os::fd::FromRawFd;
-        // SAFETY: the caller passes a freshly created, owned fd.
-        unsafe { Self::from_raw_fd(fd) }
     }
 }
 
