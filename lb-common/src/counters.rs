@@ -50,8 +50,9 @@ pub const DROP_FIB_FAILED: u32 = 17;
 /// The egress interface is not in [`crate::MAP_TX_PORTS`]: the rewritten packet is passed
 /// to the kernel (`XDP_PASS`), which forwards it.
 pub const PASS_NO_TX_PORT: u32 = 18;
-/// A tracked flow's backend is down: the flow was re-balanced to a live backend (the packet
-/// is then counted again as forwarded or refused).
+/// A tracked flow's backend is down (event): the flow is treated as new, so a SYN is
+/// re-balanced (then counted as forwarded or refused) and any other packet is dropped with
+/// `DROP_NO_CONNTRACK` (the old backend's connection state is gone).
 pub const CT_BACKEND_DOWN: u32 = 19;
 /// New flows created (SYN that got a backend and a SNAT port).
 pub const NEW_FLOW: u32 = 20;
