@@ -9,7 +9,9 @@
 pub mod bpf;
 pub mod fake;
 
-use lb_common::{BackendValue, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue, NUM_COUNTERS};
+use lb_common::{
+    BackendValue, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue, NUM_COUNTERS,
+};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
