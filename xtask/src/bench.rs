@@ -14,8 +14,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Debian packages the bench needs on top of `setup::BENCH_PACKAGES`: nginx-light builds its
-/// stream module as a separate package.
-const BENCH_EXTRA_PACKAGES: &[&str] = &["libnginx-mod-stream"];
+/// stream module as a separate package; `conntrack` flushes the balancer's kernel conntrack
+/// table between variants (a SYN flood through nftables fills it for minutes).
+const BENCH_EXTRA_PACKAGES: &[&str] = &["libnginx-mod-stream", "conntrack"];
 
 #[derive(clap::Args)]
 pub struct BenchArgs {

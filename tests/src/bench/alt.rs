@@ -188,7 +188,7 @@ pub fn up(lab: &mut Lab, v: Variant, gro_all: bool) -> Result<Active, String> {
             // More SNAT addresses and a short closing timeout, so SNAT ports recycle fast
             // enough for the new-connection rate (backends route the whole 10.0.255.0/24
             // back through the balancer).
-            cfg.snat_addresses = (1..=4)
+            cfg.snat_addresses = (1..=lb_common::MAX_SNAT_ADDRS as u8)
                 .map(|i| std::net::Ipv4Addr::new(10, 0, 255, i))
                 .collect();
             cfg.closing_timeout_s = 1;
@@ -264,7 +264,12 @@ impl Active {
         for mut p in self.procs.drain(..) {
             p.stop(libc::SIGKILL, Duration::from_secs(5));
         }
-        match self.variant {
+        // Forget the kernel conntrack state (a SYN flood through nftables fills the table
+        // and would refuse the next variant's connections); "0 flow entries" exits 0.
+        let flushed = sys::ns_run(lab.balancer_ns(), "conntrack", &["-F"])
+            .map(|_| ())
+            .map_err(|e| format!("flushing the balancer's conntrack: {e}"));
+        let r = match self.variant {
             Variant::LbNative | Variant::LbGeneric => lab
                 .lbd_mut()
                 .map_err(|e| e.to_string())?
@@ -279,7 +284,8 @@ impl Active {
             .map_err(|e| e.to_string()),
             Variant::Haproxy | Variant::Nginx => vip_local(lab, false),
             Variant::Direct => Ok(()),
-        }
+        };
+        r.and(flushed)
     }
 }
 

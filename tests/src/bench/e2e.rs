@@ -194,7 +194,7 @@ pub fn run(lab: Result<&mut Lab, String>, scale: Scale) -> (Section, Vec<Target>
              new connections = `-c{CONNECTIONS} -H 'Connection: close' GET /id` for {secs} s \
              (each request on its own connection); keep-alive = `-c{CONNECTIONS} --latency GET \
              /id` for {secs} s (p50/p99 from wrk's latency distribution); single stream = \
-             `-c1 GET /bulk?bytes={}` for {secs} s. lb runs with 4 SNAT addresses, a 1 s \
+             `-c1 GET /bulk?bytes={}` for {secs} s. lb runs with 16 SNAT addresses, a 1 s \
              closing timeout (SNAT port reuse) and no health checks; lb generic gets GRO off on \
              the balancer (it must see wire-sized packets), all other variants GRO on. HAProxy \
              2.6 (TCP mode) and nginx 1.22 stream listen on the VIP in the balancer namespace; \

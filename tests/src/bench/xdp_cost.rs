@@ -34,7 +34,15 @@ const XDP_REDIRECT: u32 = 4;
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const VIP_PORT: u16 = 80;
 const SNAT: Ipv4Addr = Ipv4Addr::new(10, 9, 255, 1);
-const BACKENDS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 9, 1, 2), Ipv4Addr::new(10, 9, 1, 3)];
+/// Four backends and 16 SNAT addresses over ports 1024-65535: 4 x 16 x 64512 = 4M SNAT
+/// ports, so filling 500k flows plus 350k new ones never exhausts them (which would turn SYNs
+/// into `DROP_SNAT_EXHAUSTED`).
+const BACKENDS: [Ipv4Addr; 4] = [
+    Ipv4Addr::new(10, 9, 1, 2),
+    Ipv4Addr::new(10, 9, 1, 3),
+    Ipv4Addr::new(10, 9, 1, 4),
+    Ipv4Addr::new(10, 9, 1, 5),
+];
 const BACKEND_PORT: u16 = 8080;
 const CLIENT_GW: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 2);
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0xa0, 0x01];
@@ -216,12 +224,16 @@ impl Bed {
         let a0 = ifindex("a0")?;
         let b0 = ifindex("b0")?;
         let e = |e: lb::dataplane::DataplaneError| e.to_string();
+        let snat: Vec<Ipv4Addr> = (0..lb_common::MAX_SNAT_ADDRS)
+            .map(|i| Ipv4Addr::from(u32::from(SNAT) + i))
+            .collect();
         let cfg = GlobalConfig {
-            snat_addr_count: 1,
+            snat_addr_count: lb_common::MAX_SNAT_ADDRS,
+            snat_port_max: u16::MAX,
             ..GlobalConfig::default()
         };
         dp.set_global_config(&cfg).map_err(e)?;
-        dp.set_snat_addrs(&[SNAT]).map_err(e)?;
+        dp.set_snat_addrs(&snat).map_err(e)?;
         let mut mb = Vec::new();
         for (i, b) in BACKENDS.iter().enumerate() {
             let id = i as u32 + 1;
@@ -390,7 +402,7 @@ pub fn run(scale: Scale) -> (Section, Vec<Target>) {
              {packets} packets per case per round, {rounds} rounds interleaved over cases and \
              fill levels (>= 1M packets per case in total for the full run). The data plane is \
              loaded with the default sizes (1M flows = 2M conntrack entries), one service with \
-             2 backends and 1 SNAT address, in a private namespace whose routes and permanent \
+             4 backends and 16 SNAT addresses (ports 1024-65535), in a private namespace whose routes and permanent \
              neighbours make `bpf_fib_lookup` succeed, so every forward case ends in \
              `XDP_REDIRECT` (the verdict of every run is checked). Rewriting cases run with \
              `repeat = 1` on a fresh frame (the value is the mean over the round's packets); \
