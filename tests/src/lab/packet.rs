@@ -87,7 +87,7 @@ impl Ipv4Spec {
 /// Ethernet + IPv4 (+ `payload`) frame.
 pub fn ipv4_frame(dst_mac: Mac, src_mac: Mac, ip: &Ipv4Spec, payload: &[u8]) -> Vec<u8> {
     let mut opts = ip.options.clone();
-    while opts.len() % 4 != 0 {
+    while !opts.len().is_multiple_of(4) {
         opts.push(0);
     }
     let ihl = 5 + opts.len() / 4;
