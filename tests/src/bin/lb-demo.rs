@@ -167,8 +167,8 @@ fn main() {
     let result = run(&config, fast);
     match result {
         Ok(()) => {}
-        Err(e) if INTERRUPTED.load(Ordering::SeqCst) => {
-            println!("\n==> Interrupted ({e}); everything the demo created was removed.");
+        Err(_) if INTERRUPTED.load(Ordering::SeqCst) => {
+            println!("\n==> Interrupted: everything the demo created was removed.");
             std::process::exit(130);
         }
         Err(e) => {
