@@ -338,11 +338,14 @@ fn integrity(mode: Mode) {
             for mut c in conns {
                 set.spawn(async move { c.get_hashed("/bulk?bytes=65536", |_| {}).await });
             }
-            let mut out = Vec::new();
-            while let Some(r) = set.join_next().await {
-                out.push(r.map_err(|e| lb_tests::lab::LabError::Http(e.to_string()))?);
-            }
-            Ok(out)
+            client::bounded("200 concurrent transfers", Duration::from_secs(60), async {
+                let mut out = Vec::new();
+                while let Some(r) = set.join_next().await {
+                    out.push(r.map_err(|e| lb_tests::lab::LabError::Http(e.to_string()))?);
+                }
+                Ok(out)
+            })
+            .await
         })
         .expect("200 concurrent connections");
     assert_eq!(results.len(), 200);
@@ -484,8 +487,12 @@ fn drain(mode: Mode) {
         let id = c.request("GET", "/id", b"").await?.text();
         let name = id.split(' ').next().unwrap_or_default().to_string();
         let _ = tx.send(name);
-        c.get_hashed(&format!("/stream?seconds={seconds}"), |_| {})
-            .await
+        client::bounded(
+            "the long transfer",
+            Duration::from_secs(seconds + 20),
+            c.get_hashed(&format!("/stream?seconds={seconds}"), |_| {}),
+        )
+        .await
     });
     let name = rx
         .recv_timeout(Duration::from_secs(10))
@@ -534,8 +541,12 @@ fn restart_without_loss(mode: Mode) {
     let seconds = 10;
     let stream = l.spawn_in_client(move || async move {
         let mut c = HttpConn::connect(vip_addr(), PROBE_TIMEOUT).await?;
-        c.get_hashed(&format!("/stream?seconds={seconds}"), |_| {})
-            .await
+        client::bounded(
+            "the long transfer",
+            Duration::from_secs(seconds + 20),
+            c.get_hashed(&format!("/stream?seconds={seconds}"), |_| {}),
+        )
+        .await
     });
     let prober = Prober::start(
         l.client_path(),

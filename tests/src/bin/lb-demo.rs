@@ -309,9 +309,13 @@ fn run(config_path: &Path, fast: bool) -> Result<()> {
                 break c;
             }
         };
-        conn.get_hashed(&format!("/stream?seconds={seconds}"), |n| {
-            prog.store(n, Ordering::Relaxed)
-        })
+        client::bounded(
+            "the drained download",
+            Duration::from_secs(seconds + 20),
+            conn.get_hashed(&format!("/stream?seconds={seconds}"), |n| {
+                prog.store(n, Ordering::Relaxed)
+            }),
+        )
         .await
     });
     lb_tests::lab::sys::wait_for(

@@ -65,6 +65,17 @@ pub fn join<T>(h: JoinHandle<Result<T>>) -> Result<T> {
     }
 }
 
+/// Runs `fut` with a time limit; running over is a [`LabError::Timeout`] naming `what`.
+pub async fn bounded<T>(
+    what: &str,
+    limit: Duration,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| LabError::Timeout(format!("{what} within {limit:?}")))?
+}
+
 /// What `GET /id` on a fresh connection returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {
