@@ -286,7 +286,8 @@ fn finish(mut sec: Section) -> (Section, Vec<Target>) {
         4.0,
         "x",
         sec.ratios[0].value.clone(),
-        "one 2-core machine runs generator, balancer and counters; veth XDP redirect costs",
+        "generator, balancer and counters share 2 cores: compare the forwarded rate with the \
+         generator rate in the note; nftables pays a kernel conntrack insert per SYN",
     );
     (sec, vec![target])
 }

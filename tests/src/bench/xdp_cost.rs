@@ -516,8 +516,9 @@ fn est_targets(sec: &Section) -> Vec<Target> {
         .last()
         .map(|r| r.variant.clone())
         .unwrap_or_default();
-    let limit = "kernel-reported, including the per-call timer read of repeat = 1 (see the \
-                 non-VIP repeat = 1 vs repeat = N rows); conntrack hash lookups dominate";
+    let limit = "not profiled yet (bpftool prog profile was not run); every repeat = 1 run \
+                 starts cold right after its syscall: compare the non-VIP repeat = 1 and \
+                 repeat = N rows for the share of timer read and cold caches";
     vec![
         Target::new(
             &format!("per packet, established forward ({level})"),
