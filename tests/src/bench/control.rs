@@ -38,7 +38,7 @@ fn build_ms(set: &[MaglevBackend], reps: usize) -> Result<f64, String> {
             .map_err(|e| format!("build_table: {e}"))?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
         // Keep the result observable so the build cannot be optimised away, and check it.
-        if table.iter().any(|&id| id == lb_common::BACKEND_ID_NONE) {
+        if table.contains(&lb_common::BACKEND_ID_NONE) {
             return Err("the table has empty slots".into());
         }
     }

@@ -199,7 +199,9 @@ pub fn run(lab: Result<&mut Lab, String>, scale: Scale) -> (Section, Vec<Target>
              the balancer (it must see wire-sized packets), all other variants GRO on. HAProxy \
              2.6 (TCP mode) and nginx 1.22 stream listen on the VIP in the balancer namespace; \
              nftables is `numgen random` DNAT + masquerade; direct = the client talks to \
-             backend 1 through the balancer's plain IP forwarding. Client, balancer and \
+             backend 1 through the balancer's plain IP forwarding. The backends and the balancer keep no TIME_WAIT sockets \
+             (`tcp_max_tw_buckets = 0`: interleaved variants reuse 4-tuples toward the \
+             backends, and PAWS drops a SYN meeting an older TIME_WAIT). Client, balancer and \
              backends share 2 cores. A run with more than 1% failed requests is not counted.",
             scale.rounds(),
             BULK_BYTES

@@ -88,7 +88,7 @@ pub fn measure_maps() -> Result<Vec<MapMemory>, String> {
     if maps.is_empty() {
         return Err("no lb map found among the process's bpf map fds".into());
     }
-    maps.sort_by(|a, b| b.memlock.cmp(&a.memlock));
+    maps.sort_by_key(|m| std::cmp::Reverse(m.memlock));
     Ok(maps)
 }
 

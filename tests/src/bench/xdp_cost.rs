@@ -327,7 +327,7 @@ impl Bed {
         // Visit established flows in a scattered order (stride coprime with n).
         let stride = [7919usize, 104_729, 1_299_709]
             .into_iter()
-            .find(|s| n % s != 0)
+            .find(|s| !n.is_multiple_of(*s))
             .unwrap_or(1);
         let mut total: u64 = 0;
         match case {
