@@ -26,6 +26,16 @@ const SLACK: Duration = Duration::from_millis(1200);
 /// Timeout of one probe connection.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Held by the CPU-heavy scenarios (bulk transfers, thousands of connections) and by the
+/// timing-sensitive ones (failover windows, restarts), so the two never overlap on 2 cores.
+static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    EXCLUSIVE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn vip_addr() -> SocketAddr {
     vip().into()
 }
@@ -269,6 +279,7 @@ fn assert_shares(counts: &BTreeMap<String, usize>, want: &[(&str, f64)], what: &
 
 /// 3a. 3000 new connections over 3 equal backends: each within +-10% of 1000.
 fn evenness(mode: Mode) {
+    let _serial = exclusive();
     let l = started(3, mode);
     let counts = spread_from(&l, 3000);
     assert_shares(
@@ -280,6 +291,7 @@ fn evenness(mode: Mode) {
 
 /// 3b. Weights 1:2:3 over 6000 connections: within +-10% of 1000, 2000, 3000.
 fn weighted_evenness(mode: Mode) {
+    let _serial = exclusive();
     let mut l = lab(3, mode);
     let cfg = with_config(&l, |c| {
         for (i, b) in c.services[0].backends.iter_mut().enumerate() {
@@ -298,6 +310,7 @@ fn weighted_evenness(mode: Mode) {
 /// 4. 100 MB down and 32 MB up through the VIP with equal SHA-256, and 200 concurrent
 ///    connections that all complete.
 fn integrity(mode: Mode) {
+    let _serial = exclusive();
     let l = started(3, mode);
     const DOWN: u64 = 100 * 1024 * 1024;
     const UP: u64 = 32 * 1024 * 1024;
@@ -366,6 +379,7 @@ fn integrity(mode: Mode) {
 ///    Failures happen only within interval x fall + interval (+ slack) and are bounded; after
 ///    that no connection fails or goes to it; restarted, it rejoins after `rise` successes.
 fn failover(mode: Mode) {
+    let _serial = exclusive();
     let mut l = started(3, mode);
     let health = HealthSpec::default();
     let period = Duration::from_millis(20);
@@ -432,7 +446,9 @@ fn failover(mode: Mode) {
     let rejoined = tally(&attempts, t_back, end);
     assert!(
         !rejoined.contains_key("error"),
-        "failures after recovery: {rejoined:?}"
+        "failures after recovery: {rejoined:?}: {:?} (kill {t_kill:?}, settled {t_settled:?}, \
+         restart {t_restart:?}, back {t_back:?})",
+        failures(&attempts)
     );
     assert!(
         rejoined.contains_key("b2"),
@@ -448,6 +464,7 @@ fn failover(mode: Mode) {
 
 /// 6. All primaries down: new connections go to the backup; one primary back: they return.
 fn backup(mode: Mode) {
+    let _serial = exclusive();
     let mut l = lab(3, mode);
     let health = HealthSpec::default();
     let cfg = with_config(&l, |c| c.services[0].backends[2].backup = true);
@@ -537,6 +554,7 @@ fn drain(mode: Mode) {
 /// 8. Restarting lbd (SIGTERM, then separately SIGKILL) during a long transfer while the
 ///    client keeps opening connections: zero failed connections, transfer intact.
 fn restart_without_loss(mode: Mode) {
+    let _serial = exclusive();
     let mut l = started(3, mode);
     let seconds = 10;
     let stream = l.spawn_in_client(move || async move {
@@ -718,6 +736,7 @@ fn reload(mode: Mode) {
 ///     documented verdicts (counters move in `lbctl stats --output json`) and normal traffic
 ///     keeps working throughout.
 fn bad_traffic(mode: Mode) {
+    let _serial = exclusive();
     let l = started(2, mode);
     let dst_mac =
         packet::mac_from_ip_link(&l.balancer_run("ip", &["link", "show", "pub0"]).unwrap())
