@@ -57,7 +57,10 @@ fn check_kernel() -> Result<()> {
         );
     }
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    if !mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf")) {
+    if !mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("bpf"))
+    {
         step("mounting bpffs on /sys/fs/bpf");
         run_cmd(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
             .context("the kernel lacks BPF support: cannot mount bpffs on /sys/fs/bpf")?;
@@ -77,12 +80,19 @@ fn package_installed(pkg: &str) -> bool {
 
 /// Installs the Debian packages of `pkgs` that are not installed yet.
 pub fn install_packages(pkgs: &[&str]) -> Result<()> {
-    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !package_installed(p)).collect();
+    let missing: Vec<&str> = pkgs
+        .iter()
+        .copied()
+        .filter(|p| !package_installed(p))
+        .collect();
     if missing.is_empty() {
         step(&format!("Debian packages present: {}", pkgs.join(" ")));
         return Ok(());
     }
-    step(&format!("installing Debian packages: {}", missing.join(" ")));
+    step(&format!(
+        "installing Debian packages: {}",
+        missing.join(" ")
+    ));
     run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
     run_cmd(
         Command::new("apt-get")
@@ -97,14 +107,24 @@ fn ensure_rust_src() -> Result<()> {
         .args(["component", "list", "--toolchain", "nightly", "--installed"])
         .output();
     let have = out
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("rust-src")))
+        .map(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .any(|l| l.starts_with("rust-src"))
+        })
         .unwrap_or(false);
     if have {
         step("nightly toolchain with rust-src present");
         return Ok(());
     }
-    step("installing the nightly toolchain's rust-src component");
-    run_cmd(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]))
+    step("adding the nightly toolchain's rust-src component");
+    // `component add` only fetches the component; `toolchain install` would also try to
+    // update an existing nightly, which needs more than the package registries.
+    run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"])).context(
+        "the eBPF crate needs a nightly toolchain with rust-src (`rustup toolchain install nightly \
+         --component rust-src`)",
+    )
 }
 
 fn ensure_bpf_linker() -> Result<()> {
@@ -122,7 +142,15 @@ fn ensure_bpf_linker() -> Result<()> {
     step("building bpf-linker against LLVM 22 (about a minute)");
     run_cmd(
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--version", "^0.13", "--no-default-features", "--features", "llvm-22"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                "^0.13",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
             .env("LLVM_PREFIX", LLVM_PREFIX)
             .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX),
     )
@@ -131,7 +159,9 @@ fn ensure_bpf_linker() -> Result<()> {
 /// Runs a command inheriting stdio; fails with the command line when it exits non-zero.
 pub fn run_cmd(cmd: &mut Command) -> Result<()> {
     let line = format!("{cmd:?}");
-    let status = cmd.status().with_context(|| format!("cannot start {line}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {line}"))?;
     if !status.success() {
         bail!("{line} failed with {status}");
     }
