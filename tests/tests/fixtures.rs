@@ -1281,3 +1281,372 @@ fn unpinned_attach_native_auto_and_pass_program() {
         assert!(!show("priv0p").contains("prog/xdp"), "{}", show("priv0p"));
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hot-path cost: a measurement, not a check (ignored by default). It times each packet path of
+// `lb_xdp` with `repeat` > 1 by making the program's own output the next run's input:
+// crafted conntrack entry pairs whose rewrites ping-pong (forward -> forward, reply -> reply,
+// forward -> reply -> forward), and a SYN chain whose backend is the VIP itself, so every
+// rewritten SYN is again a new flow. TTL 255 allows 250 forwarded runs per call; each call's
+// counter deltas are checked, so a run that left its path is an error, not a number.
+//
+// Run: cargo test --release -p lb-tests --test fixtures hot_path_cost -- --ignored --nocapture
+// Env: LB_HOT_FILL=<conntrack entries to pre-fill, default 0>, LB_HOT_ROUNDS=<default 5>,
+// LB_HOT_OBJECT=<path of another lb-ebpf build to load instead of the embedded one>.
+// ---------------------------------------------------------------------------------------------
+
+/// Runs per test-run call (TTL 255 leaves 254 forwarded runs on one buffer).
+const HOT_REPEAT: u32 = 250;
+/// Calls per case per round.
+const HOT_CALLS: u32 = 100;
+/// The SYN-chain service: port 89 on the VIP, whose only backend is VIP:89 itself.
+const CHAIN_PORT: u16 = 89;
+const CHAIN_ID: u32 = 9;
+const CHAIN_SNAT_COUNT: u32 = 16;
+const CHAIN_PORT_MIN: u16 = 1024;
+const CHAIN_PORT_MAX: u16 = 65535;
+
+fn chain_snat(i: u32) -> Ipv4Addr {
+    Ipv4Addr::new(10, 20, 0, 100 + i as u8)
+}
+
+fn chain_config() -> GlobalConfig {
+    GlobalConfig {
+        snat_port_min: CHAIN_PORT_MIN,
+        snat_port_max: CHAIN_PORT_MAX,
+        snat_addr_count: CHAIN_SNAT_COUNT,
+        ..base_config()
+    }
+}
+
+/// The conntrack keys (forward, reply) a SYN chain of `n` runs starting at `(src, sport)`
+/// creates, or `None` if the chain revisits a tuple (it would leave the new-flow path).
+fn syn_chain(src: Ipv4Addr, sport: u16, n: u32) -> Option<Vec<FlowKey>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut keys = Vec::new();
+    let (mut a, mut p) = (src, sport);
+    seen.insert((a, p));
+    for _ in 0..n {
+        let h = flow_hash(
+            be(a),
+            be(VIP),
+            p.to_be(),
+            CHAIN_PORT.to_be(),
+            SEED ^ SNAT_SEED_XOR,
+        );
+        let na = chain_snat(h % CHAIN_SNAT_COUNT);
+        let np = snat_port_candidate(h, 0, CHAIN_PORT_MIN, CHAIN_PORT_MAX);
+        keys.push(tcp_key(a, p, VIP, CHAIN_PORT));
+        keys.push(tcp_key(VIP, CHAIN_PORT, na, np));
+        if !seen.insert((na, np)) {
+            return None;
+        }
+        (a, p) = (na, np);
+    }
+    Some(keys)
+}
+
+fn hot_entry(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u32) -> FlowEntry {
+    FlowEntry {
+        last_seen_ns: monotonic_ns(),
+        new_src_addr_be: be(src),
+        new_dst_addr_be: be(dst),
+        new_src_port_be: sport.to_be(),
+        new_dst_port_be: dport.to_be(),
+        backend_id: 1,
+        service_id: 0,
+        flags,
+        ..FlowEntry::default()
+    }
+}
+
+/// One measured case: name, frame, ingress, counters each run adds (per run, averaged over
+/// the call), and whether it runs the pass program (harness floor).
+struct HotCase {
+    name: &'static str,
+    frame: Vec<u8>,
+    ingress: u32,
+    /// (counter, runs per call that must hit it)
+    expect: Vec<(u32, u64)>,
+    pass_program: bool,
+    syn_chain: bool,
+}
+
+fn hot_measure(dp: &mut BpfDataplane, c: &HotCase, calls: u32) -> Result<f64, String> {
+    let mut total_ns = 0u128;
+    let mut runs = 0u64;
+    let mut start_port = 2000u16;
+    for _ in 0..calls {
+        let mut frame = c.frame.clone();
+        let mut chain_keys = None;
+        if c.syn_chain {
+            // Find a start port whose chain stays on the new-flow path for the whole call.
+            let keys = loop {
+                start_port = start_port.wrapping_add(1).max(2000);
+                if let Some(k) = syn_chain(chain_snat(0), start_port, HOT_REPEAT) {
+                    break k;
+                }
+            };
+            let mut f = TcpFrame::syn(ROUTER_MAC, PUB_MAC, chain_snat(0), start_port, VIP, 89);
+            f.ttl = 255;
+            frame = f.build();
+            chain_keys = Some(keys);
+        }
+        let before = dp.global_counters().unwrap();
+        let r = if c.pass_program {
+            dp.test_run_pass(&frame, Some(c.ingress), HOT_REPEAT)
+        } else {
+            dp.test_run(&frame, Some(c.ingress), HOT_REPEAT)
+        }
+        .map_err(|e| e.to_string())?;
+        let after = dp.global_counters().unwrap();
+        if !c.pass_program {
+            let mut want = [0u64; NUM_COUNTERS as usize];
+            for &(idx, n) in &c.expect {
+                want[idx as usize] += n;
+            }
+            for idx in 0..NUM_COUNTERS as usize {
+                if after[idx] - before[idx] != want[idx] {
+                    return Err(format!(
+                        "{}: counter {} += {} (want {})",
+                        c.name,
+                        COUNTER_NAMES[idx],
+                        after[idx] - before[idx],
+                        want[idx]
+                    ));
+                }
+            }
+        }
+        if let Some(keys) = chain_keys {
+            for k in keys {
+                dp.remove_conntrack_entry(&k)
+                    .map_err(|e| format!("{}: chain entry {k:?}: {e}", c.name))?;
+            }
+        }
+        total_ns += u128::from(r.duration_ns) * u128::from(HOT_REPEAT);
+        runs += u64::from(HOT_REPEAT);
+    }
+    Ok(total_ns as f64 / runs as f64)
+}
+
+/// Loads one build of the data plane (`object`; the embedded one when `None`) and installs
+/// the hot-path scenario: the SYN-chain service, `fill` unrelated flows, and the ping-pong
+/// entry pairs.
+fn hot_dataplane(ifs: &Ifs, object: Option<&[u8]>, fill: u32) -> BpfDataplane {
+    let opts = LoadOptions {
+        max_services: 16,
+        max_backends: 32,
+        maglev_table_size: TABLE,
+        conntrack_flows: DEFAULT_CONNTRACK_FLOWS,
+        pin_root: None,
+    };
+    let mut dp = match object {
+        Some(obj) => BpfDataplane::load_object(&opts, obj),
+        None => BpfDataplane::load(&opts),
+    }
+    .unwrap_or_else(|e| panic!("loading the data plane: {e}"));
+    populate(&mut dp, ifs);
+    dp.set_global_config(&chain_config()).unwrap();
+    let snats: Vec<Ipv4Addr> = (0..CHAIN_SNAT_COUNT).map(chain_snat).collect();
+    dp.set_snat_addrs(&snats).unwrap();
+    backend(&mut dp, CHAIN_ID, VIP, CHAIN_PORT, CHAIN_ID, 0);
+    service(&mut dp, CHAIN_ID, CHAIN_PORT, 0, None);
+    set_table(&mut dp, CHAIN_ID, &[CHAIN_ID; TABLE as usize]);
+
+    // Pre-fill with unrelated flows (sources in 100.64.0.0/10, never used by a case).
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..fill {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let src = Ipv4Addr::from(0x6440_0000 | (x as u32 & 0x003f_ffff));
+        let k = tcp_key(src, (x >> 32) as u16, BE1, (x >> 48) as u16);
+        dp.set_conntrack_entry(&k, &hot_entry(SNAT, 1, BE1, 8080, FLOW_F_ESTABLISHED))
+            .unwrap();
+    }
+
+    let est = FLOW_F_ESTABLISHED;
+    let rep = FLOW_F_REPLY | FLOW_F_ESTABLISHED;
+    let pairs = [
+        // Forward ping-pong: A:40000 <-> A:40001, both to VIP:80.
+        (
+            tcp_key(CLIENT_A, 40000, VIP, 80),
+            hot_entry(CLIENT_A, 40001, VIP, 80, est),
+        ),
+        (
+            tcp_key(CLIENT_A, 40001, VIP, 80),
+            hot_entry(CLIENT_A, 40000, VIP, 80, est),
+        ),
+        // Reply ping-pong: B:8080 -> A:50001 <-> B:8080 -> A:50002 (out of pub0).
+        (
+            tcp_key(CLIENT_B, 8080, CLIENT_A, 50001),
+            hot_entry(CLIENT_B, 8080, CLIENT_A, 50002, rep),
+        ),
+        (
+            tcp_key(CLIENT_B, 8080, CLIENT_A, 50002),
+            hot_entry(CLIENT_B, 8080, CLIENT_A, 50001, rep),
+        ),
+        // A real flow pair: C:40000 -> VIP:80 becomes SNAT:30000 -> BE1:8080, and that tuple
+        // is looked up as the reply and rewritten back to C:40000 -> VIP:80.
+        (
+            tcp_key(CLIENT_C, 40000, VIP, 80),
+            hot_entry(SNAT, 30000, BE1, BE_PORT, est),
+        ),
+        (
+            tcp_key(SNAT, 30000, BE1, BE_PORT),
+            hot_entry(CLIENT_C, 40000, VIP, 80, rep),
+        ),
+    ];
+    for (k, e) in pairs {
+        dp.set_conntrack_entry(&k, &e).unwrap();
+    }
+    dp
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}={v}: expected a number"))
+        })
+        .unwrap_or(default)
+}
+
+#[test]
+#[ignore = "measurement; run explicitly with --ignored --nocapture"]
+fn hot_path_cost() {
+    require_root();
+    let fill = env_number("LB_HOT_FILL", 0) as u32;
+    let rounds = env_number("LB_HOT_ROUNDS", 5) as usize;
+    let objects: Vec<(String, Option<Vec<u8>>)> = match std::env::var("LB_HOT_OBJECT") {
+        Ok(list) => list
+            .split(',')
+            .map(|path| {
+                let obj = std::fs::read(path)
+                    .unwrap_or_else(|e| panic!("LB_HOT_OBJECT: cannot read {path}: {e}"));
+                (path.rsplit('/').next().unwrap().to_string(), Some(obj))
+            })
+            .collect(),
+        Err(_) => vec![("embedded".to_string(), None)],
+    };
+    let ns = FixtureNetns::create();
+    setup_network(&ns);
+    // Rewritten packets addressed to the VIP (forward ping-pong, SYN chain) leave via priv0.
+    ns.ip(&[
+        "route",
+        "add",
+        "192.0.2.0/24",
+        "via",
+        "10.20.0.11",
+        "dev",
+        "priv0",
+    ]);
+    let ifs = Ifs {
+        pub0: ns.ifindex("pub0"),
+        priv0: ns.ifindex("priv0"),
+    };
+    ns.run_inside(move || {
+        let mut dps: Vec<BpfDataplane> = objects
+            .iter()
+            .map(|(_, obj)| hot_dataplane(&ifs, obj.as_deref(), fill))
+            .collect();
+        let ack = |src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16| {
+            let mut f = TcpFrame::syn(ROUTER_MAC, PUB_MAC, src, sport, dst, dport)
+                .with_flags(tcp_flags::ACK, b"");
+            f.ttl = 255;
+            f.build()
+        };
+        let n = u64::from(HOT_REPEAT);
+        let hot = |name, frame, ingress, expect| HotCase {
+            name,
+            frame,
+            ingress,
+            expect,
+            pass_program: false,
+            syn_chain: false,
+        };
+        let cases = [
+            HotCase {
+                pass_program: true,
+                ..hot(
+                    "harness floor (lb_xdp_pass)",
+                    ack(CLIENT_A, 40000, VIP, 80),
+                    ifs.pub0,
+                    vec![],
+                )
+            },
+            hot(
+                "non-VIP TCP, conntrack miss",
+                ack(CLIENT_A, 40000, Ipv4Addr::new(10, 10, 0, 1), 22),
+                ifs.pub0,
+                vec![(PASS_NOT_SERVICE, n)],
+            ),
+            hot(
+                "established forward (fwd -> fwd)",
+                ack(CLIENT_A, 40000, VIP, 80),
+                ifs.pub0,
+                vec![(FWD_TO_BACKEND, n)],
+            ),
+            hot(
+                "established reply (reply -> reply)",
+                ack(CLIENT_B, 8080, CLIENT_A, 50001),
+                ifs.priv0,
+                vec![(FWD_TO_CLIENT, n)],
+            ),
+            hot(
+                "established pair (fwd -> reply -> fwd)",
+                ack(CLIENT_C, 40000, VIP, 80),
+                ifs.pub0,
+                vec![(FWD_TO_BACKEND, n / 2), (FWD_TO_CLIENT, n / 2)],
+            ),
+            HotCase {
+                syn_chain: true,
+                ..hot(
+                    "new flow (SYN chain)",
+                    vec![],
+                    ifs.pub0,
+                    vec![(NEW_FLOW, n), (FWD_TO_BACKEND, n)],
+                )
+            },
+        ];
+        // results[object][case] = one value per round; objects and cases interleaved.
+        let mut results = vec![vec![Vec::new(); cases.len()]; dps.len()];
+        for _ in 0..rounds {
+            for (o, dp) in dps.iter_mut().enumerate() {
+                for (i, c) in cases.iter().enumerate() {
+                    let calls = if c.syn_chain {
+                        HOT_CALLS / 4
+                    } else {
+                        HOT_CALLS
+                    };
+                    let v = hot_measure(dp, c, calls)
+                        .unwrap_or_else(|e| panic!("{}: {e}", objects[o].0));
+                    results[o][i].push(v);
+                }
+            }
+        }
+        println!(
+            "hot path: ns per run, conntrack pre-filled with {fill} entries, {rounds} rounds x \
+             {HOT_CALLS} calls x repeat {HOT_REPEAT} (new flow: {} calls), interleaved",
+            HOT_CALLS / 4
+        );
+        for (i, c) in cases.iter().enumerate() {
+            println!("{}", c.name);
+            for (o, (name, _)) in objects.iter().enumerate() {
+                let r = &results[o][i];
+                let mut s = r.clone();
+                s.sort_by(f64::total_cmp);
+                println!(
+                    "  {name:<14} median {:7.1}  min {:7.1}  (rounds {})",
+                    s[s.len() / 2],
+                    s[0],
+                    r.iter()
+                        .map(|v| format!("{v:.1}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+    });
+}

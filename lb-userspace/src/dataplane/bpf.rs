@@ -370,7 +370,13 @@ impl BpfDataplane {
     /// already pinned there (sizes that differ from the pinned maps -> an error telling the
     /// operator to run `lbd --unload`). Without a pin root the maps are private to this value.
     pub fn load(opts: &LoadOptions) -> Result<Self> {
-        if EBPF_OBJECT.is_empty() {
+        Self::load_object(opts, EBPF_OBJECT)
+    }
+
+    /// [`Self::load`] with another build of the eBPF object (`object`, the bytes of an
+    /// `lb-ebpf` ELF file): lets measurements compare builds without touching the embedded one.
+    pub fn load_object(opts: &LoadOptions, object: &[u8]) -> Result<Self> {
+        if object.is_empty() {
             return Err(DataplaneError::NoObject);
         }
         if opts.max_services == 0
@@ -437,7 +443,7 @@ impl BpfDataplane {
             .map_max_entries(MAP_SERVICE_STATS, opts.max_services)
             .map_max_entries(MAP_BACKEND_STATS, opts.max_backends);
         let mut ebpf = loader
-            .load(EBPF_OBJECT)
+            .load(object)
             .map_err(|e| other(format!("loading the eBPF object: {e}")))?;
         for name in [PROGRAM_NAME, PASS_PROGRAM_NAME] {
             let prog: &mut Xdp = ebpf
@@ -633,6 +639,17 @@ impl BpfDataplane {
         self.run_program(PROGRAM_NAME, frame, ingress_ifindex, repeat)
     }
 
+    /// Like [`Self::test_run`] for the `lb_xdp_pass` program: the cost of the test-run harness
+    /// itself (a program that only returns `XDP_PASS`), the floor under every `lb_xdp` timing.
+    pub fn test_run_pass(
+        &self,
+        frame: &[u8],
+        ingress_ifindex: Option<u32>,
+        repeat: u32,
+    ) -> Result<TestRunResult> {
+        self.run_program(PASS_PROGRAM_NAME, frame, ingress_ifindex, repeat)
+    }
+
     fn run_program(
         &self,
         name: &str,
@@ -697,6 +714,11 @@ impl BpfDataplane {
         self.conntrack
             .insert(key, entry, 0)
             .map_err(map_err(MAP_CONNTRACK))
+    }
+
+    /// Removes one conntrack entry (an absent key is an error: callers remove what they made).
+    pub fn remove_conntrack_entry(&mut self, key: &FlowKey) -> Result<()> {
+        self.conntrack.remove(key).map_err(map_err(MAP_CONNTRACK))
     }
 
     /// Removes every conntrack entry.
