@@ -55,6 +55,10 @@ pub fn run_built(args: &BenchArgs) -> Result<()> {
     setup::install_packages(BENCH_EXTRA_PACKAGES)?;
     let commit = git(&["describe", "--always", "--dirty"]).unwrap_or_else(|| "unknown".into());
     let bin = root().join("target/release/lb-bench");
+    // Verify what was installed: every compared balancer must start with the bench's
+    // configuration (e.g. nginx without its stream module fails here, with the fix named).
+    run_cmd(Command::new(&bin).arg("--preflight"))
+        .context("the bench's alternatives are not usable on this machine (see above)")?;
     let mut cmd = Command::new(&bin);
     cmd.current_dir(root()).arg("--commit").arg(&commit);
     if !args.only.is_empty() {

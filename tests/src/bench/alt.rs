@@ -137,6 +137,175 @@ pub fn nginx_config(backends: &[SocketAddrV4], dir: &std::path::Path) -> String 
     )
 }
 
+/// The programs the comparison runs, each with the Debian package that provides it.
+pub const TOOLS: [(&str, &str); 6] = [
+    ("nft", "nftables"),
+    ("haproxy", "haproxy"),
+    ("nginx", "nginx-light"),
+    ("wrk", "wrk"),
+    ("conntrack", "conntrack"),
+    ("ss", "iproute2"),
+];
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+/// Checks, before anything is measured, that every alternative can start here: each program
+/// of [`TOOLS`] is installed, HAProxy accepts the generated configuration (`haproxy -c`) and
+/// nginx accepts its generated configuration including the stream module (`nginx -t`).
+/// `dir` receives the configurations. The error names what is missing and how to fix it.
+pub fn preflight(dir: &std::path::Path) -> Result<(), String> {
+    let missing: Vec<String> = TOOLS
+        .iter()
+        .filter(|(prog, _)| !on_path(prog))
+        .map(|(prog, pkg)| format!("`{prog}` (Debian package {pkg})"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "the bench needs {}; `cargo xtask bench` installs them (or apt-get install them)",
+            missing.join(", ")
+        ));
+    }
+    let be: Vec<SocketAddrV4> = (1..=2).map(backend_addr).collect();
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let check = |cmd: &mut std::process::Command, what: &str, fix: &str| {
+        let out = cmd
+            .output()
+            .map_err(|e| format!("cannot start {what}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what} refuses the bench's configuration ({}): {}{}; {fix}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim(),
+                String::from_utf8_lossy(&out.stdout).trim()
+            ))
+        }
+    };
+    let hcfg = dir.join("haproxy-check.cfg");
+    std::fs::write(&hcfg, haproxy_config(&be))
+        .map_err(|e| format!("writing {}: {e}", hcfg.display()))?;
+    check(
+        std::process::Command::new("haproxy")
+            .arg("-c")
+            .arg("-f")
+            .arg(&hcfg),
+        "haproxy -c",
+        "the bench needs HAProxy >= 2.0 in TCP mode (Debian package haproxy)",
+    )?;
+    let ncfg = dir.join("nginx-check.conf");
+    std::fs::write(&ncfg, nginx_config(&be, dir))
+        .map_err(|e| format!("writing {}: {e}", ncfg.display()))?;
+    check(
+        std::process::Command::new("nginx")
+            .arg("-t")
+            .arg("-q")
+            .arg("-e")
+            .arg(dir.join("nginx-check-error.log"))
+            .arg("-c")
+            .arg(&ncfg),
+        "nginx -t",
+        "the bench needs nginx with the stream module at \
+         /usr/lib/nginx/modules/ngx_stream_module.so (Debian packages nginx-light and \
+         libnginx-mod-stream)",
+    )?;
+    Ok(())
+}
+
+/// Every namespace of `lab`: client, balancer, backends.
+fn lab_namespaces(lab: &Lab) -> Vec<String> {
+    let mut ns = vec![lab.client_ns().to_string(), lab.balancer_ns().to_string()];
+    ns.extend((1..=lab.backend_count()).map(|i| lab.backend_ns(i).to_string()));
+    ns
+}
+
+/// Gives the next variant the same start as every other: flushes the balancer's kernel
+/// conntrack table and destroys every TIME_WAIT socket in the lab (`ss -K`, needs
+/// `CONFIG_INET_DIAG_DESTROY`), then checks that none is left.
+///
+/// Why: nftables (masquerade keeps the client's port), HAProxy and nginx all reach the
+/// backends from the balancer's own address (`10.1.<i>.1:<ephemeral>`), so one variant's
+/// connections leave TIME_WAIT sockets on the backends that the next variant's SYNs meet on
+/// the same 4-tuple. Their TCP timestamps come from a different clock (the client's for
+/// nftables, the balancer's for the proxies), so about half of those SYNs fail the PAWS check
+/// (`TcpExtPAWSTimewait` on the backends) and are retransmitted after 1 s: measured, nftables
+/// fell from 6.4k to 0.4k new connections/s in the rounds after a proxy had run.
+pub fn reset_host_state(lab: &Lab) -> Result<(), String> {
+    sys::ns_run(lab.balancer_ns(), "conntrack", &["-F"])
+        .map_err(|e| format!("flushing the balancer's conntrack: {e}"))?;
+    for ns in lab_namespaces(lab) {
+        sys::ns_run(&ns, "ss", &["-K", "-tan", "state", "time-wait"])
+            .map_err(|e| format!("destroying TIME_WAIT sockets in {ns}: {e}"))?;
+        let left = sys::ns_run(&ns, "ss", &["-H", "-tan", "state", "time-wait"])
+            .map_err(|e| format!("listing TIME_WAIT sockets in {ns}: {e}"))?;
+        let n = left.lines().filter(|l| !l.trim().is_empty()).count();
+        if n > 0 {
+            return Err(format!(
+                "{n} TIME_WAIT socket(s) in {ns} survived `ss -K`: the kernel needs \
+                 CONFIG_INET_DIAG_DESTROY for the bench to give every variant the same start"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// TCP counters of namespace `ns` from `/proc/net/netstat` and `/proc/net/snmp` (`TcpExt` and
+/// `Tcp` lines), keyed `"TcpExt:PAWSTimewait"`, `"Tcp:RetransSegs"`, ...
+pub fn tcp_counters(ns: &str) -> Result<std::collections::HashMap<String, u64>, String> {
+    let mut out = std::collections::HashMap::new();
+    for file in ["/proc/net/netstat", "/proc/net/snmp"] {
+        let text = sys::ns_run(ns, "cat", &[file]).map_err(|e| format!("reading {file}: {e}"))?;
+        parse_proc_net(&text, &mut out);
+    }
+    Ok(out)
+}
+
+/// Parses the header/value line pairs of `/proc/net/netstat` or `/proc/net/snmp` into `out`.
+pub fn parse_proc_net(text: &str, out: &mut std::collections::HashMap<String, u64>) {
+    let lines: Vec<&str> = text.lines().collect();
+    for pair in lines.chunks(2) {
+        let [head, vals] = pair else { continue };
+        let (Some((p1, names)), Some((p2, values))) = (head.split_once(':'), vals.split_once(':'))
+        else {
+            continue;
+        };
+        if p1 != p2 {
+            continue;
+        }
+        for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+            if let Ok(v) = v.parse::<u64>() {
+                out.insert(format!("{p1}:{n}"), v);
+            }
+        }
+    }
+}
+
+/// Sum of counter `key` over `namespaces`.
+pub fn counter_sum(namespaces: &[String], key: &str) -> Result<u64, String> {
+    let mut sum = 0;
+    for ns in namespaces {
+        sum += tcp_counters(ns)?.get(key).copied().unwrap_or(0);
+    }
+    Ok(sum)
+}
+
+/// The namespaces whose TCP stacks open connections in a new-connection run: the client and
+/// the balancer (where HAProxy and nginx connect to the backends).
+pub fn connecting_namespaces(lab: &Lab) -> Vec<String> {
+    vec![lab.client_ns().to_string(), lab.balancer_ns().to_string()]
+}
+
+/// The backends' namespaces.
+pub fn backend_namespaces(lab: &Lab) -> Vec<String> {
+    (1..=lab.backend_count())
+        .map(|i| lab.backend_ns(i).to_string())
+        .collect()
+}
+
 fn backends(lab: &Lab) -> Vec<SocketAddrV4> {
     (1..=lab.backend_count()).map(backend_addr).collect()
 }
@@ -156,7 +325,9 @@ fn vip_local(lab: &Lab, add: bool) -> Result<(), String> {
     .map_err(|e| e.to_string())
 }
 
-/// Brings `v` up on `lab` and waits until a request through it works. GRO on the balancer's
+/// Brings `v` up on `lab` (after [`reset_host_state`], so every round of every variant starts
+/// without conntrack entries or TIME_WAIT sockets) and waits until a request through it
+/// works. GRO on the balancer's
 /// veths: on for every variant when `gro_all` (the SYN flood: a veth without a native XDP
 /// program accepts XDP frames only with GRO on, and SYNs are never merged), otherwise off for
 /// lb generic only (generic XDP must see wire-sized packets, not GRO super-packets).
@@ -168,6 +339,7 @@ pub fn up(lab: &mut Lab, v: Variant, gro_all: bool) -> Result<Active, String> {
     };
     let be = backends(lab);
     let dir = lab.dir().to_path_buf();
+    reset_host_state(lab)?;
     set_balancer_gro(lab, gro_all || v != Variant::LbGeneric)?;
     match v {
         Variant::LbNative | Variant::LbGeneric => {
@@ -262,7 +434,7 @@ impl Active {
     /// lb), leaving the lab as [`prepare`] left it.
     pub fn down(mut self, lab: &mut Lab) -> Result<(), String> {
         for mut p in self.procs.drain(..) {
-            p.stop(libc::SIGKILL, Duration::from_secs(5));
+            stop_tree(&mut p);
         }
         // Forget the kernel conntrack state (a SYN flood through nftables fills the table
         // and would refuse the next variant's connections); "0 flow entries" exits 0.
@@ -289,6 +461,58 @@ impl Active {
     }
 }
 
+impl Drop for Active {
+    /// Stops what [`Active::down`] did not (a failed or panicking round).
+    fn drop(&mut self) {
+        for mut p in self.procs.drain(..) {
+            stop_tree(&mut p);
+        }
+    }
+}
+
+/// PIDs of the direct children of `pid` (all its threads), from `/proc`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+fn comm_of(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim().to_string())
+}
+
+/// Stops a proxy and its worker processes: SIGTERM to the master first (nginx's master stops
+/// its workers on it; a SIGKILLed master leaves them running, orphaned in a deleted
+/// namespace), SIGKILL after 5 s, then SIGKILL to any child recorded before that is still
+/// alive under the master's name (checked, so a reused PID is left alone).
+fn stop_tree(p: &mut Proc) {
+    let name = comm_of(p.pid());
+    let kids = children_of(p.pid());
+    p.stop(libc::SIGTERM, Duration::from_secs(5));
+    for k in kids {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while comm_of(k).is_some() && comm_of(k) == name {
+            if std::time::Instant::now() > deadline {
+                // SAFETY: kill(2) on a PID we checked is still our proxy's worker.
+                unsafe { libc::kill(k as libc::pid_t, libc::SIGKILL) };
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// The backends' port (re-exported for the sections' method texts).
 pub const PORT: u16 = BACKEND_PORT;
 
@@ -310,6 +534,17 @@ mod tests {
         assert!(r.contains("numgen random mod 2 vmap { 0 : goto be0, 1 : goto be1 }"));
         assert!(r.contains("dnat to 10.1.2.2:8080"));
         assert!(r.contains("ct status dnat masquerade"));
+    }
+
+    #[test]
+    fn proc_net_pairs_parse() {
+        let text = "TcpExt: SyncookiesSent PAWSTimewait TCPSynRetrans\nTcpExt: 0 7 12\nIpExt: InNoRoutes\nIpExt: 3\n";
+        let mut m = std::collections::HashMap::new();
+        parse_proc_net(text, &mut m);
+        assert_eq!(m.get("TcpExt:PAWSTimewait"), Some(&7));
+        assert_eq!(m.get("TcpExt:TCPSynRetrans"), Some(&12));
+        assert_eq!(m.get("IpExt:InNoRoutes"), Some(&3));
+        assert_eq!(m.len(), 4);
     }
 
     #[test]

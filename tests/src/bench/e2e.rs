@@ -27,6 +27,10 @@ pub const CONNECTIONS: u32 = 32;
 const NEW_CONNS: &str = "new connections (1 request each)";
 const KEEPALIVE: &str = "keep-alive requests";
 const STREAM: &str = "single-stream throughput";
+/// Kernel counter of SYN retransmissions (`/proc/net/netstat`).
+const SYN_RETRANS: &str = "TcpExt:TCPSynRetrans";
+/// Kernel counter of SYNs refused by PAWS against a TIME_WAIT socket.
+const PAWS_TW: &str = "TcpExt:PAWSTimewait";
 
 /// What one wrk run reported.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,12 +141,19 @@ fn wrk(lab: &Lab, args: &[String]) -> Result<WrkResult, String> {
     Ok(r)
 }
 
-/// One round of one variant: (new conns/s, keep-alive req/s, p50 ms, p99 ms, bytes/s).
-fn round(lab: &mut Lab, v: Variant, secs: u64) -> Result<[f64; 5], String> {
+/// Values of one round, in the order of the section's metric rows.
+type RoundValues = [f64; 7];
+
+/// One round of one variant: new conns/s, keep-alive req/s, p50 ms, p99 ms, bytes/s, SYN
+/// retransmissions per 1000 new connections (client and balancer stacks), and SYNs the
+/// backends rejected by PAWS against a TIME_WAIT socket, both during the new-connection run.
+fn round(lab: &mut Lab, v: Variant, secs: u64) -> Result<RoundValues, String> {
     let active = alt::up(lab, v, false)?;
     let t = v.target();
     let d = format!("{secs}s");
-    let run = || -> Result<[f64; 5], String> {
+    let connecting = alt::connecting_namespaces(lab);
+    let backends = alt::backend_namespaces(lab);
+    let run = || -> Result<RoundValues, String> {
         let common = |c: u32| {
             vec![
                 "-t1".to_string(),
@@ -158,7 +169,11 @@ fn round(lab: &mut Lab, v: Variant, secs: u64) -> Result<[f64; 5], String> {
             "Connection: close".into(),
             format!("http://{t}/id"),
         ]);
+        let syn_before = alt::counter_sum(&connecting, SYN_RETRANS)?;
+        let paws_before = alt::counter_sum(&backends, PAWS_TW)?;
         let nc = wrk(lab, &a)?;
+        let syn = alt::counter_sum(&connecting, SYN_RETRANS)? - syn_before;
+        let paws = alt::counter_sum(&backends, PAWS_TW)? - paws_before;
         let mut a = common(CONNECTIONS);
         a.extend(["--latency".into(), format!("http://{t}/id")]);
         let ka = wrk(lab, &a)?;
@@ -171,6 +186,8 @@ fn round(lab: &mut Lab, v: Variant, secs: u64) -> Result<[f64; 5], String> {
             ka.p50_ms.ok_or("wrk printed no 50% latency")?,
             ka.p99_ms.ok_or("wrk printed no 99% latency")?,
             st.bytes_per_s,
+            syn as f64 * 1000.0 / nc.requests.max(1) as f64,
+            paws as f64,
         ])
     };
     let r = run();
@@ -199,10 +216,20 @@ pub fn run(lab: Result<&mut Lab, String>, scale: Scale) -> (Section, Vec<Target>
              the balancer (it must see wire-sized packets), all other variants GRO on. HAProxy \
              2.6 (TCP mode) and nginx 1.22 stream listen on the VIP in the balancer namespace; \
              nftables is `numgen random` DNAT + masquerade; direct = the client talks to \
-             backend 1 through the balancer's plain IP forwarding. The backends and the balancer keep no TIME_WAIT sockets \
-             (`tcp_max_tw_buckets = 0`: interleaved variants reuse 4-tuples toward the \
-             backends, and PAWS drops a SYN meeting an older TIME_WAIT). Client, balancer and \
-             backends share 2 cores. A run with more than 1% failed requests is not counted.",
+             backend 1 through the balancer's plain IP forwarding. Before every round of \
+             every variant the balancer's kernel conntrack table is flushed and every \
+             TIME_WAIT socket in the lab is destroyed (`conntrack -F`, `ss -K state \
+             time-wait`): nftables, HAProxy and nginx all reach the backends from the \
+             balancer's own address, so without it a variant's SYNs meet the previous \
+             variant's TIME_WAIT sockets on the same 4-tuples with timestamps from another \
+             clock, the backends refuse about half of them by PAWS and the client retransmits \
+             after 1 s (this cut nftables from 6.4k to 0.4k connections/s in earlier runs). \
+             The two counter rows check that: SYN retransmissions of the client and balancer \
+             stacks per 1000 completed connections, and SYNs the backends refused by PAWS \
+             (`TcpExtTCPSynRetrans`, `TcpExtPAWSTimewait`), during the new-connection run. \
+             Within a run a variant keeps its own TIME_WAIT sockets, as it would in \
+             production. Client, balancer and backends share 2 cores. A run with more than 1% \
+             failed requests is not counted.",
             scale.rounds(),
             BULK_BYTES
         ),
@@ -213,6 +240,8 @@ pub fn run(lab: Result<&mut Lab, String>, scale: Scale) -> (Section, Vec<Target>
         (KEEPALIVE, "p50 latency ms"),
         (KEEPALIVE, "p99 latency ms"),
         (STREAM, "MB/s"),
+        (NEW_CONNS, "SYN retransmits per 1000 conns"),
+        (NEW_CONNS, "SYNs refused by PAWS at backends"),
     ];
     match lab {
         Err(e) => {
@@ -224,7 +253,7 @@ pub fn run(lab: Result<&mut Lab, String>, scale: Scale) -> (Section, Vec<Target>
         }
         Ok(lab) => {
             let names: Vec<&str> = VARIANTS.iter().map(|v| v.name()).collect();
-            let mut per: Vec<Vec<[f64; 5]>> = vec![Vec::new(); VARIANTS.len()];
+            let mut per: Vec<Vec<RoundValues>> = vec![Vec::new(); VARIANTS.len()];
             let runs = interleave(&names, scale.rounds(), |i, _| {
                 let r = round(lab, VARIANTS[i], secs)?;
                 per[i].push(r);

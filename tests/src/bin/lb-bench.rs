@@ -6,7 +6,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use lb_tests::bench::alt::prepare as alt_prepare;
+use lb_tests::bench::alt::{self, prepare as alt_prepare};
 use lb_tests::bench::{control, e2e, machine, memory, pktrate, xdp_cost, Report, Scale};
 use lb_tests::lab::{Lab, LabOptions, Mode};
 use std::path::PathBuf;
@@ -24,9 +24,9 @@ struct Args {
     /// Seconds-long run of every section with tiny counts (numbers are meaningless).
     #[arg(long)]
     smoke: bool,
-    /// Where to write the raw JSON.
-    #[arg(long)]
-    json: PathBuf,
+    /// Where to write the raw JSON (required unless --preflight).
+    #[arg(long, required_unless_present = "preflight")]
+    json: Option<PathBuf>,
     /// Where to write the Markdown report (omit to skip it).
     #[arg(long)]
     markdown: Option<PathBuf>,
@@ -39,6 +39,18 @@ struct Args {
     /// Fail (after writing the outputs) when any row or target was not measured.
     #[arg(long)]
     require_all: bool,
+    /// Only check that every compared balancer can start here (programs installed, HAProxy
+    /// and nginx accept their generated configurations), then exit.
+    #[arg(long)]
+    preflight: bool,
+}
+
+/// Runs [`alt::preflight`] in a scratch directory that is removed again.
+fn preflight() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("lb-bench-preflight-{}", std::process::id()));
+    let r = alt::preflight(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    r.map_err(|e| anyhow::anyhow!("bench set-up incomplete: {e}"))
 }
 
 fn main() -> Result<()> {
@@ -53,8 +65,21 @@ fn main() -> Result<()> {
         Scale::Full
     };
     let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
+    if args.preflight {
+        preflight()?;
+        println!("[bench] preflight: every compared balancer can start");
+        return Ok(());
+    }
+    // A missing alternative is a set-up error, reported before anything runs.
+    if want("pktrate") || want("e2e") {
+        preflight()?;
+    }
     let start = Instant::now();
-    let json_display = args.json.display().to_string();
+    let json_path = args
+        .json
+        .clone()
+        .expect("clap requires --json without --preflight");
+    let json_display = json_path.display().to_string();
     let mut meta = machine::collect(
         &args.commit,
         if args.smoke { "smoke" } else { "full" },
@@ -109,12 +134,12 @@ fn main() -> Result<()> {
         targets,
         sections,
     };
-    if let Some(dir) = args.json.parent() {
+    if let Some(dir) = json_path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let json = serde_json::to_string_pretty(&report).context("serialising the report")?;
-    std::fs::write(&args.json, json).with_context(|| format!("writing {}", args.json.display()))?;
-    println!("[bench] raw results: {}", args.json.display());
+    std::fs::write(&json_path, json).with_context(|| format!("writing {}", json_path.display()))?;
+    println!("[bench] raw results: {}", json_path.display());
     let md = report.to_markdown(METHOD);
     if let Some(path) = &args.markdown {
         std::fs::write(path, &md).with_context(|| format!("writing {}", path.display()))?;
