@@ -25,8 +25,10 @@ pub mod maps;
 pub use counters::*;
 pub use maps::*;
 
-/// Version of the pinned map layout; part of the pin directory name (`abi1`).
-pub const ABI_VERSION: u32 = 1;
+/// Version of the pinned map layout; part of the pin directory name (`abi2`).
+///
+/// 2: [`FlowEntry`] grew the cached next hop (32 -> 56 bytes).
+pub const ABI_VERSION: u32 = 2;
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";

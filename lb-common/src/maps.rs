@@ -186,11 +186,14 @@ pub const FLOW_F_ESTABLISHED: u32 = 1 << 1;
 /// A FIN or RST was seen in this direction: the short closing timeout applies.
 pub const FLOW_F_CLOSING: u32 = 1 << 2;
 
-/// Value of [`MAP_CONNTRACK`]: how to rewrite packets of this direction of a flow.
+/// Value of [`MAP_CONNTRACK`]: how to rewrite and where to send packets of this direction of
+/// a flow.
 ///
 /// For the forward entry (client -> VIP) the rewrite is `src = SNAT addr:port`,
 /// `dst = backend addr:port`; for the reply entry (backend -> SNAT) it is `src = VIP:port`,
-/// `dst = client addr:port`.
+/// `dst = client addr:port`. The `next_hop_*` fields cache the FIB answer for the rewritten
+/// destination so established packets skip `bpf_fib_lookup`; the data plane fills them and
+/// drops them at every `last_seen_ns` refresh. User space writing an entry sets them to zero.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry {
@@ -205,9 +208,23 @@ pub struct FlowEntry {
     pub service_id: u32,
     /// `FLOW_F_*` bits.
     pub flags: u32,
+    /// Cached next hop of the rewritten packets (the answer of the last successful
+    /// `bpf_fib_lookup`): egress interface index.
+    pub next_hop_ifindex: u32,
+    /// Largest IPv4 total length the cached next hop was validated for (the FIB lookup checks
+    /// the route's MTU against it); 0 = no cached next hop, look it up. Larger packets take a
+    /// fresh lookup, so an MTU violation is still detected.
+    pub next_hop_max_len: u16,
+    /// Destination MAC of the cached next hop (the neighbour's).
+    pub next_hop_dst_mac: [u8; 6],
+    /// Source MAC of the cached next hop (the egress interface's).
+    pub next_hop_src_mac: [u8; 6],
+    pub _pad: [u8; 6],
 }
 
-/// Minimum interval between `last_seen_ns` refreshes of a conntrack entry.
+/// Minimum interval between `last_seen_ns` refreshes of a conntrack entry. Each refresh also
+/// drops the entry's cached next hop, so route and neighbour changes reach established flows
+/// within about this interval.
 pub const FLOW_TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
 
 impl FlowEntry {
@@ -312,7 +329,7 @@ const _: () = {
     assert!(size_of::<VipValue>() == 8);
     assert!(size_of::<BackendValue>() == 16);
     assert!(size_of::<FlowKey>() == 16);
-    assert!(size_of::<FlowEntry>() == 32);
+    assert!(size_of::<FlowEntry>() == 56);
     assert!(align_of::<FlowEntry>() == 8);
     assert!(size_of::<GlobalConfig>() == 40);
     assert!(size_of::<FlowStats>() == 48);
@@ -339,6 +356,10 @@ mod tests {
         assert_eq!(offset_of!(FlowEntry, new_src_addr_be), 8);
         assert_eq!(offset_of!(FlowEntry, backend_id), 20);
         assert_eq!(offset_of!(FlowEntry, flags), 28);
+        assert_eq!(offset_of!(FlowEntry, next_hop_ifindex), 32);
+        assert_eq!(offset_of!(FlowEntry, next_hop_max_len), 36);
+        assert_eq!(offset_of!(FlowEntry, next_hop_dst_mac), 38);
+        assert_eq!(offset_of!(FlowEntry, next_hop_src_mac), 44);
         assert_eq!(offset_of!(GlobalConfig, tcp_established_timeout_ns), 8);
         assert_eq!(offset_of!(GlobalConfig, hash_seed), 32);
         assert_eq!(offset_of!(BackendValue, flags), 8);

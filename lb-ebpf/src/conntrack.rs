@@ -6,7 +6,10 @@
 //! source and destination ([`partner_key`]).
 
 use crate::maps::{LB_CONNTRACK, LB_SNAT_ADDRS};
-use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::generated::bpf_ktime_get_coarse_ns,
+};
 use lb_common::{
     hash::{flow_hash, snat_port_candidate, SNAT_SEED_XOR},
     tcp_flags, BackendValue, FlowEntry, FlowKey, GlobalConfig, FLOW_F_CLOSING, FLOW_F_ESTABLISHED,
@@ -48,13 +51,25 @@ pub fn partner_key(entry: &FlowEntry) -> FlowKey {
     )
 }
 
+/// The clock of `last_seen_ns`: `bpf_ktime_get_coarse_ns` (`CLOCK_MONOTONIC_COARSE`, one
+/// memory read instead of a clock-source read; it trails `CLOCK_MONOTONIC` by at most one
+/// scheduler tick, a few ms, so user space comparing with `CLOCK_MONOTONIC` sees entries at
+/// most that much older).
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
 /// Records a packet with TCP `flags` on `entry`: refreshes `last_seen_ns` at most every
-/// `FLOW_TOUCH_INTERVAL_NS`, marks FIN/RST as closing, and marks the direction established
-/// (any packet of the reply direction, a non-SYN of the forward direction).
+/// `FLOW_TOUCH_INTERVAL_NS` (dropping the cached next hop, so the next lookup re-validates it),
+/// marks FIN/RST as closing, and marks the direction established (any packet of the reply
+/// direction, a non-SYN of the forward direction).
 #[inline(always)]
 pub fn touch(entry: &mut FlowEntry, flags: u8, now_ns: u64) {
     if now_ns.saturating_sub(entry.last_seen_ns) >= FLOW_TOUCH_INTERVAL_NS {
         entry.last_seen_ns = now_ns;
+        entry.next_hop_max_len = 0;
     }
     let mut f = entry.flags;
     if flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
@@ -97,19 +112,19 @@ fn reclaimable(rkey: &FlowKey, own: &FlowKey, cfg: &GlobalConfig, now_ns: u64) -
     }
 }
 
-/// Creates both entries of a new flow `key` (client -> VIP) to `backend`: picks the SNAT
-/// address by hash and the first free SNAT port among `SNAT_PORT_ATTEMPTS` candidates
-/// (inserting the reply entry with `BPF_NOEXIST`, taking over expired flows), then writes the
-/// forward entry. Returns the forward entry (the rewrite to apply).
+/// Reserves a SNAT address and port for a new flow `key` (client -> VIP) to `backend`: picks
+/// the SNAT address by hash and the first free SNAT port among `SNAT_PORT_ATTEMPTS` candidates
+/// (inserting the reply entry with `BPF_NOEXIST`, taking over expired flows). Returns the
+/// forward entry to [`commit`] (without a next hop yet) and the reply entry's key.
 #[inline(always)]
-pub fn allocate(
+pub fn reserve(
     key: &FlowKey,
     backend: &BackendValue,
     backend_id: u32,
     service_id: u32,
     cfg: &GlobalConfig,
     now_ns: u64,
-) -> Result<FlowEntry, AllocError> {
+) -> Result<(FlowEntry, FlowKey), AllocError> {
     let count = if cfg.snat_addr_count > MAX_SNAT_ADDRS {
         MAX_SNAT_ADDRS
     } else {
@@ -138,6 +153,7 @@ pub fn allocate(
         backend_id,
         service_id,
         flags: FLOW_F_REPLY,
+        ..FlowEntry::default()
     };
     let mut attempt = 0;
     while attempt < SNAT_PORT_ATTEMPTS {
@@ -167,14 +183,22 @@ pub fn allocate(
                 backend_id,
                 service_id,
                 flags: 0,
+                ..FlowEntry::default()
             };
-            if LB_CONNTRACK.insert(key, forward, BPF_ANY as u64).is_err() {
-                let _ = LB_CONNTRACK.remove(rkey);
-                return Err(AllocError::Full);
-            }
-            return Ok(forward);
+            return Ok((forward, rkey));
         }
         attempt += 1;
     }
     Err(AllocError::SnatExhausted)
+}
+
+/// Writes the forward entry of a flow whose reply entry [`reserve`] inserted at `rkey`;
+/// on failure the reservation is released (`DROP_CONNTRACK_FULL`).
+#[inline(always)]
+pub fn commit(key: &FlowKey, forward: &FlowEntry, rkey: &FlowKey) -> Result<(), AllocError> {
+    if LB_CONNTRACK.insert(key, forward, BPF_ANY as u64).is_err() {
+        let _ = LB_CONNTRACK.remove(rkey);
+        return Err(AllocError::Full);
+    }
+    Ok(())
 }

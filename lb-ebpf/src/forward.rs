@@ -1,5 +1,7 @@
-//! Forwarding of a rewritten packet: `bpf_fib_lookup` on the new addresses, MAC rewrite, TTL
-//! decrement, then `XDP_TX` (egress = ingress) or a redirect through `LB_TX_PORTS`.
+//! Forwarding of a rewritten packet: the next hop ([`resolve`]: the flow's cached one, or
+//! `bpf_fib_lookup` on the new addresses, cached in the conntrack entry), then MAC rewrite,
+//! TTL decrement and `XDP_TX` (egress = ingress) or a redirect through `LB_TX_PORTS`
+//! ([`transmit`]).
 
 use crate::{
     maps::LB_TX_PORTS,
@@ -14,7 +16,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use lb_common::{
-    DROP_FIB_FAILED, FWD_TO_BACKEND, FWD_TO_CLIENT, IPPROTO_TCP, PASS_FIB_NO_NEIGH, PASS_NO_TX_PORT,
+    FlowEntry, DROP_FIB_FAILED, FWD_TO_BACKEND, FWD_TO_CLIENT, IPPROTO_TCP, PASS_FIB_NO_NEIGH,
+    PASS_NO_TX_PORT,
 };
 
 /// `AF_INET`.
@@ -29,28 +32,32 @@ pub enum Direction {
     ToClient,
 }
 
-/// Routes the already rewritten packet and returns its verdict; accounts the frame in the
-/// service's and backend's stats when it leaves (by lb or by the kernel).
-///
-/// Returns `FWD_TO_*` with `XDP_TX`/`XDP_REDIRECT`, `PASS_NO_TX_PORT` (egress not in
-/// `LB_TX_PORTS`, packet untouched beyond the NAT), `PASS_FIB_NO_NEIGH` (TTL untouched) or
-/// `DROP_FIB_FAILED`.
+/// Where the rewritten packet goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum NextHop {
+    /// The entry's `next_hop_*` fields hold a next hop valid for this packet.
+    Ready,
+    /// The route is known but the neighbour is not resolved (`BPF_FIB_LKUP_RET_NO_NEIGH`).
+    NoNeigh,
+    /// No route, forwarding disabled, MTU exceeded, ...
+    Failed,
+}
+
+/// Makes `entry`'s cached next hop valid for the (already rewritten) packet `ip`: kept if it
+/// was validated for a packet at least this long, else looked up with `bpf_fib_lookup` and
+/// stored (or dropped when the lookup fails, so the next packet asks again).
 #[inline(always)]
-pub fn forward(
-    ctx: &XdpContext,
-    eth: &mut EthHdr,
-    ip: &mut Ipv4Hdr,
-    service_id: u32,
-    backend_id: u32,
-    dir: Direction,
-) -> Verdict {
-    let ingress = ctx.ingress_ifindex() as u32;
+pub fn resolve(ctx: &XdpContext, ip: &Ipv4Hdr, entry: &mut FlowEntry) -> NextHop {
+    let tot_len = u16::from_be(ip.tot_len_be);
+    if entry.next_hop_max_len >= tot_len {
+        return NextHop::Ready;
+    }
     // SAFETY: plain-old-data struct of the kernel ABI; all zeroes is a valid request.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
     params.l4_protocol = IPPROTO_TCP;
-    params.__bindgen_anon_1.tot_len = u16::from_be(ip.tot_len_be);
-    params.ifindex = ingress;
+    params.__bindgen_anon_1.tot_len = tot_len;
+    params.ifindex = ctx.ingress_ifindex() as u32;
     params.__bindgen_anon_2.tos = ip.tos;
     params.__bindgen_anon_3.ipv4_src = ip.src_be;
     params.__bindgen_anon_4.ipv4_dst = ip.dst_be;
@@ -63,37 +70,74 @@ pub fn forward(
             0,
         )
     };
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            entry.next_hop_ifindex = params.ifindex;
+            entry.next_hop_dst_mac = params.dmac;
+            entry.next_hop_src_mac = params.smac;
+            entry.next_hop_max_len = tot_len;
+            NextHop::Ready
+        }
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            entry.next_hop_max_len = 0;
+            NextHop::NoNeigh
+        }
+        _ => {
+            entry.next_hop_max_len = 0;
+            NextHop::Failed
+        }
+    }
+}
+
+/// Sends the rewritten packet to `hop` (resolved for `entry`) and returns its verdict;
+/// accounts the frame in the service's and backend's stats when it leaves (by lb or by the
+/// kernel).
+///
+/// Returns `FWD_TO_*` with `XDP_TX`/`XDP_REDIRECT`, `PASS_NO_TX_PORT` (egress not in
+/// `LB_TX_PORTS`, packet untouched beyond the NAT), `PASS_FIB_NO_NEIGH` (TTL untouched) or
+/// `DROP_FIB_FAILED`.
+#[inline(always)]
+pub fn transmit(
+    ctx: &XdpContext,
+    eth: &mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    entry: &FlowEntry,
+    hop: NextHop,
+    dir: Direction,
+) -> Verdict {
     let bytes = frame_len(ctx) as u64;
     let to_backend = dir == Direction::ToBackend;
+    let (service_id, backend_id) = (entry.service_id, entry.backend_id);
+    match hop {
+        NextHop::Ready => {}
+        NextHop::NoNeigh => {
+            stats::forwarded(service_id, backend_id, bytes, to_backend);
+            return Verdict::pass(PASS_FIB_NO_NEIGH);
+        }
+        NextHop::Failed => return Verdict::drop(DROP_FIB_FAILED),
+    }
     let fwd_counter = if to_backend {
         FWD_TO_BACKEND
     } else {
         FWD_TO_CLIENT
     };
-    match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => {
-            let egress = params.ifindex;
-            if egress != ingress && LB_TX_PORTS.get(egress).is_none() {
+    let egress = entry.next_hop_ifindex;
+    let action = if egress == ctx.ingress_ifindex() as u32 {
+        xdp_action::XDP_TX
+    } else {
+        // One devmap lookup: the redirect answers XDP_PASS (the flags' low bits) when the
+        // egress is not a redirect target; the packet is then left as the NAT made it.
+        match LB_TX_PORTS.redirect(egress, u64::from(xdp_action::XDP_PASS)) {
+            Ok(action) => action,
+            Err(_) => {
                 stats::forwarded(service_id, backend_id, bytes, to_backend);
                 return Verdict::pass(PASS_NO_TX_PORT);
             }
-            decrement_ttl(ip);
-            eth.dst = params.dmac;
-            eth.src = params.smac;
-            stats::forwarded(service_id, backend_id, bytes, to_backend);
-            if egress == ingress {
-                return Verdict::new(xdp_action::XDP_TX, fwd_counter);
-            }
-            match LB_TX_PORTS.redirect(egress, 0) {
-                Ok(action) => Verdict::new(action, fwd_counter),
-                // The port vanished between the lookup and the redirect.
-                Err(_) => Verdict::drop(DROP_FIB_FAILED),
-            }
         }
-        BPF_FIB_LKUP_RET_NO_NEIGH => {
-            stats::forwarded(service_id, backend_id, bytes, to_backend);
-            Verdict::pass(PASS_FIB_NO_NEIGH)
-        }
-        _ => Verdict::drop(DROP_FIB_FAILED),
-    }
+    };
+    decrement_ttl(ip);
+    eth.dst = entry.next_hop_dst_mac;
+    eth.src = entry.next_hop_src_mac;
+    stats::forwarded(service_id, backend_id, bytes, to_backend);
+    Verdict::new(action, fwd_counter)
 }

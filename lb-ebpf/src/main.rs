@@ -3,6 +3,11 @@
 //! The entry point is thin: [`try_lb`] decides a [`Verdict`], and the single exit in
 //! [`lb_xdp`] records its counter and returns its action. Modules by concern: [`parse`]
 //! (all pointer arithmetic), [`maps`], [`conntrack`], [`nat`], [`forward`], [`rst`], [`stats`].
+//!
+//! The common case (unfragmented TCP without IP options) starts with one conntrack lookup of
+//! the packet's 5-tuple: a reply entry needs no other hash lookup, a forward entry one more
+//! (the service). Only a miss, or any other packet, consults `LB_VIPS`; the verdicts are those
+//! of the documented order (VIP check first) as long as no SNAT address is also a VIP.
 #![no_std]
 #![no_main]
 
@@ -14,10 +19,8 @@ mod parse;
 mod rst;
 mod stats;
 
-use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext,
-};
-use conntrack::{tcp_key, AllocError};
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use conntrack::{now_ns, tcp_key, AllocError};
 use forward::Direction;
 use lb_common::{
     hash::flow_hash, tcp_flags, BACKEND_F_DOWN, BACKEND_ID_NONE, FLOW_F_REPLY, IPPROTO_TCP,
@@ -48,7 +51,8 @@ pub fn lb_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// Ethernet and IPv4 validation, then the service path or the reply path.
+/// Ethernet and IPv4 validation, then the tracked fast path, the new-flow path, or the
+/// exception paths.
 #[inline(always)]
 fn try_lb(ctx: &XdpContext) -> Result<Verdict, ()> {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
@@ -77,11 +81,18 @@ fn try_lb(ctx: &XdpContext) -> Result<Verdict, ()> {
     {
         return Ok(Verdict::drop(DROP_MALFORMED));
     }
+    if ip.proto == IPPROTO_TCP && hlen == IPV4_HLEN && !ip.is_fragment() {
+        if let Some(tcp) = ptr_at::<TcpHdr>(ctx, ETH_HLEN + IPV4_HLEN) {
+            // SAFETY: bounds-checked by ptr_at, disjoint from the IP header.
+            let tcp = unsafe { &mut *tcp };
+            return lb4_tcp(ctx, eth, ip, tcp, tot_len);
+        }
+    }
     // SAFETY: read-only presence check.
     if unsafe { LB_VIPS.get(ip.dst_be) }.is_some() {
-        lb4_service(ctx, eth, ip, tot_len)
+        Ok(lb4_vip_exception(ip))
     } else {
-        lb4_reply(ctx, eth, ip, hlen, tot_len)
+        lb4_reply_exception(ctx, eth, ip, hlen, tot_len)
     }
 }
 
@@ -92,67 +103,127 @@ fn tcp_header_ok(tcp: &TcpHdr, l4_len: usize) -> bool {
     doff >= TCP_HLEN && doff <= l4_len
 }
 
-/// A packet to a VIP (steps 3-8 of the packet path).
+/// The service of a TCP packet to a VIP: `DROP_MALFORMED_TCP` for a bad data offset,
+/// `PASS_VIP_NO_SERVICE` without a service (the VIP order of checks).
+#[inline(always)]
+fn vip_service(ip: &Ipv4Hdr, tcp: &TcpHdr, tot_len: usize) -> Result<ServiceValue, Verdict> {
+    if !tcp_header_ok(tcp, tot_len - IPV4_HLEN) {
+        return Err(Verdict::drop(DROP_MALFORMED_TCP));
+    }
+    // SAFETY: copy of a map value.
+    match unsafe { LB_SERVICES.get(service_key(ip, tcp)) } {
+        Some(svc) => Ok(*svc),
+        None => Err(Verdict::pass(PASS_VIP_NO_SERVICE)),
+    }
+}
+
+#[inline(always)]
+fn service_key(ip: &Ipv4Hdr, tcp: &TcpHdr) -> ServiceKey {
+    ServiceKey {
+        vip_be: ip.dst_be,
+        port_be: tcp.dst_port_be,
+        proto: IPPROTO_TCP,
+        _pad: 0,
+    }
+}
+
+/// Unfragmented TCP without IP options and with a full TCP header: the conntrack entry of
+/// its 5-tuple decides between the reply path and the service path.
+#[inline(always)]
+fn lb4_tcp(
+    ctx: &XdpContext,
+    eth: &mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    tcp: &mut TcpHdr,
+    tot_len: usize,
+) -> Result<Verdict, ()> {
+    let key = tcp_key(ip.src_be, ip.dst_be, tcp.src_port_be, tcp.dst_port_be);
+    let Some(entry) = LB_CONNTRACK.get_ptr_mut(key) else {
+        // SAFETY: read-only presence check.
+        if unsafe { LB_VIPS.get(ip.dst_be) }.is_none() {
+            return Ok(Verdict::pass(PASS_NOT_SERVICE));
+        }
+        return match vip_service(ip, tcp, tot_len) {
+            Ok(svc) => lb4_service(ctx, eth, ip, tcp, &key, &svc, None),
+            Err(v) => Ok(v),
+        };
+    };
+    // SAFETY: map value pointer; concurrent updates are benign (last writer wins).
+    let entry = unsafe { &mut *entry };
+    if entry.flags & FLOW_F_REPLY != 0 {
+        return lb4_reply(ctx, eth, ip, tcp, entry, IPV4_HLEN, tot_len);
+    }
+    // A forward entry: the 5-tuple was addressed to a VIP. Look the service up first; only
+    // without one does it matter whether the address is (still) a VIP.
+    // SAFETY: copy of a map value.
+    let svc = match unsafe { LB_SERVICES.get(service_key(ip, tcp)) } {
+        Some(svc) => *svc,
+        // SAFETY: read-only presence check.
+        None if unsafe { LB_VIPS.get(ip.dst_be) }.is_some() => {
+            return Ok(match vip_service(ip, tcp, tot_len) {
+                Ok(_) => Verdict::pass(PASS_VIP_NO_SERVICE),
+                Err(v) => v,
+            });
+        }
+        None => return Ok(Verdict::pass(PASS_NOT_SERVICE)),
+    };
+    if !tcp_header_ok(tcp, tot_len - IPV4_HLEN) {
+        return Ok(Verdict::drop(DROP_MALFORMED_TCP));
+    }
+    lb4_service(ctx, eth, ip, tcp, &key, &svc, Some(entry))
+}
+
+/// A VIP packet that cannot be balanced: a fragment, IP options, not TCP, or a truncated TCP
+/// header.
+#[inline(always)]
+fn lb4_vip_exception(ip: &Ipv4Hdr) -> Verdict {
+    if ip.is_fragment() {
+        return Verdict::drop(DROP_VIP_FRAGMENT);
+    }
+    if ip.header_len() != IPV4_HLEN {
+        return Verdict::drop(DROP_VIP_IP_OPTIONS);
+    }
+    if ip.proto != IPPROTO_TCP {
+        return Verdict::pass(PASS_VIP_NON_TCP);
+    }
+    // Only a TCP header that does not fit is left (everything else took `lb4_tcp`).
+    Verdict::drop(DROP_MALFORMED_TCP)
+}
+
+/// A TCP packet to a service (steps 4-8 of the packet path) with a valid header; `tracked` is
+/// its forward conntrack entry if it has one.
 #[inline(always)]
 fn lb4_service(
     ctx: &XdpContext,
     eth: &mut EthHdr,
     ip: &mut Ipv4Hdr,
-    tot_len: usize,
+    tcp: &mut TcpHdr,
+    key: &FlowKey,
+    svc: &ServiceValue,
+    tracked: Option<&mut FlowEntry>,
 ) -> Result<Verdict, ()> {
-    if ip.is_fragment() {
-        return Ok(Verdict::drop(DROP_VIP_FRAGMENT));
-    }
-    if ip.header_len() != IPV4_HLEN {
-        return Ok(Verdict::drop(DROP_VIP_IP_OPTIONS));
-    }
-    if ip.proto != IPPROTO_TCP {
-        return Ok(Verdict::pass(PASS_VIP_NON_TCP));
-    }
-    let Some(tcp) = ptr_at::<TcpHdr>(ctx, ETH_HLEN + IPV4_HLEN) else {
-        return Ok(Verdict::drop(DROP_MALFORMED_TCP));
-    };
-    // SAFETY: bounds-checked by ptr_at, disjoint from the IP header.
-    let tcp = unsafe { &mut *tcp };
-    if !tcp_header_ok(tcp, tot_len - IPV4_HLEN) {
-        return Ok(Verdict::drop(DROP_MALFORMED_TCP));
-    }
-    let svc_key = ServiceKey {
-        vip_be: ip.dst_be,
-        port_be: tcp.dst_port_be,
-        proto: IPPROTO_TCP,
-        _pad: 0,
-    };
-    // SAFETY: copy of a map value.
-    let Some(svc) = (unsafe { LB_SERVICES.get(svc_key) }).copied() else {
-        return Ok(Verdict::pass(PASS_VIP_NO_SERVICE));
-    };
     if ip.ttl <= 1 {
         return Ok(Verdict::pass(PASS_TTL_EXCEEDED));
     }
-    let cfg = *LB_CONFIG.get(0).ok_or(())?;
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let key = tcp_key(ip.src_be, ip.dst_be, tcp.src_port_be, tcp.dst_port_be);
+    let cfg = LB_CONFIG.get(0).ok_or(())?;
+    let now = now_ns();
 
-    if let Some(entry) = LB_CONNTRACK.get_ptr_mut(key) {
-        // SAFETY: map value pointer; concurrent updates are benign (last writer wins).
-        let entry = unsafe { &mut *entry };
-        if entry.flags & FLOW_F_REPLY == 0 && !entry.is_expired(now, &cfg) {
+    if let Some(entry) = tracked {
+        if !entry.is_expired(now, cfg) {
             let usable = match LB_BACKENDS.get(entry.backend_id) {
                 Some(b) => b.addr_be != 0 && b.flags & BACKEND_F_DOWN == 0,
                 None => false,
             };
             if usable {
                 conntrack::touch(entry, tcp.flags, now);
-                let e = *entry;
-                nat::rewrite(ip, tcp, &e);
-                return Ok(forward::forward(
+                nat::rewrite(ip, tcp, entry);
+                let hop = forward::resolve(ctx, ip, entry);
+                return Ok(forward::transmit(
                     ctx,
                     eth,
                     ip,
-                    e.service_id,
-                    e.backend_id,
+                    entry,
+                    hop,
                     Direction::ToBackend,
                 ));
             }
@@ -180,31 +251,74 @@ fn lb4_service(
     if backend_id == BACKEND_ID_NONE {
         return rst::reply_rst(ctx, svc.service_id);
     }
-    let backend = *LB_BACKENDS.get(backend_id).ok_or(())?;
+    let backend = LB_BACKENDS.get(backend_id).ok_or(())?;
     if backend.addr_be == 0 {
         return rst::reply_rst(ctx, svc.service_id);
     }
-    let entry = match conntrack::allocate(&key, &backend, backend_id, svc.service_id, &cfg, now) {
-        Ok(e) => e,
-        Err(AllocError::SnatExhausted) => return Ok(Verdict::drop(DROP_SNAT_EXHAUSTED)),
-        Err(AllocError::Full) => return Ok(Verdict::drop(DROP_CONNTRACK_FULL)),
-    };
+    let (mut entry, rkey) =
+        match conntrack::reserve(key, backend, backend_id, svc.service_id, cfg, now) {
+            Ok(e) => e,
+            Err(AllocError::SnatExhausted) => return Ok(Verdict::drop(DROP_SNAT_EXHAUSTED)),
+            Err(AllocError::Full) => return Ok(Verdict::drop(DROP_CONNTRACK_FULL)),
+        };
+    nat::rewrite(ip, tcp, &entry);
+    // Route before inserting the forward entry, so it is stored with its next hop.
+    let hop = forward::resolve(ctx, ip, &mut entry);
+    if conntrack::commit(key, &entry, &rkey).is_err() {
+        return Ok(Verdict::drop(DROP_CONNTRACK_FULL));
+    }
     stats::count(NEW_FLOW);
     stats::new_flow(svc.service_id, backend_id);
-    nat::rewrite(ip, tcp, &entry);
-    Ok(forward::forward(
+    Ok(forward::transmit(
         ctx,
         eth,
         ip,
-        svc.service_id,
-        backend_id,
+        &entry,
+        hop,
         Direction::ToBackend,
     ))
 }
 
-/// A packet not addressed to a VIP: a reply of a tracked flow (backend -> SNAT), or not ours.
+/// A packet whose 5-tuple has a reply entry (backend -> SNAT address): rewritten to
+/// VIP -> client, or `PASS_NOT_SERVICE` if the entry expired.
 #[inline(always)]
 fn lb4_reply(
+    ctx: &XdpContext,
+    eth: &mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    tcp: &mut TcpHdr,
+    entry: &mut FlowEntry,
+    hlen: usize,
+    tot_len: usize,
+) -> Result<Verdict, ()> {
+    let cfg = LB_CONFIG.get(0).ok_or(())?;
+    let now = now_ns();
+    if entry.flags & FLOW_F_REPLY == 0 || entry.is_expired(now, cfg) {
+        return Ok(Verdict::pass(PASS_NOT_SERVICE));
+    }
+    if !tcp_header_ok(tcp, tot_len - hlen) {
+        return Ok(Verdict::drop(DROP_MALFORMED_TCP));
+    }
+    if ip.ttl <= 1 {
+        return Ok(Verdict::pass(PASS_TTL_EXCEEDED));
+    }
+    conntrack::touch(entry, tcp.flags, now);
+    nat::rewrite(ip, tcp, entry);
+    let hop = forward::resolve(ctx, ip, entry);
+    Ok(forward::transmit(
+        ctx,
+        eth,
+        ip,
+        entry,
+        hop,
+        Direction::ToClient,
+    ))
+}
+
+/// A packet not addressed to a VIP that missed the fast path (IP options, a fragment, not
+/// TCP, a short TCP header): a reply of a tracked flow, or not ours.
+#[inline(always)]
+fn lb4_reply_exception(
     ctx: &XdpContext,
     eth: &mut EthHdr,
     ip: &mut Ipv4Hdr,
@@ -227,34 +341,16 @@ fn lb4_reply(
     };
     // SAFETY: map value pointer; concurrent updates are benign.
     let entry = unsafe { &mut *entry };
-    let cfg = *LB_CONFIG.get(0).ok_or(())?;
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if entry.flags & FLOW_F_REPLY == 0 || entry.is_expired(now, &cfg) {
-        return Ok(Verdict::pass(PASS_NOT_SERVICE));
-    }
     let Some(tcp) = ptr_at::<TcpHdr>(ctx, l4_off) else {
+        let cfg = LB_CONFIG.get(0).ok_or(())?;
+        if entry.flags & FLOW_F_REPLY == 0 || entry.is_expired(now_ns(), cfg) {
+            return Ok(Verdict::pass(PASS_NOT_SERVICE));
+        }
         return Ok(Verdict::drop(DROP_MALFORMED_TCP));
     };
     // SAFETY: bounds-checked by ptr_at, disjoint from the IP header.
     let tcp = unsafe { &mut *tcp };
-    if !tcp_header_ok(tcp, tot_len - hlen) {
-        return Ok(Verdict::drop(DROP_MALFORMED_TCP));
-    }
-    if ip.ttl <= 1 {
-        return Ok(Verdict::pass(PASS_TTL_EXCEEDED));
-    }
-    conntrack::touch(entry, tcp.flags, now);
-    let e = *entry;
-    nat::rewrite(ip, tcp, &e);
-    Ok(forward::forward(
-        ctx,
-        eth,
-        ip,
-        e.service_id,
-        e.backend_id,
-        Direction::ToClient,
-    ))
+    lb4_reply(ctx, eth, ip, tcp, entry, hlen, tot_len)
 }
 
 #[cfg(not(test))]

@@ -884,8 +884,9 @@ fn cases(ifs: &Ifs) -> Vec<Case> {
                 ..base_config()
             })
             .unwrap();
-            // Let the SYN-only flows age past the 1 ns timeout.
-            std::thread::sleep(std::time::Duration::from_millis(2));
+            // Let the SYN-only flows age past the 1 ns timeout on the data plane's coarse
+            // clock (it advances once per scheduler tick: up to 10 ms at HZ=100).
+            std::thread::sleep(std::time::Duration::from_millis(25));
         })
         .check(move |dp| {
             let r = find_entry(dp, &tcp_key(BE2, 9000, SNAT, pe)).ok_or("no reply entry")?;
@@ -1292,7 +1293,8 @@ fn unpinned_attach_native_auto_and_pass_program() {
 //
 // Run: cargo test --release -p lb-tests --test fixtures hot_path_cost -- --ignored --nocapture
 // Env: LB_HOT_FILL=<conntrack entries to pre-fill, default 0>, LB_HOT_ROUNDS=<default 5>,
-// LB_HOT_OBJECT=<path of another lb-ebpf build to load instead of the embedded one>.
+// LB_HOT_OBJECT=<comma-separated paths of lb-ebpf builds to compare instead of the embedded
+// one>, LB_HOT_NOCHECK=1 (skip the counter checks: for scratch builds that cut a path short).
 // ---------------------------------------------------------------------------------------------
 
 /// Runs per test-run call (TTL 255 leaves 254 forwarded runs on one buffer).
@@ -1400,7 +1402,7 @@ fn hot_measure(dp: &mut BpfDataplane, c: &HotCase, calls: u32) -> Result<f64, St
         }
         .map_err(|e| e.to_string())?;
         let after = dp.global_counters().unwrap();
-        if !c.pass_program {
+        if !c.pass_program && std::env::var_os("LB_HOT_NOCHECK").is_none() {
             let mut want = [0u64; NUM_COUNTERS as usize];
             for &(idx, n) in &c.expect {
                 want[idx as usize] += n;
@@ -1418,9 +1420,12 @@ fn hot_measure(dp: &mut BpfDataplane, c: &HotCase, calls: u32) -> Result<f64, St
             }
         }
         if let Some(keys) = chain_keys {
+            let check = std::env::var_os("LB_HOT_NOCHECK").is_none();
             for k in keys {
-                dp.remove_conntrack_entry(&k)
-                    .map_err(|e| format!("{}: chain entry {k:?}: {e}", c.name))?;
+                match dp.remove_conntrack_entry(&k) {
+                    Err(e) if check => return Err(format!("{}: chain entry {k:?}: {e}", c.name)),
+                    _ => {}
+                }
             }
         }
         total_ns += u128::from(r.duration_ns) * u128::from(HOT_REPEAT);
