@@ -200,8 +200,21 @@ pub fn preflight(dir: &std::path::Path) -> Result<(), String> {
     let ncfg = dir.join("nginx-check.conf");
     std::fs::write(&ncfg, nginx_config(&be, dir))
         .map_err(|e| format!("writing {}: {e}", ncfg.display()))?;
+    // `nginx -t` binds the listen address: test in a throw-away namespace holding the VIP.
+    let ns = sys::Netns::create(&format!("lbpf{}", std::process::id() % 100_000))
+        .map_err(|e| format!("creating the preflight namespace: {e}"))?;
+    sys::ip(&[
+        "-n",
+        ns.name(),
+        "addr",
+        "add",
+        &format!("{VIP}/32"),
+        "dev",
+        "lo",
+    ])
+    .map_err(|e| e.to_string())?;
     check(
-        std::process::Command::new("nginx")
+        ns_command(ns.name(), "nginx")
             .arg("-t")
             .arg("-q")
             .arg("-e")

@@ -302,8 +302,30 @@ pub fn run(lab: Result<&mut Lab, String>, scale: Scale) -> (Section, Vec<Target>
         (STREAM, n(Variant::LbNative)),
         (STREAM, n(Variant::Direct)),
     );
-    let limit = "client, balancer and backends share 2 cores: the user-space HTTP server and \
-                 wrk dominate the CPU, so every variant is capped by the same endpoints";
+    let cell = |v: Variant, case: &str, metric: &str| {
+        sec.median(case, v.name(), metric)
+            .map(super::report::fmt_num)
+            .unwrap_or_else(|_| "?".into())
+    };
+    let limit = format!(
+        "client, balancer and backends share 2 cores and the user-space endpoints (wrk, \
+         lb-testsrv) take most of them, so every variant is capped near the direct path \
+         ({} connections/s without a balancer); lb itself: {} SYN retransmissions per 1000 \
+         connections, because a SNAT port reused 1 s after its flow closed lands on a backend \
+         TIME_WAIT socket of another client port, whose timestamp clock differs (per-4-tuple \
+         offsets), and PAWS refuses about half of such SYNs ({} per run at the backends)",
+        cell(Variant::Direct, NEW_CONNS, "connections/s"),
+        cell(
+            Variant::LbNative,
+            NEW_CONNS,
+            "SYN retransmits per 1000 conns"
+        ),
+        cell(
+            Variant::LbNative,
+            NEW_CONNS,
+            "SYNs refused by PAWS at backends"
+        ),
+    );
     let targets = vec![
         Target::new(
             "new conns/s, lb native vs direct",
@@ -311,7 +333,7 @@ pub fn run(lab: Result<&mut Lab, String>, scale: Scale) -> (Section, Vec<Target>
             0.9,
             "x",
             sec.ratios[0].value.clone(),
-            limit,
+            limit.clone(),
         ),
         Target::new(
             "new conns/s, lb native vs HAProxy",
@@ -319,7 +341,7 @@ pub fn run(lab: Result<&mut Lab, String>, scale: Scale) -> (Section, Vec<Target>
             2.0,
             "x",
             sec.ratios[1].value.clone(),
-            limit,
+            limit.clone(),
         ),
         Target::new(
             "new conns/s, lb native vs nftables",
