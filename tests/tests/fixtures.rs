@@ -64,6 +64,41 @@ fn base_config() -> GlobalConfig {
     }
 }
 
+/// MACs the neighbour 10.20.0.99 gets during the next-hop cache cases.
+const NEIGH_MAC_1: Mac = [0x02, 0, 0, 0, 0x02, 0x63];
+const NEIGH_MAC_2: Mac = [0x02, 0, 0, 0, 0x02, 0x64];
+
+fn mac_str(m: Mac) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Sets (or with `None` deletes) the permanent neighbour `addr` on priv0 of the namespace the
+/// calling thread is in (fixture hooks run inside it).
+fn set_neighbour(addr: &str, mac: Option<Mac>) {
+    match mac {
+        Some(m) => lb_tests::fixture::netns::ip(&[
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            &mac_str(m),
+            "nud",
+            "permanent",
+            "dev",
+            "priv0",
+        ]),
+        None => lb_tests::fixture::netns::ip(&["neigh", "del", addr, "dev", "priv0"]),
+    }
+}
+
+/// Sets the MTU of `dev` in the calling thread's namespace.
+fn set_mtu(dev: &str, mtu: u32) {
+    lb_tests::fixture::netns::ip(&["link", "set", dev, "mtu", &mtu.to_string()]);
+}
+
 /// The web service's hand-built Maglev table (backends 1 and 2).
 const WEB_TABLE: [u32; TABLE as usize] = [1, 2, 2, 1, 2, 1, 1, 2, 1, 2, 2, 1, 1];
 
@@ -793,6 +828,124 @@ fn cases(ifs: &Ifs) -> Vec<Case> {
         Some(to_backend(&s86, BE_SIDE, 80, p86, None)),
         &[NEW_FLOW, PASS_NO_TX_PORT],
     ));
+    // --- The next hop cached in the conntrack entry (flow s83, backend 10.20.0.99). ---
+    let ack83 = s83.clone().with_flags(tcp_flags::ACK, b"");
+    let key83 = tcp_key(CLIENT_A, 40003, VIP, 83);
+    v.push(
+        case(
+            "no neighbour is not cached: the flow's next packet asks the FIB again",
+            ack83.build(),
+            pub0,
+            PASS,
+            Some(to_backend(&ack83, BE_NO_NEIGH, 80, p83, None)),
+            &[PASS_FIB_NO_NEIGH],
+        )
+        .check(move |dp| {
+            let e = find_entry(dp, &key83).ok_or("no forward entry")?;
+            if e.next_hop_max_len != 0 {
+                return Err(format!("a failed lookup left a next hop: {e:?}"));
+            }
+            Ok(())
+        }),
+    );
+    let ack83_len = (ack83.build().len() - 14) as u16;
+    v.push(
+        case(
+            "the neighbour appears: forwarded, and the next hop is cached in the entry",
+            ack83.build(),
+            pub0,
+            REDIRECT,
+            Some(to_backend(
+                &ack83,
+                BE_NO_NEIGH,
+                80,
+                p83,
+                Some((PRIV_MAC, NEIGH_MAC_1)),
+            )),
+            &[FWD_TO_BACKEND],
+        )
+        .setup(|_| set_neighbour("10.20.0.99", Some(NEIGH_MAC_1)))
+        .check(move |dp| {
+            let e = find_entry(dp, &key83).ok_or("no forward entry")?;
+            if e.next_hop_max_len != ack83_len
+                || e.next_hop_dst_mac != NEIGH_MAC_1
+                || e.next_hop_src_mac != PRIV_MAC
+                || e.next_hop_ifindex != priv0
+            {
+                return Err(format!("next hop not cached: {e:?}"));
+            }
+            Ok(())
+        }),
+    );
+    v.push(
+        case(
+            "a neighbour change within the refresh interval: the cached MAC is still used",
+            ack83.build(),
+            pub0,
+            REDIRECT,
+            Some(to_backend(
+                &ack83,
+                BE_NO_NEIGH,
+                80,
+                p83,
+                Some((PRIV_MAC, NEIGH_MAC_1)),
+            )),
+            &[FWD_TO_BACKEND],
+        )
+        .setup(|_| set_neighbour("10.20.0.99", Some(NEIGH_MAC_2))),
+    );
+    v.push(
+        case(
+            "after the refresh interval the next hop is re-validated: the new MAC is used",
+            ack83.build(),
+            pub0,
+            REDIRECT,
+            Some(to_backend(
+                &ack83,
+                BE_NO_NEIGH,
+                80,
+                p83,
+                Some((PRIV_MAC, NEIGH_MAC_2)),
+            )),
+            &[FWD_TO_BACKEND],
+        )
+        .setup(move |dp| {
+            // Age the entry past FLOW_TOUCH_INTERVAL_NS instead of sleeping a second.
+            let mut e = find_entry(dp, &key83).expect("forward entry of flow 83");
+            e.last_seen_ns = e.last_seen_ns.saturating_sub(2 * FLOW_TOUCH_INTERVAL_NS);
+            dp.set_conntrack_entry(&key83, &e).unwrap();
+        })
+        .check(move |dp| {
+            let e = find_entry(dp, &key83).ok_or("no forward entry")?;
+            if e.next_hop_dst_mac != NEIGH_MAC_2 || e.next_hop_max_len != ack83_len {
+                return Err(format!("next hop not re-validated: {e:?}"));
+            }
+            Ok(())
+        }),
+    );
+    let big83 = s83
+        .clone()
+        .with_flags(tcp_flags::ACK | tcp_flags::PSH, &[0x55; 200]);
+    v.push(
+        case(
+            "a packet longer than the cached next hop was validated for asks the FIB (MTU)",
+            big83.build(),
+            pub0,
+            DROP,
+            Some(to_backend(&big83, BE_NO_NEIGH, 80, p83, None)),
+            &[DROP_FIB_FAILED],
+        )
+        .setup(|_| set_mtu("priv0", 100))
+        .check(move |dp| {
+            set_mtu("priv0", 1500);
+            set_neighbour("10.20.0.99", None);
+            let e = find_entry(dp, &key83).ok_or("no forward entry")?;
+            if e.next_hop_max_len != 0 {
+                return Err(format!("a failed lookup left a next hop: {e:?}"));
+            }
+            Ok(())
+        }),
+    );
     v.push(case(
         "service whose table lies outside LB_MAGLEV: aborted",
         syn(CLIENT_A, 40007, 87).build(),
