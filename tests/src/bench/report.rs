@@ -292,6 +292,43 @@ impl Report {
         out
     }
 
+    /// Like [`Report::not_measured`], split into what concerns lb (rows of any variant for
+    /// which `is_alternative` is false) and what concerns only the alternatives (their rows,
+    /// and the targets, when every lb row was measured: a target is then missing because of
+    /// its alternative).
+    pub fn not_measured_split(
+        &self,
+        is_alternative: impl Fn(&str) -> bool,
+    ) -> (Vec<String>, Vec<String>) {
+        let (mut lb, mut alt) = (Vec::new(), Vec::new());
+        for sec in &self.sections {
+            for r in &sec.rows {
+                if let Measurement::NotMeasured { reason } = &r.measurement {
+                    let line = format!(
+                        "{}: {} / {} / {}: {reason}",
+                        sec.id, r.case, r.variant, r.metric
+                    );
+                    if is_alternative(&r.variant) {
+                        alt.push(line);
+                    } else {
+                        lb.push(line);
+                    }
+                }
+            }
+        }
+        for t in &self.targets {
+            if let Err(reason) = &t.measured {
+                let line = format!("target {}: {reason}", t.name);
+                if lb.is_empty() {
+                    alt.push(line);
+                } else {
+                    lb.push(line);
+                }
+            }
+        }
+        (lb, alt)
+    }
+
     /// Renders the report as `docs/benchmarks.md`: a generated header, the targets, every
     /// section's table, and `method` (the hand-written method section) at the end.
     pub fn to_markdown(&self, method: &str) -> String {
@@ -407,6 +444,38 @@ mod tests {
         let t = Target::new("x", Goal::Below, 22.9, "ms", Err("no lbd".into()), "");
         assert_eq!(t.met, None);
         assert_eq!(t.verdict(), "not measured: no lbd");
+    }
+
+    #[test]
+    fn missing_rows_split_into_lb_and_alternatives() {
+        let mut sec = Section::new("e2e", "E", "m");
+        sec.push("c", "lb native", "x", Measurement::from_runs(vec![1.0]));
+        sec.push(
+            "c",
+            "HAProxy",
+            "x",
+            Measurement::not_measured("haproxy died"),
+        );
+        let mut report = Report {
+            meta: crate::bench::machine::collect("c", "smoke", 1, "j"),
+            targets: vec![Target::new(
+                "lb vs HAProxy",
+                Goal::AtLeast,
+                2.0,
+                "x",
+                Err("no HAProxy".into()),
+                "",
+            )],
+            sections: vec![sec],
+        };
+        let (lb, alt) = report.not_measured_split(|v| v == "HAProxy");
+        assert!(lb.is_empty(), "{lb:?}");
+        assert_eq!(alt.len(), 2);
+        // A missing lb row makes lb fail, and the targets count against lb too.
+        report.sections[0].push("c", "lb generic", "x", Measurement::not_measured("no XDP"));
+        let (lb, alt) = report.not_measured_split(|v| v == "HAProxy");
+        assert_eq!(lb.len(), 2, "{lb:?}");
+        assert_eq!(alt.len(), 1);
     }
 
     #[test]
