@@ -141,13 +141,25 @@ fn wrk(lab: &Lab, args: &[String]) -> Result<WrkResult, String> {
     Ok(r)
 }
 
+/// The 1-minute load average of the machine (`/proc/loadavg`): other work running next to
+/// the bench shows here.
+fn load_average() -> Result<f64, String> {
+    let text = std::fs::read_to_string("/proc/loadavg")
+        .map_err(|e| format!("reading /proc/loadavg: {e}"))?;
+    text.split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("/proc/loadavg: unexpected {text:?}"))
+}
+
 /// Values of one round, in the order of the section's metric rows.
-type RoundValues = [f64; 7];
+type RoundValues = [f64; 8];
 
 /// One round of one variant: new conns/s, keep-alive req/s, p50 ms, p99 ms, bytes/s, SYN
 /// retransmissions per 1000 new connections (client and balancer stacks), and SYNs the
 /// backends rejected by PAWS against a TIME_WAIT socket, both during the new-connection run.
 fn round(lab: &mut Lab, v: Variant, secs: u64) -> Result<RoundValues, String> {
+    let load = load_average()?;
     let active = alt::up(lab, v, false)?;
     let t = v.target();
     let d = format!("{secs}s");
@@ -188,6 +200,7 @@ fn round(lab: &mut Lab, v: Variant, secs: u64) -> Result<RoundValues, String> {
             st.bytes_per_s,
             syn as f64 * 1000.0 / nc.requests.max(1) as f64,
             paws as f64,
+            load,
         ])
     };
     let r = run();
@@ -228,7 +241,9 @@ pub fn run(lab: Result<&mut Lab, String>, scale: Scale) -> (Section, Vec<Target>
              The two counter rows check that, during the new-connection run: SYN \
              retransmissions of the client and balancer stacks per 1000 completed \
              connections, and SYNs the backends refused by PAWS (`TcpExtTCPSynRetrans`, \
-             `TcpExtPAWSTimewait`). \
+             `TcpExtPAWSTimewait`). The load row is the machine's 1-minute load average \
+             before each round (the bench's own previous round counts in it): a round whose \
+             load stands out shared the 2 cores with other work. \
              Within a run a variant keeps its own TIME_WAIT sockets, as it would in \
              production. Client, balancer and backends share 2 cores. A run with more than 1% \
              failed requests is not counted.",
@@ -244,6 +259,7 @@ pub fn run(lab: Result<&mut Lab, String>, scale: Scale) -> (Section, Vec<Target>
         (STREAM, "MB/s"),
         (NEW_CONNS, "SYN retransmits per 1000 conns"),
         (NEW_CONNS, "SYNs refused by PAWS at backends"),
+        (NEW_CONNS, "machine load (1 min) before the round"),
     ];
     match lab {
         Err(e) => {
