@@ -82,12 +82,14 @@ pub fn run_built(args: &BenchArgs) -> Result<()> {
             .arg(smoke_dir.join("benchmarks.md"));
         println!("[bench] smoke run, output in {}", smoke_dir.display());
     } else {
+        // Relative paths: lb-bench runs in the repository root, and the report then names
+        // its raw data by a path that holds in every checkout.
         let (docs, results) = match &args.out_dir {
             Some(d) => (d.clone(), d.clone()),
-            None => (root().join("docs"), root().join("bench-results")),
+            None => (PathBuf::from("docs"), PathBuf::from("bench-results")),
         };
-        std::fs::create_dir_all(&docs)?;
-        std::fs::create_dir_all(&results)?;
+        std::fs::create_dir_all(root().join(&docs))?;
+        std::fs::create_dir_all(root().join(&results))?;
         let date = Command::new("date")
             .args(["-u", "+%Y%m%d-%H%M%S"])
             .output()
