@@ -1446,6 +1446,7 @@ fn unpinned_attach_native_auto_and_pass_program() {
 //
 // Run: cargo test --release -p lb-tests --test fixtures hot_path_cost -- --ignored --nocapture
 // Env: LB_HOT_FILL=<conntrack entries to pre-fill, default 0>, LB_HOT_ROUNDS=<default 5>,
+// LB_HOT_FLOWS=<conntrack size in flows, default DEFAULT_CONNTRACK_FLOWS>,
 // LB_HOT_OBJECT=<comma-separated paths of lb-ebpf builds to compare instead of the embedded
 // one>, LB_HOT_NOCHECK=1 (skip the counter checks: for scratch builds that cut a path short).
 // ---------------------------------------------------------------------------------------------
@@ -1590,12 +1591,12 @@ fn hot_measure(dp: &mut BpfDataplane, c: &HotCase, calls: u32) -> Result<f64, St
 /// Loads one build of the data plane (`object`; the embedded one when `None`) and installs
 /// the hot-path scenario: the SYN-chain service, `fill` unrelated flows, and the ping-pong
 /// entry pairs.
-fn hot_dataplane(ifs: &Ifs, object: Option<&[u8]>, fill: u32) -> BpfDataplane {
+fn hot_dataplane(ifs: &Ifs, object: Option<&[u8]>, fill: u32, flows: u32) -> BpfDataplane {
     let opts = LoadOptions {
         max_services: 16,
         max_backends: 32,
         maglev_table_size: TABLE,
-        conntrack_flows: DEFAULT_CONNTRACK_FLOWS,
+        conntrack_flows: flows,
         pin_root: None,
     };
     let mut dp = match object {
@@ -1677,6 +1678,7 @@ fn hot_path_cost() {
     require_root();
     let fill = env_number("LB_HOT_FILL", 0) as u32;
     let rounds = env_number("LB_HOT_ROUNDS", 5) as usize;
+    let flows = env_number("LB_HOT_FLOWS", u64::from(DEFAULT_CONNTRACK_FLOWS)) as u32;
     let objects: Vec<(String, Option<Vec<u8>>)> = match std::env::var("LB_HOT_OBJECT") {
         Ok(list) => list
             .split(',')
@@ -1707,7 +1709,7 @@ fn hot_path_cost() {
     ns.run_inside(move || {
         let mut dps: Vec<BpfDataplane> = objects
             .iter()
-            .map(|(_, obj)| hot_dataplane(&ifs, obj.as_deref(), fill))
+            .map(|(_, obj)| hot_dataplane(&ifs, obj.as_deref(), fill, flows))
             .collect();
         let ack = |src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16| {
             let mut f = TcpFrame::syn(ROUTER_MAC, PUB_MAC, src, sport, dst, dport)
@@ -1785,7 +1787,7 @@ fn hot_path_cost() {
             }
         }
         println!(
-            "hot path: ns per run, conntrack pre-filled with {fill} entries, {rounds} rounds x \
+            "hot path: ns per run, conntrack of {flows} flows pre-filled with {fill} entries, {rounds} rounds x \
              {HOT_CALLS} calls x repeat {HOT_REPEAT} (new flow: {} calls), interleaved",
             HOT_CALLS / 4
         );
