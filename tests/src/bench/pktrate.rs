@@ -196,8 +196,9 @@ pub fn run(lab: Option<&mut Lab>, scale: Scale) -> (Section, Vec<Target>) {
              never exhausts them) and no health checks; the kernel conntrack table of the \
              balancer is flushed before every round of every variant; nftables is `numgen \
              random` DNAT + masquerade. Everything \
-             (generator, balancer, backends' counters) shares the machine's 2 cores, so the \
-             generator's own cost is in every variant alike. {} rounds, interleaved.",
+             (generator, balancer, backends' counters) shares the machine's 2 cores, so a \
+             balancer whose work competes with the generator also slows the generator down \
+             (its rate per variant is in the note below). {} rounds, interleaved.",
             budget.as_secs(),
             scale.rounds()
         ),
@@ -211,7 +212,7 @@ pub fn run(lab: Option<&mut Lab>, scale: Scale) -> (Section, Vec<Target>) {
                 Measurement::not_measured("the lab could not be built (see the e2e section)"),
             );
         }
-        return finish(sec, None);
+        return finish(sec, (None, None));
     };
     let setup = (|| -> Result<Prog, String> {
         let dst_mac = mac_of(lab.balancer_ns(), "pub0")?;
@@ -238,7 +239,7 @@ pub fn run(lab: Option<&mut Lab>, scale: Scale) -> (Section, Vec<Target>) {
             for v in VARIANTS {
                 sec.push(CASE, v.name(), METRIC, Measurement::not_measured(e.clone()));
             }
-            return finish(sec, None);
+            return finish(sec, (None, None));
         }
     };
     let frame = [0u8; SYN_FRAME_LEN];
@@ -270,16 +271,19 @@ pub fn run(lab: Option<&mut Lab>, scale: Scale) -> (Section, Vec<Target>) {
             parts.join(", ")
         ));
     }
-    let lb_gen = VARIANTS
-        .iter()
-        .position(|v| *v == Variant::LbNative)
-        .and_then(|i| gen_medians[i]);
-    finish(sec, lb_gen)
+    let gen_of = |want: Variant| {
+        VARIANTS
+            .iter()
+            .position(|v| *v == want)
+            .and_then(|i| gen_medians[i])
+    };
+    let gens = (gen_of(Variant::LbNative), gen_of(Variant::Nftables));
+    finish(sec, gens)
 }
 
-/// Ratios and the target; `generated` is the generator's median rate while lb native was
-/// up, if measured.
-fn finish(mut sec: Section, generated: Option<f64>) -> (Section, Vec<Target>) {
+/// Ratios and the target; `generated` holds the generator's median rates while lb native and
+/// while nftables were up, if measured.
+fn finish(mut sec: Section, generated: (Option<f64>, Option<f64>)) -> (Section, Vec<Target>) {
     let nat = Variant::Nftables.name();
     sec.add_ratio(
         "lb native / nftables",
@@ -305,7 +309,7 @@ fn finish(mut sec: Section, generated: Option<f64>) -> (Section, Vec<Target>) {
 }
 
 /// What limits the packet-rate comparison, from the measured rates.
-fn pktrate_limit(sec: &Section, generated: Option<f64>) -> String {
+fn pktrate_limit(sec: &Section, generated: (Option<f64>, Option<f64>)) -> String {
     let lb = sec.median(CASE, Variant::LbNative.name(), METRIC).ok();
     let nft = sec.median(CASE, Variant::Nftables.name(), METRIC).ok();
     let fmt = super::report::fmt_num;
@@ -313,7 +317,7 @@ fn pktrate_limit(sec: &Section, generated: Option<f64>) -> String {
         "generator, balancer and backend counters share the 2 cores; nftables pays a kernel \
          conntrack entry and NAT binding per SYN",
     );
-    if let (Some(lb), Some(g)) = (lb, generated) {
+    if let (Some(lb), Some(g)) = (lb, generated.0) {
         s.push_str(&format!(
             "; lb native forwarded {} frames/s while the generator managed {}",
             fmt(lb),
@@ -325,8 +329,12 @@ fn pktrate_limit(sec: &Section, generated: Option<f64>) -> String {
             );
         }
     }
-    if let Some(n) = nft {
-        s.push_str(&format!(" (nftables: {})", fmt(n)));
+    if let (Some(n), Some(g)) = (nft, generated.1) {
+        s.push_str(&format!(
+            "; nftables forwarded {} frames/s while the generator managed {}",
+            fmt(n),
+            fmt(g)
+        ));
     }
     s
 }
