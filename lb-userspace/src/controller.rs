@@ -17,7 +17,7 @@
 //!   nothing.
 
 use crate::config::{CheckKind, Config, ConfigError, ServiceConfig};
-use crate::dataplane::{ConntrackSweep, Dataplane, DataplaneError};
+use crate::dataplane::{ConntrackSweep, ConntrackSweeper, Dataplane, DataplaneError};
 use crate::maglev::{self, MaglevBackend};
 use crate::model::{
     is_usable, service_key, BackendState, Health, HealthTracker, ServiceState, Transition,
@@ -715,17 +715,39 @@ impl<D: Dataplane> Controller<D> {
     }
 
     /// Sweeps conntrack, records live flows per service/backend, and clears retired backends
-    /// that have no live flow left.
+    /// that have no live flow left. The daemon splits this into [`Self::begin_sweep`], the walk
+    /// (without the controller lock) and [`Self::finish_sweep`].
     pub fn sweep(&mut self, now_ns: u64) -> Result<ConntrackSweep, ControllerError> {
-        let sweep = self.dp.sweep_conntrack(now_ns, &self.global)?;
+        let (mut sweeper, cfg, generation) = self.begin_sweep()?;
+        let sweep = sweeper.sweep(now_ns, &cfg)?;
+        self.finish_sweep(sweep.clone(), generation)?;
+        Ok(sweep)
+    }
+
+    /// Starts a sweep: a conntrack handle to walk, the settings to judge expiry by, and the
+    /// generation to hand to [`Self::finish_sweep`]. A backend retired after this call is
+    /// stamped with that generation, so this sweep (whose walk may have missed its newest
+    /// flows) never clears it; the next one may.
+    pub fn begin_sweep(
+        &mut self,
+    ) -> Result<(Box<dyn ConntrackSweeper>, GlobalConfig, u64), ControllerError> {
+        let sweeper = self.dp.conntrack_sweeper()?;
         self.sweep_generation += 1;
+        Ok((sweeper, self.global, self.sweep_generation))
+    }
+
+    /// Applies the result of a walk started by [`Self::begin_sweep`] with `generation`.
+    pub fn finish_sweep(
+        &mut self,
+        sweep: ConntrackSweep,
+        generation: u64,
+    ) -> Result<(), ControllerError> {
         for svc in &mut self.services {
             svc.active_flows = sweep.flows_by_service.get(&svc.id).copied().unwrap_or(0);
             for b in &mut svc.backends {
                 b.active_flows = sweep.flows_by_backend.get(&b.id).copied().unwrap_or(0);
             }
         }
-        let generation = self.sweep_generation;
         let mut keep = Vec::new();
         for r in std::mem::take(&mut self.retired) {
             let live = sweep.flows_by_backend.get(&r.id).copied().unwrap_or(0);
@@ -738,8 +760,8 @@ impl<D: Dataplane> Controller<D> {
             }
         }
         self.retired = keep;
-        self.last_sweep = Some(sweep.clone());
-        Ok(sweep)
+        self.last_sweep = Some(sweep);
+        Ok(())
     }
 
     /// Current live VIPs (for tests and status).
@@ -1025,6 +1047,28 @@ services:
         ctl.sweep(0).unwrap();
         assert!(!dp.state().backends.contains_key(&id2));
         assert!(ctl.retired().is_empty());
+    }
+
+    #[test]
+    fn backend_retired_during_a_walk_outlives_that_sweep() {
+        let (mut ctl, dp) = start(BASE);
+        let id2 = id_of(&ctl, "web", "10.1.2.2:8080");
+        // The walk starts (off-lock in the daemon) and sees no flow of b2 yet...
+        let (mut sweeper, cfg, generation) = ctl.begin_sweep().unwrap();
+        let walked = sweeper.sweep(0, &cfg).unwrap();
+        // ...while b2 is removed and gets flows the walk could not see.
+        let mut c = ctl.config().clone();
+        c.services[0].backends.remove(1);
+        ctl.apply(c).unwrap();
+        ctl.finish_sweep(walked, generation).unwrap();
+        assert!(
+            dp.state().backends.contains_key(&id2),
+            "a sweep that began before the removal must not clear the backend"
+        );
+        assert_eq!(ctl.retired().len(), 1);
+        // The next full sweep sees no live flow and releases it.
+        ctl.sweep(0).unwrap();
+        assert!(!dp.state().backends.contains_key(&id2));
     }
 
     #[test]

@@ -299,7 +299,15 @@ where
                 let d = d.clone();
                 let _ = tokio::task::spawn_blocking(move || {
                     let started = Instant::now();
-                    match d.controller().sweep(monotonic_ns()) {
+                    // The walk runs without the controller lock: health transitions and API
+                    // calls are not held up by a large conntrack table.
+                    let begun = d.controller().begin_sweep();
+                    let result = begun.and_then(|(mut sweeper, cfg, generation)| {
+                        let sweep = sweeper.sweep(monotonic_ns(), &cfg)?;
+                        d.controller().finish_sweep(sweep.clone(), generation)?;
+                        Ok(sweep)
+                    });
+                    match result {
                         Ok(s) => tracing::debug!(
                             entries = s.entries,
                             expired_removed = s.expired_removed,

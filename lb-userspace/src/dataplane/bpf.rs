@@ -7,11 +7,14 @@
 //! while no `lbd` runs.
 
 use super::{
-    AttachedMode, ConntrackSweep, Dataplane, DataplaneError, LoadOptions, Result, XdpMode,
-    EBPF_OBJECT,
+    AttachedMode, ConntrackSweep, ConntrackSweeper, Dataplane, DataplaneError, LoadOptions, Result,
+    XdpMode, EBPF_OBJECT,
 };
 use aya::{
-    maps::{Array, DevMapHash, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{
+        Array, DevMapHash, HashMap as BpfHashMap, IterableMap, Map, MapData, PerCpuArray,
+        PerCpuValues,
+    },
     programs::{
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
@@ -745,6 +748,60 @@ fn partner_key(e: &FlowEntry) -> FlowKey {
     }
 }
 
+/// Walks `LB_CONNTRACK` through its own fd (see [`Dataplane::conntrack_sweeper`]).
+struct BpfConntrackSweeper {
+    map: BpfHashMap<MapData, FlowKey, FlowEntry>,
+}
+
+impl ConntrackSweeper for BpfConntrackSweeper {
+    fn sweep(&mut self, now_ns: u64, cfg: &GlobalConfig) -> Result<ConntrackSweep> {
+        // One pass to snapshot (key -> expired?) plus live forward flows.
+        let mut expired: HashMap<FlowKey, bool> = HashMap::new();
+        let mut sweep = ConntrackSweep::default();
+        for item in self.map.iter() {
+            let (k, e) = match item {
+                Ok(kv) => kv,
+                // Entries can vanish under iteration (LRU eviction, XDP): skip them.
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(MAP_CONNTRACK)(e)),
+            };
+            let dead = e.is_expired(now_ns, cfg);
+            if !dead && e.flags & FLOW_F_REPLY == 0 {
+                *sweep.flows_by_backend.entry(e.backend_id).or_default() += 1;
+                *sweep.flows_by_service.entry(e.service_id).or_default() += 1;
+            }
+            expired.insert(k, dead);
+        }
+        let mut doomed = Vec::new();
+        for (k, dead) in &expired {
+            if !*dead {
+                continue;
+            }
+            // Needs the entry again for its partner key; a vanished entry needs no delete.
+            let Ok(e) = self.map.get(k, 0) else {
+                continue;
+            };
+            let partner_dead = expired.get(&partner_key(&e)).copied().unwrap_or(true);
+            if partner_dead {
+                doomed.push(*k);
+            }
+        }
+        for k in doomed {
+            // Re-check right before deleting: the data plane may have refreshed it meanwhile.
+            match self.map.get(&k, 0) {
+                Ok(e) if e.is_expired(now_ns, cfg) => match self.map.remove(&k) {
+                    Ok(()) => sweep.expired_removed += 1,
+                    Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_err(MAP_CONNTRACK)(e)),
+                },
+                _ => {}
+            }
+        }
+        sweep.entries = expired.len() as u64 - sweep.expired_removed;
+        Ok(sweep)
+    }
+}
+
 impl Dataplane for BpfDataplane {
     fn set_global_config(&mut self, cfg: &GlobalConfig) -> Result<()> {
         self.config.set(0, cfg, 0).map_err(map_err(MAP_CONFIG))
@@ -908,51 +965,22 @@ impl Dataplane for BpfDataplane {
         Ok(())
     }
 
-    fn sweep_conntrack(&mut self, now_ns: u64, cfg: &GlobalConfig) -> Result<ConntrackSweep> {
-        // One pass to snapshot (key -> expired?) plus live forward flows.
-        let mut expired: HashMap<FlowKey, bool> = HashMap::new();
-        let mut sweep = ConntrackSweep::default();
-        for item in self.conntrack.iter() {
-            let (k, e) = match item {
-                Ok(kv) => kv,
-                // Entries can vanish under iteration (LRU eviction, XDP): skip them.
-                Err(aya::maps::MapError::KeyNotFound) => continue,
-                Err(e) => return Err(map_err(MAP_CONNTRACK)(e)),
-            };
-            let dead = e.is_expired(now_ns, cfg);
-            if !dead && e.flags & FLOW_F_REPLY == 0 {
-                *sweep.flows_by_backend.entry(e.backend_id).or_default() += 1;
-                *sweep.flows_by_service.entry(e.service_id).or_default() += 1;
-            }
-            expired.insert(k, dead);
-        }
-        let mut doomed = Vec::new();
-        for (k, dead) in &expired {
-            if !*dead {
-                continue;
-            }
-            // Needs the entry again for its partner key; a vanished entry needs no delete.
-            let Ok(e) = self.conntrack.get(k, 0) else {
-                continue;
-            };
-            let partner_dead = expired.get(&partner_key(&e)).copied().unwrap_or(true);
-            if partner_dead {
-                doomed.push(*k);
-            }
-        }
-        for k in doomed {
-            // Re-check right before deleting: the data plane may have refreshed it meanwhile.
-            match self.conntrack.get(&k, 0) {
-                Ok(e) if e.is_expired(now_ns, cfg) => match self.conntrack.remove(&k) {
-                    Ok(()) => sweep.expired_removed += 1,
-                    Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(e) => return Err(map_err(MAP_CONNTRACK)(e)),
-                },
-                _ => {}
-            }
-        }
-        sweep.entries = expired.len() as u64 - sweep.expired_removed;
-        Ok(sweep)
+    fn conntrack_sweeper(&self) -> Result<Box<dyn ConntrackSweeper>> {
+        // A second fd on the same kernel map: the sweeper owns its handle and can walk the
+        // map on another thread while this data plane keeps serving writes.
+        let fd = self
+            .conntrack
+            .map()
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| DataplaneError::Map {
+                map: MAP_CONNTRACK,
+                source,
+            })?;
+        let data = MapData::from_fd(fd).map_err(map_err(MAP_CONNTRACK))?;
+        let map = BpfHashMap::try_from(Map::LruHashMap(data)).map_err(map_err(MAP_CONNTRACK))?;
+        Ok(Box::new(BpfConntrackSweeper { map }))
     }
 
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {

@@ -5,7 +5,7 @@
 //! (make-before-break). Clones share state, so a test can keep a handle while the controller
 //! owns another; a "restart" is simulated by building a new controller over a clone.
 
-use super::{ConntrackSweep, Dataplane, DataplaneError, Result};
+use super::{ConntrackSweep, ConntrackSweeper, Dataplane, DataplaneError, Result};
 use lb_common::{
     BackendValue, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue, NUM_COUNTERS,
 };
@@ -229,18 +229,10 @@ impl Dataplane for FakeDataplane {
         Ok(())
     }
 
-    fn sweep_conntrack(&mut self, _now_ns: u64, _cfg: &GlobalConfig) -> Result<ConntrackSweep> {
-        let s = self.state();
-        let mut sweep = ConntrackSweep::default();
-        for (&backend, &(service, flows)) in &s.live_flows {
-            if flows == 0 {
-                continue;
-            }
-            *sweep.flows_by_backend.entry(backend).or_insert(0) += flows;
-            *sweep.flows_by_service.entry(service).or_insert(0) += flows;
-            sweep.entries += 2 * flows;
-        }
-        Ok(sweep)
+    fn conntrack_sweeper(&self) -> Result<Box<dyn ConntrackSweeper>> {
+        Ok(Box::new(FakeSweeper {
+            state: self.state.clone(),
+        }))
     }
 
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
@@ -263,5 +255,26 @@ impl Dataplane for FakeDataplane {
 
     fn vips(&self) -> Result<Vec<(u32, VipValue)>> {
         Ok(self.state().vips.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+}
+
+/// The fake's sweeper: reports [`FakeState::live_flows`].
+struct FakeSweeper {
+    state: Arc<Mutex<FakeState>>,
+}
+
+impl ConntrackSweeper for FakeSweeper {
+    fn sweep(&mut self, _now_ns: u64, _cfg: &GlobalConfig) -> Result<ConntrackSweep> {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sweep = ConntrackSweep::default();
+        for (&backend, &(service, flows)) in &s.live_flows {
+            if flows == 0 {
+                continue;
+            }
+            *sweep.flows_by_backend.entry(backend).or_insert(0) += flows;
+            *sweep.flows_by_service.entry(service).or_insert(0) += flows;
+            sweep.entries += 2 * flows;
+        }
+        Ok(sweep)
     }
 }

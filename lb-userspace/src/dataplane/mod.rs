@@ -48,6 +48,13 @@ pub struct ConntrackSweep {
     pub entries: u64,
 }
 
+/// Walks the conntrack map: deletes flows whose both entries expired (as of `now_ns`, on the
+/// data plane's clock) and counts the live ones. See [`Dataplane::conntrack_sweeper`].
+pub trait ConntrackSweeper: Send {
+    /// One full pass over the map.
+    fn sweep(&mut self, now_ns: u64, cfg: &GlobalConfig) -> Result<ConntrackSweep>;
+}
+
 /// Typed access to lb's BPF maps. Every write is a single map update, so the data plane sees
 /// either the old or the new value, never a mix; ordering for make-before-break is the
 /// caller's job (write backends, then Maglev table, then the service entry that points to it).
@@ -85,7 +92,12 @@ pub trait Dataplane: Send + 'static {
     fn reset_stats(&mut self, service_id: Option<u32>, backend_id: Option<u32>) -> Result<()>;
     /// Walks conntrack: deletes flows whose both entries expired (as of `now_ns`, the
     /// `CLOCK_MONOTONIC` time that `bpf_ktime_get_ns` uses) and counts the live ones.
-    fn sweep_conntrack(&mut self, now_ns: u64, cfg: &GlobalConfig) -> Result<ConntrackSweep>;
+    fn sweep_conntrack(&mut self, now_ns: u64, cfg: &GlobalConfig) -> Result<ConntrackSweep> {
+        self.conntrack_sweeper()?.sweep(now_ns, cfg)
+    }
+    /// A handle on the conntrack map of its own, so a sweep (seconds for millions of
+    /// entries) runs without borrowing the data plane and holds up no other map write.
+    fn conntrack_sweeper(&self) -> Result<Box<dyn ConntrackSweeper>>;
 
     /// Current services, for re-adoption after a restart.
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>>;
