@@ -244,9 +244,11 @@ fn lab_namespaces(lab: &Lab) -> Vec<String> {
 /// backends from the balancer's own address (`10.1.<i>.1:<ephemeral>`), so one variant's
 /// connections leave TIME_WAIT sockets on the backends that the next variant's SYNs meet on
 /// the same 4-tuple. Their TCP timestamps come from a different clock (the client's for
-/// nftables, the balancer's for the proxies), so about half of those SYNs fail the PAWS check
-/// (`TcpExtPAWSTimewait` on the backends) and are retransmitted after 1 s: measured, nftables
-/// fell from 6.4k to 0.4k new connections/s in the rounds after a proxy had run.
+/// nftables, the balancer's for the proxies; Linux offsets timestamps per 4-tuple), so about
+/// half of those SYNs fail the PAWS check (`TcpExtPAWSTimewait` on the backends) and are
+/// retransmitted, through nftables often after 1 s (the retry picks a new random backend that
+/// refuses it again): measured, nftables fell from 6.4k to 0.4k new connections/s in the
+/// rounds after a proxy had run.
 pub fn reset_host_state(lab: &Lab) -> Result<(), String> {
     sys::ns_run(lab.balancer_ns(), "conntrack", &["-F"])
         .map_err(|e| format!("flushing the balancer's conntrack: {e}"))?;
