@@ -1,8 +1,8 @@
 //! Global counter indices of [`crate::MAP_STATS`]: one per verdict reason.
 //!
-//! Every packet the XDP program sees increments exactly one verdict counter (all but the two
-//! event counters [`CT_BACKEND_DOWN`] and [`NEW_FLOW`], which count events on top of the
-//! verdict), plus, when it belongs to a service, that service's and backend's
+//! Every packet the XDP program sees increments exactly one verdict counter (all but the three
+//! event counters [`CT_BACKEND_DOWN`], [`CT_SYN_REUSE`] and [`NEW_FLOW`], which count events on
+//! top of the verdict), plus, when it belongs to a service, that service's and backend's
 //! [`crate::FlowStats`]. The name in [`COUNTER_NAMES`] is the `reason` label of the
 //! `lb_packets_total` metric.
 
@@ -58,9 +58,12 @@ pub const CT_BACKEND_DOWN: u32 = 19;
 pub const NEW_FLOW: u32 = 20;
 /// Internal error (a map lookup that cannot fail did): `XDP_ABORTED`.
 pub const ABORTED: u32 = 21;
+/// A SYN hit a tracked flow that was established or closing (event): a new connection
+/// reusing the client's port. Its old entries are released and it is balanced as a new flow.
+pub const CT_SYN_REUSE: u32 = 22;
 
 /// Number of global counters.
-pub const NUM_COUNTERS: u32 = 22;
+pub const NUM_COUNTERS: u32 = 23;
 
 /// Metric label of each counter, indexed by counter index.
 pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
@@ -86,6 +89,7 @@ pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
     "ct_backend_down",
     "new_flow",
     "aborted",
+    "ct_syn_reuse",
 ];
 
 #[cfg(test)]

@@ -208,8 +208,17 @@ fn lb4_service(
     let cfg = LB_CONFIG.get(0).ok_or(())?;
     let now = now_ns();
 
+    let new_syn = tcp.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
     if let Some(entry) = tracked {
-        if !entry.is_expired(now, cfg) {
+        // A SYN on a flow that got past its handshake or is closing is a new connection that
+        // reuses the client's port (the old one is in the client's TIME_WAIT or gone): it is
+        // balanced afresh, so drained and removed backends get no new connections and the
+        // backend sees a fresh SNAT port. A SYN on a SYN-only entry is a retransmission.
+        let reused = new_syn && entry.flags & (FLOW_F_ESTABLISHED | FLOW_F_CLOSING) != 0;
+        if reused {
+            stats::count(CT_SYN_REUSE);
+            conntrack::release(entry);
+        } else if !entry.is_expired(now, cfg) {
             let usable = match LB_BACKENDS.get(entry.backend_id) {
                 Some(b) => b.addr_be != 0 && b.flags & BACKEND_F_DOWN == 0,
                 None => false,
@@ -233,7 +242,7 @@ fn lb4_service(
     }
 
     // A new flow: only a SYN without ACK may create one.
-    if tcp.flags & (tcp_flags::SYN | tcp_flags::ACK) != tcp_flags::SYN {
+    if !new_syn {
         return Ok(Verdict::drop(DROP_NO_CONNTRACK));
     }
     if svc.flags & SERVICE_F_NO_BACKEND != 0 || svc.table_size == 0 {

@@ -27,7 +27,7 @@ pub fn render(snap: &StatsSnapshot) -> String {
         &mut out,
         "lb_packets_total",
         "counter",
-        "Packets seen by the XDP program, by verdict reason (events ct_backend_down and new_flow count on top).",
+        "Packets seen by the XDP program, by verdict reason (events ct_backend_down, ct_syn_reuse and new_flow count on top).",
     );
     for (reason, v) in &snap.counters {
         let _ = writeln!(out, "lb_packets_total{{reason=\"{}\"}} {v}", esc(reason));

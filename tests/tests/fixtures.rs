@@ -592,6 +592,14 @@ fn cases(ifs: &Ifs) -> Vec<Case> {
             Ok(())
         }),
     );
+    v.push(case(
+        "a retransmitted SYN (flow still SYN-only) keeps its backend and SNAT port",
+        good.clone(),
+        pub0,
+        REDIRECT,
+        Some(to_backend(&web_syn, be_addr, BE_PORT, port_a, fwd_macs)),
+        &[FWD_TO_BACKEND],
+    ));
     v.push(
         case(
             "web ACK of the same flow -> same backend and port",
@@ -741,7 +749,9 @@ fn cases(ifs: &Ifs) -> Vec<Case> {
         }),
     );
     v.push(case(
-        format!("backend down: the client's SYN is re-balanced to backend {other}"),
+        format!(
+            "a SYN reusing the port of a closed flow is a new connection: re-balanced to {other}"
+        ),
         good.clone(),
         pub0,
         REDIRECT,
@@ -752,7 +762,7 @@ fn cases(ifs: &Ifs) -> Vec<Case> {
             port_a,
             Some((PRIV_MAC, other_mac)),
         )),
-        &[CT_BACKEND_DOWN, NEW_FLOW, FWD_TO_BACKEND],
+        &[CT_SYN_REUSE, NEW_FLOW, FWD_TO_BACKEND],
     ));
 
     // --- Refusals. ---

@@ -702,7 +702,10 @@ backends    4 (3 up, 1 not up)
         );
         assert!(got.contains("\npass_non_ip          0      0\n"), "\n{got}");
         assert!(
-            got.ends_with("\naborted              0      0\nfrom_the_future      1      -\n"),
+            got.ends_with(
+                "\naborted              0      0\nct_syn_reuse         0      0\n\
+                 from_the_future      1      -\n"
+            ),
             "\n{got}"
         );
         // Index order, not alphabetical.
