@@ -430,6 +430,15 @@ impl Config {
                     ),
                 ));
             }
+            if self.snat.addresses.contains(&svc.vip) {
+                return Err(ConfigError::new(
+                    format!("{p}.vip"),
+                    format!(
+                        "{} is also a SNAT address (snat.addresses); a VIP must differ from every SNAT address, or replies to the SNAT address would be taken for service traffic",
+                        svc.vip
+                    ),
+                ));
+            }
             let needed = svc.backends.len() as u64 * 100;
             if needed > u64::from(self.limits.maglev_table_size) {
                 return Err(ConfigError::new(
