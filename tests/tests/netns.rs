@@ -457,7 +457,8 @@ fn failover(mode: Mode) {
     let recovering = tally(&attempts, t_restart, t_back);
     assert!(
         !recovering.contains_key("error"),
-        "failures while b2 recovered: {recovering:?}"
+        "failures while b2 recovered: {recovering:?}: {:?}",
+        failures(&attempts)
     );
     eprintln!("failover ({mode:?}): window {window:?}, after {after:?}, rejoined {rejoined:?}");
 }
