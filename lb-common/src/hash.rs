@@ -46,7 +46,20 @@ pub fn flow_hash(
 /// choice.
 pub const SNAT_SEED_XOR: u32 = 0x9e37_79b9;
 
-/// The `attempt`-th SNAT port candidate (host order) for a flow whose SNAT hash is `h`,
+/// Where a flow's SNAT port search starts: a per-client-address offset plus the client's
+/// port. For one client address, distinct client ports start at distinct SNAT ports (within
+/// the range's span), so a SNAT port is taken over by another of that client's connections
+/// only when the client itself reuses its port, which its own TIME_WAIT discipline governs.
+/// A hash of the whole 4-tuple would instead hand a just-closed SNAT port to an unrelated
+/// connection, whose SYN then meets the backend's TIME_WAIT socket of the old one (with a
+/// different timestamp clock: PAWS drops it and the client retransmits).
+#[inline(always)]
+pub fn snat_port_base(src_addr_be: u32, src_port_be: u16, seed: u32) -> u32 {
+    flow_hash(src_addr_be, 0, 0, 0, seed).wrapping_add(u16::from_be(src_port_be) as u32)
+}
+
+/// The `attempt`-th SNAT port candidate (host order) for a flow whose search base is `h`
+/// ([`snat_port_base`]),
 /// within the inclusive range `[min, max]`. Returns `min` when the range is empty or inverted.
 #[inline(always)]
 pub fn snat_port_candidate(h: u32, attempt: u32, min: u16, max: u16) -> u16 {
@@ -84,6 +97,23 @@ mod tests {
         for c in counts {
             assert!((9500..10500).contains(&c), "uneven spread: {counts:?}");
         }
+    }
+
+    #[test]
+    fn one_client_distinct_ports_start_at_distinct_snat_ports() {
+        let mut seen = std::collections::HashSet::new();
+        for port in 32768u16..60999 {
+            let base = snat_port_base(0x0a00_0002, port.to_be(), 7);
+            assert!(
+                seen.insert(snat_port_candidate(base, 0, 1024, 32767)),
+                "port {port}"
+            );
+        }
+        // The same client port always starts at the same SNAT port.
+        assert_eq!(
+            snat_port_base(0x0a00_0002, 40000u16.to_be(), 7),
+            snat_port_base(0x0a00_0002, 40000u16.to_be(), 7)
+        );
     }
 
     #[test]

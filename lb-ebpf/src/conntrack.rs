@@ -11,7 +11,7 @@ use aya_ebpf::{
     helpers::generated::bpf_ktime_get_coarse_ns,
 };
 use lb_common::{
-    hash::{flow_hash, snat_port_candidate, SNAT_SEED_XOR},
+    hash::{flow_hash, snat_port_base, snat_port_candidate, SNAT_SEED_XOR},
     tcp_flags, BackendValue, FlowEntry, FlowKey, GlobalConfig, FLOW_F_CLOSING, FLOW_F_ESTABLISHED,
     FLOW_F_REPLY, FLOW_TOUCH_INTERVAL_NS, IPPROTO_TCP, MAX_SNAT_ADDRS, SNAT_PORT_ATTEMPTS,
 };
@@ -155,9 +155,15 @@ pub fn reserve(
         flags: FLOW_F_REPLY,
         ..FlowEntry::default()
     };
+    let port_base = snat_port_base(
+        key.src_addr_be,
+        key.src_port_be,
+        cfg.hash_seed ^ SNAT_SEED_XOR,
+    );
     let mut attempt = 0;
     while attempt < SNAT_PORT_ATTEMPTS {
-        let port_be = snat_port_candidate(h, attempt, cfg.snat_port_min, cfg.snat_port_max).to_be();
+        let port_be =
+            snat_port_candidate(port_base, attempt, cfg.snat_port_min, cfg.snat_port_max).to_be();
         let rkey = tcp_key(backend.addr_be, snat_addr, backend.port_be, port_be);
         let reserved = match LB_CONNTRACK.insert(rkey, reply, BPF_NOEXIST as u64) {
             Ok(()) => true,

@@ -8,7 +8,7 @@
 //! -- --test-threads=1`.
 
 use lb::dataplane::{bpf::BpfDataplane, Dataplane, LoadOptions};
-use lb_common::hash::{flow_hash, snat_port_candidate, SNAT_SEED_XOR};
+use lb_common::hash::{flow_hash, snat_port_base, snat_port_candidate, SNAT_SEED_XOR};
 use lb_common::*;
 use lb_tests::fixture::frame::{arp_request, ipv6_syn, Mac, TcpFrame};
 use lb_tests::fixture::netns::FixtureNetns;
@@ -111,15 +111,9 @@ fn maglev_pick(table: &[u32], src: Ipv4Addr, sport: u16, dport: u16) -> u32 {
     table[(h % TABLE) as usize]
 }
 
-fn snat_candidate(src: Ipv4Addr, sport: u16, dport: u16, attempt: u32, min: u16, max: u16) -> u16 {
-    let h = flow_hash(
-        be(src),
-        be(VIP),
-        sport.to_be(),
-        dport.to_be(),
-        SEED ^ SNAT_SEED_XOR,
-    );
-    snat_port_candidate(h, attempt, min, max)
+fn snat_candidate(src: Ipv4Addr, sport: u16, _dport: u16, attempt: u32, min: u16, max: u16) -> u16 {
+    let base = snat_port_base(be(src), sport.to_be(), SEED ^ SNAT_SEED_XOR);
+    snat_port_candidate(base, attempt, min, max)
 }
 
 fn backend_of(id: u32) -> (Ipv4Addr, Mac) {
@@ -1501,7 +1495,12 @@ fn syn_chain(src: Ipv4Addr, sport: u16, n: u32) -> Option<Vec<FlowKey>> {
             SEED ^ SNAT_SEED_XOR,
         );
         let na = chain_snat(h % CHAIN_SNAT_COUNT);
-        let np = snat_port_candidate(h, 0, CHAIN_PORT_MIN, CHAIN_PORT_MAX);
+        let np = snat_port_candidate(
+            snat_port_base(be(a), p.to_be(), SEED ^ SNAT_SEED_XOR),
+            0,
+            CHAIN_PORT_MIN,
+            CHAIN_PORT_MAX,
+        );
         keys.push(tcp_key(a, p, VIP, CHAIN_PORT));
         keys.push(tcp_key(VIP, CHAIN_PORT, na, np));
         if !seen.insert((na, np)) {
