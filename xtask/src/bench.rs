@@ -2,7 +2,7 @@
 //!
 //! Installs the bench-only Debian packages, builds everything, and runs the `lb-bench` binary
 //! (`tests/src/bin/lb-bench.rs`), which measures and writes:
-//! - full run: `docs/benchmarks.md` and `bench-results/<date>-<commit>.json` (about 15-20
+//! - full run: `docs/benchmarks.md` and `docs/bench-results/<date>-<commit>.json` (about 15-20
 //!   minutes on 2 cores);
 //! - `--smoke`: every section with tiny counts into a temp dir (seconds; never touches
 //!   `docs/`). `cargo xtask test` runs it as its last tier.
@@ -26,7 +26,7 @@ pub struct BenchArgs {
     /// Run only these sections (comma separated: xdp_cost, pktrate, e2e, control, memory).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
-    /// Directory for the outputs instead of docs/ and bench-results/ (or the smoke temp dir).
+    /// Directory for the outputs instead of docs/ and docs/bench-results/ (or the smoke temp dir).
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
 }
@@ -86,7 +86,7 @@ pub fn run_built(args: &BenchArgs) -> Result<()> {
         // its raw data by a path that holds in every checkout.
         let (docs, results) = match &args.out_dir {
             Some(d) => (d.clone(), d.clone()),
-            None => (PathBuf::from("docs"), PathBuf::from("bench-results")),
+            None => (PathBuf::from("docs"), PathBuf::from("docs/bench-results")),
         };
         std::fs::create_dir_all(root().join(&docs))?;
         std::fs::create_dir_all(root().join(&results))?;

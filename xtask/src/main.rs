@@ -35,7 +35,7 @@ enum Command {
     /// The guided tour: a lab with a client, the balancer and three backends; narrates
     /// spreading, failover, recovery and a drain with live numbers, then removes everything.
     Demo(demo::DemoArgs),
-    /// Benchmarks: writes docs/benchmarks.md and bench-results/*.json (`--smoke`: seconds, temp dir).
+    /// Benchmarks: writes docs/benchmarks.md and docs/bench-results/*.json (`--smoke`: seconds, temp dir).
     Bench(bench::BenchArgs),
 }
 

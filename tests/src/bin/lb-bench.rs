@@ -1,7 +1,7 @@
 //! `lb-bench`: runs lb's benchmarks and writes the raw JSON and the Markdown report.
 //!
 //! Normally started by `cargo xtask bench` (full run, writes `docs/benchmarks.md` and
-//! `bench-results/<date>-<commit>.json`) or `cargo xtask bench --smoke` (seconds, temp dir).
+//! `docs/bench-results/<date>-<commit>.json`) or `cargo xtask bench --smoke` (seconds, temp dir).
 //! Needs root: it loads XDP programs and builds network namespaces.
 
 use anyhow::{bail, Context, Result};
