@@ -335,10 +335,9 @@ pub fn run(lab: Result<&mut Lab, String>, scale: Scale) -> (Section, Vec<Target>
     let lb_cost = if lb_retrans >= 0.5 {
         format!(
             "; lb itself: {} SYN retransmissions per 1000 connections and {} PAWS refusals \
-             per run at the backends: a SNAT port reused after its flow's 1 s closing timeout \
-             can land on a backend TIME_WAIT socket left by another client port, whose \
-             timestamp clock differs (per-4-tuple offsets), and PAWS refuses about half of \
-             such SYNs (each costs a challenge ACK, a reset and a retry)",
+             per run at the backends: a SYN whose SNAT 4-tuple still has a TIME_WAIT socket \
+             on the backend from an earlier connection with another timestamp clock is refused \
+             by PAWS (a challenge ACK, a reset and a retry)",
             cell(
                 Variant::LbNative,
                 NEW_CONNS,
