@@ -1,5 +1,5 @@
 //! Test harnesses.
 
+pub mod bench;
 pub mod fixture;
 pub mod lab;
-pub mod bench;

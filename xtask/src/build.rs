@@ -7,7 +7,10 @@ use std::process::Command;
 
 /// The workspace root (xtask lives one level below it).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_path_buf()
 }
 
 /// Where the eBPF object lands; `lb-userspace/build.rs` embeds it from here.
@@ -30,7 +33,15 @@ pub fn ebpf() -> Result<()> {
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
             .env("CARGO_TARGET_DIR", root.join("target"))
-            .args(["+nightly", "build", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"]),
+            .args([
+                "+nightly",
+                "build",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+            ]),
     )?;
     println!("[build] eBPF object at {}", ebpf_object().display());
     Ok(())
@@ -40,5 +51,10 @@ pub fn ebpf() -> Result<()> {
 pub fn all() -> Result<()> {
     ebpf()?;
     println!("[build] user space (release)");
-    run_cmd(Command::new("cargo").current_dir(root()).args(["build", "--release", "--workspace", "--bins"]))
+    run_cmd(Command::new("cargo").current_dir(root()).args([
+        "build",
+        "--release",
+        "--workspace",
+        "--bins",
+    ]))
 }

@@ -21,13 +21,25 @@ pub fn run(args: TestArgs) -> Result<()> {
     setup::run()?;
     build::all()?;
     let cargo_test = |extra: &[&str]| -> Result<()> {
-        run_cmd(Command::new("cargo").current_dir(root()).args(["test", "--release"]).args(extra))
+        run_cmd(
+            Command::new("cargo")
+                .current_dir(root())
+                .args(["test", "--release"])
+                .args(extra),
+        )
     };
     tier("host unit tests");
     cargo_test(&["--workspace", "--exclude", "lb-tests"])?;
     cargo_test(&["-p", "lb-tests", "--lib", "--bins"])?;
     tier("packet fixtures (BPF_PROG_TEST_RUN)");
-    cargo_test(&["-p", "lb-tests", "--test", "fixtures", "--", "--test-threads=1"])?;
+    cargo_test(&[
+        "-p",
+        "lb-tests",
+        "--test",
+        "fixtures",
+        "--",
+        "--test-threads=1",
+    ])?;
     if !args.skip_netns {
         tier("network-namespace scenarios");
         cargo_test(&["-p", "lb-tests", "--test", "netns"])?;

@@ -65,7 +65,9 @@ pub fn ip(args: &[&str]) -> Result<String> {
 /// could not pin its maps).
 pub fn ns_command(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(program);
+    cmd.arg(format!("--net=/run/netns/{ns}"))
+        .arg("--")
+        .arg(program);
     cmd
 }
 
