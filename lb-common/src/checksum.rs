@@ -67,15 +67,19 @@ mod tests {
         !csum_fold(sum)
     }
 
-    #[test]
-    fn replace_matches_full_recompute() {
-        let mut seed = 0x1234_5678u32;
-        let mut next = || {
+    /// A deterministic pseudo-random u32 stream (xorshift32) for the randomized tests.
+    fn xorshift(mut seed: u32) -> impl FnMut() -> u32 {
+        move || {
             seed ^= seed << 13;
             seed ^= seed >> 17;
             seed ^= seed << 5;
             seed
-        };
+        }
+    }
+
+    #[test]
+    fn replace_matches_full_recompute() {
+        let mut next = xorshift(0x1234_5678u32);
         for _ in 0..10_000 {
             let mut words: [u16; 10] = core::array::from_fn(|_| next() as u16);
             let check = full(&words);
@@ -101,13 +105,7 @@ mod tests {
 
     #[test]
     fn accumulated_deltas_match_full_recompute() {
-        let mut seed = 0x9e37_79b9u32;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            seed
-        };
+        let mut next = xorshift(0x9e37_79b9u32);
         for _ in 0..10_000 {
             let mut words: [u16; 12] = core::array::from_fn(|_| next() as u16);
             let check = full(&words);

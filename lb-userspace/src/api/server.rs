@@ -115,6 +115,17 @@ fn unknown_service(config: &Config, name: &str) -> String {
     }
 }
 
+/// The service named `name`, or the "no service named" error listing the known ones.
+fn service_mut<'a>(
+    config: &'a mut Config,
+    name: &str,
+) -> Result<&'a mut crate::config::ServiceConfig, String> {
+    match config.services.iter().position(|s| s.name == name) {
+        Some(i) => Ok(&mut config.services[i]),
+        None => Err(unknown_service(config, name)),
+    }
+}
+
 /// Applies `edit` to a copy of the running configuration, then applies the copy.
 fn mutate<D: Dataplane>(
     daemon: &Daemon<D>,
@@ -133,12 +144,7 @@ fn edit_backend(
     address: SocketAddrV4,
     f: impl FnOnce(&mut crate::config::BackendConfig) -> String,
 ) -> Result<String, String> {
-    let msg = unknown_service(config, service);
-    let svc = config
-        .services
-        .iter_mut()
-        .find(|s| s.name == service)
-        .ok_or(msg)?;
+    let svc = service_mut(config, service)?;
     let b = svc
         .backends
         .iter_mut()
@@ -213,18 +219,16 @@ pub fn handle<D: Dataplane>(daemon: &Daemon<D>, req: Request) -> Response {
             Ok(msg)
         }),
         Request::ServiceRemove { name } => mutate(daemon, |c| {
-            let msg = unknown_service(c, &name);
-            let i = c.services.iter().position(|s| s.name == name).ok_or(msg)?;
+            let i = c
+                .services
+                .iter()
+                .position(|s| s.name == name)
+                .ok_or_else(|| unknown_service(c, &name))?;
             c.services.remove(i);
             Ok(format!("removed service {name}"))
         }),
         Request::BackendAdd { service, backend } => mutate(daemon, |c| {
-            let msg = unknown_service(c, &service);
-            let svc = c
-                .services
-                .iter_mut()
-                .find(|s| s.name == service)
-                .ok_or(msg)?;
+            let svc = service_mut(c, &service)?;
             if svc.backends.iter().any(|b| b.address == backend.address) {
                 return Err(format!(
                     "service \"{service}\" already has backend {}; use backend set-weight/drain to change it",
@@ -236,12 +240,7 @@ pub fn handle<D: Dataplane>(daemon: &Daemon<D>, req: Request) -> Response {
             Ok(msg)
         }),
         Request::BackendRemove { service, address } => mutate(daemon, |c| {
-            let msg = unknown_service(c, &service);
-            let svc = c
-                .services
-                .iter_mut()
-                .find(|s| s.name == service)
-                .ok_or(msg)?;
+            let svc = service_mut(c, &service)?;
             let i = svc
                 .backends
                 .iter()
