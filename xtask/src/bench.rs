@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: lb's benchmarks.
 //!
-//! Installs the bench-only Debian packages, builds everything, and runs the `lb-bench` binary
+//! Installs the base and bench Debian packages (`setup::run` with both sets), builds
+//! everything, and runs the `lb-bench` binary
 //! (`tests/src/bin/lb-bench.rs`), which measures and writes:
 //! - full run: `docs/benchmarks.md` and `docs/bench-results/<date>-<commit>.json` (about 15-20
 //!   minutes on 2 cores);
@@ -12,11 +13,6 @@ use crate::setup::{self, run_cmd};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::process::Command;
-
-/// Debian packages the bench needs on top of `setup::BENCH_PACKAGES`: nginx-light builds its
-/// stream module as a separate package; `conntrack` flushes the balancer's kernel conntrack
-/// table between variants (a SYN flood through nftables fills it for minutes).
-const BENCH_EXTRA_PACKAGES: &[&str] = &["libnginx-mod-stream", "conntrack"];
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -31,9 +27,9 @@ pub struct BenchArgs {
     pub out_dir: Option<PathBuf>,
 }
 
-/// `cargo xtask bench`: set-up and build, then [`run_built`].
+/// `cargo xtask bench`: set-up (base and bench packages) and build, then [`run_built`].
 pub fn run(args: BenchArgs) -> Result<()> {
-    setup::run()?;
+    setup::run(setup::sets(true))?;
     build::all()?;
     run_built(&args)
 }
@@ -49,10 +45,8 @@ fn git(args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Installs the bench packages and runs the already built `lb-bench`.
+/// Runs the already built `lb-bench` (the caller ran `setup::run` with the bench set).
 pub fn run_built(args: &BenchArgs) -> Result<()> {
-    setup::install_packages(setup::BENCH_PACKAGES)?;
-    setup::install_packages(BENCH_EXTRA_PACKAGES)?;
     let commit = git(&["describe", "--always", "--dirty"]).unwrap_or_else(|| "unknown".into());
     let bin = root().join("target/release/lb-bench");
     // Verify what was installed: every compared balancer must start with the bench's

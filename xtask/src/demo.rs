@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: the guided tour in a network-namespace lab.
 //!
-//! Prepares the machine (`setup::run`), builds everything (`build::all`, which also builds the
-//! lb-tests binaries `lb-demo` and `lb-testsrv`), then runs `target/release/lb-demo` on
+//! Prepares the machine (`setup::run` with the base set: the lab needs nothing of the bench's),
+//! builds everything (`build::all`, which also builds the lb-tests binaries `lb-demo` and
+//! `lb-testsrv`), then runs `target/release/lb-demo` on
 //! `config/demo.yaml`. lb-demo narrates traffic spreading, a failure, a recovery and a drain,
 //! and removes everything it created at the end or on Ctrl-C.
 
@@ -24,7 +25,7 @@ pub struct DemoArgs {
 /// Runs the demo.
 pub fn run(args: DemoArgs) -> Result<()> {
     if !args.no_build {
-        setup::run()?;
+        setup::run(setup::sets(false))?;
         build::all()?;
     }
     let root = root();

@@ -8,7 +8,8 @@ use std::process::Command;
 
 #[derive(clap::Args)]
 pub struct TestArgs {
-    /// Skip the network-namespace tier (quick local iteration only; CI runs everything).
+    /// Skip the network-namespace tier and the bench smoke, and so the bench's packages (quick
+    /// local iteration only; CI runs everything).
     #[arg(long)]
     pub skip_netns: bool,
 }
@@ -18,7 +19,9 @@ fn tier(name: &str) {
 }
 
 pub fn run(args: TestArgs) -> Result<()> {
-    setup::run()?;
+    // The bench's packages too, before building: the last tier (bench smoke) needs them, and
+    // a package that cannot be installed fails here, not after every other tier ran.
+    setup::run(setup::sets(!args.skip_netns))?;
     build::all()?;
     let cargo_test = |extra: &[&str]| -> Result<()> {
         run_cmd(

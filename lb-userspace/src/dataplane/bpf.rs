@@ -420,7 +420,7 @@ impl BpfDataplane {
         })?;
         if !is_bpffs(&dir) {
             return Err(other(format!(
-                "{} is not on a bpffs mount; mount one (`mount -t bpf bpf {}`, or `cargo xtask setup`) or set `bpffs_root` to a directory under one",
+                "{} is not on a bpffs mount; mount one (`mount -t bpf bpf {}`, or `cargo xtask setup`, which mounts {BPFFS_DEFAULT}) or set `bpffs_root` to a directory under one",
                 dir.display(),
                 if opts.pin_root.is_some() { parent.display().to_string() } else { BPFFS_DEFAULT.to_string() }
             )));
