@@ -10,7 +10,7 @@
 //! every Debian install (its allow-list), so this list stays complete.
 
 use anyhow::{bail, Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// Which command installs a package.
@@ -314,37 +314,74 @@ fn install_packages(pkgs: &[&Package]) -> Result<()> {
 /// namespace). An existing policy-rc.d is left as it is (Debian's container images ship
 /// one that forbids everything already).
 struct NoServiceStart {
-    created: bool,
+    /// The policy-rc.d this guard created (and removes), if it created one.
+    created: Option<PathBuf>,
+    /// The SIGINT and SIGTERM dispositions to restore (`SIG_ERR`: none changed).
+    previous: [libc::sighandler_t; 2],
 }
 
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 impl NoServiceStart {
     fn new() -> Result<Self> {
-        if Path::new(POLICY_RC_D).exists() {
-            return Ok(Self { created: false });
+        Self::at(Path::new(POLICY_RC_D))
+    }
+
+    fn at(path: &Path) -> Result<Self> {
+        if path.exists() {
+            return Ok(Self {
+                created: None,
+                previous: [libc::SIG_ERR; 2],
+            });
         }
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o755)
-            .open(POLICY_RC_D)
-            .with_context(|| format!("creating {POLICY_RC_D}"))?;
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?;
         f.write_all(
             b"#!/bin/sh\n# Written by lb's `cargo xtask setup` for the duration of its apt-get \
-              install (and removed after it):\n# the packages it installs start no service.\nexit 101\n",
+              install, so the packages it installs start no service.\n# setup removes it \
+              afterwards; if it is still here, setup was killed: delete this file.\nexit 101\n",
         )
-        .with_context(|| format!("writing {POLICY_RC_D}"))?;
-        Ok(Self { created: true })
+        .with_context(|| format!("writing {}", path.display()))?;
+        // Executable whatever the umask: invoke-rc.d runs it only when it is.
+        f.set_permissions(std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("making {} executable", path.display()))?;
+        // Ctrl-C (or SIGTERM) reaches apt-get, which stops; this process must live on to
+        // remove the file. A handler (unlike SIG_IGN) is not inherited across exec, so
+        // apt-get keeps the default reaction.
+        extern "C" fn keep_running(_: libc::c_int) {}
+        let handler = keep_running as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // SAFETY: installs a handler that does nothing, which is async-signal-safe.
+        let previous = unsafe {
+            [
+                libc::signal(libc::SIGINT, handler),
+                libc::signal(libc::SIGTERM, handler),
+            ]
+        };
+        Ok(Self {
+            created: Some(path.to_path_buf()),
+            previous,
+        })
     }
 }
 
 impl Drop for NoServiceStart {
     fn drop(&mut self) {
-        if self.created {
-            let _ = std::fs::remove_file(POLICY_RC_D);
+        if let Some(path) = &self.created {
+            let _ = std::fs::remove_file(path);
+        }
+        for (sig, prev) in [libc::SIGINT, libc::SIGTERM].into_iter().zip(self.previous) {
+            if prev != libc::SIG_ERR {
+                // SAFETY: restores the disposition `signal` returned before.
+                unsafe {
+                    libc::signal(sig, prev);
+                }
+            }
         }
     }
 }
@@ -555,6 +592,38 @@ mod tests {
         if program_found("dpkg-query") {
             assert!(package_installed("dpkg"));
         }
+    }
+
+    #[test]
+    fn policy_rc_d_forbids_starts_while_it_lives_and_an_existing_one_is_kept() {
+        let dir = std::env::temp_dir().join(format!("lb-xtask-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("policy-rc.d");
+        {
+            let _guard = NoServiceStart::at(&path).unwrap();
+            // invoke-rc.d and deb-systemd-invoke run it; 101 means "forbidden".
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o111, 0o111, "policy-rc.d must be executable");
+            let status = Command::new("sh")
+                .arg(&path)
+                .args(["nginx", "start"])
+                .status()
+                .unwrap();
+            assert_eq!(status.code(), Some(101));
+        }
+        assert!(
+            !path.exists(),
+            "the guard removes the policy-rc.d it created"
+        );
+        std::fs::write(&path, "#!/bin/sh\nexit 0\n").unwrap();
+        drop(NoServiceStart::at(&path).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "#!/bin/sh\nexit 0\n",
+            "an existing policy-rc.d is neither replaced nor removed"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
