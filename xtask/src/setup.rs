@@ -585,6 +585,42 @@ mod tests {
         assert_eq!(before, names.len(), "a package is listed twice");
     }
 
+    /// The package table of docs/operations.md, generated from [`PACKAGES`].
+    fn package_table_markdown() -> String {
+        let mut t = String::from(
+            "| Debian package | set | programs lb runs from it | why |\n|---|---|---|---|\n",
+        );
+        for p in PACKAGES {
+            let set = match p.set {
+                Set::Base => "base",
+                Set::Bench => "bench",
+            };
+            let mut programs: Vec<String> = p.programs.iter().map(|x| format!("`{x}`")).collect();
+            if programs.is_empty() {
+                programs.push("none (a library)".into());
+            }
+            t.push_str(&format!(
+                "| `{}` | {set} | {} | {} |\n",
+                p.name,
+                programs.join(", "),
+                p.why
+            ));
+        }
+        t
+    }
+
+    #[test]
+    fn operations_doc_lists_every_package() {
+        let path = crate::build::root().join("docs/operations.md");
+        let doc = std::fs::read_to_string(&path).unwrap();
+        let table = package_table_markdown();
+        assert!(
+            doc.contains(&table),
+            "{} does not hold setup::PACKAGES as a table; replace its package table with:\n\n{table}",
+            path.display()
+        );
+    }
+
     #[test]
     fn a_package_that_does_not_exist_is_not_installed() {
         // What `--check` relies on to say `missing` (and, on Debian, `present`).
