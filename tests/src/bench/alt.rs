@@ -138,13 +138,15 @@ pub fn nginx_config(backends: &[SocketAddrV4], dir: &std::path::Path) -> String 
 }
 
 /// The programs the comparison runs, each with the Debian package that provides it.
-pub const TOOLS: [(&str, &str); 6] = [
+pub const TOOLS: [(&str, &str); 7] = [
     ("nft", "nftables"),
     ("haproxy", "haproxy"),
     ("nginx", "nginx-light"),
     ("wrk", "wrk"),
     ("conntrack", "conntrack"),
     ("ss", "iproute2"),
+    // The memory section reads map sizes with `bpftool map show`.
+    ("bpftool", "bpftool"),
 ];
 
 fn on_path(program: &str) -> bool {
