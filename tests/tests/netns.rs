@@ -93,6 +93,7 @@ both_modes!(
     restart_without_loss,
     reload,
     bad_traffic,
+    path_mtu,
 );
 
 /// 0. The lab itself (no lbd): the balancer reaches every backend, the client reaches none
@@ -919,4 +920,96 @@ fn demo_fast_mode() {
         !leftovers.iter().any(|n: &String| n.starts_with("lbdemo")),
         "demo namespaces left behind: {leftovers:?}"
     );
+}
+
+/// Path MTU discovery through lb: the balancer's end of one link has MTU 1400 while every
+/// host has 1500, so full-sized segments do not fit and lb answers them with ICMP
+/// fragmentation needed (from the VIP to the client, from the SNAT address to the backend).
+/// A 10 MB upload (client segments too big for `bk1`) and a 10 MB download (backend segments
+/// too big for `pub0`) complete with the right SHA-256 / length, `tx_icmp_frag_needed` rose,
+/// and the sender's route cache learned MTU 1400 toward lb's address (so the transfer went
+/// through path MTU discovery, not some fallback). Native mode relies on the lab's
+/// `lb_xdp_pass` on the host ends: without it the veth never delivers lb's `XDP_TX` answers.
+fn path_mtu(mode: Mode) {
+    let _serial = exclusive();
+    const LEN: u64 = 10 * 1024 * 1024;
+    const HOP_MTU: u32 = 1400;
+    for (what, up) in [("upload", true), ("download", false)] {
+        let mut opts = LabOptions::new(1, mode);
+        if up {
+            opts.backend_link_mtu = Some(HOP_MTU);
+        } else {
+            opts.pub0_mtu = Some(HOP_MTU);
+        }
+        let mut l = Lab::new(opts).unwrap_or_else(|e| panic!("building the lab: {e}"));
+        let cfg = l.default_config();
+        l.start_lbd(&cfg)
+            .unwrap_or_else(|e| panic!("starting lbd: {e}"));
+        // The sender of the big segments and the address it sends them to.
+        let (sender_ns, toward) = if up {
+            (l.client_ns().to_string(), VIP.to_string())
+        } else {
+            (l.backend_ns(1).to_string(), SNAT_ADDR.to_string())
+        };
+        let route = || {
+            lb_tests::lab::sys::ns_run(&sender_ns, "ip", &["route", "get", &toward])
+                .unwrap_or_else(|e| panic!("ip route get {toward}: {e}"))
+        };
+        let before = route();
+        assert!(
+            !before.contains("mtu"),
+            "{what}: a path MTU is cached before the transfer: {before}"
+        );
+        let (len, sha) = l
+            .in_client(move || async move {
+                let mut conn = HttpConn::connect(vip_addr(), PROBE_TIMEOUT).await?;
+                let timeout = Duration::from_secs(20);
+                if up {
+                    let r = tokio::time::timeout(timeout, conn.post_pattern("/sha256", LEN))
+                        .await
+                        .map_err(|_| lb_tests::lab::LabError::Timeout("10 MB upload".into()))??;
+                    assert_eq!(r.status, 200);
+                    Ok((LEN, r.text()))
+                } else {
+                    let (status, len, sha) = tokio::time::timeout(
+                        timeout,
+                        conn.get_hashed(&format!("/bulk?bytes={LEN}"), |_| {}),
+                    )
+                    .await
+                    .map_err(|_| lb_tests::lab::LabError::Timeout("10 MB download".into()))??;
+                    assert_eq!(status, 200);
+                    Ok((len, sha))
+                }
+            })
+            .unwrap_or_else(|e| panic!("10 MB {what} with a {HOP_MTU}-byte hop: {e}"));
+        assert_eq!(len, LEN, "{what} length");
+        assert_eq!(sha, pattern_sha256(LEN), "{what} SHA-256");
+        let after = route();
+        assert!(
+            after.contains(&format!("mtu {HOP_MTU}")),
+            "{what}: the sender did not learn the path MTU toward {toward}: {after}"
+        );
+        // lbd samples the counters every second.
+        let counters = lb_tests::lab::sys::wait_for(
+            "tx_icmp_frag_needed > 0 in lbctl stats",
+            Duration::from_secs(5),
+            Duration::from_millis(200),
+            || {
+                let c = l.lbd().unwrap().counters().ok()?;
+                (c.get("tx_icmp_frag_needed").copied().unwrap_or(0) > 0).then_some(c)
+            },
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "{what}: no fragmentation-needed answer counted: {e}: {:?}",
+                l.lbd().unwrap().counters()
+            )
+        });
+        let fwd = if up {
+            "fwd_to_backend"
+        } else {
+            "fwd_to_client"
+        };
+        assert!(counters[fwd] > 0, "{what}: {counters:?}");
+    }
 }

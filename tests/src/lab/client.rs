@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-fn enter_netns(path: &Path) -> Result<()> {
+/// Moves the calling thread into the network namespace at `path` (`setns`; other threads
+/// are unaffected).
+pub(crate) fn enter_netns(path: &Path) -> Result<()> {
     let f =
         std::fs::File::open(path).map_err(LabError::io(format!("opening {}", path.display())))?;
     // SAFETY: setns on a valid namespace fd; it changes only this thread's namespace.

@@ -3,13 +3,14 @@
 //! Drop order (also on panic): backend servers, then lbd (`lbd --unload` detaches XDP and
 //! removes the pins), then the namespaces, then the temp dir and the bpffs directory.
 
-use super::client::{run_in_netns, spawn_in_netns};
+use super::client::{enter_netns, run_in_netns, spawn_in_netns};
 use super::lbd::{release_binary, BackendSpec, HealthSpec, Lbd, LbdConfig, ServiceSpec};
 use super::sys::{self, ip, ns_command, ns_run, Netns, Proc, TempDir};
 use super::{
     backend_addr, backend_ip, backend_name, balancer_private_ip, LabError, Result, SNAT_ADDR, VIP,
     VIP_PORT,
 };
+use lb::dataplane::{bpf::BpfDataplane, LoadOptions, XdpMode};
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -45,6 +46,12 @@ pub struct LabOptions {
     pub mode: Mode,
     /// Name prefix; unique per lab (default [`sys::unique_prefix`]).
     pub prefix: Option<String>,
+    /// MTU of the balancer's end of the client link (`pub0`; `c0` keeps 1500), so packets
+    /// from the backends do not fit toward the client (path MTU discovery through lb).
+    pub pub0_mtu: Option<u32>,
+    /// MTU of the balancer's end of every backend link (`bk<i>`; `e0` keeps 1500), so
+    /// packets from the client do not fit toward the backends.
+    pub backend_link_mtu: Option<u32>,
 }
 
 impl LabOptions {
@@ -54,6 +61,8 @@ impl LabOptions {
             backends,
             mode,
             prefix: None,
+            pub0_mtu: None,
+            backend_link_mtu: None,
         }
     }
 }
@@ -70,6 +79,9 @@ pub struct Lab {
     mode: Mode,
     backends: Vec<Backend>,
     lbd: Option<Lbd>,
+    /// Native mode: `lb_xdp_pass` on the host ends (`c0`, every `e0`), see
+    /// [`attach_host_xdp_pass`]; detached when dropped.
+    host_xdp: Option<BpfDataplane>,
     client: Netns,
     balancer: Netns,
     tmp: TempDir,
@@ -99,12 +111,33 @@ impl Lab {
             mode: opts.mode,
             backends: Vec::new(),
             lbd: None,
+            host_xdp: None,
             client,
             balancer,
             tmp,
             testsrv_bin,
         };
         lab.wire(opts.backends)?;
+        let lb = lab.balancer.name().to_string();
+        if let Some(mtu) = opts.pub0_mtu {
+            ip(&["-n", &lb, "link", "set", "pub0", "mtu", &mtu.to_string()])?;
+        }
+        if let Some(mtu) = opts.backend_link_mtu {
+            for i in 1..=opts.backends {
+                ip(&[
+                    "-n",
+                    &lb,
+                    "link",
+                    "set",
+                    &format!("bk{i}"),
+                    "mtu",
+                    &mtu.to_string(),
+                ])?;
+            }
+        }
+        if opts.mode == Mode::Native {
+            lab.host_xdp = Some(lab.attach_host_xdp_pass()?);
+        }
         for i in 1..=opts.backends {
             lab.start_backend(i)?;
         }
@@ -200,6 +233,49 @@ impl Lab {
         );
         sys::run_with_input(ns_command(&lb, "nft").args(["-f", "-"]), &rules)?;
         Ok(())
+    }
+
+    /// Native mode: attaches `lb_xdp_pass` (native) to the host end of every link (`c0` and
+    /// each `e0`). A veth delivers the frames its peer sends with native `XDP_TX` (lb's RST
+    /// and fragmentation-needed answers) only when the receiving end has an XDP program of
+    /// its own: `veth_xdp_flush` wakes the receiver only then, and GRO alone (enough for
+    /// `XDP_REDIRECT`, whose flush always wakes it) leaves those frames queued until some
+    /// redirected frame happens to arrive. On a NIC `XDP_TX` needs nothing of the kind.
+    fn attach_host_xdp_pass(&self) -> Result<BpfDataplane> {
+        let opts = LoadOptions {
+            pin_root: None,
+            max_services: 1,
+            max_backends: 2,
+            maglev_table_size: 7,
+            conntrack_flows: 16,
+        };
+        let mut dp = BpfDataplane::load(&opts)
+            .map_err(|e| LabError::Unavailable(format!("loading lb_xdp_pass: {e}")))?;
+        let hosts: Vec<PathBuf> = std::iter::once(self.client.path())
+            .chain(self.backends.iter().map(|b| b.ns.path()))
+            .collect();
+        for (ns, dev) in hosts
+            .iter()
+            .zip(std::iter::once("c0").chain(std::iter::repeat("e0")))
+        {
+            let dp = &mut dp;
+            std::thread::scope(|s| {
+                s.spawn(move || {
+                    enter_netns(ns)?;
+                    dp.attach_pass(dev, XdpMode::Native)
+                        .map(|_| ())
+                        .map_err(|e| {
+                            LabError::Unavailable(format!(
+                                "attaching lb_xdp_pass to {dev} in {}: {e}",
+                                ns.display()
+                            ))
+                        })
+                })
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+            })?;
+        }
+        Ok(dp)
     }
 
     /// The name prefix of this lab's namespaces.
@@ -476,6 +552,7 @@ impl Drop for Lab {
         }
         // Unload before the namespaces go away (it runs inside the balancer namespace).
         self.lbd = None;
+        self.host_xdp = None;
         self.backends.clear();
         // client and balancer Netns, then tmp, drop after this body; the bpffs dir:
         if self.bpffs_root.exists() {
