@@ -16,6 +16,7 @@
 //!   usable set is unchanged is not rewritten. A configuration that fails validation changes
 //!   nothing.
 
+mod journal;
 mod reload;
 mod sweep;
 mod sync;
@@ -51,6 +52,47 @@ pub enum ControllerError {
     /// Maglev population failed (cannot happen with a validated config).
     #[error("maglev: {0}")]
     Maglev(#[from] maglev::MaglevError),
+    /// The change needs more of a bounded resource (ids, map entries) than is free; nothing
+    /// was written.
+    #[error("{limit}: {message}")]
+    Capacity {
+        /// The configuration key of the limit (`limits.max_services`, ...).
+        limit: &'static str,
+        /// What was needed, what is free, and how to fix it.
+        message: String,
+    },
+    /// A step failed mid-way and every write made before it was undone.
+    #[error(
+        "{source}; every write made before it was undone: the data plane and the running \
+         configuration are as before"
+    )]
+    RolledBack {
+        #[source]
+        source: Box<ControllerError>,
+    },
+    /// A step failed mid-way and undoing the writes made before it failed too.
+    #[error(
+        "{source}; rolling the change back failed too ({undo_failures} undo steps failed, the \
+         first with: {first}): the data plane may hold a mix of the old and the new \
+         configuration; lbd keeps the old configuration as the running one and the next \
+         successful reload rewrites every entry"
+    )]
+    RollbackFailed {
+        #[source]
+        source: Box<ControllerError>,
+        /// The first undo step that failed.
+        first: DataplaneError,
+        /// How many undo steps failed.
+        undo_failures: usize,
+    },
+}
+
+impl ControllerError {
+    /// False only when a failed change could not be rolled back, i.e. when the data plane may
+    /// no longer match the running configuration.
+    pub fn state_unchanged(&self) -> bool {
+        !matches!(self, ControllerError::RollbackFailed { .. })
+    }
 }
 
 /// A backend removed from the configuration that still has (or may have) live flows.
@@ -133,7 +175,12 @@ pub struct Controller<D: Dataplane> {
     used_backend_ids: BTreeSet<u32>,
     used_service_ids: BTreeSet<u32>,
     global: GlobalConfig,
-    vips: BTreeMap<u32, u32>,
+    /// Whether `global` and the SNAT addresses are known to be in the maps.
+    globals_written: bool,
+    /// VIP entries as written (`None`: unknown, rewrite it).
+    vips: BTreeMap<u32, Option<VipValue>>,
+    /// Undo steps of the running [`Self::transaction`].
+    journal: Option<Vec<journal::Undo>>,
     sweep_generation: u64,
     last_sweep: Option<ConntrackSweep>,
 }
@@ -172,7 +219,6 @@ impl<D: Dataplane> Controller<D> {
     /// table halves) and programs the data plane to match `config`.
     pub fn new(dp: D, config: Config) -> Result<Self, ControllerError> {
         config.validate()?;
-        let m = config.limits.maglev_table_size;
         let pinned_services = dp.services()?;
         let pinned_backends = dp.backends()?;
         let pinned_vips = dp.vips()?;
@@ -184,11 +230,27 @@ impl<D: Dataplane> Controller<D> {
             used_backend_ids: BTreeSet::new(),
             used_service_ids: BTreeSet::new(),
             global: config.global_config(),
+            globals_written: false,
             vips: BTreeMap::new(),
+            journal: None,
             sweep_generation: 0,
             last_sweep: None,
         };
+        // All or nothing: a failure restores the pinned state as it was.
+        ctl.transaction(|ctl| ctl.adopt(&config, pinned_services, pinned_backends, pinned_vips))?;
+        Ok(ctl)
+    }
 
+    /// Re-adopts the pinned entries that `config` still wants and programs the rest.
+    fn adopt(
+        &mut self,
+        config: &Config,
+        pinned_services: Vec<(ServiceKey, ServiceValue)>,
+        pinned_backends: Vec<(u32, BackendValue)>,
+        pinned_vips: Vec<(u32, VipValue)>,
+    ) -> Result<(), ControllerError> {
+        let m = config.limits.maglev_table_size;
+        let ctl = self;
         // Adopt services whose key is still configured; remove the others.
         let mut adopted: HashMap<ServiceKey, ServiceValue> = HashMap::new();
         for (key, value) in pinned_services {
@@ -197,7 +259,7 @@ impl<D: Dataplane> Controller<D> {
                 ctl.used_service_ids.insert(value.service_id);
                 adopted.insert(key, value);
             } else {
-                ctl.dp.remove_service(&key)?;
+                ctl.write_remove_service(&key)?;
             }
         }
         // Adopt backends of adopted services that are still configured; retire the others.
@@ -260,7 +322,7 @@ impl<D: Dataplane> Controller<D> {
                         } else {
                             Health::Up
                         };
-                        new_backend_state(b.clone(), bid, health, value.flags)
+                        new_backend_state(b.clone(), bid, health, Some(value.flags))
                     }
                     None => {
                         let bid = ctl.alloc_backend_id()?;
@@ -269,7 +331,7 @@ impl<D: Dataplane> Controller<D> {
                             b.clone(),
                             bid,
                             initial_health(svc_cfg.health_check.kind),
-                            u32::MAX,
+                            None,
                         )
                     }
                 };
@@ -281,7 +343,7 @@ impl<D: Dataplane> Controller<D> {
                 key,
                 active_slot,
                 table_inputs: None,
-                flags: u32::MAX,
+                flags: None,
                 backends,
                 active_flows: 0,
             });
@@ -289,11 +351,11 @@ impl<D: Dataplane> Controller<D> {
         for i in 0..ctl.services.len() {
             ctl.sync_service(i)?;
         }
-        for (vip, _) in pinned_vips {
-            ctl.vips.insert(vip, u32::MAX); // forces a rewrite or a removal
+        for (vip, value) in pinned_vips {
+            ctl.vips.insert(vip, Some(value)); // kept if right, else rewritten or removed
         }
         ctl.sync_vips()?;
-        Ok(ctl)
+        Ok(())
     }
 
     /// The running configuration (what `config dump` shows).
@@ -359,9 +421,12 @@ impl<D: Dataplane> Controller<D> {
     }
 
     fn write_globals(&mut self) -> Result<(), ControllerError> {
-        self.dp.set_snat_addrs(&self.config.snat.addresses)?;
+        let addrs = self.config.snat.addresses.clone();
+        self.write_snat_addrs(&addrs)?;
         self.global = self.config.global_config();
-        self.dp.set_global_config(&self.global)?;
+        let global = self.global;
+        self.write_global_config(&global)?;
+        self.globals_written = true;
         Ok(())
     }
 
@@ -416,7 +481,7 @@ fn new_backend_state(
     cfg: crate::config::BackendConfig,
     id: u32,
     health: Health,
-    written_flags: u32,
+    written_flags: Option<u32>,
 ) -> BackendState {
     BackendState {
         cfg,

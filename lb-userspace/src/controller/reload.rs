@@ -12,8 +12,10 @@ impl<D: Dataplane> Controller<D> {
         });
     }
 
-    /// Applies a new desired configuration, changing only what differs. On a validation
-    /// error nothing changes.
+    /// Applies a new desired configuration, changing only what differs. All or nothing:
+    /// validation and capacity ([`Self::check_capacity`]) are checked before any write, and
+    /// a map error mid-way rolls back every write made before it (see
+    /// [`Self::transaction`]); the error says which happened.
     pub fn apply(&mut self, new: Config) -> Result<ApplySummary, ControllerError> {
         new.validate()?;
         let old = &self.config;
@@ -31,28 +33,98 @@ impl<D: Dataplane> Controller<D> {
                 )));
             }
         }
-        // Ids needed up front, so running out of them fails before anything is written.
+        self.check_capacity(&new)?;
+        self.transaction(|ctl| ctl.apply_checked(new))
+    }
+
+    /// Refuses `new` before any write when it needs more service or backend ids than are
+    /// free. Mirrors what [`Self::apply_checked`] allocates: removed services free their ids
+    /// first, new services take the lowest free ids in configuration order, and a backend
+    /// re-added to the service id it was retired from revives its old id.
+    ///
+    /// The other bounded maps need no check of their own: `LB_SERVICES` and `LB_VIPS` hold
+    /// `limits.max_services` entries and never hold more than the larger of the old and new
+    /// service counts (removals and stale VIPs go first; [`Config::validate`] bounds the
+    /// count), each service id owns its two Maglev tables, and [`Config::validate`] bounds
+    /// the SNAT addresses.
+    fn check_capacity(&self, new: &Config) -> Result<(), ControllerError> {
+        let same =
+            |r: &ServiceState, s: &ServiceConfig| r.cfg.name == s.name && r.key == service_key(s);
+        let kept: Vec<&ServiceState> = self
+            .services
+            .iter()
+            .filter(|r| new.services.iter().any(|s| same(r, s)))
+            .collect();
+        let mut free_ids: BTreeSet<u32> = (0..new.limits.max_services)
+            .filter(|id| !self.used_service_ids.contains(id) || !kept.iter().any(|r| r.id == *id))
+            .collect();
+        // Retired (service id, address) pairs a re-added backend revives, including the
+        // backends of services this change removes.
+        let mut revivable: BTreeSet<(u32, SocketAddrV4)> = self
+            .retired
+            .iter()
+            .map(|r| (r.service_id, r.address))
+            .collect();
+        for r in &self.services {
+            if !kept.iter().any(|k| k.id == r.id) {
+                revivable.extend(r.backends.iter().map(|b| (r.id, b.cfg.address)));
+            }
+        }
         let mut need_services = 0u32;
         let mut need_backends = 0u32;
         for s in &new.services {
-            match self
-                .services
-                .iter()
-                .find(|r| r.cfg.name == s.name && r.key == service_key(s))
-            {
-                Some(r) => {
-                    need_backends += s
-                        .backends
-                        .iter()
-                        .filter(|b| r.backend(b.address).is_none())
-                        .count() as u32
-                }
+            let existing = kept.iter().find(|r| same(r, s));
+            let id = match existing {
+                Some(r) => Some(r.id),
                 None => {
                     need_services += 1;
-                    need_backends += s.backends.len() as u32;
+                    free_ids.pop_first()
+                }
+            };
+            for b in &s.backends {
+                if existing.is_some_and(|r| r.backend(b.address).is_some()) {
+                    continue;
+                }
+                if !id.is_some_and(|id| revivable.remove(&(id, b.address))) {
+                    need_backends += 1;
                 }
             }
         }
+        let free_services = new.limits.max_services
+            - (self.used_service_ids.len() - (self.services.len() - kept.len())) as u32;
+        if need_services > free_services {
+            return Err(ControllerError::Capacity {
+                limit: "limits.max_services",
+                message: format!(
+                    "{need_services} new services need ids but only {free_services} of {} are free; \
+                     remove services, or raise limits.max_services (a limits change needs \
+                     `lbd --unload` and a restart); nothing was changed",
+                    new.limits.max_services
+                ),
+            });
+        }
+        let free_backends = new.limits.max_backends - 1 - self.used_backend_ids.len() as u32;
+        if need_backends > free_backends {
+            return Err(ControllerError::Capacity {
+                limit: "limits.max_backends",
+                message: format!(
+                    "{need_backends} new backends need ids but only {free_backends} are free \
+                     (limits.max_backends is {}, id 0 is reserved, and {} ids of removed \
+                     backends wait for their flows to end: a conntrack sweep releases them); \
+                     add fewer backends, retry once the flows of removed backends ended, or \
+                     raise limits.max_backends (a limits change needs `lbd --unload` and a \
+                     restart); nothing was changed",
+                    new.limits.max_backends,
+                    self.retired.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// [`Self::apply`] after the checks; runs inside a transaction.
+    fn apply_checked(&mut self, new: Config) -> Result<ApplySummary, ControllerError> {
+        let old = &self.config;
         let removed_services: Vec<usize> = (0..self.services.len())
             .filter(|&i| {
                 let r = &self.services[i];
@@ -61,23 +133,8 @@ impl<D: Dataplane> Controller<D> {
                     .any(|s| s.name == r.cfg.name && service_key(s) == r.key)
             })
             .collect();
-        let free_services = new.limits.max_services - self.used_service_ids.len() as u32
-            + removed_services.len() as u32;
-        let free_backends = new.limits.max_backends - 1 - self.used_backend_ids.len() as u32;
-        if need_services > free_services {
-            return Err(ControllerError::Rejected(format!(
-                "{need_services} new services need ids but only {free_services} are free (limits.max_services)"
-            )));
-        }
-        if need_backends > free_backends {
-            return Err(ControllerError::Rejected(format!(
-                "{need_backends} new backends need ids but only {free_backends} are free (limits.max_backends; {} ids wait for flows of removed backends to end)",
-                self.retired.len()
-            )));
-        }
-
         let mut summary = ApplySummary::default();
-        if old.snat != new.snat || old.conntrack != new.conntrack {
+        if !self.globals_written || old.snat != new.snat || old.conntrack != new.conntrack {
             self.config.snat = new.snat.clone();
             self.config.conntrack = new.conntrack.clone();
             self.write_globals()?;
@@ -87,7 +144,7 @@ impl<D: Dataplane> Controller<D> {
         // Removed services: entry first, then their backends wait for their flows.
         for &i in removed_services.iter().rev() {
             let svc = self.services.remove(i);
-            self.dp.remove_service(&svc.key)?;
+            self.write_remove_service(&svc.key)?;
             for b in &svc.backends {
                 self.retire(svc.id, b);
             }
@@ -114,7 +171,7 @@ impl<D: Dataplane> Controller<D> {
                         key: service_key(s),
                         active_slot: 1,
                         table_inputs: None,
-                        flags: u32::MAX,
+                        flags: None,
                         backends: Vec::new(),
                         active_flows: 0,
                     };
@@ -180,7 +237,7 @@ impl<D: Dataplane> Controller<D> {
                 b.clone(),
                 id,
                 initial_health(new.health_check.kind),
-                u32::MAX,
+                None,
             ));
             summary.backends_added.push(label);
         }

@@ -41,7 +41,7 @@ impl<D: Dataplane> Controller<D> {
         for r in std::mem::take(&mut self.retired) {
             let live = sweep.flows_by_backend.get(&r.id).copied().unwrap_or(0);
             if live == 0 && r.retired_at_sweep < generation {
-                self.dp.clear_backend(r.id)?;
+                self.write_clear_backend(r.id)?;
                 self.used_backend_ids.remove(&r.id);
                 tracing::info!(backend = %r.address, id = r.id, "removed backend has no flows left; id released");
             } else {

@@ -43,31 +43,34 @@ impl<D: Dataplane> Controller<D> {
         for j in 0..self.services[i].backends.len() {
             let b = &self.services[i].backends[j];
             let flags_now = backend_flags(b);
-            if flags_now == b.written_flags {
+            if Some(flags_now) == b.written_flags {
                 continue;
             }
+            // A backend that was written without DOWN gets DOWN only after the switch; a new
+            // one is written at once (nothing points at it yet).
             let adds_down = flags_now & BACKEND_F_DOWN != 0
-                && (b.written_flags == u32::MAX || b.written_flags & BACKEND_F_DOWN == 0);
-            if adds_down && b.written_flags != u32::MAX {
+                && b.written_flags.is_some_and(|w| w & BACKEND_F_DOWN == 0);
+            if adds_down {
                 late.push(j);
             } else {
                 let value = backend_value(b, service_id);
-                self.dp.set_backend(b.id, &value)?;
-                self.services[i].backends[j].written_flags = flags_now;
+                self.write_backend(b.id, &value)?;
+                self.services[i].backends[j].written_flags = Some(flags_now);
             }
         }
 
         // Phase 2: table and service entry.
         let svc = &self.services[i];
-        let rewrite = svc.table_inputs.as_ref() != Some(&inputs) || svc.flags != flags;
+        let rewrite = svc.table_inputs.as_ref() != Some(&inputs) || svc.flags != Some(flags);
+        let (key, active_slot) = (svc.key, svc.active_slot);
         if rewrite {
             let mut value = ServiceValue {
                 service_id,
-                table_offset: lb_common::maglev_table_offset(service_id, svc.active_slot, m),
+                table_offset: lb_common::maglev_table_offset(service_id, active_slot, m),
                 table_size: m,
                 flags,
             };
-            let mut slot = svc.active_slot;
+            let mut slot = active_slot;
             if !inputs.is_empty() {
                 let mb: Vec<MaglevBackend> = inputs
                     .iter()
@@ -78,15 +81,14 @@ impl<D: Dataplane> Controller<D> {
                     })
                     .collect();
                 let table = maglev::build_table(&mb, m)?;
-                slot = 1 - svc.active_slot;
+                slot = 1 - active_slot;
                 value.table_offset = lb_common::maglev_table_offset(service_id, slot, m);
-                self.dp.write_maglev(value.table_offset, &table)?;
+                self.write_maglev(value.table_offset, &table)?;
             }
-            let key = svc.key;
-            self.dp.set_service(&key, &value)?;
+            self.write_service(&key, &value)?;
             let svc = &mut self.services[i];
             svc.active_slot = slot;
-            svc.flags = flags;
+            svc.flags = Some(flags);
             svc.table_inputs = Some(inputs);
         }
         for b in &mut self.services[i].backends {
@@ -97,34 +99,40 @@ impl<D: Dataplane> Controller<D> {
         for j in late {
             let b = &self.services[i].backends[j];
             let value = backend_value(b, service_id);
-            self.dp.set_backend(b.id, &value)?;
-            self.services[i].backends[j].written_flags = value.flags;
+            self.write_backend(b.id, &value)?;
+            self.services[i].backends[j].written_flags = Some(value.flags);
         }
         Ok(rewrite)
     }
 
+    /// Brings `LB_VIPS` in line with the services. Stale VIPs (whose services are already
+    /// gone) are removed before new ones are inserted, so moving a service to a new VIP fits
+    /// in a full map (`limits.max_services` entries).
     pub(super) fn sync_vips(&mut self) -> Result<(), ControllerError> {
         let mut want: BTreeMap<u32, u32> = BTreeMap::new();
         for s in &self.services {
             *want.entry(s.key.vip_be).or_insert(0) += 1;
         }
-        for (&vip, &count) in &want {
-            if self.vips.get(&vip) != Some(&count) {
-                self.dp.set_vip(
-                    vip,
-                    &VipValue {
-                        service_count: count,
-                        flags: 0,
-                    },
-                )?;
+        let stale: Vec<u32> = self
+            .vips
+            .keys()
+            .filter(|v| !want.contains_key(v))
+            .copied()
+            .collect();
+        for vip in stale {
+            self.write_remove_vip(vip)?;
+            self.vips.remove(&vip);
+        }
+        for (vip, count) in want {
+            let value = VipValue {
+                service_count: count,
+                flags: 0,
+            };
+            if self.vips.get(&vip) != Some(&Some(value)) {
+                self.write_vip(vip, &value)?;
+                self.vips.insert(vip, Some(value));
             }
         }
-        for &vip in self.vips.keys() {
-            if !want.contains_key(&vip) {
-                self.dp.remove_vip(vip)?;
-            }
-        }
-        self.vips = want;
         Ok(())
     }
 }

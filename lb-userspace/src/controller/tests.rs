@@ -391,3 +391,295 @@ fn restart_with_a_smaller_config_retires_leftovers() {
     assert_eq!(dp.state().services.len(), 1);
     assert_eq!(dp.state().vips.values().next().unwrap().service_count, 1);
 }
+
+mod atomic_reloads {
+    //! A reload is applied completely or not at all: capacity is checked before any write,
+    //! and a map error mid-way rolls the maps and the controller back.
+    use super::*;
+    use crate::dataplane::fake::FaultPlan;
+
+    /// Everything observable about the controller's running state.
+    fn ctl_state(ctl: &Controller<FakeDataplane>) -> String {
+        format!(
+            "{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
+            ctl.config(),
+            ctl.services(),
+            ctl.retired(),
+            ctl.vips(),
+            ctl.global_config()
+        )
+    }
+
+    /// Two services on two VIPs with `limits.max_services: 2`: the VIP and service maps are full.
+    const FULL: &str = r#"
+interfaces: [eth0]
+snat:
+  addresses: [10.0.255.1]
+limits:
+  maglev_table_size: 1009
+  max_services: 2
+  max_backends: 16
+services:
+  - name: web
+    vip: 192.0.2.10
+    port: 80
+    health_check: {type: none}
+    backends:
+      - address: 10.1.1.2:8080
+      - address: 10.1.2.2:8080
+  - name: api
+    vip: 192.0.2.11
+    port: 443
+    health_check: {type: none}
+    backends:
+      - address: 10.2.1.2:8443
+"#;
+
+    fn start_bounded(text: &str) -> (Controller<FakeDataplane>, FakeDataplane) {
+        let c = cfg(text);
+        let dp = FakeDataplane::with_limits(&c.limits);
+        let ctl = Controller::new(dp.clone(), c).unwrap();
+        (ctl, dp)
+    }
+
+    /// `FULL` with web moved to a third VIP, a backend of api re-weighted and one added, and
+    /// the SNAT address changed: touches every kind of map entry.
+    fn moved() -> Config {
+        let mut c = cfg(FULL);
+        c.services[0].vip = Ipv4Addr::new(192, 0, 2, 20);
+        c.services[1].backends[0].weight = 3;
+        c.services[1].backends.push(crate::config::BackendConfig {
+            address: addr("10.2.2.2:8443"),
+            weight: 1,
+            backup: false,
+            drain: false,
+        });
+        c.snat.addresses = vec![Ipv4Addr::new(10, 0, 255, 2)];
+        c
+    }
+
+    #[test]
+    fn moving_a_service_to_a_new_vip_at_max_services_capacity() {
+        let (mut ctl, dp) = start_bounded(FULL);
+        let summary = ctl.apply(moved()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(summary.services_added, vec!["web".to_string()]);
+        assert_eq!(
+            ctl.vips(),
+            vec![Ipv4Addr::new(192, 0, 2, 11), Ipv4Addr::new(192, 0, 2, 20)]
+        );
+        {
+            let s = dp.state();
+            assert_eq!(s.vips.len(), 2);
+            assert_eq!(s.services.len(), 2);
+            let web = &ctl.services()[0];
+            assert_eq!(s.services[&web.key].service_id, web.id);
+        }
+        // And back again; then a restart over the same maps adopts them.
+        ctl.apply(cfg(FULL)).unwrap_or_else(|e| panic!("{e}"));
+        let before = live_view(&dp);
+        drop(ctl);
+        let ctl = Controller::new(dp.clone(), cfg(FULL)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ctl.services().len(), 2);
+        assert_eq!(live_view(&dp), before, "restart with the same config");
+        // A restart straight into the moved config works at capacity too.
+        drop(ctl);
+        Controller::new(dp.clone(), moved()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(dp.state().vips.len(), 2);
+    }
+
+    #[test]
+    fn a_new_service_beyond_the_free_service_ids_is_refused_up_front() {
+        // Three ids but two used, and a retired one holds backend ids: adding two services
+        // at once needs two service ids (only one is free).
+        let mut text = FULL.replace("max_services: 2", "max_services: 3");
+        text = text.replace("max_backends: 16", "max_backends: 6");
+        let (mut ctl, dp) = start_bounded(&text);
+        let before = dp.state().maps();
+        let ops = dp.state().ops.len();
+        let state = ctl_state(&ctl);
+        let mut c = ctl.config().clone();
+        let mut extra = c.services[1].clone();
+        extra.name = "extra".into();
+        extra.port = 444;
+        extra.backends[0].address = addr("10.3.1.2:1");
+        extra.backends.push(extra.backends[0].clone());
+        extra.backends[1].address = addr("10.3.1.3:1");
+        c.services.push(extra);
+        // 3 + 2 = 5 backends need ids 1..=5 with max_backends 6: fits exactly.
+        let mut too_many = c.clone();
+        let first = too_many.services[2].backends[0].clone();
+        too_many.services[2].backends.push(first);
+        too_many.services[2].backends[2].address = addr("10.3.1.4:1");
+        let err = ctl.apply(too_many).unwrap_err().to_string();
+        assert!(err.contains("limits.max_backends"), "{err}");
+        assert!(err.contains("6"), "{err}");
+        assert_eq!(dp.state().ops.len(), ops, "refused before any write");
+        assert_same_maps(&dp.state().maps(), &before, "refused");
+        assert_eq!(ctl_state(&ctl), state);
+        ctl.apply(c).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn a_map_error_mid_reload_leaves_everything_as_before() {
+        // How many writes the reload makes when nothing fails.
+        let (mut ctl, dp) = start_bounded(FULL);
+        let start_ops = dp.state().ops.len();
+        ctl.apply(moved()).unwrap();
+        let writes = dp.state().ops.len() - start_ops;
+        let after = dp.state().maps();
+        let after_state = ctl_state(&ctl);
+        assert!(writes > 10, "{writes}");
+
+        for n in 0..writes {
+            let (mut ctl, dp) = start_bounded(FULL);
+            let before = dp.state().maps();
+            let state = ctl_state(&ctl);
+            dp.state().fault = Some(FaultPlan::nth_write(n));
+            let err = ctl.apply(moved()).unwrap_err();
+            assert!(dp.state().fault.is_none(), "write {n}: the fault fired");
+            let text = err.to_string();
+            assert!(text.contains("injected fault"), "write {n}: {text}");
+            assert!(err.state_unchanged(), "write {n}: {text}");
+            assert_same_maps(
+                &dp.state().maps(),
+                &before,
+                &format!("write {n}: rolled back"),
+            );
+            assert_eq!(ctl_state(&ctl), state, "write {n}: controller rolled back");
+            // The next reload succeeds and ends where an undisturbed one does.
+            ctl.apply(moved())
+                .unwrap_or_else(|e| panic!("write {n}: retry: {e}"));
+            assert_same_maps(&dp.state().maps(), &after, &format!("write {n}: retry"));
+            assert_eq!(ctl_state(&ctl), after_state, "write {n}: retry");
+            // A restart over these maps (with either config) works.
+            drop(ctl);
+            Controller::new(dp.clone(), cfg(FULL))
+                .unwrap_or_else(|e| panic!("write {n}: restart: {e}"));
+        }
+    }
+
+    #[test]
+    fn restart_after_a_failed_reload_adopts_the_old_state() {
+        let (mut ctl, dp) = start_bounded(FULL);
+        let before = dp.state().maps();
+        let seen = live_view(&dp);
+        dp.state().fault = Some(FaultPlan {
+            skip: 0,
+            times: 1,
+            matching: |op| matches!(op, Op::SetVip(_)),
+        });
+        ctl.apply(moved()).unwrap_err();
+        assert_same_maps(&dp.state().maps(), &before, "rolled back");
+        drop(ctl);
+        let ctl = Controller::new(dp.clone(), cfg(FULL)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(live_view(&dp), seen, "restart adopts the old state");
+        drop(ctl);
+        let ctl = Controller::new(dp.clone(), moved()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ctl.vips().len(), 2);
+    }
+
+    #[test]
+    fn a_failed_rollback_is_reported_and_the_next_reload_repairs_it() {
+        let (mut ctl, dp) = start_bounded(FULL);
+        let model = |ctl: &Controller<FakeDataplane>| {
+            let ids: Vec<_> = ctl
+                .services()
+                .iter()
+                .map(|s| {
+                    (
+                        s.cfg.clone(),
+                        s.id,
+                        s.backends.iter().map(|b| b.id).collect::<Vec<_>>(),
+                    )
+                })
+                .collect();
+            format!(
+                "{:?} {ids:?} {:?} {:?}",
+                ctl.config(),
+                ctl.retired(),
+                ctl.vips()
+            )
+        };
+        let state = model(&ctl);
+        // Every write from the fifth on fails, so the undo steps fail too.
+        dp.state().fault = Some(FaultPlan {
+            skip: 5,
+            times: usize::MAX,
+            matching: |_| true,
+        });
+        let err = ctl.apply(moved()).unwrap_err();
+        let text = err.to_string();
+        assert!(!err.state_unchanged(), "{text}");
+        assert!(text.contains("rolling the change back failed"), "{text}");
+        assert_eq!(model(&ctl), state, "the model stays the old one");
+        // The data plane recovers: the same reload again, then back.
+        dp.state().fault = None;
+        ctl.apply(moved()).unwrap_or_else(|e| panic!("{e}"));
+        let (mut reference, ref_dp) = start_bounded(FULL);
+        reference.apply(moved()).unwrap();
+        assert_eq!(live_view(&dp), live_view(&ref_dp));
+        ctl.apply(cfg(FULL)).unwrap_or_else(|e| panic!("{e}"));
+        ctl.sweep(0).unwrap(); // releases the id of the backend `moved` added
+        let (_, fresh_dp) = start_bounded(FULL);
+        assert_eq!(live_view(&dp), live_view(&fresh_dp));
+    }
+
+    /// `a == b`, naming the maps that differ (the Maglev map is too large to print).
+    fn assert_same_maps(
+        a: &crate::dataplane::fake::FakeMaps,
+        b: &crate::dataplane::fake::FakeMaps,
+        what: &str,
+    ) {
+        let mut differ = Vec::new();
+        if a.global != b.global {
+            differ.push(format!("global {:?} vs {:?}", a.global, b.global));
+        }
+        if a.snat != b.snat {
+            differ.push(format!("snat {:?} vs {:?}", a.snat, b.snat));
+        }
+        if a.backends != b.backends {
+            differ.push(format!("backends {:?} vs {:?}", a.backends, b.backends));
+        }
+        if a.maglev != b.maglev {
+            let slots = a
+                .maglev
+                .keys()
+                .chain(b.maglev.keys())
+                .filter(|k| a.maglev.get(k) != b.maglev.get(k))
+                .count();
+            differ.push(format!("maglev ({slots} slots)"));
+        }
+        if a.services != b.services {
+            differ.push(format!("services {:?} vs {:?}", a.services, b.services));
+        }
+        if a.vips != b.vips {
+            differ.push(format!("vips {:?} vs {:?}", a.vips, b.vips));
+        }
+        if a.tx_ports != b.tx_ports || a.counters != b.counters {
+            differ.push("tx_ports or counters".into());
+        }
+        if a.service_stats != b.service_stats || a.backend_stats != b.backend_stats {
+            differ.push("stats".into());
+        }
+        assert!(
+            differ.is_empty(),
+            "{what}: maps differ: {}",
+            differ.join("; ")
+        );
+        assert_eq!(a, b);
+    }
+
+    /// What the XDP program can see: entries, and for each service its active table.
+    fn live_view(dp: &FakeDataplane) -> String {
+        let maps = dp.state().maps();
+        let tables: Vec<_> = maps
+            .services
+            .iter()
+            .map(|(k, v)| (v.service_id, v.flags, dp.active_table(k)))
+            .collect();
+        format!(
+            "{:?} {:?} {:?} {:?} {:?}",
+            maps.global, maps.snat, maps.backends, maps.vips, tables
+        )
+    }
+}

@@ -828,9 +828,7 @@ impl Dataplane for BpfDataplane {
 
     fn set_backend(&mut self, id: u32, value: &BackendValue) -> Result<()> {
         if id == lb_common::BACKEND_ID_NONE {
-            return Err(other(
-                "backend id 0 is reserved (\"no backend\") and cannot be written",
-            ));
+            return Err(DataplaneError::ReservedBackendId);
         }
         self.backends
             .set(id, value, 0)
@@ -847,11 +845,11 @@ impl Dataplane for BpfDataplane {
         let len = self.maglev.len();
         let end = u64::from(offset) + table.len() as u64;
         if end > u64::from(len) {
-            return Err(other(format!(
-                "Maglev write of {} slots at offset {offset} exceeds the {len}-slot map; \
-                 limits.max_services or limits.maglev_table_size disagree with the loaded maps",
-                table.len()
-            )));
+            return Err(DataplaneError::MaglevOutOfRange {
+                offset,
+                len: table.len(),
+                size: len,
+            });
         }
         if let Some(m) = &self.maglev_mmap {
             debug_assert!(end <= u64::from(m.entries));
@@ -981,6 +979,69 @@ impl Dataplane for BpfDataplane {
         let data = MapData::from_fd(fd).map_err(map_err(MAP_CONNTRACK))?;
         let map = BpfHashMap::try_from(Map::LruHashMap(data)).map_err(map_err(MAP_CONNTRACK))?;
         Ok(Box::new(BpfConntrackSweeper { map }))
+    }
+
+    fn global_config(&self) -> Result<GlobalConfig> {
+        self.config.get(&0, 0).map_err(map_err(MAP_CONFIG))
+    }
+
+    fn snat_addrs(&self) -> Result<Vec<Ipv4Addr>> {
+        let mut out = Vec::new();
+        for i in 0..MAX_SNAT_ADDRS {
+            let v = self
+                .snat_addrs
+                .get(&i, 0)
+                .map_err(map_err(MAP_SNAT_ADDRS))?;
+            if v == 0 {
+                break;
+            }
+            out.push(lb_common::ipv4_from_be(v));
+        }
+        Ok(out)
+    }
+
+    fn backend(&self, id: u32) -> Result<BackendValue> {
+        self.backends.get(&id, 0).map_err(map_err(MAP_BACKENDS))
+    }
+
+    fn read_maglev(&self, offset: u32, len: usize) -> Result<Vec<u32>> {
+        let size = self.maglev.len();
+        if u64::from(offset) + len as u64 > u64::from(size) {
+            return Err(DataplaneError::MaglevOutOfRange { offset, len, size });
+        }
+        if let Some(m) = &self.maglev_mmap {
+            return Ok((0..len)
+                .map(|i| {
+                    // SAFETY: within the mapping (checked above); slots are 8 bytes apart.
+                    unsafe {
+                        std::ptr::read_volatile(m.ptr.add((offset as usize + i) * 8).cast::<u32>())
+                    }
+                })
+                .collect());
+        }
+        (0..len as u32)
+            .map(|i| {
+                self.maglev
+                    .get(&(offset + i), 0)
+                    .map_err(map_err(MAP_MAGLEV))
+            })
+            .collect()
+    }
+
+    fn service(&self, key: &ServiceKey) -> Result<Option<ServiceValue>> {
+        match self.services.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(MAP_SERVICES)(e)),
+        }
+    }
+
+    fn vip(&self, vip_be: u32) -> Result<Option<VipValue>> {
+        match self.vips.get(&vip_be, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(MAP_VIPS)(e)),
+        }
     }
 
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
