@@ -232,6 +232,33 @@ fn mmap_maglev(ebpf: &Ebpf, entries: u32) -> Option<MaglevMmap> {
     })
 }
 
+/// Removes `root` if it is an empty directory and not a mount point (its device differs from
+/// its parent's). `rmdir` itself refuses a non-empty directory, so nothing else is touched.
+fn remove_empty_root(root: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(root) else {
+        return Ok(());
+    };
+    let parent = root.parent().unwrap_or(Path::new("/"));
+    let is_mount = std::fs::metadata(parent).map_or(true, |p| p.dev() != meta.dev());
+    if !meta.is_dir() || is_mount {
+        return Ok(());
+    }
+    match std::fs::remove_dir(root) {
+        Ok(()) => Ok(()),
+        Err(e)
+            if e.raw_os_error() == Some(libc::ENOTEMPTY) || e.kind() == io::ErrorKind::NotFound =>
+        {
+            Ok(())
+        }
+        Err(source) => Err(DataplaneError::Fs {
+            action: "removing",
+            path: root.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// `BPF_LINK_DETACH` of a link fd (forces the detach even if other fds refer to the link).
 fn link_detach(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     const BPF_LINK_DETACH: libc::c_long = 34;
@@ -596,13 +623,18 @@ impl BpfDataplane {
         Ok(got)
     }
 
-    /// Detaches every pinned link and removes the pin directory (`lbd --unload`). A missing
-    /// directory is not an error.
+    /// Detaches every pinned link and removes the pin directory (`lbd --unload`), then the
+    /// pin root itself when that is left empty and is not a mount point (a directory holding
+    /// anything else, or the bpffs mount itself, stays). A missing directory is not an error.
     pub fn unload(pin_root: &Path) -> Result<()> {
         let dir = pin_root.join(format!("abi{ABI_VERSION}"));
-        if !dir.exists() {
-            return Ok(());
+        if dir.exists() {
+            Self::remove_pin_dir(&dir)?;
         }
+        remove_empty_root(pin_root)
+    }
+
+    fn remove_pin_dir(dir: &Path) -> Result<()> {
         let links = dir.join("links");
         if let Ok(entries) = std::fs::read_dir(&links) {
             for entry in entries.flatten() {
@@ -618,11 +650,18 @@ impl BpfDataplane {
                         tracing::warn!(path = %path.display(), error = %e, "cannot open pinned link")
                     }
                 }
-                std::fs::remove_file(&path)
-                    .map_err(|e| other(format!("removing {}: {e}", path.display())))?;
+                std::fs::remove_file(&path).map_err(|source| DataplaneError::Fs {
+                    action: "removing",
+                    path: path.clone(),
+                    source,
+                })?;
             }
         }
-        std::fs::remove_dir_all(&dir).map_err(|e| other(format!("removing {}: {e}", dir.display())))
+        std::fs::remove_dir_all(dir).map_err(|source| DataplaneError::Fs {
+            action: "removing",
+            path: dir.to_path_buf(),
+            source,
+        })
     }
 
     /// `BPF_PROG_TEST_RUN` of `lb_xdp` on `frame` (ingress ifindex optional, `repeat` >= 1):
