@@ -157,10 +157,19 @@ impl<D: Dataplane> Daemon<D> {
         Ok(summary.0)
     }
 
-    /// Re-reads the configuration file and applies it.
+    /// Re-reads the configuration file and applies it. The error is the whole message for
+    /// the operator (`lbctl reload` prints it): whether the running configuration is
+    /// unchanged, or a failed change could not be rolled back.
     pub fn reload(&self) -> Result<String, String> {
-        let config = Config::load(&self.config_path).map_err(|e| e.to_string())?;
-        self.apply(config).map_err(|e| e.to_string())
+        let config = Config::load(&self.config_path)
+            .map_err(|e| format!("reload rejected, the running configuration is unchanged: {e}"))?;
+        self.apply(config).map_err(|e| {
+            if e.state_unchanged() {
+                format!("reload rejected, the running configuration is unchanged: {e}")
+            } else {
+                format!("reload failed and could not be rolled back: {e}")
+            }
+        })
     }
 
     fn on_check(&self, r: CheckResult) {
@@ -368,7 +377,7 @@ where
                 let d = daemon.clone();
                 match tokio::task::spawn_blocking(move || d.reload()).await {
                     Ok(Ok(summary)) => tracing::info!(summary = %summary, "SIGHUP: configuration reloaded"),
-                    Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP: reload rejected; the running configuration is unchanged"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP: reload failed"),
                     Err(e) => tracing::error!(error = %e, "SIGHUP: reload task failed"),
                 }
             }
@@ -624,5 +633,103 @@ services:
         assert!(!sock.exists(), "socket removed on exit");
         // The data plane keeps its state (pinned maps would keep forwarding).
         assert_eq!(dp.state().services.len(), 1);
+    }
+
+    /// What `lbctl reload` gets back when a map write fails mid-way: the truth about
+    /// whether the running configuration (and the data plane) stayed as they were.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reload_reports_rollbacks_truthfully() {
+        use crate::dataplane::fake::{FaultPlan, Op};
+        let dir = TempDir(std::env::temp_dir().join(format!("lbd-rb-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let dir_name = dir.0.display().to_string();
+        let text = move |extra: &str| {
+            format!(
+                "interfaces: [lo]\napi_socket: {}/lbd.sock\nmetrics_listen: 127.0.0.1:0\n\
+                 snat: {{addresses: [10.0.255.1]}}\nlimits: {{maglev_table_size: 1009, max_services: 2}}\n\
+                 services:\n  - name: web\n    vip: 192.0.2.10\n    port: 80\n    \
+                 health_check: {{type: none}}\n    backends: [{{address: 10.1.1.2:8080}}]\n{extra}",
+                dir_name
+            )
+        };
+        let api = "  - name: api\n    vip: 192.0.2.11\n    port: 443\n    health_check: {type: none}\n    backends: [{address: 10.2.1.2:8443}]\n";
+        let path = dir.0.join("lb.yaml");
+        std::fs::write(&path, text("")).unwrap();
+        let config = Config::load(&path).unwrap();
+        let sock = config.api_socket.clone();
+        let dp = FakeDataplane::with_limits(&config.limits);
+        let opts = RunOptions {
+            config_path: path.clone(),
+            config,
+            interfaces: vec![],
+            pin_root: None,
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let daemon = tokio::spawn(run(opts, dp.clone(), async {
+            let _ = stop_rx.await;
+        }));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "API socket never appeared");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let dp2 = dp.clone();
+        tokio::task::spawn_blocking(move || {
+            let dp = dp2;
+            let reload_err = || {
+                Client::connect(&sock)
+                    .unwrap()
+                    .call(&Request::Reload)
+                    .unwrap_err()
+                    .to_string()
+            };
+            let services = || -> usize {
+                let status: StatusInfo =
+                    serde_json::from_value(call(&sock, Request::Status)).unwrap();
+                status.services
+            };
+            let before = dp.state().maps();
+            std::fs::write(&path, text(api)).unwrap();
+            // The new service's entry cannot be written: rolled back, and said so.
+            dp.state().fault = Some(FaultPlan {
+                skip: 0,
+                times: 1,
+                matching: |op| matches!(op, Op::SetService(..)),
+            });
+            let err = reload_err();
+            assert!(
+                err.contains("reload rejected, the running configuration is unchanged")
+                    && err.contains("injected fault")
+                    && err.contains("undone"),
+                "{err}"
+            );
+            assert_eq!(services(), 1);
+            assert!(dp.state().maps() == before, "maps as before");
+            // Every write fails, the undo steps too: the answer must not claim "unchanged".
+            dp.state().fault = Some(FaultPlan {
+                skip: 3,
+                times: usize::MAX,
+                matching: |_| true,
+            });
+            let err = reload_err();
+            assert!(
+                err.contains("reload failed and could not be rolled back")
+                    && !err.contains("unchanged"),
+                "{err}"
+            );
+            // Once the data plane works again the same reload succeeds.
+            dp.state().fault = None;
+            let summary: String = serde_json::from_value(call(&sock, Request::Reload)).unwrap();
+            assert!(summary.contains("services added: api"), "{summary}");
+            assert_eq!(services(), 2);
+        })
+        .await
+        .unwrap();
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), daemon)
+            .await
+            .expect("daemon did not stop")
+            .unwrap()
+            .unwrap();
     }
 }

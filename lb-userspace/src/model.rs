@@ -101,8 +101,9 @@ pub struct BackendState {
     pub last_transition: Option<Transition>,
     /// Whether it is in the service's active Maglev table.
     pub in_table: bool,
-    /// `BACKEND_F_*` flags last written to the data plane.
-    pub written_flags: u32,
+    /// `BACKEND_F_*` flags last written to the data plane (`None`: not written yet, or
+    /// unknown after a failed rollback).
+    pub written_flags: Option<u32>,
     /// Live flows at the last conntrack sweep.
     pub active_flows: u64,
 }
@@ -136,8 +137,8 @@ pub struct ServiceState {
     /// The Maglev input (identity, weight, id) of the active table, `None` when it must be
     /// (re)written regardless.
     pub table_inputs: Option<Vec<(String, u32, u32)>>,
-    /// `SERVICE_F_*` flags last written.
-    pub flags: u32,
+    /// `SERVICE_F_*` flags last written (`None`: not written yet, or unknown).
+    pub flags: Option<u32>,
     /// Backends in configuration order.
     pub backends: Vec<BackendState>,
     /// Live flows at the last conntrack sweep.

@@ -1385,12 +1385,26 @@ fn pinned_maps_and_links_survive_reload_and_unload_removes_them() {
         BpfDataplane::unload(&root).unwrap();
         assert!(!dir.exists());
         assert!(
+            !root.exists(),
+            "the empty pin root {} is left behind",
+            root.display()
+        );
+        assert!(
             !xdp_state().contains("xdp"),
             "still attached after unload: {}",
             xdp_state()
         );
         // Unloading twice is fine.
         BpfDataplane::unload(&root).unwrap();
+        // A pin root that holds something else is kept (only lb's abi directory goes).
+        let dp = BpfDataplane::load(&opts).unwrap();
+        drop(dp);
+        let other = root.join("someone-else");
+        std::fs::create_dir(&other).unwrap();
+        BpfDataplane::unload(&root).unwrap();
+        assert!(!dir.exists() && other.exists());
+        std::fs::remove_dir(&other).unwrap();
+        std::fs::remove_dir(&root).unwrap();
     });
 }
 

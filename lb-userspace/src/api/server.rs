@@ -279,11 +279,10 @@ pub fn handle<D: Dataplane>(daemon: &Daemon<D>, req: Request) -> Response {
                 format!("weight of {address} in {service} set to {weight}")
             })
         }),
+        // `Daemon::reload` words the whole error: "unchanged" only when it is true.
         Request::Reload => match daemon.reload() {
             Ok(summary) => Response::success(&summary),
-            Err(e) => Response::failure(format!(
-                "reload rejected, the running configuration is unchanged: {e}"
-            )),
+            Err(e) => Response::failure(e),
         },
         Request::ConfigDump => Response::success(&daemon.controller().config().to_yaml()),
         Request::ConfigSave => {

@@ -232,6 +232,33 @@ fn mmap_maglev(ebpf: &Ebpf, entries: u32) -> Option<MaglevMmap> {
     })
 }
 
+/// Removes `root` if it is an empty directory and not a mount point (its device differs from
+/// its parent's). `rmdir` itself refuses a non-empty directory, so nothing else is touched.
+fn remove_empty_root(root: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(root) else {
+        return Ok(());
+    };
+    let parent = root.parent().unwrap_or(Path::new("/"));
+    let is_mount = std::fs::metadata(parent).map_or(true, |p| p.dev() != meta.dev());
+    if !meta.is_dir() || is_mount {
+        return Ok(());
+    }
+    match std::fs::remove_dir(root) {
+        Ok(()) => Ok(()),
+        Err(e)
+            if e.raw_os_error() == Some(libc::ENOTEMPTY) || e.kind() == io::ErrorKind::NotFound =>
+        {
+            Ok(())
+        }
+        Err(source) => Err(DataplaneError::Fs {
+            action: "removing",
+            path: root.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// `BPF_LINK_DETACH` of a link fd (forces the detach even if other fds refer to the link).
 fn link_detach(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     const BPF_LINK_DETACH: libc::c_long = 34;
@@ -596,13 +623,18 @@ impl BpfDataplane {
         Ok(got)
     }
 
-    /// Detaches every pinned link and removes the pin directory (`lbd --unload`). A missing
-    /// directory is not an error.
+    /// Detaches every pinned link and removes the pin directory (`lbd --unload`), then the
+    /// pin root itself when that is left empty and is not a mount point (a directory holding
+    /// anything else, or the bpffs mount itself, stays). A missing directory is not an error.
     pub fn unload(pin_root: &Path) -> Result<()> {
         let dir = pin_root.join(format!("abi{ABI_VERSION}"));
-        if !dir.exists() {
-            return Ok(());
+        if dir.exists() {
+            Self::remove_pin_dir(&dir)?;
         }
+        remove_empty_root(pin_root)
+    }
+
+    fn remove_pin_dir(dir: &Path) -> Result<()> {
         let links = dir.join("links");
         if let Ok(entries) = std::fs::read_dir(&links) {
             for entry in entries.flatten() {
@@ -618,11 +650,18 @@ impl BpfDataplane {
                         tracing::warn!(path = %path.display(), error = %e, "cannot open pinned link")
                     }
                 }
-                std::fs::remove_file(&path)
-                    .map_err(|e| other(format!("removing {}: {e}", path.display())))?;
+                std::fs::remove_file(&path).map_err(|source| DataplaneError::Fs {
+                    action: "removing",
+                    path: path.clone(),
+                    source,
+                })?;
             }
         }
-        std::fs::remove_dir_all(&dir).map_err(|e| other(format!("removing {}: {e}", dir.display())))
+        std::fs::remove_dir_all(dir).map_err(|source| DataplaneError::Fs {
+            action: "removing",
+            path: dir.to_path_buf(),
+            source,
+        })
     }
 
     /// `BPF_PROG_TEST_RUN` of `lb_xdp` on `frame` (ingress ifindex optional, `repeat` >= 1):
@@ -828,9 +867,7 @@ impl Dataplane for BpfDataplane {
 
     fn set_backend(&mut self, id: u32, value: &BackendValue) -> Result<()> {
         if id == lb_common::BACKEND_ID_NONE {
-            return Err(other(
-                "backend id 0 is reserved (\"no backend\") and cannot be written",
-            ));
+            return Err(DataplaneError::ReservedBackendId);
         }
         self.backends
             .set(id, value, 0)
@@ -847,11 +884,11 @@ impl Dataplane for BpfDataplane {
         let len = self.maglev.len();
         let end = u64::from(offset) + table.len() as u64;
         if end > u64::from(len) {
-            return Err(other(format!(
-                "Maglev write of {} slots at offset {offset} exceeds the {len}-slot map; \
-                 limits.max_services or limits.maglev_table_size disagree with the loaded maps",
-                table.len()
-            )));
+            return Err(DataplaneError::MaglevOutOfRange {
+                offset,
+                len: table.len(),
+                size: len,
+            });
         }
         if let Some(m) = &self.maglev_mmap {
             debug_assert!(end <= u64::from(m.entries));
@@ -981,6 +1018,69 @@ impl Dataplane for BpfDataplane {
         let data = MapData::from_fd(fd).map_err(map_err(MAP_CONNTRACK))?;
         let map = BpfHashMap::try_from(Map::LruHashMap(data)).map_err(map_err(MAP_CONNTRACK))?;
         Ok(Box::new(BpfConntrackSweeper { map }))
+    }
+
+    fn global_config(&self) -> Result<GlobalConfig> {
+        self.config.get(&0, 0).map_err(map_err(MAP_CONFIG))
+    }
+
+    fn snat_addrs(&self) -> Result<Vec<Ipv4Addr>> {
+        let mut out = Vec::new();
+        for i in 0..MAX_SNAT_ADDRS {
+            let v = self
+                .snat_addrs
+                .get(&i, 0)
+                .map_err(map_err(MAP_SNAT_ADDRS))?;
+            if v == 0 {
+                break;
+            }
+            out.push(lb_common::ipv4_from_be(v));
+        }
+        Ok(out)
+    }
+
+    fn backend(&self, id: u32) -> Result<BackendValue> {
+        self.backends.get(&id, 0).map_err(map_err(MAP_BACKENDS))
+    }
+
+    fn read_maglev(&self, offset: u32, len: usize) -> Result<Vec<u32>> {
+        let size = self.maglev.len();
+        if u64::from(offset) + len as u64 > u64::from(size) {
+            return Err(DataplaneError::MaglevOutOfRange { offset, len, size });
+        }
+        if let Some(m) = &self.maglev_mmap {
+            return Ok((0..len)
+                .map(|i| {
+                    // SAFETY: within the mapping (checked above); slots are 8 bytes apart.
+                    unsafe {
+                        std::ptr::read_volatile(m.ptr.add((offset as usize + i) * 8).cast::<u32>())
+                    }
+                })
+                .collect());
+        }
+        (0..len as u32)
+            .map(|i| {
+                self.maglev
+                    .get(&(offset + i), 0)
+                    .map_err(map_err(MAP_MAGLEV))
+            })
+            .collect()
+    }
+
+    fn service(&self, key: &ServiceKey) -> Result<Option<ServiceValue>> {
+        match self.services.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(MAP_SERVICES)(e)),
+        }
+    }
+
+    fn vip(&self, vip_be: u32) -> Result<Option<VipValue>> {
+        match self.vips.get(&vip_be, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(MAP_VIPS)(e)),
+        }
     }
 
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {

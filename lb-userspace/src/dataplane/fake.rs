@@ -4,12 +4,19 @@
 //! [`FakeDataplane::ops`], so tests can check both the resulting state and the order of writes
 //! (make-before-break). Clones share state, so a test can keep a handle while the controller
 //! owns another; a "restart" is simulated by building a new controller over a clone.
+//!
+//! Like the kernel maps, the fake can be bounded ([`FakeDataplane::with_limits`]: a full hash
+//! map refuses a new key with `E2BIG`, an array refuses an index past its end), and it can be
+//! told to fail a chosen write ([`FaultPlan`]) so tests can check what a failure mid-way leaves.
 
 use super::{ConntrackSweep, ConntrackSweeper, Dataplane, DataplaneError, Result};
 use lb_common::{
-    BackendValue, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue, NUM_COUNTERS,
+    BackendValue, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue, MAP_BACKENDS,
+    MAP_BACKEND_STATS, MAP_CONFIG, MAP_MAGLEV, MAP_SERVICES, MAP_SERVICE_STATS, MAP_SNAT_ADDRS,
+    MAP_TX_PORTS, MAP_VIPS, NUM_COUNTERS,
 };
 use std::collections::{BTreeMap, HashMap};
+use std::io;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -42,6 +49,74 @@ pub enum Op {
     ResetStats(Option<u32>, Option<u32>),
 }
 
+impl Op {
+    /// The map this write goes to.
+    pub fn map(&self) -> &'static str {
+        match self {
+            Op::GlobalConfig => MAP_CONFIG,
+            Op::SnatAddrs(_) => MAP_SNAT_ADDRS,
+            Op::SetBackend(..) | Op::ClearBackend(_) => MAP_BACKENDS,
+            Op::WriteMaglev(..) => MAP_MAGLEV,
+            Op::SetService(..) | Op::RemoveService(_) => MAP_SERVICES,
+            Op::SetVip(_) | Op::RemoveVip(_) => MAP_VIPS,
+            Op::SetTxPort(_) | Op::RemoveTxPort(_) => MAP_TX_PORTS,
+            Op::ResetStats(Some(_), _) => MAP_SERVICE_STATS,
+            Op::ResetStats(None, _) => MAP_BACKEND_STATS,
+        }
+    }
+}
+
+/// Map sizes the fake enforces, as [`super::LoadOptions`] sizes the kernel maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FakeLimits {
+    /// Entries of `LB_SERVICES` and `LB_VIPS` (hash maps: a new key past this fails).
+    pub max_services: u32,
+    /// Entries of `LB_BACKENDS` (an array: ids `0..max_backends`).
+    pub max_backends: u32,
+    /// Slots of `LB_MAGLEV` (an array).
+    pub maglev_slots: u32,
+}
+
+/// An injected write failure: of the writes `matching` accepts, the first `skip` succeed and
+/// the next `times` fail (with an I/O error naming their map, like a real map error); then the
+/// plan is spent.
+#[derive(Debug, Clone, Copy)]
+pub struct FaultPlan {
+    /// Matching writes that still succeed before the first failing one.
+    pub skip: usize,
+    /// How many matching writes fail after that (`usize::MAX`: all of them).
+    pub times: usize,
+    /// Which writes count (`|_| true`: every write).
+    pub matching: fn(&Op) -> bool,
+}
+
+impl FaultPlan {
+    /// Fails the write after `skip` writes, once.
+    pub fn nth_write(skip: usize) -> Self {
+        Self {
+            skip,
+            times: 1,
+            matching: |_| true,
+        }
+    }
+}
+
+/// Every map of the fake, comparable as a whole (the op log and test knobs left out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeMaps {
+    pub global: GlobalConfig,
+    pub snat: Vec<Ipv4Addr>,
+    pub backends: BTreeMap<u32, BackendValue>,
+    pub maglev: BTreeMap<u32, u32>,
+    /// Sorted by (VIP, port, protocol).
+    pub services: Vec<(ServiceKey, ServiceValue)>,
+    pub vips: BTreeMap<u32, VipValue>,
+    pub tx_ports: Vec<u32>,
+    pub counters: [u64; NUM_COUNTERS as usize],
+    pub service_stats: BTreeMap<u32, FlowStats>,
+    pub backend_stats: BTreeMap<u32, FlowStats>,
+}
+
 /// The fake's maps.
 #[derive(Debug, Default)]
 pub struct FakeState {
@@ -51,7 +126,7 @@ pub struct FakeState {
     pub snat: Vec<Ipv4Addr>,
     /// `LB_BACKENDS` (non-zero entries only).
     pub backends: BTreeMap<u32, BackendValue>,
-    /// `LB_MAGLEV` (sparse: slot -> backend id).
+    /// `LB_MAGLEV` (sparse: slot -> non-zero backend id; absent slots read as 0).
     pub maglev: HashMap<u32, u32>,
     /// `LB_SERVICES`.
     pub services: HashMap<ServiceKey, ServiceValue>,
@@ -69,8 +144,36 @@ pub struct FakeState {
     pub live_flows: HashMap<u32, (u32, u64)>,
     /// Every write, in order.
     pub ops: Vec<Op>,
-    /// When set, the next write fails with this message (then the flag clears).
-    pub fail_next_write: Option<String>,
+    /// Map sizes to enforce (`None`: unbounded).
+    pub limits: Option<FakeLimits>,
+    /// A write to fail on purpose.
+    pub fault: Option<FaultPlan>,
+}
+
+impl FakeState {
+    /// A copy of every map, for before/after comparisons.
+    pub fn maps(&self) -> FakeMaps {
+        FakeMaps {
+            global: self.global,
+            snat: self.snat.clone(),
+            backends: self.backends.clone(),
+            maglev: self.maglev.iter().map(|(k, v)| (*k, *v)).collect(),
+            services: {
+                let mut v: Vec<_> = self.services.iter().map(|(k, v)| (*k, *v)).collect();
+                v.sort_by_key(|(k, _)| (k.vip_be, k.port_be, k.proto));
+                v
+            },
+            vips: self.vips.clone(),
+            tx_ports: self.tx_ports.clone(),
+            counters: self.counters,
+            service_stats: self.service_stats.iter().map(|(k, v)| (*k, *v)).collect(),
+            backend_stats: self.backend_stats.iter().map(|(k, v)| (*k, *v)).collect(),
+        }
+    }
+}
+
+fn map_error(map: &'static str, source: io::Error) -> DataplaneError {
+    DataplaneError::Map { map, source }
 }
 
 /// In-memory [`Dataplane`]; clones share state.
@@ -83,6 +186,17 @@ impl FakeDataplane {
     /// An empty data plane (no pinned state).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty data plane whose maps are bounded like the kernel's would be for these limits.
+    pub fn with_limits(limits: &crate::config::LimitsConfig) -> Self {
+        let dp = Self::default();
+        dp.state().limits = Some(FakeLimits {
+            max_services: limits.max_services,
+            max_backends: limits.max_backends,
+            maglev_slots: 2 * limits.max_services * limits.maglev_table_size,
+        });
+        dp
     }
 
     /// Locks and returns the state for inspection or modification.
@@ -111,13 +225,40 @@ impl FakeDataplane {
         out
     }
 
-    fn write(&self, op: Op) -> Result<MutexGuard<'_, FakeState>> {
+    /// Records `op` unless an injected fault or `refuse` (a capacity check on the current
+    /// state) fails it first; a failed write changes nothing.
+    fn write_checked(
+        &self,
+        op: Op,
+        refuse: impl FnOnce(&FakeState, &FakeLimits) -> Option<io::Error>,
+    ) -> Result<MutexGuard<'_, FakeState>> {
         let mut s = self.state();
-        if let Some(msg) = s.fail_next_write.take() {
-            return Err(DataplaneError::Other(msg));
+        if let Some(plan) = s.fault.as_mut() {
+            if (plan.matching)(&op) {
+                if plan.skip == 0 {
+                    plan.times -= 1;
+                    if plan.times == 0 {
+                        s.fault = None;
+                    }
+                    return Err(map_error(
+                        op.map(),
+                        io::Error::other(format!("injected fault at {op:?}")),
+                    ));
+                }
+                plan.skip -= 1;
+            }
+        }
+        if let Some(limits) = s.limits {
+            if let Some(e) = refuse(&s, &limits) {
+                return Err(map_error(op.map(), e));
+            }
         }
         s.ops.push(op);
         Ok(s)
+    }
+
+    fn write(&self, op: Op) -> Result<MutexGuard<'_, FakeState>> {
+        self.write_checked(op, |_, _| None)
     }
 }
 
@@ -134,33 +275,52 @@ impl Dataplane for FakeDataplane {
 
     fn set_backend(&mut self, id: u32, value: &BackendValue) -> Result<()> {
         if id == lb_common::BACKEND_ID_NONE {
-            return Err(DataplaneError::Other("backend id 0 is reserved".into()));
+            return Err(DataplaneError::ReservedBackendId);
         }
-        self.write(Op::SetBackend(id, value.flags))?
-            .backends
-            .insert(id, *value);
+        let mut s = self.write_checked(Op::SetBackend(id, value.flags), |_, l| {
+            out_of_bounds(id, 1, l.max_backends)
+        })?;
+        if *value == BackendValue::default() {
+            s.backends.remove(&id);
+        } else {
+            s.backends.insert(id, *value);
+        }
         Ok(())
     }
 
     fn clear_backend(&mut self, id: u32) -> Result<()> {
-        self.write(Op::ClearBackend(id))?.backends.remove(&id);
+        self.write_checked(Op::ClearBackend(id), |_, l| {
+            out_of_bounds(id, 1, l.max_backends)
+        })?
+        .backends
+        .remove(&id);
         Ok(())
     }
 
     fn write_maglev(&mut self, offset: u32, table: &[u32]) -> Result<()> {
-        let mut s = self.write(Op::WriteMaglev(offset, table.len()))?;
+        let mut s = self.write_checked(Op::WriteMaglev(offset, table.len()), |_, l| {
+            out_of_bounds(offset, table.len() as u64, l.maglev_slots)
+        })?;
         for (i, &id) in table.iter().enumerate() {
-            s.maglev.insert(offset + i as u32, id);
+            let slot = offset + i as u32;
+            if id == lb_common::BACKEND_ID_NONE {
+                s.maglev.remove(&slot);
+            } else {
+                s.maglev.insert(slot, id);
+            }
         }
         Ok(())
     }
 
     fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
-        self.write(Op::SetService(
-            value.service_id,
-            value.table_offset,
-            value.flags,
-        ))?
+        let op = Op::SetService(value.service_id, value.table_offset, value.flags);
+        self.write_checked(op, |s, l| {
+            hash_full(
+                s.services.contains_key(key),
+                s.services.len(),
+                l.max_services,
+            )
+        })?
         .services
         .insert(*key, *value);
         Ok(())
@@ -172,7 +332,11 @@ impl Dataplane for FakeDataplane {
     }
 
     fn set_vip(&mut self, vip_be: u32, value: &VipValue) -> Result<()> {
-        self.write(Op::SetVip(vip_be))?.vips.insert(vip_be, *value);
+        self.write_checked(Op::SetVip(vip_be), |s, l| {
+            hash_full(s.vips.contains_key(&vip_be), s.vips.len(), l.max_services)
+        })?
+        .vips
+        .insert(vip_be, *value);
         Ok(())
     }
 
@@ -235,6 +399,33 @@ impl Dataplane for FakeDataplane {
         }))
     }
 
+    fn global_config(&self) -> Result<GlobalConfig> {
+        Ok(self.state().global)
+    }
+
+    fn snat_addrs(&self) -> Result<Vec<Ipv4Addr>> {
+        Ok(self.state().snat.clone())
+    }
+
+    fn backend(&self, id: u32) -> Result<BackendValue> {
+        Ok(self.state().backends.get(&id).copied().unwrap_or_default())
+    }
+
+    fn read_maglev(&self, offset: u32, len: usize) -> Result<Vec<u32>> {
+        let s = self.state();
+        Ok((0..len as u32)
+            .map(|i| s.maglev.get(&(offset + i)).copied().unwrap_or(0))
+            .collect())
+    }
+
+    fn service(&self, key: &ServiceKey) -> Result<Option<ServiceValue>> {
+        Ok(self.state().services.get(key).copied())
+    }
+
+    fn vip(&self, vip_be: u32) -> Result<Option<VipValue>> {
+        Ok(self.state().vips.get(&vip_be).copied())
+    }
+
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
         Ok(self
             .state()
@@ -256,6 +447,21 @@ impl Dataplane for FakeDataplane {
     fn vips(&self) -> Result<Vec<(u32, VipValue)>> {
         Ok(self.state().vips.iter().map(|(k, v)| (*k, *v)).collect())
     }
+}
+
+/// The kernel's answer to an array write past the end (`EINVAL` with aya's bounds message).
+fn out_of_bounds(start: u32, len: u64, size: u32) -> Option<io::Error> {
+    (u64::from(start) + len > u64::from(size)).then(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("index {start} (+{len}) out of bounds for {size} entries"),
+        )
+    })
+}
+
+/// The kernel's answer to a new key in a full hash map: `E2BIG`.
+fn hash_full(exists: bool, len: usize, max: u32) -> Option<io::Error> {
+    (!exists && len >= max as usize).then(|| io::Error::from_raw_os_error(libc::E2BIG))
 }
 
 /// The fake's sweeper: reports [`FakeState::live_flows`].

@@ -30,6 +30,24 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    /// Backend id 0 means "no backend" in the Maglev table and is never written.
+    #[error("backend id 0 is reserved (\"no backend\") and cannot be written")]
+    ReservedBackendId,
+    /// A Maglev write past the end of the map.
+    #[error(
+        "Maglev write of {len} slots at offset {offset} exceeds the {size}-slot map; \
+         limits.max_services or limits.maglev_table_size disagree with the loaded maps"
+    )]
+    MaglevOutOfRange { offset: u32, len: usize, size: u32 },
+    /// A file-system step (pin directory) failed.
+    #[error("{action} {}: {source}", path.display())]
+    Fs {
+        /// What was being done ("removing", "creating").
+        action: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -99,6 +117,19 @@ pub trait Dataplane: Send + 'static {
     /// A handle on the conntrack map of its own, so a sweep (seconds for millions of
     /// entries) runs without borrowing the data plane and holds up no other map write.
     fn conntrack_sweeper(&self) -> Result<Box<dyn ConntrackSweeper>>;
+
+    /// Reads [`lb_common::MAP_CONFIG`] slot 0 (to undo a write).
+    fn global_config(&self) -> Result<GlobalConfig>;
+    /// Reads the SNAT address array up to its first empty slot (to undo a write).
+    fn snat_addrs(&self) -> Result<Vec<Ipv4Addr>>;
+    /// Reads backend `id` (all zeroes: unset).
+    fn backend(&self, id: u32) -> Result<BackendValue>;
+    /// Reads `len` slots of [`lb_common::MAP_MAGLEV`] from `offset` (to undo a table write).
+    fn read_maglev(&self, offset: u32, len: usize) -> Result<Vec<u32>>;
+    /// Reads one service entry.
+    fn service(&self, key: &ServiceKey) -> Result<Option<ServiceValue>>;
+    /// Reads one VIP entry.
+    fn vip(&self, vip_be: u32) -> Result<Option<VipValue>>;
 
     /// Current services, for re-adoption after a restart.
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>>;

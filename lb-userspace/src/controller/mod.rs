@@ -1,0 +1,496 @@
+//! The reconciler: turns the desired configuration plus health results into data-plane state.
+//!
+//! It owns the [`Dataplane`] and the model ([`ServiceState`] per service) and guarantees:
+//! - **Stable ids.** Service and backend ids are allocated here (backend id 0 is reserved) and
+//!   re-adopted from the pinned maps on start, so conntrack entries stay valid across restarts.
+//! - **Make-before-break.** Backends that become usable are written first, then the inactive
+//!   half of the service's double-buffered Maglev table, then the service entry is switched
+//!   with one write; backends that become `DOWN` get the flag only after the switch.
+//! - **Who gets new flows.** Healthy (or not yet checked), non-drained primaries; if there is
+//!   none, healthy non-drained backups; if none at all, the service is flagged
+//!   `SERVICE_F_NO_BACKEND` (SYNs are refused with a RST).
+//! - **Failure vs drain vs removal.** A failed backend gets `BACKEND_F_DOWN` (its flows move);
+//!   a drained one leaves the table only (flows stay); a removed one leaves the table at once
+//!   and keeps its id and entry until a conntrack sweep shows no live flow, then is cleared.
+//! - **Minimal reloads.** [`Controller::apply`] changes only what differs; a service whose
+//!   usable set is unchanged is not rewritten. A configuration that fails validation changes
+//!   nothing.
+
+mod journal;
+mod reload;
+mod sweep;
+mod sync;
+#[cfg(test)]
+mod tests;
+
+use crate::config::{CheckKind, Config, ConfigError, ServiceConfig};
+use crate::dataplane::{ConntrackSweep, ConntrackSweeper, Dataplane, DataplaneError};
+use crate::maglev::{self, MaglevBackend};
+use crate::model::{
+    is_usable, service_key, BackendState, Health, HealthTracker, ServiceState, Transition,
+};
+use lb_common::{
+    BackendValue, GlobalConfig, ServiceKey, ServiceValue, VipValue, BACKEND_F_DOWN,
+    BACKEND_F_DRAINING, SERVICE_F_NO_BACKEND,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::SystemTime;
+
+/// Errors of the controller.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The new configuration is invalid; nothing was changed.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The change is valid but cannot be applied to a running lbd.
+    #[error("{0}")]
+    Rejected(String),
+    /// A map write failed.
+    #[error("data plane: {0}")]
+    Dataplane(#[from] DataplaneError),
+    /// Maglev population failed (cannot happen with a validated config).
+    #[error("maglev: {0}")]
+    Maglev(#[from] maglev::MaglevError),
+    /// The change needs more of a bounded resource (ids, map entries) than is free; nothing
+    /// was written.
+    #[error("{limit}: {message}")]
+    Capacity {
+        /// The configuration key of the limit (`limits.max_services`, ...).
+        limit: &'static str,
+        /// What was needed, what is free, and how to fix it.
+        message: String,
+    },
+    /// A step failed mid-way and every write made before it was undone.
+    #[error(
+        "{source}; every write made before it was undone: the data plane and the running \
+         configuration are as before"
+    )]
+    RolledBack {
+        #[source]
+        source: Box<ControllerError>,
+    },
+    /// A step failed mid-way and undoing the writes made before it failed too.
+    #[error(
+        "{source}; rolling the change back failed too ({undo_failures} undo steps failed, the \
+         first with: {first}): the data plane may hold a mix of the old and the new \
+         configuration; lbd keeps the old configuration as the running one and the next \
+         successful reload rewrites every entry"
+    )]
+    RollbackFailed {
+        #[source]
+        source: Box<ControllerError>,
+        /// The first undo step that failed.
+        first: DataplaneError,
+        /// How many undo steps failed.
+        undo_failures: usize,
+    },
+}
+
+impl ControllerError {
+    /// False only when a failed change could not be rolled back, i.e. when the data plane may
+    /// no longer match the running configuration.
+    pub fn state_unchanged(&self) -> bool {
+        !matches!(self, ControllerError::RollbackFailed { .. })
+    }
+}
+
+/// A backend removed from the configuration that still has (or may have) live flows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetiredBackend {
+    /// Its id (still reserved).
+    pub id: u32,
+    /// The service id it belonged to.
+    pub service_id: u32,
+    /// Its address.
+    pub address: SocketAddrV4,
+    /// Sweep generation at retirement: only a later sweep may clear it.
+    pub retired_at_sweep: u64,
+}
+
+/// What [`Controller::apply`] changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ApplySummary {
+    /// Services added.
+    pub services_added: Vec<String>,
+    /// Services removed.
+    pub services_removed: Vec<String>,
+    /// Backends added, as `service/address`.
+    pub backends_added: Vec<String>,
+    /// Backends removed (retired), as `service/address`.
+    pub backends_removed: Vec<String>,
+    /// Backends whose weight, backup or drain changed, as `service/address`.
+    pub backends_changed: Vec<String>,
+    /// Services whose Maglev table or flags were rewritten.
+    pub tables_rewritten: Vec<String>,
+    /// Global settings (SNAT, timeouts) rewritten.
+    pub globals_changed: bool,
+}
+
+impl std::fmt::Display for ApplySummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        for (what, list) in [
+            ("services added", &self.services_added),
+            ("services removed", &self.services_removed),
+            ("backends added", &self.backends_added),
+            ("backends removed", &self.backends_removed),
+            ("backends changed", &self.backends_changed),
+            ("tables rewritten", &self.tables_rewritten),
+        ] {
+            if !list.is_empty() {
+                parts.push(format!("{what}: {}", list.join(", ")));
+            }
+        }
+        if self.globals_changed {
+            parts.push("global settings rewritten".into());
+        }
+        if parts.is_empty() {
+            f.write_str("no changes")
+        } else {
+            f.write_str(&parts.join("; "))
+        }
+    }
+}
+
+/// A health transition reported by [`Controller::health_result`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthChange {
+    /// Service name.
+    pub service: String,
+    /// Backend address.
+    pub backend: SocketAddrV4,
+    /// Previous health.
+    pub from: Health,
+    /// New health.
+    pub to: Health,
+}
+
+/// Owns the data plane and the running state.
+pub struct Controller<D: Dataplane> {
+    dp: D,
+    config: Config,
+    services: Vec<ServiceState>,
+    retired: Vec<RetiredBackend>,
+    used_backend_ids: BTreeSet<u32>,
+    used_service_ids: BTreeSet<u32>,
+    global: GlobalConfig,
+    /// Whether `global` and the SNAT addresses are known to be in the maps.
+    globals_written: bool,
+    /// VIP entries as written (`None`: unknown, rewrite it).
+    vips: BTreeMap<u32, Option<VipValue>>,
+    /// Undo steps of the running [`Self::transaction`].
+    journal: Option<Vec<journal::Undo>>,
+    sweep_generation: u64,
+    last_sweep: Option<ConntrackSweep>,
+}
+
+fn backend_flags(b: &BackendState) -> u32 {
+    let mut flags = 0;
+    if b.health() == Health::Down {
+        flags |= BACKEND_F_DOWN;
+    }
+    if b.cfg.drain {
+        flags |= BACKEND_F_DRAINING;
+    }
+    flags
+}
+
+fn backend_value(b: &BackendState, service_id: u32) -> BackendValue {
+    BackendValue {
+        addr_be: lb_common::ipv4_to_be(*b.cfg.address.ip()),
+        port_be: lb_common::port_to_be(b.cfg.address.port()),
+        _pad: 0,
+        flags: backend_flags(b),
+        service_id,
+    }
+}
+
+fn initial_health(kind: CheckKind) -> Health {
+    if kind == CheckKind::None {
+        Health::Up
+    } else {
+        Health::Unknown
+    }
+}
+
+impl<D: Dataplane> Controller<D> {
+    /// Validates `config`, re-adopts whatever the data plane already holds (ids, health,
+    /// table halves) and programs the data plane to match `config`.
+    pub fn new(dp: D, config: Config) -> Result<Self, ControllerError> {
+        config.validate()?;
+        let pinned_services = dp.services()?;
+        let pinned_backends = dp.backends()?;
+        let pinned_vips = dp.vips()?;
+        let mut ctl = Controller {
+            dp,
+            config: config.clone(),
+            services: Vec::new(),
+            retired: Vec::new(),
+            used_backend_ids: BTreeSet::new(),
+            used_service_ids: BTreeSet::new(),
+            global: config.global_config(),
+            globals_written: false,
+            vips: BTreeMap::new(),
+            journal: None,
+            sweep_generation: 0,
+            last_sweep: None,
+        };
+        // All or nothing: a failure restores the pinned state as it was.
+        ctl.transaction(|ctl| ctl.adopt(&config, pinned_services, pinned_backends, pinned_vips))?;
+        Ok(ctl)
+    }
+
+    /// Re-adopts the pinned entries that `config` still wants and programs the rest.
+    fn adopt(
+        &mut self,
+        config: &Config,
+        pinned_services: Vec<(ServiceKey, ServiceValue)>,
+        pinned_backends: Vec<(u32, BackendValue)>,
+        pinned_vips: Vec<(u32, VipValue)>,
+    ) -> Result<(), ControllerError> {
+        let m = config.limits.maglev_table_size;
+        let ctl = self;
+        // Adopt services whose key is still configured; remove the others.
+        let mut adopted: HashMap<ServiceKey, ServiceValue> = HashMap::new();
+        for (key, value) in pinned_services {
+            let wanted = config.services.iter().any(|s| service_key(s) == key);
+            if wanted && value.service_id < config.limits.max_services {
+                ctl.used_service_ids.insert(value.service_id);
+                adopted.insert(key, value);
+            } else {
+                ctl.write_remove_service(&key)?;
+            }
+        }
+        // Adopt backends of adopted services that are still configured; retire the others.
+        let mut adopted_backends: HashMap<(u32, SocketAddrV4), (u32, BackendValue)> =
+            HashMap::new();
+        for (id, value) in pinned_backends {
+            if id == lb_common::BACKEND_ID_NONE || id >= config.limits.max_backends {
+                continue;
+            }
+            ctl.used_backend_ids.insert(id);
+            let address = SocketAddrV4::new(
+                lb_common::ipv4_from_be(value.addr_be),
+                lb_common::port_from_be(value.port_be),
+            );
+            let configured = adopted.values().any(|s| s.service_id == value.service_id)
+                && config.services.iter().any(|s| {
+                    adopted.get(&service_key(s)).map(|v| v.service_id) == Some(value.service_id)
+                        && s.backends.iter().any(|b| b.address == address)
+                });
+            if configured {
+                adopted_backends.insert((value.service_id, address), (id, value));
+            } else {
+                ctl.retired.push(RetiredBackend {
+                    id,
+                    service_id: value.service_id,
+                    address,
+                    retired_at_sweep: 0,
+                });
+            }
+        }
+
+        ctl.write_globals()?;
+        for svc_cfg in &config.services {
+            let key = service_key(svc_cfg);
+            let (id, active_slot) = match adopted.get(&key) {
+                Some(v) => {
+                    let slot = if v.table_size == m
+                        && v.table_offset == lb_common::maglev_table_offset(v.service_id, 1, m)
+                    {
+                        1
+                    } else {
+                        0
+                    };
+                    (v.service_id, slot)
+                }
+                None => {
+                    let id = ctl.alloc_service_id()?;
+                    ctl.dp.reset_stats(Some(id), None)?;
+                    (id, 1) // the first write goes to slot 0
+                }
+            };
+            let mut backends = Vec::new();
+            for b in &svc_cfg.backends {
+                let state = match adopted_backends.get(&(id, b.address)) {
+                    Some(&(bid, value)) => {
+                        let health = if svc_cfg.health_check.kind == CheckKind::None {
+                            Health::Up
+                        } else if value.flags & BACKEND_F_DOWN != 0 {
+                            Health::Down
+                        } else {
+                            Health::Up
+                        };
+                        new_backend_state(b.clone(), bid, health, Some(value.flags))
+                    }
+                    None => {
+                        let bid = ctl.alloc_backend_id()?;
+                        ctl.dp.reset_stats(None, Some(bid))?;
+                        new_backend_state(
+                            b.clone(),
+                            bid,
+                            initial_health(svc_cfg.health_check.kind),
+                            None,
+                        )
+                    }
+                };
+                backends.push(state);
+            }
+            ctl.services.push(ServiceState {
+                cfg: svc_cfg.clone(),
+                id,
+                key,
+                active_slot,
+                table_inputs: None,
+                flags: None,
+                backends,
+                active_flows: 0,
+            });
+        }
+        for i in 0..ctl.services.len() {
+            ctl.sync_service(i)?;
+        }
+        for (vip, value) in pinned_vips {
+            ctl.vips.insert(vip, Some(value)); // kept if right, else rewritten or removed
+        }
+        ctl.sync_vips()?;
+        Ok(())
+    }
+
+    /// The running configuration (what `config dump` shows).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The running services, in configuration order.
+    pub fn services(&self) -> &[ServiceState] {
+        &self.services
+    }
+
+    /// Backends removed from the configuration that still wait for their flows to end.
+    pub fn retired(&self) -> &[RetiredBackend] {
+        &self.retired
+    }
+
+    /// The data plane (for reading counters).
+    pub fn dataplane(&self) -> &D {
+        &self.dp
+    }
+
+    /// The global settings last written.
+    pub fn global_config(&self) -> &GlobalConfig {
+        &self.global
+    }
+
+    /// The last conntrack sweep, if any ran.
+    pub fn last_sweep(&self) -> Option<&ConntrackSweep> {
+        self.last_sweep.as_ref()
+    }
+
+    /// Consumes the controller, returning the data plane.
+    pub fn into_dataplane(self) -> D {
+        self.dp
+    }
+
+    fn alloc_service_id(&mut self) -> Result<u32, ControllerError> {
+        let id = (0..self.config.limits.max_services)
+            .find(|id| !self.used_service_ids.contains(id))
+            .ok_or_else(|| {
+                ControllerError::Rejected(format!(
+                    "no free service id (limits.max_services is {})",
+                    self.config.limits.max_services
+                ))
+            })?;
+        self.used_service_ids.insert(id);
+        Ok(id)
+    }
+
+    fn alloc_backend_id(&mut self) -> Result<u32, ControllerError> {
+        let id = (1..self.config.limits.max_backends)
+            .find(|id| !self.used_backend_ids.contains(id))
+            .ok_or_else(|| {
+                ControllerError::Rejected(format!(
+                    "no free backend id (limits.max_backends is {}; {} ids wait for their flows to end)",
+                    self.config.limits.max_backends,
+                    self.retired.len()
+                ))
+            })?;
+        self.used_backend_ids.insert(id);
+        Ok(id)
+    }
+
+    fn write_globals(&mut self) -> Result<(), ControllerError> {
+        let addrs = self.config.snat.addresses.clone();
+        self.write_snat_addrs(&addrs)?;
+        self.global = self.config.global_config();
+        let global = self.global;
+        self.write_global_config(&global)?;
+        self.globals_written = true;
+        Ok(())
+    }
+
+    /// Feeds one health-check result; on a transition updates the data plane and returns it.
+    pub fn health_result(
+        &mut self,
+        service: &str,
+        backend: SocketAddrV4,
+        ok: bool,
+        reason: &str,
+    ) -> Result<Option<HealthChange>, ControllerError> {
+        let Some(i) = self.services.iter().position(|s| s.cfg.name == service) else {
+            return Ok(None); // stale result of a removed service
+        };
+        let hc = self.services[i].cfg.health_check.clone();
+        let Some(b) = self.services[i]
+            .backends
+            .iter_mut()
+            .find(|b| b.cfg.address == backend)
+        else {
+            return Ok(None);
+        };
+        let from = b.health();
+        let Some(to) = b.tracker.record(ok, hc.rise, hc.fall) else {
+            return Ok(None);
+        };
+        b.transitions += 1;
+        b.last_transition = Some(Transition {
+            at: SystemTime::now(),
+            to,
+            reason: reason.to_string(),
+        });
+        self.sync_service(i)?;
+        Ok(Some(HealthChange {
+            service: service.to_string(),
+            backend,
+            from,
+            to,
+        }))
+    }
+
+    /// Current live VIPs (for tests and status).
+    pub fn vips(&self) -> Vec<Ipv4Addr> {
+        self.vips
+            .keys()
+            .map(|&v| lb_common::ipv4_from_be(v))
+            .collect()
+    }
+}
+
+fn new_backend_state(
+    cfg: crate::config::BackendConfig,
+    id: u32,
+    health: Health,
+    written_flags: Option<u32>,
+) -> BackendState {
+    BackendState {
+        cfg,
+        id,
+        tracker: HealthTracker::new(health),
+        transitions: 0,
+        last_transition: None,
+        in_table: false,
+        written_flags,
+        active_flows: 0,
+    }
+}

@@ -1,0 +1,138 @@
+//! Bringing the data plane in line with the model: one service (make-before-break) and the VIP map.
+
+use super::*;
+
+impl<D: Dataplane> Controller<D> {
+    /// Brings service `i`'s backends, Maglev table and entry in line with its state.
+    /// Returns whether the table or service entry was rewritten.
+    pub(super) fn sync_service(&mut self, i: usize) -> Result<bool, ControllerError> {
+        let m = self.config.limits.maglev_table_size;
+        let svc = &self.services[i];
+        let usable = |b: &&BackendState| !b.cfg.drain && is_usable(b.health());
+        let primaries: Vec<&BackendState> = svc
+            .backends
+            .iter()
+            .filter(|b| !b.cfg.backup)
+            .filter(usable)
+            .collect();
+        let chosen = if primaries.is_empty() {
+            svc.backends
+                .iter()
+                .filter(|b| b.cfg.backup)
+                .filter(usable)
+                .collect()
+        } else {
+            primaries
+        };
+        let mut inputs: Vec<(String, u32, u32)> = chosen
+            .iter()
+            .map(|b| (b.identity(), b.cfg.weight, b.id))
+            .collect();
+        inputs.sort();
+        let in_table: BTreeSet<u32> = inputs.iter().map(|x| x.2).collect();
+        let flags = if inputs.is_empty() {
+            SERVICE_F_NO_BACKEND
+        } else {
+            0
+        };
+
+        // Phase 1: backends whose new flags do not add DOWN (new ones, recovered ones,
+        // drain changes) are written before the table that may point at them.
+        let service_id = svc.id;
+        let mut late = Vec::new();
+        for j in 0..self.services[i].backends.len() {
+            let b = &self.services[i].backends[j];
+            let flags_now = backend_flags(b);
+            if Some(flags_now) == b.written_flags {
+                continue;
+            }
+            // A backend that was written without DOWN gets DOWN only after the switch; a new
+            // one is written at once (nothing points at it yet).
+            let adds_down = flags_now & BACKEND_F_DOWN != 0
+                && b.written_flags.is_some_and(|w| w & BACKEND_F_DOWN == 0);
+            if adds_down {
+                late.push(j);
+            } else {
+                let value = backend_value(b, service_id);
+                self.write_backend(b.id, &value)?;
+                self.services[i].backends[j].written_flags = Some(flags_now);
+            }
+        }
+
+        // Phase 2: table and service entry.
+        let svc = &self.services[i];
+        let rewrite = svc.table_inputs.as_ref() != Some(&inputs) || svc.flags != Some(flags);
+        let (key, active_slot) = (svc.key, svc.active_slot);
+        if rewrite {
+            let mut value = ServiceValue {
+                service_id,
+                table_offset: lb_common::maglev_table_offset(service_id, active_slot, m),
+                table_size: m,
+                flags,
+            };
+            let mut slot = active_slot;
+            if !inputs.is_empty() {
+                let mb: Vec<MaglevBackend> = inputs
+                    .iter()
+                    .map(|(identity, weight, id)| MaglevBackend {
+                        identity: identity.clone(),
+                        weight: *weight,
+                        id: *id,
+                    })
+                    .collect();
+                let table = maglev::build_table(&mb, m)?;
+                slot = 1 - active_slot;
+                value.table_offset = lb_common::maglev_table_offset(service_id, slot, m);
+                self.write_maglev(value.table_offset, &table)?;
+            }
+            self.write_service(&key, &value)?;
+            let svc = &mut self.services[i];
+            svc.active_slot = slot;
+            svc.flags = Some(flags);
+            svc.table_inputs = Some(inputs);
+        }
+        for b in &mut self.services[i].backends {
+            b.in_table = in_table.contains(&b.id);
+        }
+
+        // Phase 3: DOWN flags after the switch, so re-balanced flows cannot pick them again.
+        for j in late {
+            let b = &self.services[i].backends[j];
+            let value = backend_value(b, service_id);
+            self.write_backend(b.id, &value)?;
+            self.services[i].backends[j].written_flags = Some(value.flags);
+        }
+        Ok(rewrite)
+    }
+
+    /// Brings `LB_VIPS` in line with the services. Stale VIPs (whose services are already
+    /// gone) are removed before new ones are inserted, so moving a service to a new VIP fits
+    /// in a full map (`limits.max_services` entries).
+    pub(super) fn sync_vips(&mut self) -> Result<(), ControllerError> {
+        let mut want: BTreeMap<u32, u32> = BTreeMap::new();
+        for s in &self.services {
+            *want.entry(s.key.vip_be).or_insert(0) += 1;
+        }
+        let stale: Vec<u32> = self
+            .vips
+            .keys()
+            .filter(|v| !want.contains_key(v))
+            .copied()
+            .collect();
+        for vip in stale {
+            self.write_remove_vip(vip)?;
+            self.vips.remove(&vip);
+        }
+        for (vip, count) in want {
+            let value = VipValue {
+                service_count: count,
+                flags: 0,
+            };
+            if self.vips.get(&vip) != Some(&Some(value)) {
+                self.write_vip(vip, &value)?;
+                self.vips.insert(vip, Some(value));
+            }
+        }
+        Ok(())
+    }
+}
