@@ -61,9 +61,27 @@ pub const ABORTED: u32 = 21;
 /// A SYN hit a tracked flow that was established or closing (event): a new connection
 /// reusing the client's port. Its old entries are released and it is balanced as a new flow.
 pub const CT_SYN_REUSE: u32 = 22;
+/// An ICMP error (destination unreachable, time exceeded) from the backend side about a
+/// tracked flow, translated for the client (outer VIP -> client, quoted client -> VIP) and
+/// forwarded with `XDP_REDIRECT` or `XDP_TX`.
+pub const ICMP_TO_CLIENT: u32 = 23;
+/// An ICMP error from the client side addressed to a VIP about a tracked flow, translated for
+/// the backend (outer SNAT address -> backend, quoted backend -> SNAT address) and forwarded.
+pub const ICMP_TO_BACKEND: u32 = 24;
+/// An ICMP error addressed to a VIP or a SNAT address whose ICMP header or quoted IPv4 header
+/// plus 8 bytes is truncated, or whose quoted header is not IPv4 or has IHL < 5: `XDP_DROP`.
+pub const DROP_ICMP_MALFORMED: u32 = 25;
+/// A packet of a tracked flow with DF set did not fit the egress MTU: answered with ICMP
+/// fragmentation needed (type 3 code 4, the egress MTU) out of the ingress interface
+/// (`XDP_TX`).
+pub const TX_ICMP_FRAG_NEEDED: u32 = 26;
+/// A packet of a tracked flow did not fit the egress MTU and lb cannot answer it: DF clear
+/// (lb does not fragment), IP options, or the packet is itself a translated ICMP error:
+/// `XDP_DROP`.
+pub const DROP_TOO_BIG: u32 = 27;
 
 /// Number of global counters.
-pub const NUM_COUNTERS: u32 = 23;
+pub const NUM_COUNTERS: u32 = 28;
 
 /// Metric label of each counter, indexed by counter index.
 pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
@@ -90,6 +108,11 @@ pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
     "new_flow",
     "aborted",
     "ct_syn_reuse",
+    "icmp_to_client",
+    "icmp_to_backend",
+    "drop_icmp_malformed",
+    "tx_icmp_frag_needed",
+    "drop_too_big",
 ];
 
 #[cfg(test)]

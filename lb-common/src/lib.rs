@@ -25,16 +25,19 @@ pub mod maps;
 pub use counters::*;
 pub use maps::*;
 
-/// Version of the pinned map layout; part of the pin directory name (`abi2`).
+/// Version of the pinned map layout; part of the pin directory name (`abi3`).
 ///
 /// 2: [`FlowEntry`] grew the cached next hop (32 -> 56 bytes).
-pub const ABI_VERSION: u32 = 2;
+/// 3: `LB_STATS` grew the ICMP and MTU counters (23 -> 28 entries).
+pub const ABI_VERSION: u32 = 3;
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";
 
 /// IANA protocol number of TCP.
 pub const IPPROTO_TCP: u8 = 6;
+/// IANA protocol number of ICMP.
+pub const IPPROTO_ICMP: u8 = 1;
 
 /// TCP header flag bits (byte 13 of the TCP header).
 pub mod tcp_flags {

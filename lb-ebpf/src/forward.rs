@@ -1,16 +1,21 @@
 //! Forwarding of a rewritten packet: the next hop ([`resolve`]: the flow's cached one, or
 //! `bpf_fib_lookup` on the new addresses, cached in the conntrack entry), then MAC rewrite,
 //! TTL decrement and `XDP_TX` (egress = ingress) or a redirect through `LB_TX_PORTS`
-//! ([`transmit`]).
+//! ([`transmit`]). A packet too big for the egress MTU is answered with ICMP fragmentation
+//! needed ([`crate::icmp::frag_needed`]).
 
 use crate::{
+    icmp,
     maps::LB_TX_PORTS,
     nat::decrement_ttl,
     parse::{frame_len, EthHdr, Ipv4Hdr},
     stats::{self, Verdict},
 };
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    bindings::{
+        bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS,
+    },
     helpers::generated::bpf_fib_lookup as fib_lookup,
     programs::XdpContext,
     EbpfContext,
@@ -39,7 +44,10 @@ pub enum NextHop {
     Ready,
     /// The route is known but the neighbour is not resolved (`BPF_FIB_LKUP_RET_NO_NEIGH`).
     NoNeigh,
-    /// No route, forwarding disabled, MTU exceeded, ...
+    /// The packet is longer than the egress MTU (`BPF_FIB_LKUP_RET_FRAG_NEEDED`), which this
+    /// holds (host order).
+    FragNeeded(u16),
+    /// No route, forwarding disabled, ...
     Failed,
 }
 
@@ -82,6 +90,11 @@ pub fn resolve(ctx: &XdpContext, ip: &Ipv4Hdr, entry: &mut FlowEntry) -> NextHop
             entry.next_hop_max_len = 0;
             NextHop::NoNeigh
         }
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            entry.next_hop_max_len = 0;
+            // SAFETY: on FRAG_NEEDED the kernel stores the egress MTU in this union member.
+            NextHop::FragNeeded(unsafe { params.__bindgen_anon_1.mtu_result })
+        }
         _ => {
             entry.next_hop_max_len = 0;
             NextHop::Failed
@@ -94,8 +107,9 @@ pub fn resolve(ctx: &XdpContext, ip: &Ipv4Hdr, entry: &mut FlowEntry) -> NextHop
 /// kernel).
 ///
 /// Returns `FWD_TO_*` with `XDP_TX`/`XDP_REDIRECT`, `PASS_NO_TX_PORT` (egress not in
-/// `LB_TX_PORTS`, packet untouched beyond the NAT), `PASS_FIB_NO_NEIGH` (TTL untouched) or
-/// `DROP_FIB_FAILED`.
+/// `LB_TX_PORTS`, packet untouched beyond the NAT), `PASS_FIB_NO_NEIGH` (TTL untouched),
+/// `TX_ICMP_FRAG_NEEDED` (the packet turned into the ICMP answer to its sender),
+/// `DROP_TOO_BIG` or `DROP_FIB_FAILED`.
 #[inline(always)]
 pub fn transmit(
     ctx: &XdpContext,
@@ -114,6 +128,7 @@ pub fn transmit(
             stats::forwarded(service_id, backend_id, bytes, to_backend);
             return Verdict::pass(PASS_FIB_NO_NEIGH);
         }
+        NextHop::FragNeeded(mtu) => return icmp::frag_needed(ctx, eth, ip, entry, mtu),
         NextHop::Failed => return Verdict::drop(DROP_FIB_FAILED),
     }
     let fwd_counter = if to_backend {

@@ -2,7 +2,8 @@
 //!
 //! The entry point is thin: [`try_lb`] decides a [`Verdict`], and the single exit in
 //! [`lb_xdp`] records its counter and returns its action. Modules by concern: [`parse`]
-//! (all pointer arithmetic), [`maps`], [`conntrack`], [`nat`], [`forward`], [`rst`], [`stats`].
+//! (all pointer arithmetic), [`maps`], [`conntrack`], [`nat`], [`forward`], [`rst`], [`icmp`],
+//! [`stats`].
 //!
 //! The common case (unfragmented TCP without IP options) starts with one conntrack lookup of
 //! the packet's 5-tuple: a reply entry needs no other hash lookup, a forward entry one more
@@ -13,6 +14,7 @@
 
 mod conntrack;
 mod forward;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;
@@ -23,7 +25,8 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use conntrack::{now_ns, tcp_key, AllocError};
 use forward::Direction;
 use lb_common::{
-    hash::flow_hash, tcp_flags, BACKEND_F_DOWN, BACKEND_ID_NONE, FLOW_F_REPLY, IPPROTO_TCP,
+    hash::flow_hash, tcp_flags, BACKEND_F_DOWN, BACKEND_ID_NONE, FLOW_F_REPLY, IPPROTO_ICMP,
+    IPPROTO_TCP,
     SERVICE_F_NO_BACKEND, *,
 };
 use maps::{LB_BACKENDS, LB_CONFIG, LB_CONNTRACK, LB_MAGLEV, LB_SERVICES, LB_VIPS};
@@ -90,7 +93,7 @@ fn try_lb(ctx: &XdpContext) -> Result<Verdict, ()> {
     }
     // SAFETY: read-only presence check.
     if unsafe { LB_VIPS.get(ip.dst_be) }.is_some() {
-        Ok(lb4_vip_exception(ip))
+        lb4_vip_exception(ctx, eth, ip)
     } else {
         lb4_reply_exception(ctx, eth, ip, hlen, tot_len)
     }
@@ -173,21 +176,28 @@ fn lb4_tcp(
     lb4_service(ctx, eth, ip, tcp, &key, &svc, Some(entry))
 }
 
-/// A VIP packet that cannot be balanced: a fragment, IP options, not TCP, or a truncated TCP
-/// header.
+/// A VIP packet that cannot be balanced: a fragment, IP options, not TCP (an ICMP error about
+/// a tracked flow is translated for its backend), or a truncated TCP header.
 #[inline(always)]
-fn lb4_vip_exception(ip: &Ipv4Hdr) -> Verdict {
+fn lb4_vip_exception(
+    ctx: &XdpContext,
+    eth: &mut EthHdr,
+    ip: &mut Ipv4Hdr,
+) -> Result<Verdict, ()> {
     if ip.is_fragment() {
-        return Verdict::drop(DROP_VIP_FRAGMENT);
+        return Ok(Verdict::drop(DROP_VIP_FRAGMENT));
     }
     if ip.header_len() != IPV4_HLEN {
-        return Verdict::drop(DROP_VIP_IP_OPTIONS);
+        return Ok(Verdict::drop(DROP_VIP_IP_OPTIONS));
+    }
+    if ip.proto == IPPROTO_ICMP {
+        return icmp::lb4_icmp_from_client(ctx, eth, ip);
     }
     if ip.proto != IPPROTO_TCP {
-        return Verdict::pass(PASS_VIP_NON_TCP);
+        return Ok(Verdict::pass(PASS_VIP_NON_TCP));
     }
     // Only a TCP header that does not fit is left (everything else took `lb4_tcp`).
-    Verdict::drop(DROP_MALFORMED_TCP)
+    Ok(Verdict::drop(DROP_MALFORMED_TCP))
 }
 
 /// A TCP packet to a service (steps 4-8 of the packet path) with a valid header; `tracked` is
@@ -325,7 +335,8 @@ fn lb4_reply(
 }
 
 /// A packet not addressed to a VIP that missed the fast path (IP options, a fragment, not
-/// TCP, a short TCP header): a reply of a tracked flow, or not ours.
+/// TCP, a short TCP header): a reply of a tracked flow, an ICMP error to a SNAT address about
+/// one, or not ours.
 #[inline(always)]
 fn lb4_reply_exception(
     ctx: &XdpContext,
@@ -334,6 +345,9 @@ fn lb4_reply_exception(
     hlen: usize,
     tot_len: usize,
 ) -> Result<Verdict, ()> {
+    if ip.proto == IPPROTO_ICMP && hlen == IPV4_HLEN && !ip.is_fragment() {
+        return icmp::lb4_icmp_from_backend(ctx, eth, ip);
+    }
     if ip.proto != IPPROTO_TCP || ip.is_fragment() {
         return Ok(Verdict::pass(PASS_NOT_SERVICE));
     }

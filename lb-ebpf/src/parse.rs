@@ -95,6 +95,20 @@ impl TcpHdr {
     }
 }
 
+/// Length of an ICMP header (type, code, checksum, 4 type-specific bytes).
+pub const ICMP_HLEN: usize = 8;
+
+/// ICMP header. For destination unreachable and time exceeded it is followed by the quoted
+/// IPv4 header and at least 8 bytes of its payload.
+#[repr(C)]
+pub struct IcmpHdr {
+    pub kind: u8,
+    pub code: u8,
+    pub check: u16,
+    /// Unused, except for fragmentation needed: the next-hop MTU in the second word.
+    pub rest_be: [u16; 2],
+}
+
 /// Returns a pointer to a `T` at `offset` bytes into the frame, or `None` if it does not fit.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {

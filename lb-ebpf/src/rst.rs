@@ -21,7 +21,7 @@ const IP_DF_BE: u16 = 0x4000u16.to_be();
 
 /// Sum of `N` 16-bit words read natively from `p`.
 #[inline(always)]
-fn sum_words<const N: usize>(p: *const [u16; N]) -> u64 {
+pub fn sum_words<const N: usize>(p: *const [u16; N]) -> u64 {
     // SAFETY: the caller passes a pointer bounds-checked by `ptr_at`.
     let words = unsafe { &*p };
     let mut sum = 0u64;

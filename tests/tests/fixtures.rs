@@ -15,6 +15,9 @@ use lb_tests::fixture::netns::FixtureNetns;
 use lb_tests::fixture::require_root;
 use std::net::Ipv4Addr;
 
+#[path = "fixtures/icmp.rs"]
+mod icmp;
+
 // XDP actions.
 const ABORTED_ACT: u32 = 0;
 const DROP: u32 = 1;
@@ -932,12 +935,13 @@ fn cases(ifs: &Ifs) -> Vec<Case> {
         .with_flags(tcp_flags::ACK | tcp_flags::PSH, &[0x55; 200]);
     v.push(
         case(
-            "a packet longer than the cached next hop was validated for asks the FIB (MTU)",
+            "a packet longer than the cached next hop was validated for asks the FIB (MTU): \
+             answered with frag-needed",
             big83.build(),
             pub0,
-            DROP,
-            Some(to_backend(&big83, BE_NO_NEIGH, 80, p83, None)),
-            &[DROP_FIB_FAILED],
+            TX,
+            Some(icmp::frag_needed_for(&big83, 100)),
+            &[TX_ICMP_FRAG_NEEDED],
         )
         .setup(|_| set_mtu("priv0", 100))
         .check(move |dp| {
@@ -1135,7 +1139,8 @@ fn packet_fixtures() {
         let mut dp =
             BpfDataplane::load(&opts).unwrap_or_else(|e| panic!("loading the data plane: {e}"));
         populate(&mut dp, &ifs);
-        let cases = cases(&ifs);
+        let mut cases = cases(&ifs);
+        cases.extend(icmp::icmp_cases(&ifs));
         assert!(
             cases.len() >= 30,
             "the fixture table must have at least 30 cases"

@@ -93,6 +93,7 @@ both_modes!(
     restart_without_loss,
     reload,
     bad_traffic,
+    path_mtu,
 );
 
 /// 0. The lab itself (no lbd): the balancer reaches every backend, the client reaches none
@@ -919,4 +920,55 @@ fn demo_fast_mode() {
         !leftovers.iter().any(|n: &String| n.starts_with("lbdemo")),
         "demo namespaces left behind: {leftovers:?}"
     );
+}
+
+/// Path MTU discovery through lb: the balancer's end of one link has MTU 1400 while every
+/// host has 1500, so full-sized segments do not fit and lb answers them with ICMP
+/// fragmentation needed (from the VIP to the client, from the SNAT address to the backend).
+/// A 10 MB upload (client segments too big for `bk1`) and a 10 MB download (backend segments
+/// too big for `pub0`) complete with equal SHA-256.
+fn path_mtu(mode: Mode) {
+    let _serial = exclusive();
+    const LEN: u64 = 10 * 1024 * 1024;
+    for (what, up) in [("upload", true), ("download", false)] {
+        let mut opts = LabOptions::new(1, mode);
+        if up {
+            opts.backend_link_mtu = Some(1400);
+        } else {
+            opts.pub0_mtu = Some(1400);
+        }
+        let mut l = Lab::new(opts).unwrap_or_else(|e| panic!("building the lab: {e}"));
+        let cfg = l.default_config();
+        l.start_lbd(&cfg)
+            .unwrap_or_else(|e| panic!("starting lbd: {e}"));
+        let sha = l
+            .in_client(move || async move {
+                let mut conn = HttpConn::connect(vip_addr(), PROBE_TIMEOUT).await?;
+                let timeout = Duration::from_secs(60);
+                if up {
+                    let r = tokio::time::timeout(timeout, conn.post_pattern("/sha256", LEN))
+                        .await
+                        .map_err(|_| lb_tests::lab::LabError::Timeout("10 MB upload".into()))??;
+                    assert_eq!(r.status, 200);
+                    Ok(r.text())
+                } else {
+                    let (status, len, sha) = tokio::time::timeout(
+                        timeout,
+                        conn.get_hashed(&format!("/bulk?bytes={LEN}"), |_| {}),
+                    )
+                    .await
+                    .map_err(|_| lb_tests::lab::LabError::Timeout("10 MB download".into()))??;
+                    assert_eq!((status, len), (200, LEN));
+                    Ok(sha)
+                }
+            })
+            .unwrap_or_else(|e| panic!("10 MB {what} with a 1400-byte hop: {e}"));
+        assert_eq!(sha, pattern_sha256(LEN), "{what} SHA-256");
+        let counters = l.lbd().unwrap().counters().unwrap();
+        let sent = counters.get("tx_icmp_frag_needed").copied().unwrap_or(0);
+        assert!(
+            sent > 0,
+            "{what}: no fragmentation-needed answer counted: {counters:?}"
+        );
+    }
 }

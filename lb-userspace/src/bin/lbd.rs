@@ -145,6 +145,9 @@ fn real_main(args: Args) -> Result<()> {
             mode,
         });
     }
+    // Packets passed up rewritten carry a VIP or SNAT source: see dataplane::sysctl.
+    lb::dataplane::sysctl::prepare_pass_up_logged(&config.interfaces)
+        .context("setting the interfaces' sysctls for packets passed up rewritten")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -703,7 +703,7 @@ backends    4 (3 up, 1 not up)
         assert!(got.contains("\npass_non_ip          0      0\n"), "\n{got}");
         assert!(
             got.ends_with(
-                "\naborted              0      0\nct_syn_reuse         0      0\n\
+                "\ntx_icmp_frag_needed  0      0\ndrop_too_big         0      0\n\
                  from_the_future      1      -\n"
             ),
             "\n{got}"

@@ -8,6 +8,7 @@
 
 pub mod bpf;
 pub mod fake;
+pub mod sysctl;
 
 use lb_common::{
     BackendValue, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue, NUM_COUNTERS,

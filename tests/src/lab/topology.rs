@@ -45,6 +45,12 @@ pub struct LabOptions {
     pub mode: Mode,
     /// Name prefix; unique per lab (default [`sys::unique_prefix`]).
     pub prefix: Option<String>,
+    /// MTU of the balancer's end of the client link (`pub0`; `c0` keeps 1500), so packets
+    /// from the backends do not fit toward the client (path MTU discovery through lb).
+    pub pub0_mtu: Option<u32>,
+    /// MTU of the balancer's end of every backend link (`bk<i>`; `e0` keeps 1500), so
+    /// packets from the client do not fit toward the backends.
+    pub backend_link_mtu: Option<u32>,
 }
 
 impl LabOptions {
@@ -54,6 +60,8 @@ impl LabOptions {
             backends,
             mode,
             prefix: None,
+            pub0_mtu: None,
+            backend_link_mtu: None,
         }
     }
 }
@@ -105,6 +113,23 @@ impl Lab {
             testsrv_bin,
         };
         lab.wire(opts.backends)?;
+        let lb = lab.balancer.name().to_string();
+        if let Some(mtu) = opts.pub0_mtu {
+            ip(&["-n", &lb, "link", "set", "pub0", "mtu", &mtu.to_string()])?;
+        }
+        if let Some(mtu) = opts.backend_link_mtu {
+            for i in 1..=opts.backends {
+                ip(&[
+                    "-n",
+                    &lb,
+                    "link",
+                    "set",
+                    &format!("bk{i}"),
+                    "mtu",
+                    &mtu.to_string(),
+                ])?;
+            }
+        }
         for i in 1..=opts.backends {
             lab.start_backend(i)?;
         }
