@@ -15,6 +15,8 @@ use lb_tests::fixture::netns::FixtureNetns;
 use lb_tests::fixture::require_root;
 use std::net::Ipv4Addr;
 
+#[path = "fixtures/fuzz.rs"]
+mod fuzz;
 #[path = "fixtures/icmp.rs"]
 mod icmp;
 
