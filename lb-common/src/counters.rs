@@ -1,8 +1,8 @@
 //! Global counter indices of [`crate::MAP_STATS`]: one per verdict reason.
 //!
-//! Every packet the XDP program sees increments exactly one verdict counter (all but the three
-//! event counters [`CT_BACKEND_DOWN`], [`CT_SYN_REUSE`] and [`NEW_FLOW`], which count events on
-//! top of the verdict), plus, when it belongs to a service, that service's and backend's
+//! Every packet the XDP program sees increments exactly one verdict counter (all but the event
+//! counters [`CT_BACKEND_DOWN`], [`CT_SYN_REUSE`], [`NEW_FLOW`], [`CT_SYN_ON_OPEN`] and
+//! [`CT_PAIR_REPAIRED`], which count events on top of the verdict), plus, when it belongs to a service, that service's and backend's
 //! [`crate::FlowStats`]. The name in [`COUNTER_NAMES`] is the `reason` label of the
 //! `lb_packets_total` metric.
 
@@ -58,12 +58,26 @@ pub const CT_BACKEND_DOWN: u32 = 19;
 pub const NEW_FLOW: u32 = 20;
 /// Internal error (a map lookup that cannot fail did): `XDP_ABORTED`.
 pub const ABORTED: u32 = 21;
-/// A SYN hit a tracked flow that was established or closing (event): a new connection
-/// reusing the client's port. Its old entries are released and it is balanced as a new flow.
+/// A SYN (without ACK) hit a tracked flow in TIME_WAIT or CLOSE (event): a new connection
+/// reusing the client's port. Both old entries are released and it is balanced as a new flow.
 pub const CT_SYN_REUSE: u32 = 22;
+/// A SYN (without ACK) hit a tracked flow past its handshake that is not closed (event): it is
+/// forwarded unchanged to the flow's backend (whose kernel answers with a challenge ACK, as it
+/// would without lb) and never re-balanced, so a blind spoofed SYN cannot move a connection.
+pub const CT_SYN_ON_OPEN: u32 = 23;
+/// One entry of a flow was missing (LRU eviction) when the other was refreshed or changed
+/// state (event): it was re-inserted from its partner.
+pub const CT_PAIR_REPAIRED: u32 = 24;
+/// A client packet whose flow lost its reply entry, and whose SNAT port (the reply entry's
+/// key) now belongs to another live flow: the flow is ended, its forward entry removed and the
+/// client answered with a RST (`XDP_TX`).
+pub const TX_RST_CT_CONFLICT: u32 = 25;
+/// A backend packet whose flow lost its forward entry, and whose client 5-tuple now belongs to
+/// another live flow: the stale reply entry is removed and the packet dropped.
+pub const DROP_CT_CONFLICT: u32 = 26;
 
 /// Number of global counters.
-pub const NUM_COUNTERS: u32 = 23;
+pub const NUM_COUNTERS: u32 = 27;
 
 /// Metric label of each counter, indexed by counter index.
 pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
@@ -90,6 +104,10 @@ pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
     "new_flow",
     "aborted",
     "ct_syn_reuse",
+    "ct_syn_on_open",
+    "ct_pair_repaired",
+    "tx_rst_ct_conflict",
+    "drop_ct_conflict",
 ];
 
 #[cfg(test)]

@@ -21,14 +21,17 @@ pub mod checksum;
 pub mod counters;
 pub mod hash;
 pub mod maps;
+pub mod tcp_state;
 
 pub use counters::*;
 pub use maps::*;
 
-/// Version of the pinned map layout; part of the pin directory name (`abi2`).
+/// Version of the pinned map layout; part of the pin directory name (`abi3`).
 ///
 /// 2: [`FlowEntry`] grew the cached next hop (32 -> 56 bytes).
-pub const ABI_VERSION: u32 = 2;
+/// 3: [`FlowEntry`] holds the shared TCP state (`state`, `close_dir`; the ESTABLISHED and
+///    CLOSING flags are gone) and [`GlobalConfig`] one timeout per state.
+pub const ABI_VERSION: u32 = 3;
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";
