@@ -1,8 +1,8 @@
 //! Global counter indices of [`crate::MAP_STATS`]: one per verdict reason.
 //!
-//! Every packet the XDP program sees increments exactly one verdict counter (all but the three
-//! event counters [`CT_BACKEND_DOWN`], [`CT_SYN_REUSE`] and [`NEW_FLOW`], which count events on
-//! top of the verdict), plus, when it belongs to a service, that service's and backend's
+//! Every packet the XDP program sees increments exactly one verdict counter (all but the event
+//! counters [`CT_BACKEND_DOWN`], [`CT_SYN_REUSE`], [`NEW_FLOW`], [`CT_SYN_ON_OPEN`] and
+//! [`CT_PAIR_REPAIRED`], which count events on top of the verdict), plus, when it belongs to a service, that service's and backend's
 //! [`crate::FlowStats`]. The name in [`COUNTER_NAMES`] is the `reason` label of the
 //! `lb_packets_total` metric.
 
@@ -58,8 +58,8 @@ pub const CT_BACKEND_DOWN: u32 = 19;
 pub const NEW_FLOW: u32 = 20;
 /// Internal error (a map lookup that cannot fail did): `XDP_ABORTED`.
 pub const ABORTED: u32 = 21;
-/// A SYN hit a tracked flow that was established or closing (event): a new connection
-/// reusing the client's port. Its old entries are released and it is balanced as a new flow.
+/// A SYN (without ACK) hit a tracked flow in TIME_WAIT or CLOSE (event): a new connection
+/// reusing the client's port. Both old entries are released and it is balanced as a new flow.
 pub const CT_SYN_REUSE: u32 = 22;
 /// An ICMP error (destination unreachable, time exceeded) from the backend side about a
 /// tracked flow, translated for the client (outer VIP -> client, quoted client -> VIP) and
@@ -79,9 +79,23 @@ pub const TX_ICMP_FRAG_NEEDED: u32 = 26;
 /// (lb does not fragment), IP options, or the packet is itself a translated ICMP error:
 /// `XDP_DROP`.
 pub const DROP_TOO_BIG: u32 = 27;
+/// A SYN (without ACK) hit a tracked flow past its handshake that is not closed (event): it is
+/// forwarded unchanged to the flow's backend (whose kernel answers with a challenge ACK, as it
+/// would without lb) and never re-balanced, so a blind spoofed SYN cannot move a connection.
+pub const CT_SYN_ON_OPEN: u32 = 28;
+/// One entry of a flow was missing (LRU eviction) when the other was refreshed or changed
+/// state (event): it was re-inserted from its partner.
+pub const CT_PAIR_REPAIRED: u32 = 29;
+/// A client packet whose flow lost its reply entry, and whose SNAT port (the reply entry's
+/// key) now belongs to another live flow: the flow is ended, its forward entry removed and the
+/// client answered with a RST (`XDP_TX`).
+pub const TX_RST_CT_CONFLICT: u32 = 30;
+/// A backend packet whose flow lost its forward entry, and whose client 5-tuple now belongs to
+/// another live flow: the stale reply entry is removed and the packet dropped.
+pub const DROP_CT_CONFLICT: u32 = 31;
 
 /// Number of global counters.
-pub const NUM_COUNTERS: u32 = 28;
+pub const NUM_COUNTERS: u32 = 32;
 
 /// Metric label of each counter, indexed by counter index.
 pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
@@ -113,6 +127,10 @@ pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
     "drop_icmp_malformed",
     "tx_icmp_frag_needed",
     "drop_too_big",
+    "ct_syn_on_open",
+    "ct_pair_repaired",
+    "tx_rst_ct_conflict",
+    "drop_ct_conflict",
 ];
 
 #[cfg(test)]

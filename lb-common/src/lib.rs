@@ -21,6 +21,7 @@ pub mod checksum;
 pub mod counters;
 pub mod hash;
 pub mod maps;
+pub mod tcp_state;
 
 pub use counters::*;
 pub use maps::*;
@@ -28,7 +29,9 @@ pub use maps::*;
 /// Version of the pinned map layout; part of the pin directory name (`abi3`).
 ///
 /// 2: [`FlowEntry`] grew the cached next hop (32 -> 56 bytes).
-/// 3: `LB_STATS` grew the ICMP and MTU counters (23 -> 28 entries).
+/// 3: [`FlowEntry`] holds the shared TCP state (`state`, `close_dir`; the ESTABLISHED and
+///    CLOSING flags are gone) and [`GlobalConfig`] one timeout per state.
+///    `LB_STATS` grew the ICMP and MTU counters and the lifecycle events (23 -> 32 entries).
 pub const ABI_VERSION: u32 = 3;
 
 /// Name of the XDP program in the object file.

@@ -89,12 +89,24 @@ pub const SNAT_PORT_ATTEMPTS: u32 = 16;
 pub const DEFAULT_SNAT_PORT_MIN: u16 = 1024;
 pub const DEFAULT_SNAT_PORT_MAX: u16 = 32767;
 
-/// Default idle timeout of an established flow.
-pub const DEFAULT_TCP_ESTABLISHED_TIMEOUT_NS: u64 = 600 * 1_000_000_000;
-/// Default idle timeout of a flow after FIN or RST was seen.
-pub const DEFAULT_TCP_CLOSING_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
-/// Default idle timeout of a flow that has seen only its SYN.
-pub const DEFAULT_TCP_SYN_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
+const SEC: u64 = 1_000_000_000;
+
+/// Default idle timeout of each TCP state ([`crate::tcp_state`]), indexed by state.
+///
+/// ESTABLISHED (7440 s) outlasts Linux's default keepalive time (7200 s), so a keepalive probe
+/// refreshes an idle flow before it expires. TIME_WAIT (60 s) is the backends' own TIME_WAIT
+/// length: holding the SNAT port longer (nf_conntrack uses 120 s) would halve the SNAT
+/// capacity for short connections and protect nothing the backend still remembers.
+pub const DEFAULT_TCP_TIMEOUTS_NS: [u64; crate::tcp_state::NUM_STATES] = [
+    30 * SEC,   // SYN_SENT
+    60 * SEC,   // SYN_RECV
+    7440 * SEC, // ESTABLISHED
+    120 * SEC,  // FIN_WAIT
+    120 * SEC,  // CLOSE_WAIT
+    30 * SEC,   // LAST_ACK
+    60 * SEC,   // TIME_WAIT
+    10 * SEC,   // CLOSE
+];
 
 /// Backend id meaning "no backend" (Maglev slots of a service with no usable backend).
 pub const BACKEND_ID_NONE: u32 = 0;
@@ -181,10 +193,6 @@ pub struct FlowKey {
 
 /// This entry is the reply direction (backend -> SNAT address).
 pub const FLOW_F_REPLY: u32 = 1 << 0;
-/// The sender of this direction has sent more than its SYN (the handshake progressed).
-pub const FLOW_F_ESTABLISHED: u32 = 1 << 1;
-/// A FIN or RST was seen in this direction: the short closing timeout applies.
-pub const FLOW_F_CLOSING: u32 = 1 << 2;
 
 /// Value of [`MAP_CONNTRACK`]: how to rewrite and where to send packets of this direction of
 /// a flow.
@@ -194,11 +202,15 @@ pub const FLOW_F_CLOSING: u32 = 1 << 2;
 /// `dst = client addr:port`. The `next_hop_*` fields cache the FIB answer for the rewritten
 /// destination so established packets skip `bpf_fib_lookup`; the data plane fills them and
 /// drops them at every `last_seen_ns` refresh. User space writing an entry sets them to zero.
+///
+/// Both entries of a flow carry the same `state`, `close_dir` and `last_seen_ns`: the data
+/// plane writes both whenever the state changes or the flow is refreshed (the pair invariant
+/// of docs/maps.md).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry {
-    /// `bpf_ktime_get_ns()` of the last packet in this direction (refreshed at most every
-    /// [`FLOW_TOUCH_INTERVAL_NS`] to spare the cache line).
+    /// `bpf_ktime_get_coarse_ns()` of the last packet of the flow, either direction
+    /// (refreshed at most every [`FLOW_TOUCH_INTERVAL_NS`] to spare the cache line).
     pub last_seen_ns: u64,
     pub new_src_addr_be: u32,
     pub new_dst_addr_be: u32,
@@ -219,7 +231,12 @@ pub struct FlowEntry {
     pub next_hop_dst_mac: [u8; 6],
     /// Source MAC of the cached next hop (the egress interface's).
     pub next_hop_src_mac: [u8; 6],
-    pub _pad: [u8; 6],
+    /// TCP state of the flow ([`crate::tcp_state`]); also the index of its idle timeout.
+    pub state: u8,
+    /// Direction of the first FIN ([`crate::tcp_state::DIR_ORIG`] or `DIR_REPLY`); meaningful
+    /// from FIN_WAIT on.
+    pub close_dir: u8,
+    pub _pad: [u8; 4],
 }
 
 /// Minimum interval between `last_seen_ns` refreshes of a conntrack entry. Each refresh also
@@ -231,13 +248,7 @@ impl FlowEntry {
     /// Idle timeout that applies to this entry under `cfg`.
     #[inline(always)]
     pub fn timeout_ns(&self, cfg: &GlobalConfig) -> u64 {
-        if self.flags & FLOW_F_CLOSING != 0 {
-            cfg.tcp_closing_timeout_ns
-        } else if self.flags & FLOW_F_ESTABLISHED != 0 {
-            cfg.tcp_established_timeout_ns
-        } else {
-            cfg.tcp_syn_timeout_ns
-        }
+        cfg.tcp_timeouts_ns[(self.state & 7) as usize]
     }
 
     /// True when the entry has been idle longer than its timeout at time `now_ns`.
@@ -257,9 +268,8 @@ pub struct GlobalConfig {
     /// Number of valid entries in [`MAP_SNAT_ADDRS`] (0 = no SNAT address: new flows are
     /// dropped with `DROP_SNAT_EXHAUSTED`).
     pub snat_addr_count: u32,
-    pub tcp_established_timeout_ns: u64,
-    pub tcp_closing_timeout_ns: u64,
-    pub tcp_syn_timeout_ns: u64,
+    /// Idle timeout of a flow in each TCP state ([`crate::tcp_state`]), indexed by state.
+    pub tcp_timeouts_ns: [u64; crate::tcp_state::NUM_STATES],
     /// Seed of the flow hash ([`crate::hash::flow_hash`]).
     pub hash_seed: u32,
     pub flags: u32,
@@ -271,9 +281,7 @@ impl Default for GlobalConfig {
             snat_port_min: DEFAULT_SNAT_PORT_MIN,
             snat_port_max: DEFAULT_SNAT_PORT_MAX,
             snat_addr_count: 0,
-            tcp_established_timeout_ns: DEFAULT_TCP_ESTABLISHED_TIMEOUT_NS,
-            tcp_closing_timeout_ns: DEFAULT_TCP_CLOSING_TIMEOUT_NS,
-            tcp_syn_timeout_ns: DEFAULT_TCP_SYN_TIMEOUT_NS,
+            tcp_timeouts_ns: DEFAULT_TCP_TIMEOUTS_NS,
             hash_seed: 0x5eed_1b01,
             flags: 0,
         }
@@ -331,7 +339,7 @@ const _: () = {
     assert!(size_of::<FlowKey>() == 16);
     assert!(size_of::<FlowEntry>() == 56);
     assert!(align_of::<FlowEntry>() == 8);
-    assert!(size_of::<GlobalConfig>() == 40);
+    assert!(size_of::<GlobalConfig>() == 80);
     assert!(size_of::<FlowStats>() == 48);
 };
 
@@ -360,26 +368,42 @@ mod tests {
         assert_eq!(offset_of!(FlowEntry, next_hop_max_len), 36);
         assert_eq!(offset_of!(FlowEntry, next_hop_dst_mac), 38);
         assert_eq!(offset_of!(FlowEntry, next_hop_src_mac), 44);
-        assert_eq!(offset_of!(GlobalConfig, tcp_established_timeout_ns), 8);
-        assert_eq!(offset_of!(GlobalConfig, hash_seed), 32);
+        assert_eq!(offset_of!(FlowEntry, state), 50);
+        assert_eq!(offset_of!(FlowEntry, close_dir), 51);
+        assert_eq!(offset_of!(GlobalConfig, tcp_timeouts_ns), 8);
+        assert_eq!(offset_of!(GlobalConfig, hash_seed), 72);
         assert_eq!(offset_of!(BackendValue, flags), 8);
     }
 
     #[test]
     fn expiry_follows_state() {
-        let cfg = GlobalConfig::default();
+        use crate::tcp_state::*;
+        let mut cfg = GlobalConfig::default();
+        for (i, t) in cfg.tcp_timeouts_ns.iter_mut().enumerate() {
+            *t = (i as u64 + 1) * 1_000;
+        }
         let mut e = FlowEntry {
             last_seen_ns: 1_000,
             ..Default::default()
         };
-        assert!(!e.is_expired(1_000 + cfg.tcp_syn_timeout_ns, &cfg));
-        assert!(e.is_expired(1_001 + cfg.tcp_syn_timeout_ns, &cfg));
-        e.flags = FLOW_F_ESTABLISHED;
-        assert!(!e.is_expired(1_001 + cfg.tcp_syn_timeout_ns, &cfg));
-        e.flags |= FLOW_F_CLOSING;
-        assert!(e.is_expired(1_001 + cfg.tcp_closing_timeout_ns, &cfg));
+        for state in 0..NUM_STATES as u8 {
+            e.state = state;
+            let t = (state as u64 + 1) * 1_000;
+            assert_eq!(e.timeout_ns(&cfg), t);
+            assert!(!e.is_expired(1_000 + t, &cfg), "{state}");
+            assert!(e.is_expired(1_001 + t, &cfg), "{state}");
+        }
+        // The reply flag does not change the timeout: both entries share the state.
+        e.state = ESTABLISHED;
+        e.flags = FLOW_F_REPLY;
+        assert_eq!(e.timeout_ns(&cfg), 3_000);
         // A clock that went backwards never expires an entry.
         assert!(!e.is_expired(0, &cfg));
+        // Defaults: the documented values.
+        let d = GlobalConfig::default().tcp_timeouts_ns;
+        assert_eq!(d[ESTABLISHED as usize], 7440 * SEC);
+        assert_eq!(d[TIME_WAIT as usize], 60 * SEC);
+        assert_eq!(d[CLOSE as usize], 10 * SEC);
     }
 
     #[test]

@@ -1,20 +1,27 @@
-//! Connection tracking: lookup and refresh of flow entries, SNAT port allocation, expiry.
+//! Connection tracking: the flow state machine applied to both entries of a flow, the pair
+//! invariant, SNAT port allocation and expiry.
 //!
 //! A flow has two entries in `LB_CONNTRACK`: the forward entry keyed by the client's 5-tuple and
 //! the reply entry keyed by (backend, SNAT address, backend port, SNAT port), which is also the
 //! SNAT port reservation. Each entry's partner key is rebuilt from its rewrite: swap the new
-//! source and destination ([`partner_key`]).
+//! source and destination ([`partner_key`]); each entry can be rebuilt from its partner
+//! ([`mirror`]). Both carry the same TCP state and `last_seen_ns` ([`advance`]).
 
-use crate::maps::{LB_CONNTRACK, LB_SNAT_ADDRS};
+use crate::{maps::LB_SNAT_ADDRS, stats};
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::generated::bpf_ktime_get_coarse_ns,
+    maps::LruHashMap,
 };
 use lb_common::{
     hash::{flow_hash, snat_port_base, snat_port_candidate, SNAT_SEED_XOR},
-    tcp_flags, BackendValue, FlowEntry, FlowKey, GlobalConfig, FLOW_F_CLOSING, FLOW_F_ESTABLISHED,
-    FLOW_F_REPLY, FLOW_TOUCH_INTERVAL_NS, IPPROTO_TCP, MAX_SNAT_ADDRS, SNAT_PORT_ATTEMPTS,
+    tcp_state::Transition,
+    BackendValue, FlowEntry, FlowKey, GlobalConfig, CT_PAIR_REPAIRED, FLOW_F_REPLY,
+    FLOW_TOUCH_INTERVAL_NS, IPPROTO_TCP, MAX_SNAT_ADDRS, SNAT_PORT_ATTEMPTS,
 };
+
+/// A conntrack map (flow key -> entry).
+pub type CtMap = LruHashMap<FlowKey, FlowEntry>;
 
 /// `-EEXIST` as returned by a map insert with `BPF_NOEXIST` on an existing key.
 const EEXIST: i32 = 17;
@@ -25,6 +32,15 @@ pub enum AllocError {
     SnatExhausted,
     /// A conntrack insert failed with a map error: `DROP_CONNTRACK_FULL`.
     Full,
+}
+
+/// Outcome of bringing a flow's partner entry in line ([`advance`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Pair {
+    /// The partner exists (or was re-inserted) with the flow's state.
+    Ok,
+    /// The partner's key belongs to another live flow: this entry must go.
+    Conflict,
 }
 
 /// A TCP 5-tuple key.
@@ -51,6 +67,25 @@ pub fn partner_key(entry: &FlowEntry) -> FlowKey {
     )
 }
 
+/// The partner entry of `entry` stored at `key`: it rewrites packets of the other direction
+/// back to `key`'s addresses and shares the flow's backend, state and `last_seen_ns`.
+#[inline(always)]
+pub fn mirror(key: &FlowKey, entry: &FlowEntry) -> FlowEntry {
+    FlowEntry {
+        last_seen_ns: entry.last_seen_ns,
+        new_src_addr_be: key.dst_addr_be,
+        new_dst_addr_be: key.src_addr_be,
+        new_src_port_be: key.dst_port_be,
+        new_dst_port_be: key.src_port_be,
+        backend_id: entry.backend_id,
+        service_id: entry.service_id,
+        flags: entry.flags ^ FLOW_F_REPLY,
+        state: entry.state,
+        close_dir: entry.close_dir,
+        ..FlowEntry::default()
+    }
+}
+
 /// The clock of `last_seen_ns`: `bpf_ktime_get_coarse_ns` (`CLOCK_MONOTONIC_COARSE`, one
 /// memory read instead of a clock-source read; it trails `CLOCK_MONOTONIC` by at most one
 /// scheduler tick, a few ms, so user space comparing with `CLOCK_MONOTONIC` sees entries at
@@ -61,41 +96,100 @@ pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// Records a packet with TCP `flags` on `entry`: refreshes `last_seen_ns` at most every
-/// `FLOW_TOUCH_INTERVAL_NS` (dropping the cached next hop, so the next lookup re-validates it),
-/// marks FIN/RST as closing, and marks the direction established (any packet of the reply
-/// direction, a non-SYN of the forward direction).
+/// Applies transition `t` of a packet to `entry` (stored at `key` in `map`): a state change
+/// or a due refresh (at most every `FLOW_TOUCH_INTERVAL_NS`, dropping the cached next hop so
+/// the next lookup re-validates it) writes this entry and the partner ([`sync_partner`]).
+/// Any other packet costs no write and no lookup.
 #[inline(always)]
-pub fn touch(entry: &mut FlowEntry, flags: u8, now_ns: u64) {
-    if now_ns.saturating_sub(entry.last_seen_ns) >= FLOW_TOUCH_INTERVAL_NS {
-        entry.last_seen_ns = now_ns;
+pub fn advance(
+    map: &CtMap,
+    key: &FlowKey,
+    entry: &mut FlowEntry,
+    t: &Transition,
+    cfg: &GlobalConfig,
+    now_ns: u64,
+) -> Pair {
+    let changed = t.state != entry.state || t.close_dir != entry.close_dir;
+    let due = now_ns.saturating_sub(entry.last_seen_ns) >= FLOW_TOUCH_INTERVAL_NS;
+    if !changed && !due {
+        return Pair::Ok;
+    }
+    if due {
         entry.next_hop_max_len = 0;
     }
-    let mut f = entry.flags;
-    if flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
-        f |= FLOW_F_CLOSING;
-    }
-    if f & FLOW_F_REPLY != 0 || flags & tcp_flags::SYN == 0 {
-        f |= FLOW_F_ESTABLISHED;
-    }
-    if f != entry.flags {
-        entry.flags = f;
-    }
+    entry.last_seen_ns = now_ns;
+    entry.state = t.state;
+    entry.close_dir = t.close_dir;
+    sync_partner(map, key, entry, cfg, now_ns)
 }
 
-/// Drops the SNAT reservation (reply entry) of a forward entry that is being replaced.
+/// Writes `entry`'s state and `last_seen_ns` into its partner. A missing partner (LRU
+/// eviction) is re-inserted (`CT_PAIR_REPAIRED`); a partner key held by an expired other flow
+/// is taken over (that flow's stale entry removed); one held by a live other flow is a
+/// [`Pair::Conflict`].
 #[inline(always)]
-pub fn release(forward: &FlowEntry) {
-    let _ = LB_CONNTRACK.remove(partner_key(forward));
+fn sync_partner(
+    map: &CtMap,
+    key: &FlowKey,
+    entry: &FlowEntry,
+    cfg: &GlobalConfig,
+    now_ns: u64,
+) -> Pair {
+    let pkey = partner_key(entry);
+    if let Some(p) = map.get_ptr_mut(&pkey) {
+        // SAFETY: map value pointer; concurrent updates are benign (last writer wins).
+        let p = unsafe { &mut *p };
+        let stale = partner_key(p);
+        if stale == *key {
+            p.state = entry.state;
+            p.close_dir = entry.close_dir;
+            if p.last_seen_ns != entry.last_seen_ns {
+                p.last_seen_ns = entry.last_seen_ns;
+                p.next_hop_max_len = 0;
+            }
+            return Pair::Ok;
+        }
+        if !p.is_expired(now_ns, cfg) {
+            return Pair::Conflict;
+        }
+        remove_if_partner(map, &stale, &pkey);
+    }
+    if map
+        .insert(&pkey, &mirror(key, entry), BPF_ANY as u64)
+        .is_ok()
+    {
+        stats::count(CT_PAIR_REPAIRED);
+    }
+    Pair::Ok
 }
 
-/// True when the existing reply entry at `rkey` may be taken over by the flow `own`: it
-/// vanished, or it expired and its forward entry is gone, expired, no longer points to it, or
-/// is `own` itself.
+/// Removes the entry at `key` if its partner is `partner` (it belongs to that flow).
 #[inline(always)]
-fn reclaimable(rkey: &FlowKey, own: &FlowKey, cfg: &GlobalConfig, now_ns: u64) -> bool {
+fn remove_if_partner(map: &CtMap, key: &FlowKey, partner: &FlowKey) {
     // SAFETY: read-only copy of a map value.
-    let Some(old) = (unsafe { LB_CONNTRACK.get(rkey) }).copied() else {
+    if let Some(e) = unsafe { map.get(key) } {
+        if partner_key(e) == *partner {
+            let _ = map.remove(key);
+        }
+    }
+}
+
+/// Releases both entries of the flow of `entry` (stored at `key`): its partner, if it still
+/// belongs to this flow, and `key` itself.
+#[inline(always)]
+pub fn release(map: &CtMap, key: &FlowKey, entry: &FlowEntry) {
+    remove_if_partner(map, &partner_key(entry), key);
+    let _ = map.remove(key);
+}
+
+/// True when the reply entry at `rkey` may be taken over by the new flow `own`: it vanished,
+/// or it expired and its forward entry is gone, expired, no longer points to it, or is `own`.
+/// Taking over removes that stale forward entry, so no forward entry is ever left pointing
+/// at a port another flow holds.
+#[inline(always)]
+fn take_over(map: &CtMap, rkey: &FlowKey, own: &FlowKey, cfg: &GlobalConfig, now_ns: u64) -> bool {
+    // SAFETY: read-only copy of a map value.
+    let Some(old) = (unsafe { map.get(rkey) }).copied() else {
         return true;
     };
     if !old.is_expired(now_ns, cfg) {
@@ -106,9 +200,14 @@ fn reclaimable(rkey: &FlowKey, own: &FlowKey, cfg: &GlobalConfig, now_ns: u64) -
         return true;
     }
     // SAFETY: read-only copy of a map value.
-    match unsafe { LB_CONNTRACK.get(fkey) } {
+    match unsafe { map.get(fkey) }.copied() {
         None => true,
-        Some(f) => f.is_expired(now_ns, cfg) || partner_key(f) != *rkey,
+        Some(f) if partner_key(&f) != *rkey => true,
+        Some(f) if f.is_expired(now_ns, cfg) => {
+            let _ = map.remove(&fkey);
+            true
+        }
+        Some(_) => false,
     }
 }
 
@@ -118,6 +217,7 @@ fn reclaimable(rkey: &FlowKey, own: &FlowKey, cfg: &GlobalConfig, now_ns: u64) -
 /// forward entry to [`commit`] (without a next hop yet) and the reply entry's key.
 #[inline(always)]
 pub fn reserve(
+    map: &CtMap,
     key: &FlowKey,
     backend: &BackendValue,
     backend_id: u32,
@@ -144,15 +244,13 @@ pub fn reserve(
         Some(a) if *a != 0 => *a,
         _ => return Err(AllocError::SnatExhausted),
     };
-    let reply = FlowEntry {
+    let mut forward = FlowEntry {
         last_seen_ns: now_ns,
-        new_src_addr_be: key.dst_addr_be,
-        new_dst_addr_be: key.src_addr_be,
-        new_src_port_be: key.dst_port_be,
-        new_dst_port_be: key.src_port_be,
+        new_src_addr_be: snat_addr,
+        new_dst_addr_be: backend.addr_be,
+        new_dst_port_be: backend.port_be,
         backend_id,
         service_id,
-        flags: FLOW_F_REPLY,
         ..FlowEntry::default()
     };
     let port_base = snat_port_base(
@@ -164,12 +262,14 @@ pub fn reserve(
     while attempt < SNAT_PORT_ATTEMPTS {
         let port_be =
             snat_port_candidate(port_base, attempt, cfg.snat_port_min, cfg.snat_port_max).to_be();
+        forward.new_src_port_be = port_be;
         let rkey = tcp_key(backend.addr_be, snat_addr, backend.port_be, port_be);
-        let reserved = match LB_CONNTRACK.insert(rkey, reply, BPF_NOEXIST as u64) {
+        let reply = mirror(key, &forward);
+        let reserved = match map.insert(rkey, reply, BPF_NOEXIST as u64) {
             Ok(()) => true,
             Err(e) if e == -EEXIST => {
-                if reclaimable(&rkey, key, cfg, now_ns) {
-                    if LB_CONNTRACK.insert(rkey, reply, BPF_ANY as u64).is_err() {
+                if take_over(map, &rkey, key, cfg, now_ns) {
+                    if map.insert(rkey, reply, BPF_ANY as u64).is_err() {
                         return Err(AllocError::Full);
                     }
                     true
@@ -180,17 +280,6 @@ pub fn reserve(
             Err(_) => return Err(AllocError::Full),
         };
         if reserved {
-            let forward = FlowEntry {
-                last_seen_ns: now_ns,
-                new_src_addr_be: snat_addr,
-                new_dst_addr_be: backend.addr_be,
-                new_src_port_be: port_be,
-                new_dst_port_be: backend.port_be,
-                backend_id,
-                service_id,
-                flags: 0,
-                ..FlowEntry::default()
-            };
             return Ok((forward, rkey));
         }
         attempt += 1;
@@ -201,9 +290,14 @@ pub fn reserve(
 /// Writes the forward entry of a flow whose reply entry [`reserve`] inserted at `rkey`;
 /// on failure the reservation is released (`DROP_CONNTRACK_FULL`).
 #[inline(always)]
-pub fn commit(key: &FlowKey, forward: &FlowEntry, rkey: &FlowKey) -> Result<(), AllocError> {
-    if LB_CONNTRACK.insert(key, forward, BPF_ANY as u64).is_err() {
-        let _ = LB_CONNTRACK.remove(rkey);
+pub fn commit(
+    map: &CtMap,
+    key: &FlowKey,
+    forward: &FlowEntry,
+    rkey: &FlowKey,
+) -> Result<(), AllocError> {
+    if map.insert(key, forward, BPF_ANY as u64).is_err() {
+        let _ = map.remove(rkey);
         return Err(AllocError::Full);
     }
     Ok(())

@@ -22,12 +22,13 @@ mod rst;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use conntrack::{now_ns, tcp_key, AllocError};
+use conntrack::{now_ns, tcp_key, AllocError, CtMap, Pair};
 use forward::Direction;
 use lb_common::{
-    hash::flow_hash, tcp_flags, BACKEND_F_DOWN, BACKEND_ID_NONE, FLOW_F_REPLY, IPPROTO_ICMP,
-    IPPROTO_TCP,
-    SERVICE_F_NO_BACKEND, *,
+    hash::flow_hash,
+    tcp_flags,
+    tcp_state::{tcp_next_state, DIR_ORIG, DIR_REPLY, EV_NEW_CONNECTION, EV_SYN_ON_OPEN},
+    BACKEND_F_DOWN, BACKEND_ID_NONE, FLOW_F_REPLY, IPPROTO_ICMP, IPPROTO_TCP, SERVICE_F_NO_BACKEND, *,
 };
 use maps::{LB_BACKENDS, LB_CONFIG, LB_CONNTRACK, LB_MAGLEV, LB_SERVICES, LB_VIPS};
 use parse::{
@@ -154,7 +155,15 @@ fn lb4_tcp(
     // SAFETY: map value pointer; concurrent updates are benign (last writer wins).
     let entry = unsafe { &mut *entry };
     if entry.flags & FLOW_F_REPLY != 0 {
-        return lb4_reply(ctx, eth, ip, tcp, entry, IPV4_HLEN, tot_len);
+        return lb4_reply(
+            ctx,
+            eth,
+            ip,
+            tcp,
+            (&LB_CONNTRACK, &key, entry),
+            IPV4_HLEN,
+            tot_len,
+        );
     }
     // A forward entry: the 5-tuple was addressed to a VIP. Look the service up first; only
     // without one does it matter whether the address is (still) a VIP.
@@ -173,7 +182,7 @@ fn lb4_tcp(
     if !tcp_header_ok(tcp, tot_len - IPV4_HLEN) {
         return Ok(Verdict::drop(DROP_MALFORMED_TCP));
     }
-    lb4_service(ctx, eth, ip, tcp, &key, &svc, Some(entry))
+    lb4_service(ctx, eth, ip, tcp, &key, &svc, Some((&LB_CONNTRACK, entry)))
 }
 
 /// A VIP packet that cannot be balanced: a fragment, IP options, not TCP (an ICMP error about
@@ -201,7 +210,7 @@ fn lb4_vip_exception(
 }
 
 /// A TCP packet to a service (steps 4-8 of the packet path) with a valid header; `tracked` is
-/// its forward conntrack entry if it has one.
+/// its forward conntrack entry (and the map holding it) if it has one.
 #[inline(always)]
 fn lb4_service(
     ctx: &XdpContext,
@@ -210,7 +219,7 @@ fn lb4_service(
     tcp: &mut TcpHdr,
     key: &FlowKey,
     svc: &ServiceValue,
-    tracked: Option<&mut FlowEntry>,
+    tracked: Option<(&CtMap, &mut FlowEntry)>,
 ) -> Result<Verdict, ()> {
     if ip.ttl <= 1 {
         return Ok(Verdict::pass(PASS_TTL_EXCEEDED));
@@ -218,41 +227,14 @@ fn lb4_service(
     let cfg = LB_CONFIG.get(0).ok_or(())?;
     let now = now_ns();
 
-    let new_syn = tcp.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
-    if let Some(entry) = tracked {
-        // A SYN on a flow that got past its handshake or is closing is a new connection that
-        // reuses the client's port (the old one is in the client's TIME_WAIT or gone): it is
-        // balanced afresh, so drained and removed backends get no new connections and the
-        // backend sees a fresh SNAT port. A SYN on a SYN-only entry is a retransmission.
-        let reused = new_syn && entry.flags & (FLOW_F_ESTABLISHED | FLOW_F_CLOSING) != 0;
-        if reused {
-            stats::count(CT_SYN_REUSE);
-            conntrack::release(entry);
-        } else if !entry.is_expired(now, cfg) {
-            let usable = match LB_BACKENDS.get(entry.backend_id) {
-                Some(b) => b.addr_be != 0 && b.flags & BACKEND_F_DOWN == 0,
-                None => false,
-            };
-            if usable {
-                conntrack::touch(entry, tcp.flags, now);
-                nat::rewrite(ip, tcp, entry);
-                let hop = forward::resolve(ctx, ip, entry);
-                return Ok(forward::transmit(
-                    ctx,
-                    eth,
-                    ip,
-                    entry,
-                    hop,
-                    Direction::ToBackend,
-                ));
-            }
-            stats::count(CT_BACKEND_DOWN);
-            conntrack::release(entry);
+    if let Some((map, entry)) = tracked {
+        if let Some(v) = lb4_tracked(ctx, eth, ip, tcp, (map, key, entry), cfg, now)? {
+            return Ok(v);
         }
     }
 
     // A new flow: only a SYN without ACK may create one.
-    if !new_syn {
+    if tcp.flags & (tcp_flags::SYN | tcp_flags::ACK) != tcp_flags::SYN {
         return Ok(Verdict::drop(DROP_NO_CONNTRACK));
     }
     if svc.flags & SERVICE_F_NO_BACKEND != 0 || svc.table_size == 0 {
@@ -274,16 +256,23 @@ fn lb4_service(
     if backend.addr_be == 0 {
         return rst::reply_rst(ctx, svc.service_id);
     }
-    let (mut entry, rkey) =
-        match conntrack::reserve(key, backend, backend_id, svc.service_id, cfg, now) {
-            Ok(e) => e,
-            Err(AllocError::SnatExhausted) => return Ok(Verdict::drop(DROP_SNAT_EXHAUSTED)),
-            Err(AllocError::Full) => return Ok(Verdict::drop(DROP_CONNTRACK_FULL)),
-        };
+    let (mut entry, rkey) = match conntrack::reserve(
+        &LB_CONNTRACK,
+        key,
+        backend,
+        backend_id,
+        svc.service_id,
+        cfg,
+        now,
+    ) {
+        Ok(e) => e,
+        Err(AllocError::SnatExhausted) => return Ok(Verdict::drop(DROP_SNAT_EXHAUSTED)),
+        Err(AllocError::Full) => return Ok(Verdict::drop(DROP_CONNTRACK_FULL)),
+    };
     nat::rewrite(ip, tcp, &entry);
     // Route before inserting the forward entry, so it is stored with its next hop.
     let hop = forward::resolve(ctx, ip, &mut entry);
-    if conntrack::commit(key, &entry, &rkey).is_err() {
+    if conntrack::commit(&LB_CONNTRACK, key, &entry, &rkey).is_err() {
         return Ok(Verdict::drop(DROP_CONNTRACK_FULL));
     }
     stats::count(NEW_FLOW);
@@ -298,18 +287,73 @@ fn lb4_service(
     ))
 }
 
-/// A packet whose 5-tuple has a reply entry (backend -> SNAT address): rewritten to
-/// VIP -> client, or `PASS_NOT_SERVICE` if the entry expired.
+/// A client packet of a tracked flow (`flow` = map, key and forward entry): the state machine
+/// step, then forwarded to the flow's backend. `None` when the packet is to be handled as a
+/// new flow instead: the entry expired, the SYN opens a new connection on a TIME_WAIT or
+/// CLOSE flow (`CT_SYN_REUSE`), or the backend is down (`CT_BACKEND_DOWN`); in the last two
+/// cases both entries are released.
+#[inline(always)]
+fn lb4_tracked(
+    ctx: &XdpContext,
+    eth: &mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    tcp: &mut TcpHdr,
+    flow: (&CtMap, &FlowKey, &mut FlowEntry),
+    cfg: &GlobalConfig,
+    now: u64,
+) -> Result<Option<Verdict>, ()> {
+    let (map, key, entry) = flow;
+    if entry.is_expired(now, cfg) {
+        return Ok(None);
+    }
+    let t = tcp_next_state(entry.state, entry.close_dir, DIR_ORIG, tcp.flags);
+    if t.event == EV_NEW_CONNECTION {
+        stats::count(CT_SYN_REUSE);
+        conntrack::release(map, key, entry);
+        return Ok(None);
+    }
+    let usable = match LB_BACKENDS.get(entry.backend_id) {
+        Some(b) => b.addr_be != 0 && b.flags & BACKEND_F_DOWN == 0,
+        None => false,
+    };
+    if !usable {
+        stats::count(CT_BACKEND_DOWN);
+        conntrack::release(map, key, entry);
+        return Ok(None);
+    }
+    if t.event == EV_SYN_ON_OPEN {
+        stats::count(CT_SYN_ON_OPEN);
+    }
+    if conntrack::advance(map, key, entry, &t, cfg, now) == Pair::Conflict {
+        let _ = map.remove(key);
+        return rst::reset_flow(ctx).map(Some);
+    }
+    nat::rewrite(ip, tcp, entry);
+    let hop = forward::resolve(ctx, ip, entry);
+    Ok(Some(forward::transmit(
+        ctx,
+        eth,
+        ip,
+        entry,
+        hop,
+        Direction::ToBackend,
+    )))
+}
+
+/// A packet whose 5-tuple has a reply entry (backend -> SNAT address; `flow` = map, key and
+/// entry): the state machine step, then rewritten to VIP -> client; `PASS_NOT_SERVICE` if the
+/// entry expired, `DROP_CT_CONFLICT` if its client 5-tuple belongs to another flow now.
 #[inline(always)]
 fn lb4_reply(
     ctx: &XdpContext,
     eth: &mut EthHdr,
     ip: &mut Ipv4Hdr,
     tcp: &mut TcpHdr,
-    entry: &mut FlowEntry,
+    flow: (&CtMap, &FlowKey, &mut FlowEntry),
     hlen: usize,
     tot_len: usize,
 ) -> Result<Verdict, ()> {
+    let (map, key, entry) = flow;
     let cfg = LB_CONFIG.get(0).ok_or(())?;
     let now = now_ns();
     if entry.flags & FLOW_F_REPLY == 0 || entry.is_expired(now, cfg) {
@@ -321,7 +365,11 @@ fn lb4_reply(
     if ip.ttl <= 1 {
         return Ok(Verdict::pass(PASS_TTL_EXCEEDED));
     }
-    conntrack::touch(entry, tcp.flags, now);
+    let t = tcp_next_state(entry.state, entry.close_dir, DIR_REPLY, tcp.flags);
+    if conntrack::advance(map, key, entry, &t, cfg, now) == Pair::Conflict {
+        let _ = map.remove(key);
+        return Ok(Verdict::drop(DROP_CT_CONFLICT));
+    }
     nat::rewrite(ip, tcp, entry);
     let hop = forward::resolve(ctx, ip, entry);
     Ok(forward::transmit(
@@ -373,7 +421,15 @@ fn lb4_reply_exception(
     };
     // SAFETY: bounds-checked by ptr_at, disjoint from the IP header.
     let tcp = unsafe { &mut *tcp };
-    lb4_reply(ctx, eth, ip, tcp, entry, hlen, tot_len)
+    lb4_reply(
+        ctx,
+        eth,
+        ip,
+        tcp,
+        (&LB_CONNTRACK, &key, entry),
+        hlen,
+        tot_len,
+    )
 }
 
 #[cfg(not(test))]

@@ -1,16 +1,21 @@
-//! The TCP RST+ACK answer to a SYN for a service with no usable backend.
+//! TCP resets sent back to the client: the RST+ACK answer to a SYN for a service with no usable
+//! backend ([`reply_rst`]) and the RST that ends a flow whose SNAT port another flow holds
+//! ([`reset_flow`]).
 //!
-//! The SYN is turned into the reply in place: MACs, addresses and ports swapped, options and
-//! payload cut with `bpf_xdp_adjust_tail`, `seq = 0`, `ack = SYN seq + 1 + payload length`
-//! (RFC 793 reset generation for a segment without ACK), both checksums computed from scratch,
-//! and sent back out of the ingress interface with `XDP_TX`.
+//! The packet is turned into the reply in place: MACs, addresses and ports swapped, options and
+//! payload cut with `bpf_xdp_adjust_tail`, sequence numbers by RFC 793 reset generation (a
+//! segment with ACK: `seq = its ack`, flags RST; without: `seq = 0`, `ack = seq + segment
+//! length` counting SYN and FIN, flags RST+ACK), both checksums computed from scratch, and sent
+//! back out of the ingress interface with `XDP_TX`.
 
 use crate::parse::{frame_len, ptr_at, EthHdr, Ipv4Hdr, TcpHdr, ETH_HLEN, IPV4_HLEN, TCP_HLEN};
 use crate::stats::{self, Verdict};
 use aya_ebpf::{
     bindings::xdp_action, helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext,
 };
-use lb_common::{checksum::csum_fold, tcp_flags, IPPROTO_TCP, TX_RST_NO_BACKEND};
+use lb_common::{
+    checksum::csum_fold, tcp_flags, IPPROTO_TCP, TX_RST_CT_CONFLICT, TX_RST_NO_BACKEND,
+};
 
 /// Length of the RST frame: Ethernet + IPv4 + TCP, no options.
 const RST_FRAME_LEN: usize = ETH_HLEN + IPV4_HLEN + TCP_HLEN;
@@ -37,13 +42,36 @@ pub fn sum_words<const N: usize>(p: *const [u16; N]) -> u64 {
 /// the RST+ACK reply. `Err` only if the frame cannot be shrunk (internal error).
 #[inline(always)]
 pub fn reply_rst(ctx: &XdpContext, service_id: u32) -> Result<Verdict, ()> {
-    let (seq, payload) = {
+    to_rst(ctx)?;
+    stats::refused(service_id);
+    Ok(Verdict::new(xdp_action::XDP_TX, TX_RST_NO_BACKEND))
+}
+
+/// Rewrites the client packet in `ctx` (validated like [`reply_rst`]'s) into the reset that
+/// ends its flow (`TX_RST_CT_CONFLICT`).
+#[inline(always)]
+pub fn reset_flow(ctx: &XdpContext) -> Result<Verdict, ()> {
+    to_rst(ctx)?;
+    Ok(Verdict::new(xdp_action::XDP_TX, TX_RST_CT_CONFLICT))
+}
+
+/// The RST answering the segment in `ctx`, in place.
+#[inline(always)]
+fn to_rst(ctx: &XdpContext) -> Result<(), ()> {
+    let (seq, ack, flags) = {
         let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(())?;
         let tcp: *mut TcpHdr = ptr_at(ctx, ETH_HLEN + IPV4_HLEN).ok_or(())?;
         // SAFETY: bounds-checked pointers.
         let (ip, tcp) = unsafe { (&*ip, &*tcp) };
-        let payload = ip.tot_len().saturating_sub(IPV4_HLEN + tcp.header_len()) as u32;
-        (u32::from_be(tcp.seq_be), payload)
+        let mut len = ip.tot_len().saturating_sub(IPV4_HLEN + tcp.header_len()) as u32;
+        len +=
+            u32::from(tcp.flags & tcp_flags::SYN != 0) + u32::from(tcp.flags & tcp_flags::FIN != 0);
+        if tcp.flags & tcp_flags::ACK != 0 {
+            (u32::from_be(tcp.ack_seq_be), 0, tcp_flags::RST)
+        } else {
+            let ack = u32::from_be(tcp.seq_be).wrapping_add(len);
+            (0, ack, tcp_flags::RST | tcp_flags::ACK)
+        }
     };
     let len = frame_len(ctx);
     if len > RST_FRAME_LEN {
@@ -78,10 +106,10 @@ pub fn reply_rst(ctx: &XdpContext, service_id: u32) -> Result<Verdict, ()> {
     ));
 
     core::mem::swap(&mut tcp.src_port_be, &mut tcp.dst_port_be);
-    tcp.seq_be = 0;
-    tcp.ack_seq_be = seq.wrapping_add(1).wrapping_add(payload).to_be();
+    tcp.seq_be = seq.to_be();
+    tcp.ack_seq_be = ack.to_be();
     tcp.doff_res = ((TCP_HLEN / 4) as u8) << 4;
-    tcp.flags = tcp_flags::RST | tcp_flags::ACK;
+    tcp.flags = flags;
     tcp.window_be = 0;
     tcp.check = 0;
     tcp.urg_ptr_be = 0;
@@ -93,7 +121,5 @@ pub fn reply_rst(ctx: &XdpContext, service_id: u32) -> Result<Verdict, ()> {
         + u16::from_ne_bytes((TCP_HLEN as u16).to_be_bytes()) as u64;
     let sum = pseudo + sum_words(tcp as *const TcpHdr as *const [u16; TCP_HLEN / 2]);
     tcp.check = !csum_fold(sum);
-
-    stats::refused(service_id);
-    Ok(Verdict::new(xdp_action::XDP_TX, TX_RST_NO_BACKEND))
+    Ok(())
 }

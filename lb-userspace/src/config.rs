@@ -131,38 +131,99 @@ fn default_port_max() -> u16 {
     lb_common::DEFAULT_SNAT_PORT_MAX
 }
 
-/// Conntrack idle timeouts.
+/// Conntrack idle timeouts, one per TCP state (see docs/architecture.md for the state table).
+/// A flow's two entries share the state, so each timeout applies to the whole flow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConntrackConfig {
-    /// Idle timeout of an established flow.
-    #[serde(default = "default_established", with = "duration_str")]
-    pub established_timeout: Duration,
-    /// Idle timeout after FIN or RST.
-    #[serde(default = "default_closing", with = "duration_str")]
-    pub closing_timeout: Duration,
-    /// Idle timeout of a flow that only saw its SYN.
+    /// SYN_SENT: the client's SYN was forwarded, no SYN-ACK seen yet.
     #[serde(default = "default_syn", with = "duration_str")]
     pub syn_timeout: Duration,
+    /// SYN_RECV: the backend's SYN-ACK was seen, the client's ACK is pending.
+    #[serde(default = "default_syn_recv", with = "duration_str")]
+    pub syn_recv_timeout: Duration,
+    /// ESTABLISHED: an open connection with no traffic either way.
+    #[serde(default = "default_established", with = "duration_str")]
+    pub established_timeout: Duration,
+    /// FIN_WAIT: one side sent a FIN that is not acknowledged yet.
+    #[serde(default = "default_fin_wait", with = "duration_str")]
+    pub fin_wait_timeout: Duration,
+    /// CLOSE_WAIT: the first FIN was acknowledged; the other side may still send.
+    #[serde(default = "default_close_wait", with = "duration_str")]
+    pub close_wait_timeout: Duration,
+    /// LAST_ACK: both sides sent a FIN, the last ACK is pending.
+    #[serde(default = "default_last_ack", with = "duration_str")]
+    pub last_ack_timeout: Duration,
+    /// TIME_WAIT: both FINs acknowledged; holds the SNAT port as long as the backend's own
+    /// TIME_WAIT.
+    #[serde(default = "default_time_wait", with = "duration_str")]
+    pub time_wait_timeout: Duration,
+    /// CLOSE: a RST was seen.
+    #[serde(default = "default_close", with = "duration_str")]
+    pub close_timeout: Duration,
+    /// Removed key (one `closing_timeout` for FIN and RST); kept only to reject it with an
+    /// error naming its replacements.
+    #[serde(default, skip_serializing)]
+    closing_timeout: Option<serde_yaml::Value>,
 }
 
-fn default_established() -> Duration {
-    Duration::from_nanos(lb_common::DEFAULT_TCP_ESTABLISHED_TIMEOUT_NS)
-}
-fn default_closing() -> Duration {
-    Duration::from_nanos(lb_common::DEFAULT_TCP_CLOSING_TIMEOUT_NS)
+fn state_default(state: u8) -> Duration {
+    Duration::from_nanos(lb_common::DEFAULT_TCP_TIMEOUTS_NS[state as usize])
 }
 fn default_syn() -> Duration {
-    Duration::from_nanos(lb_common::DEFAULT_TCP_SYN_TIMEOUT_NS)
+    state_default(lb_common::tcp_state::SYN_SENT)
+}
+fn default_syn_recv() -> Duration {
+    state_default(lb_common::tcp_state::SYN_RECV)
+}
+fn default_established() -> Duration {
+    state_default(lb_common::tcp_state::ESTABLISHED)
+}
+fn default_fin_wait() -> Duration {
+    state_default(lb_common::tcp_state::FIN_WAIT)
+}
+fn default_close_wait() -> Duration {
+    state_default(lb_common::tcp_state::CLOSE_WAIT)
+}
+fn default_last_ack() -> Duration {
+    state_default(lb_common::tcp_state::LAST_ACK)
+}
+fn default_time_wait() -> Duration {
+    state_default(lb_common::tcp_state::TIME_WAIT)
+}
+fn default_close() -> Duration {
+    state_default(lb_common::tcp_state::CLOSE)
 }
 
 impl Default for ConntrackConfig {
     fn default() -> Self {
         Self {
-            established_timeout: default_established(),
-            closing_timeout: default_closing(),
             syn_timeout: default_syn(),
+            syn_recv_timeout: default_syn_recv(),
+            established_timeout: default_established(),
+            fin_wait_timeout: default_fin_wait(),
+            close_wait_timeout: default_close_wait(),
+            last_ack_timeout: default_last_ack(),
+            time_wait_timeout: default_time_wait(),
+            close_timeout: default_close(),
+            closing_timeout: None,
         }
+    }
+}
+
+impl ConntrackConfig {
+    /// The timeouts by state (the order of `lb_common::tcp_state`), with their key names.
+    pub fn by_state(&self) -> [(&'static str, Duration); lb_common::tcp_state::NUM_STATES] {
+        [
+            ("syn_timeout", self.syn_timeout),
+            ("syn_recv_timeout", self.syn_recv_timeout),
+            ("established_timeout", self.established_timeout),
+            ("fin_wait_timeout", self.fin_wait_timeout),
+            ("close_wait_timeout", self.close_wait_timeout),
+            ("last_ack_timeout", self.last_ack_timeout),
+            ("time_wait_timeout", self.time_wait_timeout),
+            ("close_timeout", self.close_timeout),
+        ]
     }
 }
 
@@ -396,9 +457,7 @@ impl Config {
             snat_port_min: self.snat.port_min,
             snat_port_max: self.snat.port_max,
             snat_addr_count: self.snat.addresses.len() as u32,
-            tcp_established_timeout_ns: duration_ns(self.conntrack.established_timeout),
-            tcp_closing_timeout_ns: duration_ns(self.conntrack.closing_timeout),
-            tcp_syn_timeout_ns: duration_ns(self.conntrack.syn_timeout),
+            tcp_timeouts_ns: self.conntrack.by_state().map(|(_, d)| duration_ns(d)),
             ..lb_common::GlobalConfig::default()
         }
     }
@@ -557,11 +616,13 @@ impl Config {
             ));
         }
         let ct = &self.conntrack;
-        for (key, d) in [
-            ("established_timeout", ct.established_timeout),
-            ("closing_timeout", ct.closing_timeout),
-            ("syn_timeout", ct.syn_timeout),
-        ] {
+        if ct.closing_timeout.is_some() {
+            return Err(ConfigError::new(
+                "conntrack.closing_timeout",
+                "this key was replaced by one timeout per TCP state: fin_wait_timeout, close_wait_timeout, last_ack_timeout, time_wait_timeout (after FIN) and close_timeout (after RST)",
+            ));
+        }
+        for (key, d) in ct.by_state() {
             if d < Duration::from_secs(1) || d > Duration::from_secs(7 * 86400) {
                 return Err(ConfigError::new(
                     format!("conntrack.{key}"),
@@ -807,9 +868,14 @@ fn refine_duration_error(err: &mut ConfigError, text: &str) {
     for key in [
         "interval",
         "timeout",
-        "established_timeout",
-        "closing_timeout",
         "syn_timeout",
+        "syn_recv_timeout",
+        "established_timeout",
+        "fin_wait_timeout",
+        "close_wait_timeout",
+        "last_ack_timeout",
+        "time_wait_timeout",
+        "close_timeout",
     ] {
         let path = if err.path.is_empty() {
             key.to_string()

@@ -15,8 +15,12 @@ use lb_tests::fixture::netns::FixtureNetns;
 use lb_tests::fixture::require_root;
 use std::net::Ipv4Addr;
 
+#[path = "fixtures/fuzz.rs"]
+mod fuzz;
 #[path = "fixtures/icmp.rs"]
 mod icmp;
+#[path = "fixtures/lifecycle.rs"]
+mod lifecycle;
 
 // XDP actions.
 const ABORTED_ACT: u32 = 0;
@@ -581,6 +585,8 @@ fn cases(ifs: &Ifs) -> Vec<Case> {
                 find_entry(dp, &tcp_key(be_addr, BE_PORT, SNAT, port_a)).ok_or("no reply entry")?;
             if e.flags != 0
                 || r.flags != FLOW_F_REPLY
+                || e.state != tcp_state::SYN_SENT
+                || r.state != tcp_state::SYN_SENT
                 || r.new_dst_addr_be != be(CLIENT_A)
                 || r.new_src_addr_be != be(VIP)
             {
@@ -608,8 +614,9 @@ fn cases(ifs: &Ifs) -> Vec<Case> {
         )
         .check(|dp| {
             let e = find_entry(dp, &tcp_key(CLIENT_A, 40000, VIP, 80)).ok_or("no forward entry")?;
-            if e.flags & FLOW_F_ESTABLISHED == 0 {
-                return Err(format!("forward entry not established: {e:?}"));
+            // The backend has not answered yet: the handshake is still at SYN_SENT.
+            if e.state != tcp_state::SYN_SENT {
+                return Err(format!("forward entry left SYN_SENT: {e:?}"));
             }
             Ok(())
         }),
@@ -638,7 +645,7 @@ fn cases(ifs: &Ifs) -> Vec<Case> {
             let r =
                 find_entry(dp, &tcp_key(be_addr, BE_PORT, SNAT, port_a)).ok_or("no reply entry")?;
             let s = dp.service_stats(0).map_err(|e| e.to_string())?;
-            if r.flags & FLOW_F_ESTABLISHED == 0 || s.packets_out != 1 {
+            if r.state != tcp_state::SYN_RECV || s.packets_out != 1 {
                 return Err(format!("reply entry {r:?}, service stats {s:?}"));
             }
             Ok(())
@@ -713,17 +720,20 @@ fn cases(ifs: &Ifs) -> Vec<Case> {
         .with_flags(tcp_flags::FIN | tcp_flags::ACK, b"");
     v.push(
         case(
-            "FIN is forwarded and marks the flow closing",
+            "FIN is forwarded and moves both entries to FIN_WAIT",
             fin_a.build(),
             pub0,
             REDIRECT,
             Some(to_backend(&fin_a, be_addr, BE_PORT, port_a, fwd_macs)),
             &[FWD_TO_BACKEND],
         )
-        .check(|dp| {
+        .check(move |dp| {
             let e = find_entry(dp, &tcp_key(CLIENT_A, 40000, VIP, 80)).ok_or("no forward entry")?;
-            if e.flags & FLOW_F_CLOSING == 0 {
-                return Err(format!("not closing: {e:?}"));
+            let r =
+                find_entry(dp, &tcp_key(be_addr, BE_PORT, SNAT, port_a)).ok_or("no reply entry")?;
+            if e.state != tcp_state::FIN_WAIT || r.state != tcp_state::FIN_WAIT || e.close_dir != 0
+            {
+                return Err(format!("not FIN_WAIT: {e:?} {r:?}"));
             }
             Ok(())
         }),
@@ -742,13 +752,14 @@ fn cases(ifs: &Ifs) -> Vec<Case> {
             if find_entry(dp, &tcp_key(be_addr, BE_PORT, SNAT, port_a)).is_some() {
                 return Err("the down flow's SNAT reservation was not released".into());
             }
+            if find_entry(dp, &tcp_key(CLIENT_A, 40000, VIP, 80)).is_some() {
+                return Err("the down flow's forward entry was not released".into());
+            }
             Ok(())
         }),
     );
     v.push(case(
-        format!(
-            "a SYN reusing the port of a closed flow is a new connection: re-balanced to {other}"
-        ),
+        format!("a SYN on the port of the released flow is a new connection: balanced to {other}"),
         good.clone(),
         pub0,
         REDIRECT,
@@ -759,7 +770,7 @@ fn cases(ifs: &Ifs) -> Vec<Case> {
             port_a,
             Some((PRIV_MAC, other_mac)),
         )),
-        &[CT_SYN_REUSE, NEW_FLOW, FWD_TO_BACKEND],
+        &[NEW_FLOW, FWD_TO_BACKEND],
     ));
 
     // --- Refusals. ---
@@ -1041,7 +1052,11 @@ fn cases(ifs: &Ifs) -> Vec<Case> {
             dp.set_global_config(&GlobalConfig {
                 snat_port_min: lo,
                 snat_port_max: hi,
-                tcp_syn_timeout_ns: 1,
+                tcp_timeouts_ns: {
+                    let mut t = base_config().tcp_timeouts_ns;
+                    t[tcp_state::SYN_SENT as usize] = 1;
+                    t
+                },
                 ..base_config()
             })
             .unwrap();
@@ -1145,6 +1160,7 @@ fn packet_fixtures() {
             cases.len() >= 30,
             "the fixture table must have at least 30 cases"
         );
+        cases.extend(lifecycle::cases(&ifs));
         let mut failures = run_cases(&mut dp, cases);
         // Every verdict and event counter must have been exercised, except the one the kernel
         // cannot be made to produce on an LRU map (insert failure).
@@ -1259,7 +1275,8 @@ fn conntrack_sweep_counts_and_expires_pairs() {
         assert_eq!(per_backend, 3);
         // Refresh one reply entry as of `later`: its pair must survive (the SNAT port is still
         // in use) while the two fully expired pairs go.
-        let later = monotonic_ns() + cfg.tcp_syn_timeout_ns + 1_000_000_000;
+        let syn_timeout = cfg.tcp_timeouts_ns[tcp_state::SYN_SENT as usize];
+        let later = monotonic_ns() + syn_timeout + 1_000_000_000;
         let (rkey, mut rentry) = dp
             .conntrack_entries()
             .unwrap()
@@ -1275,9 +1292,7 @@ fn conntrack_sweep_counts_and_expires_pairs() {
             partial.flows_by_service.is_empty(),
             "the forward entry is expired: no live flow"
         );
-        let all = dp
-            .sweep_conntrack(later + cfg.tcp_syn_timeout_ns + 1, &cfg)
-            .unwrap();
+        let all = dp.sweep_conntrack(later + syn_timeout + 1, &cfg).unwrap();
         assert_eq!(all.expired_removed, 2, "{all:?}");
         assert_eq!(all.entries, 0);
         assert!(dp.conntrack_entries().unwrap().is_empty());
@@ -1532,6 +1547,7 @@ fn syn_chain(src: Ipv4Addr, sport: u16, n: u32) -> Option<Vec<FlowKey>> {
 
 fn hot_entry(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u32) -> FlowEntry {
     FlowEntry {
+        state: tcp_state::ESTABLISHED,
         last_seen_ns: monotonic_ns(),
         new_src_addr_be: be(src),
         new_dst_addr_be: be(dst),
@@ -1648,12 +1664,12 @@ fn hot_dataplane(ifs: &Ifs, object: Option<&[u8]>, fill: u32, flows: u32) -> Bpf
         x ^= x << 17;
         let src = Ipv4Addr::from(0x6440_0000 | (x as u32 & 0x003f_ffff));
         let k = tcp_key(src, (x >> 32) as u16, BE1, (x >> 48) as u16);
-        dp.set_conntrack_entry(&k, &hot_entry(SNAT, 1, BE1, 8080, FLOW_F_ESTABLISHED))
+        dp.set_conntrack_entry(&k, &hot_entry(SNAT, 1, BE1, 8080, 0))
             .unwrap();
     }
 
-    let est = FLOW_F_ESTABLISHED;
-    let rep = FLOW_F_REPLY | FLOW_F_ESTABLISHED;
+    let est = 0;
+    let rep = FLOW_F_REPLY;
     let pairs = [
         // Forward ping-pong: A:40000 <-> A:40001, both to VIP:80.
         (

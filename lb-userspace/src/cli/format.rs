@@ -704,6 +704,8 @@ backends    4 (3 up, 1 not up)
         assert!(
             got.ends_with(
                 "\ntx_icmp_frag_needed  0      0\ndrop_too_big         0      0\n\
+                 ct_syn_on_open       0      0\nct_pair_repaired     0      0\n\
+                 tx_rst_ct_conflict   0      0\ndrop_ct_conflict     0      0\n\
                  from_the_future      1      -\n"
             ),
             "\n{got}"

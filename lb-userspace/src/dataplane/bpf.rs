@@ -751,6 +751,31 @@ impl BpfDataplane {
             .collect()
     }
 
+    /// The conntrack entry of `key`, if any (one lookup; tests compare single flows).
+    pub fn conntrack_entry(&self, key: &FlowKey) -> Result<Option<FlowEntry>> {
+        match self.conntrack.get(key, 0) {
+            Ok(e) => Ok(Some(e)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(MAP_CONNTRACK)(e)),
+        }
+    }
+
+    /// The whole Maglev array, slot by slot (tests: a model reads back what lbd wrote).
+    pub fn maglev_slots(&self) -> Result<Vec<u32>> {
+        self.maglev
+            .iter()
+            .map(|r| r.map_err(map_err(MAP_MAGLEV)))
+            .collect()
+    }
+
+    /// The SNAT address array, every slot (unset slots are 0).
+    pub fn snat_addr_slots(&self) -> Result<Vec<u32>> {
+        self.snat_addrs
+            .iter()
+            .map(|r| r.map_err(map_err(MAP_SNAT_ADDRS)))
+            .collect()
+    }
+
     /// Writes one conntrack entry (tests: pre-age or forge entries).
     pub fn set_conntrack_entry(&mut self, key: &FlowKey, entry: &FlowEntry) -> Result<()> {
         self.conntrack

@@ -32,8 +32,7 @@ use crate::lab::sys::{ip, ns_run, Netns};
 use lb::dataplane::{Dataplane, LoadOptions};
 use lb_common::{
     ipv4_to_be, maglev_table_offset, port_to_be, tcp_flags, BackendValue, FlowEntry, FlowKey,
-    GlobalConfig, ServiceKey, ServiceValue, VipValue, FLOW_F_ESTABLISHED, FLOW_F_REPLY,
-    IPPROTO_TCP,
+    GlobalConfig, ServiceKey, ServiceValue, VipValue, FLOW_F_REPLY, IPPROTO_TCP,
 };
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -554,7 +553,8 @@ impl Bed {
             e.new_dst_port_be = port_to_be(VIP_PORT);
             e.backend_id = backend_id;
             e.service_id = 0;
-            e.flags = FLOW_F_REPLY | FLOW_F_ESTABLISHED;
+            e.flags = FLOW_F_REPLY;
+            e.state = lb_common::tcp_state::ESTABLISHED;
             self.dp
                 .set_conntrack_entry(&flow_key(t.snat, t.snat_port, t.backend, BACKEND_PORT), &e)
                 .map_err(|e| format!("crafting the reply-direction entry of flow {f}: {e}"))?;

@@ -107,12 +107,66 @@ pub struct LbdConfig {
     pub metrics_listen: String,
     /// SNAT addresses.
     pub snat_addresses: Vec<Ipv4Addr>,
-    /// Conntrack closing timeout in seconds (short in the lab so SNAT ports recycle).
-    pub closing_timeout_s: u64,
+    /// Conntrack timeouts (short closing states in the lab so SNAT ports recycle).
+    pub conntrack: ConntrackSpec,
     /// Tracked flows.
     pub conntrack_flows: u32,
     /// Services.
     pub services: Vec<ServiceSpec>,
+}
+
+/// The `conntrack` section: one idle timeout per TCP state, in milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConntrackSpec {
+    pub syn_ms: u64,
+    pub syn_recv_ms: u64,
+    pub established_ms: u64,
+    pub fin_wait_ms: u64,
+    pub close_wait_ms: u64,
+    pub last_ack_ms: u64,
+    pub time_wait_ms: u64,
+    pub close_ms: u64,
+}
+
+impl Default for ConntrackSpec {
+    /// The lab's values: short closing states, so SNAT ports recycle within a test.
+    fn default() -> Self {
+        Self {
+            syn_ms: 10_000,
+            syn_recv_ms: 10_000,
+            established_ms: 600_000,
+            fin_wait_ms: 30_000,
+            close_wait_ms: 30_000,
+            last_ack_ms: 5_000,
+            time_wait_ms: 5_000,
+            close_ms: 5_000,
+        }
+    }
+}
+
+impl ConntrackSpec {
+    /// Every closing state (LAST_ACK, TIME_WAIT, CLOSE) after `ms` milliseconds.
+    pub fn with_closing_ms(mut self, ms: u64) -> Self {
+        self.last_ack_ms = ms;
+        self.time_wait_ms = ms;
+        self.close_ms = ms;
+        self
+    }
+
+    /// The YAML section.
+    pub fn to_yaml(&self) -> String {
+        format!(
+            "conntrack:\n  syn_timeout: {}ms\n  syn_recv_timeout: {}ms\n  established_timeout: {}ms\n  fin_wait_timeout: {}ms\n  close_wait_timeout: {}ms\n  last_ack_timeout: {}ms\n  time_wait_timeout: {}ms\n  close_timeout: {}ms\n",
+            self.syn_ms,
+            self.syn_recv_ms,
+            self.established_ms,
+            self.fin_wait_ms,
+            self.close_wait_ms,
+            self.last_ack_ms,
+            self.time_wait_ms,
+            self.close_ms
+        )
+    }
 }
 
 impl LbdConfig {
@@ -136,10 +190,7 @@ impl LbdConfig {
             "snat:\n  addresses: [{}]\n  port_min: 1024\n  port_max: 32767\n",
             snat.join(", ")
         ));
-        y.push_str(&format!(
-            "conntrack:\n  established_timeout: 600s\n  closing_timeout: {}s\n  syn_timeout: 10s\n",
-            self.closing_timeout_s
-        ));
+        y.push_str(&self.conntrack.to_yaml());
         y.push_str(&format!(
             "limits:\n  conntrack_flows: {}\n  max_services: 16\n  max_backends: 256\n  maglev_table_size: 65537\n",
             self.conntrack_flows
@@ -452,7 +503,7 @@ mod tests {
             api_socket: "/tmp/x/lbd.sock".into(),
             metrics_listen: "127.0.0.1:9560".into(),
             snat_addresses: vec![Ipv4Addr::new(10, 0, 255, 1)],
-            closing_timeout_s: 5,
+            conntrack: ConntrackSpec::default(),
             conntrack_flows: 65536,
             services: vec![ServiceSpec {
                 name: "web".into(),

@@ -4,7 +4,9 @@
 //! removes the pins), then the namespaces, then the temp dir and the bpffs directory.
 
 use super::client::{enter_netns, run_in_netns, spawn_in_netns};
-use super::lbd::{release_binary, BackendSpec, HealthSpec, Lbd, LbdConfig, ServiceSpec};
+use super::lbd::{
+    release_binary, BackendSpec, ConntrackSpec, HealthSpec, Lbd, LbdConfig, ServiceSpec,
+};
 use super::sys::{self, ip, ns_command, ns_run, Netns, Proc, TempDir};
 use super::{
     backend_addr, backend_ip, backend_name, balancer_private_ip, LabError, Result, SNAT_ADDR, VIP,
@@ -375,7 +377,7 @@ impl Lab {
             api_socket: self.socket_path(),
             metrics_listen: "127.0.0.1:9560".into(),
             snat_addresses: vec![SNAT_ADDR],
-            closing_timeout_s: 5,
+            conntrack: ConntrackSpec::default(),
             conntrack_flows: 65536,
             services: vec![ServiceSpec {
                 name: "web".into(),
