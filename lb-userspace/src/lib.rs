@@ -12,6 +12,7 @@ pub mod controller;
 pub mod daemon;
 pub mod dataplane;
 pub mod health;
+pub mod limits;
 pub mod maglev;
 pub mod metrics;
 pub mod model;

@@ -1,171 +1,356 @@
-//! Prometheus text exposition (format 0.0.4) of a [`StatsSnapshot`], and a minimal HTTP/1.1
-//! server answering `GET /metrics` on `metrics_listen`. Every metric is documented in
-//! docs/metrics.md.
+//! `GET /metrics` on `metrics_listen`: Prometheus text (format 0.0.4) encoded with the
+//! `prometheus-client` crate and served with hyper (HTTP/1.1 only). Every metric is
+//! documented in docs/metrics.md.
+//!
+//! Two sources feed one registry: [`SnapshotCollector`] reads lbd's [`StatsSnapshot`] at each
+//! scrape (data-plane counters, health, weights), and [`LocalMetrics`] holds counters of
+//! lbd itself (connections refused by the limits of [`crate::limits`], health checks that
+//! could not run).
+//!
+//! Each connection answers one request and closes. Its request head must arrive within
+//! [`HEADER_READ_TIMEOUT`] and the whole exchange end within [`CONNECTION_TIMEOUT`] (a slow
+//! reader of the response is cut off too); at most [`crate::limits::METRICS_MAX_CONNECTIONS`]
+//! are open at a time.
 
-use crate::api::proto::{Health, StatsSnapshot};
-use std::fmt::Write as _;
+use crate::api::proto::{BackendStats, Health, ServiceStats, StatsSnapshot};
+use crate::limits::{accept_loop, METRICS_MAX_CONNECTIONS};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use std::future::Future;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// Escapes a label value (`\`, `"` and newlines).
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Time a client has to send its request head after connecting.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest life of one metrics connection: request, scrape and response.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// `Content-Type` of the response.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Labels of the per-listener counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+/// Labels of `lb_health_checks_not_run_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotRunLabels {
+    service: String,
+    reason: &'static str,
 }
 
-/// Renders `snap` as Prometheus text.
-pub fn render(snap: &StatsSnapshot) -> String {
-    let mut out = String::with_capacity(4096);
-    family(
-        &mut out,
-        "lb_packets_total",
-        "counter",
-        "Packets seen by the XDP program, by verdict reason (events ct_backend_down, ct_syn_reuse and new_flow count on top).",
-    );
-    for (reason, v) in &snap.counters {
-        let _ = writeln!(out, "lb_packets_total{{reason=\"{}\"}} {v}", esc(reason));
+/// Counters of lbd itself (not of the data plane), shared by every task through [`local`].
+#[derive(Debug, Default)]
+pub struct LocalMetrics {
+    connections_rejected: Family<ListenerLabels, Counter>,
+    connections_timed_out: Family<ListenerLabels, Counter>,
+    accept_errors: Family<ListenerLabels, Counter>,
+    health_checks_not_run: Family<NotRunLabels, Counter>,
+}
+
+/// The process-wide [`LocalMetrics`]. One set per process: the tasks that count (accept
+/// loops, connection handlers, health-check tasks) are spawned deep inside lbd, and a
+/// `prometheus-client` family is a cheap shared handle, so no handle is threaded through.
+pub fn local() -> &'static LocalMetrics {
+    static LOCAL: OnceLock<LocalMetrics> = OnceLock::new();
+    LOCAL.get_or_init(LocalMetrics::default)
+}
+
+impl LocalMetrics {
+    /// A connection to `listener` was closed at once because the listener was at its cap.
+    pub fn connection_rejected(&self, listener: &'static str) {
+        self.connections_rejected
+            .get_or_create(&ListenerLabels { listener })
+            .inc();
     }
 
-    type SvcField = fn(&crate::api::proto::ServiceStats) -> u64;
-    let svc_counters: [(&str, &str, &str, SvcField); 7] = [
-        (
-            "lb_service_packets_in_total",
-            "counter",
-            "Packets forwarded client -> backend.",
-            |s| s.packets_in,
-        ),
-        (
-            "lb_service_bytes_in_total",
-            "counter",
-            "Bytes (whole frames) forwarded client -> backend.",
-            |s| s.bytes_in,
-        ),
-        (
-            "lb_service_packets_out_total",
-            "counter",
-            "Packets forwarded backend -> client.",
-            |s| s.packets_out,
-        ),
-        (
-            "lb_service_bytes_out_total",
-            "counter",
-            "Bytes (whole frames) forwarded backend -> client.",
-            |s| s.bytes_out,
-        ),
-        (
-            "lb_service_new_flows_total",
-            "counter",
-            "Flows created.",
-            |s| s.new_flows,
-        ),
-        (
-            "lb_service_refused_total",
-            "counter",
-            "SYNs refused with a RST because no backend was usable.",
-            |s| s.refused,
-        ),
-        (
-            "lb_service_active_flows",
-            "gauge",
-            "Live flows at the last conntrack sweep.",
-            |s| s.active_flows,
-        ),
-    ];
-    for (name, kind, help, get) in svc_counters {
-        family(&mut out, name, kind, help);
+    /// A connection to `listener` was closed because it was idle or slow for too long.
+    pub fn connection_timed_out(&self, listener: &'static str) {
+        self.connections_timed_out
+            .get_or_create(&ListenerLabels { listener })
+            .inc();
+    }
+
+    /// `accept` on `listener` failed.
+    pub fn accept_error(&self, listener: &'static str) {
+        self.accept_errors
+            .get_or_create(&ListenerLabels { listener })
+            .inc();
+    }
+
+    /// A health check of `service` could not run for a local `reason` (`emfile`, ...).
+    pub fn health_check_not_run(&self, service: &str, reason: &'static str) {
+        self.health_checks_not_run
+            .get_or_create(&NotRunLabels {
+                service: service.to_string(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// Current `lb_control_connections_rejected_total{listener}`.
+    pub fn connections_rejected(&self, listener: &'static str) -> u64 {
+        self.connections_rejected
+            .get(&ListenerLabels { listener })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Current `lb_control_connections_timed_out_total{listener}`.
+    pub fn connections_timed_out(&self, listener: &'static str) -> u64 {
+        self.connections_timed_out
+            .get(&ListenerLabels { listener })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Current `lb_control_accept_errors_total{listener}`.
+    pub fn accept_errors(&self, listener: &'static str) -> u64 {
+        self.accept_errors
+            .get(&ListenerLabels { listener })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Current `lb_health_checks_not_run_total{service,reason}`.
+    pub fn health_checks_not_run(&self, service: &str, reason: &'static str) -> u64 {
+        self.health_checks_not_run
+            .get(&NotRunLabels {
+                service: service.to_string(),
+                reason,
+            })
+            .map_or(0, |c| c.get())
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        // `register` appends "." to the help text and `_total` to counter names.
+        registry.register(
+            "lb_control_connections_rejected",
+            "Connections to the metrics endpoint or the API socket closed at once because the listener had its maximum of open connections",
+            self.connections_rejected.clone(),
+        );
+        registry.register(
+            "lb_control_connections_timed_out",
+            "Connections to the metrics endpoint or the API socket closed because the client was idle or too slow",
+            self.connections_timed_out.clone(),
+        );
+        registry.register(
+            "lb_control_accept_errors",
+            "Failed accepts on the metrics endpoint or the API socket (each followed by a back-off sleep)",
+            self.accept_errors.clone(),
+        );
+        registry.register(
+            "lb_health_checks_not_run",
+            "Health checks that could not run because of a local resource shortage (the backend's state was left as it was)",
+            self.health_checks_not_run.clone(),
+        );
+    }
+}
+
+type SvcField = fn(&ServiceStats) -> u64;
+type BeField = fn(&BackendStats) -> u64;
+
+/// Per-service families: (name without `_total`, type, help, value).
+const SERVICE_FAMILIES: [(&str, MetricType, &str, SvcField); 7] = [
+    (
+        "lb_service_packets_in",
+        MetricType::Counter,
+        "Packets forwarded client -> backend.",
+        |s| s.packets_in,
+    ),
+    (
+        "lb_service_bytes_in",
+        MetricType::Counter,
+        "Bytes (whole frames) forwarded client -> backend.",
+        |s| s.bytes_in,
+    ),
+    (
+        "lb_service_packets_out",
+        MetricType::Counter,
+        "Packets forwarded backend -> client.",
+        |s| s.packets_out,
+    ),
+    (
+        "lb_service_bytes_out",
+        MetricType::Counter,
+        "Bytes (whole frames) forwarded backend -> client.",
+        |s| s.bytes_out,
+    ),
+    (
+        "lb_service_new_flows",
+        MetricType::Counter,
+        "Flows created.",
+        |s| s.new_flows,
+    ),
+    (
+        "lb_service_refused",
+        MetricType::Counter,
+        "SYNs refused with a RST because no backend was usable.",
+        |s| s.refused,
+    ),
+    (
+        "lb_service_active_flows",
+        MetricType::Gauge,
+        "Live flows at the last conntrack sweep.",
+        |s| s.active_flows,
+    ),
+];
+
+/// Per-backend families: (name without `_total`, type, help, value).
+const BACKEND_FAMILIES: [(&str, MetricType, &str, BeField); 9] = [
+    (
+        "lb_backend_packets_in",
+        MetricType::Counter,
+        "Packets forwarded client -> backend.",
+        |b| b.packets_in,
+    ),
+    (
+        "lb_backend_bytes_in",
+        MetricType::Counter,
+        "Bytes (whole frames) forwarded client -> backend.",
+        |b| b.bytes_in,
+    ),
+    (
+        "lb_backend_packets_out",
+        MetricType::Counter,
+        "Packets forwarded backend -> client.",
+        |b| b.packets_out,
+    ),
+    (
+        "lb_backend_bytes_out",
+        MetricType::Counter,
+        "Bytes (whole frames) forwarded backend -> client.",
+        |b| b.bytes_out,
+    ),
+    (
+        "lb_backend_new_flows",
+        MetricType::Counter,
+        "Flows created.",
+        |b| b.new_flows,
+    ),
+    (
+        "lb_backend_active_flows",
+        MetricType::Gauge,
+        "Live flows at the last conntrack sweep.",
+        |b| b.active_flows,
+    ),
+    (
+        "lb_backend_health_transitions",
+        MetricType::Counter,
+        "Health transitions since the backend was added.",
+        |b| b.transitions,
+    ),
+    (
+        "lb_backend_in_table",
+        MetricType::Gauge,
+        "1 when the backend is in the service's Maglev table (gets new flows).",
+        |b| u64::from(b.in_table),
+    ),
+    (
+        "lb_backend_weight",
+        MetricType::Gauge,
+        "Maglev weight.",
+        |b| u64::from(b.weight),
+    ),
+];
+
+/// Encodes one sample of a family whose type is `kind`.
+fn sample(
+    family: &mut prometheus_client::encoding::MetricEncoder<'_>,
+    kind: MetricType,
+    labels: &impl EncodeLabelSet,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let encoder = family.encode_family(labels)?;
+    match kind {
+        MetricType::Counter => ConstCounter::new(value).encode(encoder),
+        _ => ConstGauge::new(value).encode(encoder),
+    }
+}
+
+/// Encodes a [`StatsSnapshot`] taken at each scrape: the data plane's counters are per-CPU
+/// map values summed by lbd's sampler, read when Prometheus asks, so they are exported with
+/// constant metrics rather than kept in registered counters.
+pub struct SnapshotCollector<F> {
+    snapshot: F,
+}
+
+impl<F> std::fmt::Debug for SnapshotCollector<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SnapshotCollector")
+    }
+}
+
+impl<F: Fn() -> StatsSnapshot> SnapshotCollector<F> {
+    /// A collector calling `snapshot` at each scrape.
+    pub fn new(snapshot: F) -> Self {
+        Self { snapshot }
+    }
+}
+
+impl<F> Collector for SnapshotCollector<F>
+where
+    F: Fn() -> StatsSnapshot + Send + Sync + 'static,
+{
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        encode_snapshot(&(self.snapshot)(), &mut encoder)
+    }
+}
+
+fn encode_snapshot(
+    snap: &StatsSnapshot,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        "lb_packets",
+        "Packets seen by the XDP program, by verdict reason (events ct_backend_down, ct_syn_reuse and new_flow count on top).",
+        None,
+        MetricType::Counter,
+    )?;
+    for (reason, v) in &snap.counters {
+        sample(
+            &mut family,
+            MetricType::Counter,
+            &[("reason", reason.as_str())],
+            *v,
+        )?;
+    }
+    for (name, kind, help, get) in SERVICE_FAMILIES {
+        let mut family = encoder.encode_descriptor(name, help, None, kind)?;
         for s in &snap.services {
-            let _ = writeln!(
-                out,
-                "{name}{{service=\"{}\",vip=\"{}\",port=\"{}\"}} {}",
-                esc(&s.name),
-                s.vip,
-                s.port,
-                get(s)
-            );
+            let labels = [
+                ("service", s.name.clone()),
+                ("vip", s.vip.to_string()),
+                ("port", s.port.to_string()),
+            ];
+            sample(&mut family, kind, &labels, get(s))?;
         }
     }
-
-    type BeField = fn(&crate::api::proto::BackendStats) -> u64;
-    let be_counters: [(&str, &str, &str, BeField); 9] = [
-        (
-            "lb_backend_packets_in_total",
-            "counter",
-            "Packets forwarded client -> backend.",
-            |b| b.packets_in,
-        ),
-        (
-            "lb_backend_bytes_in_total",
-            "counter",
-            "Bytes (whole frames) forwarded client -> backend.",
-            |b| b.bytes_in,
-        ),
-        (
-            "lb_backend_packets_out_total",
-            "counter",
-            "Packets forwarded backend -> client.",
-            |b| b.packets_out,
-        ),
-        (
-            "lb_backend_bytes_out_total",
-            "counter",
-            "Bytes (whole frames) forwarded backend -> client.",
-            |b| b.bytes_out,
-        ),
-        (
-            "lb_backend_new_flows_total",
-            "counter",
-            "Flows created.",
-            |b| b.new_flows,
-        ),
-        (
-            "lb_backend_active_flows",
-            "gauge",
-            "Live flows at the last conntrack sweep.",
-            |b| b.active_flows,
-        ),
-        (
-            "lb_backend_health_transitions_total",
-            "counter",
-            "Health transitions since the backend was added.",
-            |b| b.transitions,
-        ),
-        (
-            "lb_backend_in_table",
-            "gauge",
-            "1 when the backend is in the service's Maglev table (gets new flows).",
-            |b| u64::from(b.in_table),
-        ),
-        ("lb_backend_weight", "gauge", "Maglev weight.", |b| {
-            u64::from(b.weight)
-        }),
-    ];
-    for (name, kind, help, get) in be_counters {
-        family(&mut out, name, kind, help);
+    for (name, kind, help, get) in BACKEND_FAMILIES {
+        let mut family = encoder.encode_descriptor(name, help, None, kind)?;
         for s in &snap.services {
             for b in &s.backends {
-                let _ = writeln!(
-                    out,
-                    "{name}{{service=\"{}\",backend=\"{}\"}} {}",
-                    esc(&s.name),
-                    b.address,
-                    get(b)
-                );
+                let labels = [
+                    ("service", s.name.clone()),
+                    ("backend", b.address.to_string()),
+                ];
+                sample(&mut family, kind, &labels, get(b))?;
             }
         }
     }
-    family(
-        &mut out,
+    let mut family = encoder.encode_descriptor(
         "lb_backend_health",
-        "gauge",
         "1 for the backend's current health state (up, down, unknown), 0 for the others.",
-    );
+        None,
+        MetricType::Gauge,
+    )?;
     for s in &snap.services {
         for b in &s.backends {
             for (state, h) in [
@@ -173,82 +358,126 @@ pub fn render(snap: &StatsSnapshot) -> String {
                 ("down", Health::Down),
                 ("unknown", Health::Unknown),
             ] {
-                let _ = writeln!(
-                    out,
-                    "lb_backend_health{{service=\"{}\",backend=\"{}\",state=\"{state}\"}} {}",
-                    esc(&s.name),
-                    b.address,
-                    u8::from(b.health == h)
-                );
+                let labels = [
+                    ("service", s.name.clone()),
+                    ("backend", b.address.to_string()),
+                    ("state", state.to_string()),
+                ];
+                sample(
+                    &mut family,
+                    MetricType::Gauge,
+                    &labels,
+                    u64::from(b.health == h),
+                )?;
             }
         }
     }
+    Ok(())
+}
+
+/// The registry served at `/metrics`: the snapshot families, then lbd's own counters.
+pub fn registry<F>(snapshot: F) -> Registry
+where
+    F: Fn() -> StatsSnapshot + Send + Sync + 'static,
+{
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(SnapshotCollector::new(snapshot)));
+    local().register(&mut registry);
+    registry
+}
+
+/// Encodes `registry` as Prometheus text.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::with_capacity(4096);
+    // Writing to a String cannot fail; an encoder error would be a bug in a label value.
+    if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, registry) {
+        tracing::error!(error = %e, "encoding metrics failed");
+    }
     out
+}
+
+/// Renders `snap` (and lbd's own counters) as Prometheus text.
+pub fn render(snap: &StatsSnapshot) -> String {
+    let snap = snap.clone();
+    encode(&registry(move || snap.clone()))
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<String> {
+    let mut r = Response::new(body.into());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Answers one request: `GET /metrics` (any query), 404 for other paths, 405 for other methods.
+async fn answer(registry: Arc<Registry>, req: Request<Incoming>) -> Response<String> {
+    if req.method() != Method::GET {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported\n");
+        r.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("GET"),
+        );
+        return r;
+    }
+    if req.uri().path() != "/metrics" {
+        return text(StatusCode::NOT_FOUND, "only /metrics is served\n");
+    }
+    // The snapshot locks the controller (a std mutex): keep it off the async workers.
+    match tokio::task::spawn_blocking(move || encode(&registry)).await {
+        Ok(body) => {
+            let mut r = text(StatusCode::OK, body);
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(CONTENT_TYPE),
+            );
+            r
+        }
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("scrape failed: {e}\n"),
+        ),
+    }
+}
+
+/// Serves one connection: one request, then close; bounded by the timeouts above.
+async fn serve_connection(stream: tokio::net::TcpStream, registry: Arc<Registry>) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(false);
+    let conn = http.serve_connection(
+        TokioIo::new(stream),
+        hyper::service::service_fn(move |req| {
+            let registry = registry.clone();
+            async move { Ok::<_, std::convert::Infallible>(answer(registry, req).await) }
+        }),
+    );
+    match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.is_timeout() => local().connection_timed_out("metrics"),
+        Ok(Err(e)) => tracing::debug!(error = %e, "metrics connection ended with an error"),
+        Err(_) => local().connection_timed_out("metrics"),
+    }
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` resolves; `snapshot` produces the data.
 pub async fn serve<F, S>(listener: TcpListener, snapshot: F, shutdown: S)
 where
-    F: Fn() -> StatsSnapshot + Send + Sync + Clone + 'static,
+    F: Fn() -> StatsSnapshot + Send + Sync + 'static,
     S: Future<Output = ()>,
 {
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            _ = &mut shutdown => return,
-            a = listener.accept() => a,
-        };
-        let Ok((mut stream, _)) = accepted else {
-            continue;
-        };
-        let snapshot = snapshot.clone();
-        tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(1024);
-            let mut chunk = [0u8; 1024];
-            let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16384 {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            })
-            .await;
-            if read.is_err() {
-                return;
-            }
-            let head = String::from_utf8_lossy(&buf);
-            let first = head.lines().next().unwrap_or("");
-            let mut parts = first.split_whitespace();
-            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let (status, ctype, body) =
-                if method == "GET" && (path == "/metrics" || path.starts_with("/metrics?")) {
-                    (
-                        "200 OK",
-                        "text/plain; version=0.0.4; charset=utf-8",
-                        render(&snapshot()),
-                    )
-                } else if method == "GET" {
-                    (
-                        "404 Not Found",
-                        "text/plain; charset=utf-8",
-                        "only /metrics is served\n".to_string(),
-                    )
-                } else {
-                    (
-                        "405 Method Not Allowed",
-                        "text/plain; charset=utf-8",
-                        "only GET is supported\n".to_string(),
-                    )
-                };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
-    }
+    let registry = Arc::new(registry(snapshot));
+    accept_loop(
+        "metrics",
+        METRICS_MAX_CONNECTIONS,
+        || async { listener.accept().await.map(|(s, _)| s) },
+        |stream| serve_connection(stream, registry.clone()),
+        shutdown,
+    )
+    .await;
 }
 
 #[cfg(test)]
@@ -256,6 +485,7 @@ mod tests {
     use super::*;
     use crate::api::proto::{BackendStats, ServiceStats};
     use std::collections::BTreeMap;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn snap() -> StatsSnapshot {
         let b = BackendStats {
@@ -323,6 +553,17 @@ mod tests {
         assert!(text.contains(
             "lb_backend_health_transitions_total{service=\"web\",backend=\"10.1.1.2:8080\"} 1\n"
         ));
+        // Same HELP/TYPE lines as the hand-written encoder had (names with `_total`).
+        assert!(text.contains(
+            "# HELP lb_service_refused_total SYNs refused with a RST because no backend was usable.\n# TYPE lb_service_refused_total counter\n"
+        ));
+        assert!(text.contains("# TYPE lb_backend_active_flows gauge\n"));
+        assert!(text.contains("# TYPE lb_health_checks_not_run_total counter\n"));
+        assert!(text.contains("# TYPE lb_control_connections_rejected_total counter\n"));
+        // Label values are escaped.
+        let mut odd = snap();
+        odd.services[0].name = "a\"b\\c".into();
+        assert!(render(&odd).contains("lb_service_refused_total{service=\"a\\\"b\\\\c\","));
         // Every sample line belongs to a declared family.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
@@ -355,6 +596,60 @@ mod tests {
                 assert!(resp.contains("lb_packets_total{reason=\"new_flow\"} 20"));
             }
         }
+        tx.send(()).unwrap();
+        server.await.unwrap();
+    }
+
+    /// A client that connects and sends nothing, or trickles its request, is disconnected
+    /// after the header timeout; a normal scrape still works meanwhile.
+    #[tokio::test]
+    async fn idle_and_trickling_clients_are_disconnected() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, snap, async {
+            let _ = rx.await;
+        }));
+        let started = std::time::Instant::now();
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut trickle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let trickler = tokio::spawn(async move {
+            // One byte every 500 ms: never a complete head within the timeout.
+            for b in b"GET /metrics HTTP/1.1\r\nHost: x\r\n"
+                .iter()
+                .cycle()
+                .take(40)
+            {
+                if trickle.write_all(&[*b]).await.is_err() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            false
+        });
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
+
+        let mut buf = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(15), idle.read_to_end(&mut buf))
+            .await
+            .expect("an idle metrics connection is closed");
+        let waited = started.elapsed();
+        assert!(n.is_ok() || buf.is_empty());
+        assert!(
+            waited >= HEADER_READ_TIMEOUT - Duration::from_millis(100),
+            "closed after {waited:?}"
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_secs(15), trickler)
+                .await
+                .expect("a trickling client is disconnected")
+                .unwrap(),
+            "the trickling client was never disconnected"
+        );
         tx.send(()).unwrap();
         server.await.unwrap();
     }

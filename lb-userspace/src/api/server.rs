@@ -11,14 +11,16 @@ use super::proto::{
 use crate::config::Config;
 use crate::daemon::{save_atomically, Daemon};
 use crate::dataplane::Dataplane;
+use crate::limits::{accept_loop, API_MAX_CONNECTIONS};
 use crate::model::Health;
 use std::future::Future;
 use std::net::SocketAddrV4;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream};
 
 /// Creates the API socket at `path`: the parent directory if missing, a stale socket file
 /// removed, the socket restricted to its owner (0600).
@@ -40,69 +42,87 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves connections on `listener` until `shutdown` resolves.
+/// Time a client has to send a complete request line, counted from when lbd starts waiting
+/// for it (after the connection is accepted or the previous response is written). An idle or
+/// trickling client is disconnected after it; `lbctl` reconnects when it needs to.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a client has to take in a response (a client that does not read is disconnected).
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves connections on `listener` until `shutdown` resolves: at most
+/// [`API_MAX_CONNECTIONS`] at a time (see [`crate::limits::accept_loop`]), each bounded by
+/// [`REQUEST_TIMEOUT`] and [`RESPONSE_TIMEOUT`].
 pub async fn serve<D: Dataplane, S: Future<Output = ()>>(
     listener: UnixListener,
     daemon: Arc<Daemon<D>>,
     shutdown: S,
 ) {
-    tokio::pin!(shutdown);
+    accept_loop(
+        "api",
+        API_MAX_CONNECTIONS,
+        || async { listener.accept().await.map(|(s, _)| s) },
+        |stream| serve_connection(stream, daemon.clone()),
+        shutdown,
+    )
+    .await;
+}
+
+/// Answers request lines on one connection until the client closes it, sends a bad line, or
+/// is too slow.
+async fn serve_connection<D: Dataplane>(stream: UnixStream, daemon: Arc<Daemon<D>>) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read);
     loop {
-        let accepted = tokio::select! {
-            _ = &mut shutdown => return,
-            a = listener.accept() => a,
-        };
-        let Ok((stream, _)) = accepted else {
-            continue;
-        };
-        let daemon = daemon.clone();
-        tokio::spawn(async move {
-            let (read, mut write) = stream.into_split();
-            let mut lines = BufReader::new(read);
-            loop {
-                let mut line = String::new();
-                let n = match (&mut lines)
-                    .take(MAX_REQUEST_BYTES as u64)
-                    .read_line(&mut line)
-                    .await
-                {
-                    Ok(n) => n,
-                    Err(e) => {
-                        let r = Response::failure(format!("invalid request: {e}"));
-                        let _ = write.write_all(r.to_line().as_bytes()).await;
-                        return;
-                    }
-                };
-                if n == 0 {
-                    return;
-                }
-                if !line.ends_with('\n') && n >= MAX_REQUEST_BYTES {
-                    let r =
-                        Response::failure(format!("request longer than {MAX_REQUEST_BYTES} bytes"));
-                    let _ = write.write_all(r.to_line().as_bytes()).await;
-                    return;
-                }
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let response = match Request::from_line(&line) {
-                    Err(e) => Response::failure(e.to_string()),
-                    Ok(req) => {
-                        let d = daemon.clone();
-                        tokio::task::spawn_blocking(move || handle(&d, req))
-                            .await
-                            .unwrap_or_else(|e| Response::failure(format!("internal error: {e}")))
-                    }
-                };
-                if write
-                    .write_all(response.to_line().as_bytes())
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
+        let mut line = String::new();
+        let mut bounded = (&mut lines).take(MAX_REQUEST_BYTES as u64);
+        let n = match tokio::time::timeout(REQUEST_TIMEOUT, bounded.read_line(&mut line)).await {
+            Err(_) => {
+                crate::metrics::local().connection_timed_out("api");
+                return;
             }
-        });
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                let r = Response::failure(format!("invalid request: {e}"));
+                let _ =
+                    tokio::time::timeout(RESPONSE_TIMEOUT, write.write_all(r.to_line().as_bytes()))
+                        .await;
+                return;
+            }
+        };
+        if n == 0 {
+            return;
+        }
+        if !line.ends_with('\n') && n >= MAX_REQUEST_BYTES {
+            let r = Response::failure(format!("request longer than {MAX_REQUEST_BYTES} bytes"));
+            let _ = tokio::time::timeout(RESPONSE_TIMEOUT, write.write_all(r.to_line().as_bytes()))
+                .await;
+            return;
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        let response = match Request::from_line(&line) {
+            Err(e) => Response::failure(e.to_string()),
+            Ok(req) => {
+                let d = daemon.clone();
+                tokio::task::spawn_blocking(move || handle(&d, req))
+                    .await
+                    .unwrap_or_else(|e| Response::failure(format!("internal error: {e}")))
+            }
+        };
+        let written = tokio::time::timeout(
+            RESPONSE_TIMEOUT,
+            write.write_all(response.to_line().as_bytes()),
+        )
+        .await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                crate::metrics::local().connection_timed_out("api");
+                return;
+            }
+        }
     }
 }
 

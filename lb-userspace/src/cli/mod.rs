@@ -475,10 +475,15 @@ fn watch_stats(
     let mut taken = 0u64;
     loop {
         let sample = (|| -> Result<StatsSnapshot> {
-            if client.is_none() {
-                client = Some(Client::connect(socket)?);
+            // lbd closes connections idle for longer than its request timeout (5 s): when a
+            // kept connection fails, try once more on a fresh one (`stats` is read-only).
+            if let Some(c) = client.as_mut() {
+                match c.call_typed::<StatsSnapshot>(&Request::Stats) {
+                    Ok(snap) => return Ok(snap),
+                    Err(_) => client = None,
+                }
             }
-            let c = client.as_mut().expect("connected above");
+            let c = client.insert(Client::connect(socket)?);
             Ok(c.call_typed::<StatsSnapshot>(&Request::Stats)?)
         })();
         match (output, sample) {
@@ -967,6 +972,50 @@ backends:
             screens[2]
         );
         assert!(screens[2].ends_with("\x1b[J"));
+    }
+
+    /// lbd closes idle API connections; `stats --watch` reconnects instead of failing.
+    #[test]
+    fn watch_reconnects_when_lbd_closed_the_connection() {
+        use std::io::BufRead;
+        let dir = std::env::temp_dir().join(format!("lbctl-rewatch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("lbd.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        // Answers one request per connection, then closes it (as lbd does after its idle
+        // timeout between two samples).
+        let server = std::thread::spawn(move || {
+            for n in 0..3u64 {
+                let (stream, _) = listener.accept().unwrap();
+                let mut w = stream.try_clone().unwrap();
+                let mut line = String::new();
+                std::io::BufReader::new(stream)
+                    .read_line(&mut line)
+                    .unwrap();
+                let reply = crate::api::proto::Response::success(&snapshot(1000 * (n + 1), n));
+                w.write_all(reply.to_line().as_bytes()).unwrap();
+            }
+        });
+        let cli = parse(&[
+            "--socket",
+            sock.to_str().unwrap(),
+            "--output",
+            "json",
+            "stats",
+            "--watch",
+            "--interval",
+            "0.2",
+            "--count",
+            "3",
+        ])
+        .unwrap();
+        let mut out = Vec::new();
+        let result = run_to(&cli, &mut out);
+        let _ = std::fs::remove_dir_all(&dir);
+        result.unwrap();
+        server.join().unwrap();
+        assert_eq!(String::from_utf8(out).unwrap().lines().count(), 3);
     }
 
     #[test]
