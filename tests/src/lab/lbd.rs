@@ -107,6 +107,8 @@ pub struct LbdConfig {
     pub metrics_listen: String,
     /// SNAT addresses.
     pub snat_addresses: Vec<Ipv4Addr>,
+    /// SNAT port range (inclusive).
+    pub snat_ports: (u16, u16),
     /// Conntrack timeouts (short closing states in the lab so SNAT ports recycle).
     pub conntrack: ConntrackSpec,
     /// Tracked flows.
@@ -187,8 +189,10 @@ impl LbdConfig {
             .map(ToString::to_string)
             .collect();
         y.push_str(&format!(
-            "snat:\n  addresses: [{}]\n  port_min: 1024\n  port_max: 32767\n",
-            snat.join(", ")
+            "snat:\n  addresses: [{}]\n  port_min: {}\n  port_max: {}\n",
+            snat.join(", "),
+            self.snat_ports.0,
+            self.snat_ports.1
         ));
         y.push_str(&self.conntrack.to_yaml());
         y.push_str(&format!(
@@ -503,6 +507,7 @@ mod tests {
             api_socket: "/tmp/x/lbd.sock".into(),
             metrics_listen: "127.0.0.1:9560".into(),
             snat_addresses: vec![Ipv4Addr::new(10, 0, 255, 1)],
+            snat_ports: (1024, 32767),
             conntrack: ConntrackSpec::default(),
             conntrack_flows: 65536,
             services: vec![ServiceSpec {
