@@ -82,6 +82,7 @@ macro_rules! both_modes {
 
 both_modes!(
     rst_close_storm_frees_snat_ports,
+    spoofed_syn_leaves_connection_intact,
     lab_topology,
     forwarding,
     isolation,
@@ -956,6 +957,66 @@ fn rst_close_storm_frees_snat_ports(mode: Mode) {
         exhausted, 0,
         "SYNs dropped for want of a SNAT port: {counters:?}"
     );
+}
+
+/// Issue 9: a blind spoofed SYN carrying a live connection's 4-tuple re-balanced the flow (and
+/// so broke it once the Maglev table had changed). The connection's backend is drained (it
+/// leaves the table but keeps its flows), a spoofed SYN with the connection's 4-tuple is sent
+/// from the client namespace, and the connection must still answer from the same backend.
+fn spoofed_syn_leaves_connection_intact(mode: Mode) {
+    let _serial = exclusive();
+    let l = started(2, mode);
+    let dst_mac =
+        packet::mac_from_ip_link(&l.balancer_run("ip", &["link", "show", "pub0"]).unwrap())
+            .expect("pub0's MAC");
+    let src_mac = packet::mac_from_ip_link(&l.client_run("ip", &["link", "show", "c0"]).unwrap())
+        .expect("c0's MAC");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let conn = l.spawn_in_client(move || async move {
+        let mut c = HttpConn::connect(vip_addr(), PROBE_TIMEOUT).await?;
+        let first = c.request("GET", "/id", b"").await?.text();
+        let _ = tx.send(first.split(' ').next().unwrap_or_default().to_string());
+        let _ = go_rx.recv_timeout(Duration::from_secs(20));
+        let syn = packet::tcp_header(c.local_addr().port(), VIP_PORT, lb_common::tcp_flags::SYN);
+        let ip = Ipv4Spec::new(CLIENT_ADDR, VIP, lb_common::IPPROTO_TCP);
+        PacketSocket::open("c0")?.send(&packet::ipv4_frame(dst_mac, src_mac, &ip, &syn))?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let second = client::bounded(
+            "the request after the spoofed SYN",
+            PROBE_TIMEOUT,
+            c.request("GET", "/id", b""),
+        )
+        .await?;
+        Ok((second.status, second.text()))
+    });
+    let name = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the connection answered");
+    let i: usize = name[1..].parse().expect("backend name b<i>");
+    let before = l.lbd().unwrap().counters().expect("counters");
+    l.lbd()
+        .unwrap()
+        .lbctl(&["backend", "drain", "web", &backend_addr(i).to_string()])
+        .expect("lbctl backend drain");
+    go_tx.send(()).unwrap();
+    let (status, text) = client::join(conn).unwrap_or_else(|e| panic!("the connection: {e}"));
+    assert_eq!(status, 200);
+    assert!(
+        text.starts_with(&format!("{name} ")),
+        "answered by {text:?}, not {name}"
+    );
+    let name_on_open = COUNTER_NAMES[c::CT_SYN_ON_OPEN as usize];
+    lb_tests::lab::sys::wait_for(
+        "ct_syn_on_open to count the spoofed SYN",
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || {
+            let now = l.lbd().unwrap().counters().ok()?;
+            (now[name_on_open] > before.get(name_on_open).copied().unwrap_or(0)).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]
