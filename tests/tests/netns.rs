@@ -83,6 +83,7 @@ macro_rules! both_modes {
 both_modes!(
     rst_close_storm_frees_snat_ports,
     spoofed_syn_leaves_connection_intact,
+    half_close_outlives_fin_wait_timeout,
     lab_topology,
     forwarding,
     isolation,
@@ -1017,6 +1018,57 @@ fn spoofed_syn_leaves_connection_intact(mode: Mode) {
         },
     )
     .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Issue 9: a half-closed connection died closing_timeout after the client's FIN although
+/// the server was still to answer. The client sends its request and shuts down its sending
+/// side; the server answers 3 s later (3 x fin_wait_timeout) with 200 kB, all of which must
+/// arrive: the acknowledged FIN moves the flow to CLOSE_WAIT, and traffic either way refreshes it.
+fn half_close_outlives_fin_wait_timeout(mode: Mode) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BYTES: u64 = 200_000;
+    let mut l = lab(1, mode);
+    let cfg = with_config(&l, |c| {
+        c.conntrack.fin_wait_ms = 1000;
+        c.conntrack.close_wait_ms = 10_000;
+    });
+    l.start_lbd(&cfg)
+        .unwrap_or_else(|e| panic!("starting lbd: {e}"));
+    l.wait_vip(Duration::from_secs(10)).expect("VIP reachable");
+    let body = l
+        .in_client(|| async {
+            let err = |e: std::io::Error| lb_tests::lab::LabError::Http(e.to_string());
+            let fut = async {
+                let mut s = tokio::net::TcpStream::connect(vip_addr()).await.map_err(err)?;
+                let req = format!(
+                    "GET /after-eof?delay_ms=3000&bytes={BYTES} HTTP/1.1\r\nHost: lab\r\nContent-Length: 0\r\n\r\n"
+                );
+                s.write_all(req.as_bytes()).await.map_err(err)?;
+                s.shutdown().await.map_err(err)?;
+                let mut all = Vec::new();
+                s.read_to_end(&mut all).await.map_err(err)?;
+                Ok(all)
+            };
+            tokio::time::timeout(Duration::from_secs(15), fut)
+                .await
+                .map_err(|_| lb_tests::lab::LabError::Timeout("the late answer".into()))?
+        })
+        .unwrap_or_else(|e| panic!("half-closed request: {e}"));
+    let split = body
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {} bytes", body.len()));
+    let payload = &body[split + 4..];
+    assert_eq!(
+        payload.len() as u64,
+        BYTES,
+        "bytes received after the half-close"
+    );
+    let sha = lb_tests::lab::http::hex(&{
+        use sha2::Digest;
+        sha2::Sha256::digest(payload)
+    });
+    assert_eq!(sha, pattern_sha256(BYTES));
 }
 
 #[test]
