@@ -84,6 +84,8 @@ both_modes!(
     rst_close_storm_frees_snat_ports,
     spoofed_syn_leaves_connection_intact,
     half_close_outlives_fin_wait_timeout,
+    idle_keepalive_outlives_short_timeouts,
+    syn_flood_spares_established_connections,
     lab_topology,
     forwarding,
     isolation,
@@ -1069,6 +1071,128 @@ fn half_close_outlives_fin_wait_timeout(mode: Mode) {
         sha2::Sha256::digest(payload)
     });
     assert_eq!(sha, pattern_sha256(BYTES));
+}
+
+/// An idle keep-alive connection lives by the ESTABLISHED timeout alone: idle 2.5 s with
+/// every other state's timeout at 1 s, it still answers on its backend.
+fn idle_keepalive_outlives_short_timeouts(mode: Mode) {
+    let mut l = lab(1, mode);
+    let cfg = with_config(&l, |c| {
+        let mut ct = c.conntrack.clone().with_closing_ms(1000);
+        ct.syn_ms = 1000;
+        ct.syn_recv_ms = 1000;
+        ct.fin_wait_ms = 1000;
+        ct.close_wait_ms = 1000;
+        ct.established_ms = 30_000;
+        c.conntrack = ct;
+    });
+    l.start_lbd(&cfg)
+        .unwrap_or_else(|e| panic!("starting lbd: {e}"));
+    l.wait_vip(Duration::from_secs(10)).expect("VIP reachable");
+    let (first, second) = l
+        .in_client(|| async {
+            let mut c = HttpConn::connect(vip_addr(), PROBE_TIMEOUT).await?;
+            let first = c.request("GET", "/id", b"").await?.text();
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            let second = client::bounded(
+                "the request after 2.5 s idle",
+                PROBE_TIMEOUT,
+                c.request("GET", "/id", b""),
+            )
+            .await?
+            .text();
+            Ok((first, second))
+        })
+        .unwrap_or_else(|e| panic!("idle keep-alive connection: {e}"));
+    assert_eq!(first, second);
+}
+
+/// Issue 9: SYN-only and established flows shared one LRU, so a spoofed SYN flood evicted
+/// established flows. 100 established connections keep answering while 50,000 SYNs from
+/// random spoofed sources arrive, with conntrack_flows 1024 (2048 entries) and 256 embryonic
+/// flows: the flood is 25 x the whole conntrack map.
+fn syn_flood_spares_established_connections(mode: Mode) {
+    const CONNS: usize = 100;
+    const FLOOD: u32 = 50_000;
+    let _serial = exclusive();
+    let mut l = lab(2, mode);
+    let cfg = with_config(&l, |c| {
+        c.conntrack_flows = 1024;
+        c.embryonic_flows = Some(256);
+    });
+    l.start_lbd(&cfg)
+        .unwrap_or_else(|e| panic!("starting lbd: {e}"));
+    l.wait_vip(Duration::from_secs(10)).expect("VIP reachable");
+    let dst_mac =
+        packet::mac_from_ip_link(&l.balancer_run("ip", &["link", "show", "pub0"]).unwrap())
+            .expect("pub0's MAC");
+    let src_mac = packet::mac_from_ip_link(&l.client_run("ip", &["link", "show", "c0"]).unwrap())
+        .expect("c0's MAC");
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let flood = l.spawn_in_client(move || async move {
+        let _ = go_rx.recv_timeout(Duration::from_secs(30));
+        let s = PacketSocket::open("c0")?;
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..FLOOD {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Sources in 198.18.0.0/15 (the benchmarking range), random ports.
+            let src = std::net::Ipv4Addr::from(0xc612_0000 | (x as u32 & 0x0001_ffff));
+            let ip = Ipv4Spec::new(src, VIP, lb_common::IPPROTO_TCP);
+            let syn =
+                packet::tcp_header(1024 | (x >> 40) as u16, VIP_PORT, lb_common::tcp_flags::SYN);
+            let frame = packet::ipv4_frame(dst_mac, src_mac, &ip, &syn);
+            // The veth queue fills up (ENOBUFS) faster than native XDP drains it: back off.
+            let mut tries = 0;
+            while let Err(e) = s.send(&frame) {
+                tries += 1;
+                if tries > 1000 {
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        Ok(())
+    });
+    let lost = l
+        .in_client(move || async move {
+            let mut conns = Vec::new();
+            for _ in 0..CONNS {
+                let mut c = HttpConn::connect(vip_addr(), PROBE_TIMEOUT).await?;
+                let id = c.request("GET", "/id", b"").await?.text();
+                conns.push((c, id));
+            }
+            let _ = go_tx.send(());
+            let mut lost = Vec::new();
+            // Keep every connection transferring through and after the flood.
+            for round in 0..6 {
+                for (i, (c, id)) in conns.iter_mut().enumerate() {
+                    let r = tokio::time::timeout(PROBE_TIMEOUT, c.request("GET", "/id", b"")).await;
+                    match r {
+                        Ok(Ok(r)) if r.text() == *id => {}
+                        Ok(Ok(r)) => lost.push(format!("round {round} conn {i}: {}", r.text())),
+                        Ok(Err(e)) => lost.push(format!("round {round} conn {i}: {e}")),
+                        Err(_) => lost.push(format!("round {round} conn {i}: timed out")),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Ok(lost)
+        })
+        .unwrap_or_else(|e| panic!("established connections: {e}"));
+    client::join(flood).unwrap_or_else(|e| panic!("the flood: {e}"));
+    assert!(
+        lost.is_empty(),
+        "{} lost: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    let counters = l.lbd().unwrap().counters().expect("counters");
+    assert!(
+        counters["new_flow"] > u64::from(FLOOD) / 10,
+        "the flood did not reach the data plane: {counters:?}"
+    );
 }
 
 #[test]

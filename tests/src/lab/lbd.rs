@@ -113,6 +113,8 @@ pub struct LbdConfig {
     pub conntrack: ConntrackSpec,
     /// Tracked flows.
     pub conntrack_flows: u32,
+    /// Embryonic flows (`limits.embryonic_flows`); `None` leaves lbd's default.
+    pub embryonic_flows: Option<u32>,
     /// Services.
     pub services: Vec<ServiceSpec>,
 }
@@ -199,6 +201,9 @@ impl LbdConfig {
             "limits:\n  conntrack_flows: {}\n  max_services: 16\n  max_backends: 256\n  maglev_table_size: 65537\n",
             self.conntrack_flows
         ));
+        if let Some(n) = self.embryonic_flows {
+            y.push_str(&format!("  embryonic_flows: {n}\n"));
+        }
         y.push_str("services:\n");
         for s in &self.services {
             y.push_str(&format!(
@@ -510,6 +515,7 @@ mod tests {
             snat_ports: (1024, 32767),
             conntrack: ConntrackSpec::default(),
             conntrack_flows: 65536,
+            embryonic_flows: None,
             services: vec![ServiceSpec {
                 name: "web".into(),
                 vip: Ipv4Addr::new(192, 0, 2, 10),

@@ -304,6 +304,7 @@ impl Lab {
             snat_ports: (1024, 32767),
             conntrack: ConntrackSpec::default(),
             conntrack_flows: 65536,
+            embryonic_flows: None,
             services: vec![ServiceSpec {
                 name: "web".into(),
                 vip: VIP,
