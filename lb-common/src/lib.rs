@@ -30,8 +30,9 @@ pub use maps::*;
 ///
 /// 2: [`FlowEntry`] grew the cached next hop (32 -> 56 bytes).
 /// 3: [`FlowEntry`] holds the shared TCP state (`state`, `close_dir`; the ESTABLISHED and
-///    CLOSING flags are gone) and [`GlobalConfig`] one timeout per state.
-///    `LB_STATS` grew the ICMP and MTU counters and the lifecycle events (23 -> 32 entries).
+///    CLOSING flags are gone), [`GlobalConfig`] one timeout per state, and embryonic flows
+///    live in their own map [`MAP_CT_SYN`]. `LB_STATS` grew the ICMP and MTU counters and the
+///    lifecycle events (23 -> 32 entries).
 pub const ABI_VERSION: u32 = 3;
 
 /// Name of the XDP program in the object file.

@@ -7,6 +7,7 @@
 //! | [`MAP_BACKENDS`] | array | `u32` backend id | [`BackendValue`] | lbd |
 //! | [`MAP_MAGLEV`] | array | `u32` slot | `u32` backend id | lbd |
 //! | [`MAP_CONNTRACK`] | LRU hash | [`FlowKey`] | [`FlowEntry`] | XDP (lbd deletes expired) |
+//! | [`MAP_CT_SYN`] | LRU hash | [`FlowKey`] | [`FlowEntry`] | XDP (lbd deletes expired) |
 //! | [`MAP_CONFIG`] | array (1) | `u32` 0 | [`GlobalConfig`] | lbd |
 //! | [`MAP_SNAT_ADDRS`] | array | `u32` index | `u32` address (`_be`) | lbd |
 //! | [`MAP_TX_PORTS`] | devmap hash | `u32` ifindex | `u32` ifindex | lbd |
@@ -30,8 +31,12 @@ pub const MAP_VIPS: &str = "LB_VIPS";
 pub const MAP_BACKENDS: &str = "LB_BACKENDS";
 /// All Maglev lookup tables, two per service (double buffering), each `table_size` long.
 pub const MAP_MAGLEV: &str = "LB_MAGLEV";
-/// Connection tracking: two entries per flow (client->VIP and backend->SNAT).
+/// Connection tracking: two entries per flow (client->VIP and backend->SNAT), for flows past
+/// their handshake.
 pub const MAP_CONNTRACK: &str = "LB_CONNTRACK";
+/// Embryonic flows (SYN_SENT, SYN_RECV), laid out like [`MAP_CONNTRACK`]: a SYN flood evicts
+/// only other embryonic flows. A flow moves to [`MAP_CONNTRACK`] when its handshake completes.
+pub const MAP_CT_SYN: &str = "LB_CT_SYN";
 /// Global settings ([`GlobalConfig`]) in slot 0.
 pub const MAP_CONFIG: &str = "LB_CONFIG";
 /// SNAT source addresses on the private side; `GlobalConfig::snat_addr_count` are valid.
@@ -46,12 +51,13 @@ pub const MAP_SERVICE_STATS: &str = "LB_SVC_STATS";
 pub const MAP_BACKEND_STATS: &str = "LB_BE_STATS";
 
 /// Every map name, in a stable order (used for pinning and re-adoption).
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 12] = [
     MAP_SERVICES,
     MAP_VIPS,
     MAP_BACKENDS,
     MAP_MAGLEV,
     MAP_CONNTRACK,
+    MAP_CT_SYN,
     MAP_CONFIG,
     MAP_SNAT_ADDRS,
     MAP_TX_PORTS,
@@ -72,6 +78,18 @@ pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
 pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 65537;
 /// Default number of tracked flows; the conntrack map holds two entries per flow.
 pub const DEFAULT_CONNTRACK_FLOWS: u32 = 1 << 20;
+/// Default number of embryonic flows for `conntrack_flows` tracked flows: an eighth, at least
+/// 1024 and at most 2^20 (a SYN flood fills only this map).
+pub const fn default_embryonic_flows(conntrack_flows: u32) -> u32 {
+    let n = conntrack_flows / 8;
+    if n < 1024 {
+        1024
+    } else if n > 1 << 20 {
+        1 << 20
+    } else {
+        n
+    }
+}
 /// Entries in the conntrack map per tracked flow.
 pub const CONNTRACK_ENTRIES_PER_FLOW: u32 = 2;
 /// Maximum number of SNAT addresses.

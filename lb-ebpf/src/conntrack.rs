@@ -1,13 +1,20 @@
 //! Connection tracking: the flow state machine applied to both entries of a flow, the pair
 //! invariant, SNAT port allocation and expiry.
 //!
-//! A flow has two entries in `LB_CONNTRACK`: the forward entry keyed by the client's 5-tuple and
-//! the reply entry keyed by (backend, SNAT address, backend port, SNAT port), which is also the
-//! SNAT port reservation. Each entry's partner key is rebuilt from its rewrite: swap the new
-//! source and destination ([`partner_key`]); each entry can be rebuilt from its partner
-//! ([`mirror`]). Both carry the same TCP state and `last_seen_ns` ([`advance`]).
+//! A flow has two entries: the forward entry keyed by the client's 5-tuple and the reply entry
+//! keyed by (backend, SNAT address, backend port, SNAT port), which is also the SNAT port
+//! reservation. Each entry's partner key is rebuilt from its rewrite: swap the new source and
+//! destination ([`partner_key`]); each entry can be rebuilt from its partner ([`mirror`]).
+//! Both carry the same TCP state and `last_seen_ns` ([`step`]).
+//!
+//! Both entries live in the same map: `LB_CT_SYN` while the handshake is in progress (a SYN
+//! flood evicts only embryonic flows), `LB_CONNTRACK` from the handshake's completion on
+//! ([`promote`]). A SNAT port is free only when neither map holds it ([`reserve`]).
 
-use crate::{maps::LB_SNAT_ADDRS, stats};
+use crate::{
+    maps::{LB_CONNTRACK, LB_CT_SYN, LB_SNAT_ADDRS},
+    stats,
+};
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::generated::bpf_ktime_get_coarse_ns,
@@ -15,13 +22,43 @@ use aya_ebpf::{
 };
 use lb_common::{
     hash::{flow_hash, snat_port_base, snat_port_candidate, SNAT_SEED_XOR},
-    tcp_state::Transition,
+    tcp_state::{is_embryonic, Transition, CLOSE},
     BackendValue, FlowEntry, FlowKey, GlobalConfig, CT_PAIR_REPAIRED, FLOW_F_REPLY,
     FLOW_TOUCH_INTERVAL_NS, IPPROTO_TCP, MAX_SNAT_ADDRS, SNAT_PORT_ATTEMPTS,
 };
 
 /// A conntrack map (flow key -> entry).
 pub type CtMap = LruHashMap<FlowKey, FlowEntry>;
+
+/// Which conntrack map a flow lives in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// `LB_CONNTRACK`: flows past their handshake.
+    Main,
+    /// `LB_CT_SYN`: embryonic flows (and those a RST closed before the handshake completed).
+    Embryonic,
+}
+
+impl Table {
+    /// The map itself.
+    #[inline(always)]
+    pub fn map(self) -> &'static CtMap {
+        match self {
+            Table::Main => &LB_CONNTRACK,
+            Table::Embryonic => &LB_CT_SYN,
+        }
+    }
+}
+
+/// The entry of `key`: `LB_CONNTRACK` first (the established fast path's single lookup), then
+/// `LB_CT_SYN`.
+#[inline(always)]
+pub fn lookup(key: &FlowKey) -> Option<(Table, *mut FlowEntry)> {
+    if let Some(e) = LB_CONNTRACK.get_ptr_mut(key) {
+        return Some((Table::Main, e));
+    }
+    LB_CT_SYN.get_ptr_mut(key).map(|e| (Table::Embryonic, e))
+}
 
 /// `-EEXIST` as returned by a map insert with `BPF_NOEXIST` on an existing key.
 const EEXIST: i32 = 17;
@@ -94,6 +131,48 @@ pub fn mirror(key: &FlowKey, entry: &FlowEntry) -> FlowEntry {
 pub fn now_ns() -> u64 {
     // SAFETY: helper without arguments.
     unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// Applies transition `t` of a packet to `entry` (stored at `key` in `table`): an embryonic
+/// flow that leaves the handshake states (other than by a RST) is promoted to `LB_CONNTRACK`,
+/// anything else is an [`advance`].
+#[inline(always)]
+pub fn step(
+    table: Table,
+    key: &FlowKey,
+    entry: &mut FlowEntry,
+    t: &Transition,
+    cfg: &GlobalConfig,
+    now_ns: u64,
+) -> Pair {
+    if table == Table::Embryonic && !is_embryonic(t.state) && t.state != CLOSE {
+        promote(key, entry, t, now_ns);
+        return Pair::Ok;
+    }
+    advance(table.map(), key, entry, t, cfg, now_ns)
+}
+
+/// Moves the flow of `entry` (at `key` in `LB_CT_SYN`) into `LB_CONNTRACK` in state `t`: both
+/// entries written there (the partner rebuilt from `entry`), then removed from `LB_CT_SYN`.
+/// If an insert fails the flow stays embryonic.
+#[inline(always)]
+fn promote(key: &FlowKey, entry: &mut FlowEntry, t: &Transition, now_ns: u64) {
+    entry.state = t.state;
+    entry.close_dir = t.close_dir;
+    entry.last_seen_ns = now_ns;
+    let pkey = partner_key(entry);
+    if LB_CONNTRACK.insert(key, &*entry, BPF_ANY as u64).is_err() {
+        return;
+    }
+    if LB_CONNTRACK
+        .insert(&pkey, &mirror(key, entry), BPF_ANY as u64)
+        .is_err()
+    {
+        let _ = LB_CONNTRACK.remove(key);
+        return;
+    }
+    remove_if_partner(&LB_CT_SYN, &pkey, key);
+    let _ = LB_CT_SYN.remove(key);
 }
 
 /// Applies transition `t` of a packet to `entry` (stored at `key` in `map`): a state change
@@ -211,13 +290,28 @@ fn take_over(map: &CtMap, rkey: &FlowKey, own: &FlowKey, cfg: &GlobalConfig, now
     }
 }
 
+/// True when no live flow of `LB_CONNTRACK` holds the reply key `rkey`; an expired one that
+/// may be taken over ([`take_over`]) is removed.
+#[inline(always)]
+fn free_in_main(rkey: &FlowKey, own: &FlowKey, cfg: &GlobalConfig, now_ns: u64) -> bool {
+    // SAFETY: read-only presence check.
+    if unsafe { LB_CONNTRACK.get(rkey) }.is_none() {
+        return true;
+    }
+    if !take_over(&LB_CONNTRACK, rkey, own, cfg, now_ns) {
+        return false;
+    }
+    let _ = LB_CONNTRACK.remove(rkey);
+    true
+}
+
 /// Reserves a SNAT address and port for a new flow `key` (client -> VIP) to `backend`: picks
 /// the SNAT address by hash and the first free SNAT port among `SNAT_PORT_ATTEMPTS` candidates
-/// (inserting the reply entry with `BPF_NOEXIST`, taking over expired flows). Returns the
-/// forward entry to [`commit`] (without a next hop yet) and the reply entry's key.
+/// (free in `LB_CONNTRACK`, then inserted into `LB_CT_SYN` with `BPF_NOEXIST`, taking over
+/// expired flows in either). Returns the forward entry to [`commit`] (without a next hop yet)
+/// and the reply entry's key.
 #[inline(always)]
 pub fn reserve(
-    map: &CtMap,
     key: &FlowKey,
     backend: &BackendValue,
     backend_id: u32,
@@ -265,20 +359,22 @@ pub fn reserve(
         forward.new_src_port_be = port_be;
         let rkey = tcp_key(backend.addr_be, snat_addr, backend.port_be, port_be);
         let reply = mirror(key, &forward);
-        let reserved = match map.insert(rkey, reply, BPF_NOEXIST as u64) {
-            Ok(()) => true,
-            Err(e) if e == -EEXIST => {
-                if take_over(map, &rkey, key, cfg, now_ns) {
-                    if map.insert(rkey, reply, BPF_ANY as u64).is_err() {
-                        return Err(AllocError::Full);
+        let map = &LB_CT_SYN;
+        let reserved = free_in_main(&rkey, key, cfg, now_ns)
+            && match map.insert(rkey, reply, BPF_NOEXIST as u64) {
+                Ok(()) => true,
+                Err(e) if e == -EEXIST => {
+                    if take_over(map, &rkey, key, cfg, now_ns) {
+                        if map.insert(rkey, reply, BPF_ANY as u64).is_err() {
+                            return Err(AllocError::Full);
+                        }
+                        true
+                    } else {
+                        false
                     }
-                    true
-                } else {
-                    false
                 }
-            }
-            Err(_) => return Err(AllocError::Full),
-        };
+                Err(_) => return Err(AllocError::Full),
+            };
         if reserved {
             return Ok((forward, rkey));
         }
@@ -287,17 +383,12 @@ pub fn reserve(
     Err(AllocError::SnatExhausted)
 }
 
-/// Writes the forward entry of a flow whose reply entry [`reserve`] inserted at `rkey`;
-/// on failure the reservation is released (`DROP_CONNTRACK_FULL`).
+/// Writes the forward entry of a new flow whose reply entry [`reserve`] inserted at `rkey`
+/// (both in `LB_CT_SYN`); on failure the reservation is released (`DROP_CONNTRACK_FULL`).
 #[inline(always)]
-pub fn commit(
-    map: &CtMap,
-    key: &FlowKey,
-    forward: &FlowEntry,
-    rkey: &FlowKey,
-) -> Result<(), AllocError> {
-    if map.insert(key, forward, BPF_ANY as u64).is_err() {
-        let _ = map.remove(rkey);
+pub fn commit(key: &FlowKey, forward: &FlowEntry, rkey: &FlowKey) -> Result<(), AllocError> {
+    if LB_CT_SYN.insert(key, forward, BPF_ANY as u64).is_err() {
+        let _ = LB_CT_SYN.remove(rkey);
         return Err(AllocError::Full);
     }
     Ok(())

@@ -22,7 +22,7 @@ mod rst;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use conntrack::{now_ns, tcp_key, AllocError, CtMap, Pair};
+use conntrack::{now_ns, tcp_key, AllocError, Pair, Table};
 use forward::Direction;
 use lb_common::{
     hash::flow_hash,
@@ -30,7 +30,7 @@ use lb_common::{
     tcp_state::{tcp_next_state, DIR_ORIG, DIR_REPLY, EV_NEW_CONNECTION, EV_SYN_ON_OPEN},
     BACKEND_F_DOWN, BACKEND_ID_NONE, FLOW_F_REPLY, IPPROTO_ICMP, IPPROTO_TCP, SERVICE_F_NO_BACKEND, *,
 };
-use maps::{LB_BACKENDS, LB_CONFIG, LB_CONNTRACK, LB_MAGLEV, LB_SERVICES, LB_VIPS};
+use maps::{LB_BACKENDS, LB_CONFIG, LB_MAGLEV, LB_SERVICES, LB_VIPS};
 use parse::{
     frame_len, ptr_at, EthHdr, Ipv4Hdr, TcpHdr, ETH_HLEN, ETH_P_IPV6_BE, ETH_P_IP_BE, IPV4_HLEN,
     TCP_HLEN,
@@ -142,7 +142,7 @@ fn lb4_tcp(
     tot_len: usize,
 ) -> Result<Verdict, ()> {
     let key = tcp_key(ip.src_be, ip.dst_be, tcp.src_port_be, tcp.dst_port_be);
-    let Some(entry) = LB_CONNTRACK.get_ptr_mut(key) else {
+    let Some((table, entry)) = conntrack::lookup(&key) else {
         // SAFETY: read-only presence check.
         if unsafe { LB_VIPS.get(ip.dst_be) }.is_none() {
             return Ok(Verdict::pass(PASS_NOT_SERVICE));
@@ -155,15 +155,7 @@ fn lb4_tcp(
     // SAFETY: map value pointer; concurrent updates are benign (last writer wins).
     let entry = unsafe { &mut *entry };
     if entry.flags & FLOW_F_REPLY != 0 {
-        return lb4_reply(
-            ctx,
-            eth,
-            ip,
-            tcp,
-            (&LB_CONNTRACK, &key, entry),
-            IPV4_HLEN,
-            tot_len,
-        );
+        return lb4_reply(ctx, eth, ip, tcp, (table, &key, entry), IPV4_HLEN, tot_len);
     }
     // A forward entry: the 5-tuple was addressed to a VIP. Look the service up first; only
     // without one does it matter whether the address is (still) a VIP.
@@ -182,7 +174,7 @@ fn lb4_tcp(
     if !tcp_header_ok(tcp, tot_len - IPV4_HLEN) {
         return Ok(Verdict::drop(DROP_MALFORMED_TCP));
     }
-    lb4_service(ctx, eth, ip, tcp, &key, &svc, Some((&LB_CONNTRACK, entry)))
+    lb4_service(ctx, eth, ip, tcp, &key, &svc, Some((table, entry)))
 }
 
 /// A VIP packet that cannot be balanced: a fragment, IP options, not TCP (an ICMP error about
@@ -219,7 +211,7 @@ fn lb4_service(
     tcp: &mut TcpHdr,
     key: &FlowKey,
     svc: &ServiceValue,
-    tracked: Option<(&CtMap, &mut FlowEntry)>,
+    tracked: Option<(Table, &mut FlowEntry)>,
 ) -> Result<Verdict, ()> {
     if ip.ttl <= 1 {
         return Ok(Verdict::pass(PASS_TTL_EXCEEDED));
@@ -227,8 +219,8 @@ fn lb4_service(
     let cfg = LB_CONFIG.get(0).ok_or(())?;
     let now = now_ns();
 
-    if let Some((map, entry)) = tracked {
-        if let Some(v) = lb4_tracked(ctx, eth, ip, tcp, (map, key, entry), cfg, now)? {
+    if let Some((table, entry)) = tracked {
+        if let Some(v) = lb4_tracked(ctx, eth, ip, tcp, (table, key, entry), cfg, now)? {
             return Ok(v);
         }
     }
@@ -256,23 +248,16 @@ fn lb4_service(
     if backend.addr_be == 0 {
         return rst::reply_rst(ctx, svc.service_id);
     }
-    let (mut entry, rkey) = match conntrack::reserve(
-        &LB_CONNTRACK,
-        key,
-        backend,
-        backend_id,
-        svc.service_id,
-        cfg,
-        now,
-    ) {
-        Ok(e) => e,
-        Err(AllocError::SnatExhausted) => return Ok(Verdict::drop(DROP_SNAT_EXHAUSTED)),
-        Err(AllocError::Full) => return Ok(Verdict::drop(DROP_CONNTRACK_FULL)),
-    };
+    let (mut entry, rkey) =
+        match conntrack::reserve(key, backend, backend_id, svc.service_id, cfg, now) {
+            Ok(e) => e,
+            Err(AllocError::SnatExhausted) => return Ok(Verdict::drop(DROP_SNAT_EXHAUSTED)),
+            Err(AllocError::Full) => return Ok(Verdict::drop(DROP_CONNTRACK_FULL)),
+        };
     nat::rewrite(ip, tcp, &entry);
     // Route before inserting the forward entry, so it is stored with its next hop.
     let hop = forward::resolve(ctx, ip, &mut entry);
-    if conntrack::commit(&LB_CONNTRACK, key, &entry, &rkey).is_err() {
+    if conntrack::commit(key, &entry, &rkey).is_err() {
         return Ok(Verdict::drop(DROP_CONNTRACK_FULL));
     }
     stats::count(NEW_FLOW);
@@ -287,23 +272,25 @@ fn lb4_service(
     ))
 }
 
-/// A client packet of a tracked flow (`flow` = map, key and forward entry): the state machine
-/// step, then forwarded to the flow's backend. `None` when the packet is to be handled as a
-/// new flow instead: the entry expired, the SYN opens a new connection on a TIME_WAIT or
-/// CLOSE flow (`CT_SYN_REUSE`), or the backend is down (`CT_BACKEND_DOWN`); in the last two
-/// cases both entries are released.
+/// A client packet of a tracked flow (`flow` = table, key and forward entry): the state
+/// machine step, then forwarded to the flow's backend. `None` when the packet is to be
+/// handled as a new flow instead, after both entries were released: the entry expired, the
+/// SYN opens a new connection on a TIME_WAIT or CLOSE flow (`CT_SYN_REUSE`), or the backend is
+/// down (`CT_BACKEND_DOWN`).
 #[inline(always)]
 fn lb4_tracked(
     ctx: &XdpContext,
     eth: &mut EthHdr,
     ip: &mut Ipv4Hdr,
     tcp: &mut TcpHdr,
-    flow: (&CtMap, &FlowKey, &mut FlowEntry),
+    flow: (Table, &FlowKey, &mut FlowEntry),
     cfg: &GlobalConfig,
     now: u64,
 ) -> Result<Option<Verdict>, ()> {
-    let (map, key, entry) = flow;
+    let (table, key, entry) = flow;
+    let map = table.map();
     if entry.is_expired(now, cfg) {
+        conntrack::release(map, key, entry);
         return Ok(None);
     }
     let t = tcp_next_state(entry.state, entry.close_dir, DIR_ORIG, tcp.flags);
@@ -324,7 +311,7 @@ fn lb4_tracked(
     if t.event == EV_SYN_ON_OPEN {
         stats::count(CT_SYN_ON_OPEN);
     }
-    if conntrack::advance(map, key, entry, &t, cfg, now) == Pair::Conflict {
+    if conntrack::step(table, key, entry, &t, cfg, now) == Pair::Conflict {
         let _ = map.remove(key);
         return rst::reset_flow(ctx).map(Some);
     }
@@ -349,11 +336,11 @@ fn lb4_reply(
     eth: &mut EthHdr,
     ip: &mut Ipv4Hdr,
     tcp: &mut TcpHdr,
-    flow: (&CtMap, &FlowKey, &mut FlowEntry),
+    flow: (Table, &FlowKey, &mut FlowEntry),
     hlen: usize,
     tot_len: usize,
 ) -> Result<Verdict, ()> {
-    let (map, key, entry) = flow;
+    let (table, key, entry) = flow;
     let cfg = LB_CONFIG.get(0).ok_or(())?;
     let now = now_ns();
     if entry.flags & FLOW_F_REPLY == 0 || entry.is_expired(now, cfg) {
@@ -366,8 +353,8 @@ fn lb4_reply(
         return Ok(Verdict::pass(PASS_TTL_EXCEEDED));
     }
     let t = tcp_next_state(entry.state, entry.close_dir, DIR_REPLY, tcp.flags);
-    if conntrack::advance(map, key, entry, &t, cfg, now) == Pair::Conflict {
-        let _ = map.remove(key);
+    if conntrack::step(table, key, entry, &t, cfg, now) == Pair::Conflict {
+        let _ = table.map().remove(key);
         return Ok(Verdict::drop(DROP_CT_CONFLICT));
     }
     nat::rewrite(ip, tcp, entry);
@@ -407,7 +394,7 @@ fn lb4_reply_exception(
     // SAFETY: bounds-checked by ptr_at.
     let [sport, dport] = unsafe { *ports };
     let key = tcp_key(ip.src_be, ip.dst_be, sport, dport);
-    let Some(entry) = LB_CONNTRACK.get_ptr_mut(key) else {
+    let Some((table, entry)) = conntrack::lookup(&key) else {
         return Ok(Verdict::pass(PASS_NOT_SERVICE));
     };
     // SAFETY: map value pointer; concurrent updates are benign.
@@ -421,15 +408,7 @@ fn lb4_reply_exception(
     };
     // SAFETY: bounds-checked by ptr_at, disjoint from the IP header.
     let tcp = unsafe { &mut *tcp };
-    lb4_reply(
-        ctx,
-        eth,
-        ip,
-        tcp,
-        (&LB_CONNTRACK, &key, entry),
-        hlen,
-        tot_len,
-    )
+    lb4_reply(ctx, eth, ip, tcp, (table, &key, entry), hlen, tot_len)
 }
 
 #[cfg(not(test))]

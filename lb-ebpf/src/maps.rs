@@ -41,6 +41,11 @@ pub static LB_MAGLEV: Array<u32> = Array::pinned(
 pub static LB_CONNTRACK: LruHashMap<FlowKey, FlowEntry> =
     LruHashMap::pinned(DEFAULT_CONNTRACK_FLOWS * CONNTRACK_ENTRIES_PER_FLOW, 0);
 
+/// Embryonic flows (handshake not completed), laid out like `LB_CONNTRACK`.
+#[map]
+pub static LB_CT_SYN: LruHashMap<FlowKey, FlowEntry> =
+    LruHashMap::pinned(DEFAULT_CONNTRACK_FLOWS / 8 * CONNTRACK_ENTRIES_PER_FLOW, 0);
+
 /// Global run-time settings in slot 0 (SNAT range, timeouts, hash seed).
 #[map]
 pub static LB_CONFIG: Array<GlobalConfig> = Array::pinned(CONFIG_ENTRIES, 0);
@@ -87,6 +92,7 @@ const _: () = {
     assert!(same(lb_common::MAP_BACKENDS, "LB_BACKENDS"));
     assert!(same(lb_common::MAP_MAGLEV, "LB_MAGLEV"));
     assert!(same(lb_common::MAP_CONNTRACK, "LB_CONNTRACK"));
+    assert!(same(lb_common::MAP_CT_SYN, "LB_CT_SYN"));
     assert!(same(lb_common::MAP_CONFIG, "LB_CONFIG"));
     assert!(same(lb_common::MAP_SNAT_ADDRS, "LB_SNAT_ADDRS"));
     assert!(same(lb_common::MAP_TX_PORTS, "LB_TX_PORTS"));

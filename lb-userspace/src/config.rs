@@ -234,6 +234,10 @@ pub struct LimitsConfig {
     /// Tracked flows (two conntrack entries each).
     #[serde(default = "default_conntrack_flows")]
     pub conntrack_flows: u32,
+    /// Embryonic flows (handshake not completed), kept apart so a SYN flood cannot evict
+    /// established flows. Default: an eighth of `conntrack_flows` (1024 to 2^20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embryonic_flows: Option<u32>,
     /// Number of service ids.
     #[serde(default = "default_max_services")]
     pub max_services: u32,
@@ -258,10 +262,19 @@ fn default_maglev_table_size() -> u32 {
     lb_common::DEFAULT_MAGLEV_TABLE_SIZE
 }
 
+impl LimitsConfig {
+    /// `embryonic_flows`, or its default for `conntrack_flows`.
+    pub fn embryonic_flows(&self) -> u32 {
+        self.embryonic_flows
+            .unwrap_or(lb_common::default_embryonic_flows(self.conntrack_flows))
+    }
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             conntrack_flows: default_conntrack_flows(),
+            embryonic_flows: None,
             max_services: default_max_services(),
             max_backends: default_max_backends(),
             maglev_table_size: default_maglev_table_size(),
@@ -448,6 +461,7 @@ impl Config {
             max_backends: self.limits.max_backends,
             maglev_table_size: self.limits.maglev_table_size,
             conntrack_flows: self.limits.conntrack_flows,
+            embryonic_flows: self.limits.embryonic_flows(),
         }
     }
 
@@ -640,6 +654,9 @@ impl Config {
             1024,
             MAX_CONNTRACK_FLOWS,
         )?;
+        if let Some(n) = l.embryonic_flows {
+            check_range("limits.embryonic_flows", n, 256, l.conntrack_flows)?;
+        }
         check_range("limits.max_services", l.max_services, 1, MAX_SERVICES_LIMIT)?;
         check_range("limits.max_backends", l.max_backends, 2, MAX_BACKENDS_LIMIT)?;
         if !is_prime(l.maglev_table_size)

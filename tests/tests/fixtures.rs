@@ -1149,6 +1149,7 @@ fn packet_fixtures() {
             max_backends: 32,
             maglev_table_size: TABLE,
             conntrack_flows: 1024,
+            embryonic_flows: 1024,
             pin_root: None,
         };
         let mut dp =
@@ -1199,6 +1200,7 @@ fn test_run_reports_duration_and_repeats() {
             max_backends: 32,
             maglev_table_size: TABLE,
             conntrack_flows: 1024,
+            embryonic_flows: 1024,
             pin_root: None,
         };
         let mut dp = BpfDataplane::load(&opts).unwrap();
@@ -1256,6 +1258,7 @@ fn conntrack_sweep_counts_and_expires_pairs() {
             max_backends: 32,
             maglev_table_size: TABLE,
             conntrack_flows: 1024,
+            embryonic_flows: 1024,
             pin_root: None,
         };
         let mut dp = BpfDataplane::load(&opts).unwrap();
@@ -1299,6 +1302,82 @@ fn conntrack_sweep_counts_and_expires_pairs() {
     });
 }
 
+/// A SYN flood from spoofed sources fills only the embryonic map: an established flow in a
+/// conntrack map that the flood would have overflowed many times keeps both entries and its
+/// backend. (Before LB_CT_SYN, SYN-only and established flows shared one LRU.)
+#[test]
+fn syn_flood_never_evicts_an_established_flow() {
+    require_root();
+    let ns = FixtureNetns::create();
+    setup_network(&ns);
+    let ifs = Ifs {
+        pub0: ns.ifindex("pub0"),
+        priv0: ns.ifindex("priv0"),
+    };
+    ns.run_inside(move || {
+        let opts = LoadOptions {
+            max_services: 16,
+            max_backends: 32,
+            maglev_table_size: TABLE,
+            conntrack_flows: 1024,
+            embryonic_flows: 256,
+            pin_root: None,
+        };
+        let mut dp = BpfDataplane::load(&opts).unwrap();
+        populate(&mut dp, &ifs);
+        let s = syn(CLIENT_A, 52000, 80);
+        let be_id = maglev_pick(&WEB_TABLE, CLIENT_A, 52000, 80);
+        let (be_addr, be_mac) = backend_of(be_id);
+        let port = snat_candidate(CLIENT_A, 52000, 80, 0, PORT_MIN, PORT_MAX);
+        let mut synack = TcpFrame::syn(be_mac, PRIV_MAC, be_addr, BE_PORT, SNAT, port);
+        synack.flags = tcp_flags::SYN | tcp_flags::ACK;
+        let ack = s.clone().with_flags(tcp_flags::ACK, b"");
+        for (f, ingress) in [
+            (s.build(), ifs.pub0),
+            (synack.build(), ifs.priv0),
+            (ack.build(), ifs.pub0),
+        ] {
+            assert_eq!(dp.test_run(&f, Some(ingress), 1).unwrap().verdict, REDIRECT);
+        }
+        let fkey = tcp_key(CLIENT_A, 52000, VIP, 80);
+        let rkey = tcp_key(be_addr, BE_PORT, SNAT, port);
+        // 8 x the whole conntrack map's capacity in spoofed SYNs.
+        let flood = 8 * 2 * opts.conntrack_flows;
+        for i in 0..flood {
+            let src = Ipv4Addr::from(0x6440_0000 | (i >> 4));
+            let f = syn(src, 1024 + (i & 0xf) as u16 * 97, 80).build();
+            let r = dp.test_run(&f, Some(ifs.pub0), 1).unwrap();
+            // Forwarded, or dropped when its 16 SNAT port candidates are taken.
+            assert!(r.verdict == REDIRECT || r.verdict == DROP, "flood SYN {i}");
+        }
+        let c = dp.global_counters().unwrap();
+        assert!(
+            c[NEW_FLOW as usize] > u64::from(flood) / 2,
+            "only {} of {flood} flood SYNs became flows",
+            c[NEW_FLOW as usize]
+        );
+        let embryonic = dp.embryonic_entries().unwrap().len() as u32;
+        assert!(
+            embryonic <= 2 * opts.embryonic_flows,
+            "{embryonic} embryonic entries"
+        );
+        let f = find_entry(&dp, &fkey).expect("the established forward entry was evicted");
+        let r = find_entry(&dp, &rkey).expect("the established reply entry was evicted");
+        assert_eq!(f.state, tcp_state::ESTABLISHED);
+        assert_eq!(r.state, tcp_state::ESTABLISHED);
+        let data = ack.with_flags(tcp_flags::ACK | tcp_flags::PSH, b"still here");
+        let before = dp.global_counters().unwrap();
+        let out = dp.test_run(&data.build(), Some(ifs.pub0), 1).unwrap();
+        assert_eq!(out.verdict, REDIRECT);
+        assert_eq!(
+            out.output,
+            to_backend(&data, be_addr, BE_PORT, port, Some((PRIV_MAC, be_mac)))
+        );
+        let after = dp.global_counters().unwrap();
+        assert_eq!(after[NEW_FLOW as usize], before[NEW_FLOW as usize]);
+    });
+}
+
 #[test]
 fn pinned_maps_and_links_survive_reload_and_unload_removes_them() {
     use lb::dataplane::{AttachedMode, XdpMode};
@@ -1328,6 +1407,7 @@ fn pinned_maps_and_links_survive_reload_and_unload_removes_them() {
             max_backends: 8,
             maglev_table_size: TABLE,
             conntrack_flows: 64,
+            embryonic_flows: 64,
             pin_root: Some(root.clone()),
         };
         let mut dp = BpfDataplane::load(&opts).unwrap();
@@ -1387,6 +1467,7 @@ fn pinned_maps_and_links_survive_reload_and_unload_removes_them() {
         // Different limits against the pinned maps: a clear error naming the fix.
         let err = BpfDataplane::load(&LoadOptions {
             conntrack_flows: 128,
+            embryonic_flows: 64,
             ..opts.clone()
         })
         .err()
@@ -1435,6 +1516,7 @@ fn unpinned_attach_native_auto_and_pass_program() {
             max_backends: 8,
             maglev_table_size: TABLE,
             conntrack_flows: 64,
+            embryonic_flows: 64,
             pin_root: None,
         };
         let mut dp = BpfDataplane::load(&opts).unwrap();
@@ -1641,6 +1723,7 @@ fn hot_dataplane(ifs: &Ifs, object: Option<&[u8]>, fill: u32, flows: u32) -> Bpf
         max_backends: 32,
         maglev_table_size: TABLE,
         conntrack_flows: flows,
+        embryonic_flows: 1024,
         pin_root: None,
     };
     let mut dp = match object {

@@ -81,6 +81,11 @@ macro_rules! both_modes {
 }
 
 both_modes!(
+    rst_close_storm_frees_snat_ports,
+    spoofed_syn_leaves_connection_intact,
+    half_close_outlives_fin_wait_timeout,
+    idle_keepalive_outlives_short_timeouts,
+    syn_flood_spares_established_connections,
     lab_topology,
     forwarding,
     isolation,
@@ -890,6 +895,307 @@ fn bad_traffic(mode: Mode) {
 }
 
 /// The demo runs end to end in its fast mode and removes what it created.
+/// Opens a connection to the VIP, completes one `GET /id`, then resets it (SO_LINGER 0).
+async fn open_and_reset(addr: SocketAddr) -> lb_tests::lab::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let err = |what: &str| {
+        let what = what.to_string();
+        move |e: std::io::Error| lb_tests::lab::LabError::Http(format!("{what}: {e}"))
+    };
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(err("connect"))?;
+        s.write_all(b"GET /id HTTP/1.1\r\nHost: lab\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .map_err(err("request"))?;
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).await.map_err(err("response"))?;
+        if n == 0 {
+            return Err(lb_tests::lab::LabError::Http(
+                "closed before the answer".into(),
+            ));
+        }
+        s.set_zero_linger().map_err(err("SO_LINGER 0"))?;
+        drop(s);
+        Ok(())
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, fut)
+        .await
+        .map_err(|_| lb_tests::lab::LabError::Timeout(format!("open and reset via {addr}")))?
+}
+
+/// Issue 9: connections closed by a client RST freed their SNAT ports only after the
+/// established timeout. With 4 SNAT ports and close_timeout 1 s, 4 connections reset by the
+/// client, then (after the CLOSE timeout) 8 more connections in two rounds all succeed.
+fn rst_close_storm_frees_snat_ports(mode: Mode) {
+    let mut l = lab(1, mode);
+    let cfg = with_config(&l, |c| {
+        c.snat_ports = (20000, 20003);
+        c.conntrack = c.conntrack.clone().with_closing_ms(1000);
+    });
+    l.start_lbd(&cfg)
+        .unwrap_or_else(|e| panic!("starting lbd: {e}"));
+    l.wait_vip(Duration::from_secs(10)).expect("VIP reachable");
+    // Wait for the VIP probe's own flow to leave (it closed normally: TIME_WAIT 1 s).
+    std::thread::sleep(Duration::from_millis(1500));
+    for round in 0..3 {
+        let failed = l
+            .in_client(|| async {
+                let mut failed = Vec::new();
+                for i in 0..4 {
+                    if let Err(e) = open_and_reset(vip_addr()).await {
+                        failed.push(format!("connection {i}: {e}"));
+                    }
+                }
+                Ok(failed)
+            })
+            .unwrap();
+        assert!(failed.is_empty(), "round {round}: {failed:?}");
+        // The CLOSE timeout (1 s), plus the coarse clock's tick.
+        std::thread::sleep(Duration::from_millis(1300));
+    }
+    let counters = l.lbd().unwrap().counters().expect("lbctl stats");
+    let exhausted = counters.get("drop_snat_exhausted").copied().unwrap_or(0);
+    assert_eq!(
+        exhausted, 0,
+        "SYNs dropped for want of a SNAT port: {counters:?}"
+    );
+}
+
+/// Issue 9: a blind spoofed SYN carrying a live connection's 4-tuple re-balanced the flow (and
+/// so broke it once the Maglev table had changed). The connection's backend is drained (it
+/// leaves the table but keeps its flows), a spoofed SYN with the connection's 4-tuple is sent
+/// from the client namespace, and the connection must still answer from the same backend.
+fn spoofed_syn_leaves_connection_intact(mode: Mode) {
+    let _serial = exclusive();
+    let l = started(2, mode);
+    let dst_mac =
+        packet::mac_from_ip_link(&l.balancer_run("ip", &["link", "show", "pub0"]).unwrap())
+            .expect("pub0's MAC");
+    let src_mac = packet::mac_from_ip_link(&l.client_run("ip", &["link", "show", "c0"]).unwrap())
+        .expect("c0's MAC");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let conn = l.spawn_in_client(move || async move {
+        let mut c = HttpConn::connect(vip_addr(), PROBE_TIMEOUT).await?;
+        let first = c.request("GET", "/id", b"").await?.text();
+        let _ = tx.send(first.split(' ').next().unwrap_or_default().to_string());
+        let _ = go_rx.recv_timeout(Duration::from_secs(20));
+        let syn = packet::tcp_header(c.local_addr().port(), VIP_PORT, lb_common::tcp_flags::SYN);
+        let ip = Ipv4Spec::new(CLIENT_ADDR, VIP, lb_common::IPPROTO_TCP);
+        PacketSocket::open("c0")?.send(&packet::ipv4_frame(dst_mac, src_mac, &ip, &syn))?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let second = client::bounded(
+            "the request after the spoofed SYN",
+            PROBE_TIMEOUT,
+            c.request("GET", "/id", b""),
+        )
+        .await?;
+        Ok((second.status, second.text()))
+    });
+    let name = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the connection answered");
+    let i: usize = name[1..].parse().expect("backend name b<i>");
+    let before = l.lbd().unwrap().counters().expect("counters");
+    l.lbd()
+        .unwrap()
+        .lbctl(&["backend", "drain", "web", &backend_addr(i).to_string()])
+        .expect("lbctl backend drain");
+    go_tx.send(()).unwrap();
+    let (status, text) = client::join(conn).unwrap_or_else(|e| panic!("the connection: {e}"));
+    assert_eq!(status, 200);
+    assert!(
+        text.starts_with(&format!("{name} ")),
+        "answered by {text:?}, not {name}"
+    );
+    let name_on_open = COUNTER_NAMES[c::CT_SYN_ON_OPEN as usize];
+    lb_tests::lab::sys::wait_for(
+        "ct_syn_on_open to count the spoofed SYN",
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || {
+            let now = l.lbd().unwrap().counters().ok()?;
+            (now[name_on_open] > before.get(name_on_open).copied().unwrap_or(0)).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Issue 9: a half-closed connection died closing_timeout after the client's FIN although
+/// the server was still to answer. The client sends its request and shuts down its sending
+/// side; the server answers 3 s later (3 x fin_wait_timeout) with 200 kB, all of which must
+/// arrive: the acknowledged FIN moves the flow to CLOSE_WAIT, and traffic either way refreshes it.
+fn half_close_outlives_fin_wait_timeout(mode: Mode) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BYTES: u64 = 200_000;
+    let mut l = lab(1, mode);
+    let cfg = with_config(&l, |c| {
+        c.conntrack.fin_wait_ms = 1000;
+        c.conntrack.close_wait_ms = 10_000;
+    });
+    l.start_lbd(&cfg)
+        .unwrap_or_else(|e| panic!("starting lbd: {e}"));
+    l.wait_vip(Duration::from_secs(10)).expect("VIP reachable");
+    let body = l
+        .in_client(|| async {
+            let err = |e: std::io::Error| lb_tests::lab::LabError::Http(e.to_string());
+            let fut = async {
+                let mut s = tokio::net::TcpStream::connect(vip_addr()).await.map_err(err)?;
+                let req = format!(
+                    "GET /after-eof?delay_ms=3000&bytes={BYTES} HTTP/1.1\r\nHost: lab\r\nContent-Length: 0\r\n\r\n"
+                );
+                s.write_all(req.as_bytes()).await.map_err(err)?;
+                s.shutdown().await.map_err(err)?;
+                let mut all = Vec::new();
+                s.read_to_end(&mut all).await.map_err(err)?;
+                Ok(all)
+            };
+            tokio::time::timeout(Duration::from_secs(15), fut)
+                .await
+                .map_err(|_| lb_tests::lab::LabError::Timeout("the late answer".into()))?
+        })
+        .unwrap_or_else(|e| panic!("half-closed request: {e}"));
+    let split = body
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {} bytes", body.len()));
+    let payload = &body[split + 4..];
+    assert_eq!(
+        payload.len() as u64,
+        BYTES,
+        "bytes received after the half-close"
+    );
+    let sha = lb_tests::lab::http::hex(&{
+        use sha2::Digest;
+        sha2::Sha256::digest(payload)
+    });
+    assert_eq!(sha, pattern_sha256(BYTES));
+}
+
+/// An idle keep-alive connection lives by the ESTABLISHED timeout alone: idle 2.5 s with
+/// every other state's timeout at 1 s, it still answers on its backend.
+fn idle_keepalive_outlives_short_timeouts(mode: Mode) {
+    let mut l = lab(1, mode);
+    let cfg = with_config(&l, |c| {
+        let mut ct = c.conntrack.clone().with_closing_ms(1000);
+        ct.syn_ms = 1000;
+        ct.syn_recv_ms = 1000;
+        ct.fin_wait_ms = 1000;
+        ct.close_wait_ms = 1000;
+        ct.established_ms = 30_000;
+        c.conntrack = ct;
+    });
+    l.start_lbd(&cfg)
+        .unwrap_or_else(|e| panic!("starting lbd: {e}"));
+    l.wait_vip(Duration::from_secs(10)).expect("VIP reachable");
+    let (first, second) = l
+        .in_client(|| async {
+            let mut c = HttpConn::connect(vip_addr(), PROBE_TIMEOUT).await?;
+            let first = c.request("GET", "/id", b"").await?.text();
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            let second = client::bounded(
+                "the request after 2.5 s idle",
+                PROBE_TIMEOUT,
+                c.request("GET", "/id", b""),
+            )
+            .await?
+            .text();
+            Ok((first, second))
+        })
+        .unwrap_or_else(|e| panic!("idle keep-alive connection: {e}"));
+    assert_eq!(first, second);
+}
+
+/// Issue 9: SYN-only and established flows shared one LRU, so a spoofed SYN flood evicted
+/// established flows. 100 established connections keep answering while 50,000 SYNs from
+/// random spoofed sources arrive, with conntrack_flows 1024 (2048 entries) and 256 embryonic
+/// flows: the flood is 25 x the whole conntrack map.
+fn syn_flood_spares_established_connections(mode: Mode) {
+    const CONNS: usize = 100;
+    const FLOOD: u32 = 50_000;
+    let _serial = exclusive();
+    let mut l = lab(2, mode);
+    let cfg = with_config(&l, |c| {
+        c.conntrack_flows = 1024;
+        c.embryonic_flows = Some(256);
+    });
+    l.start_lbd(&cfg)
+        .unwrap_or_else(|e| panic!("starting lbd: {e}"));
+    l.wait_vip(Duration::from_secs(10)).expect("VIP reachable");
+    let dst_mac =
+        packet::mac_from_ip_link(&l.balancer_run("ip", &["link", "show", "pub0"]).unwrap())
+            .expect("pub0's MAC");
+    let src_mac = packet::mac_from_ip_link(&l.client_run("ip", &["link", "show", "c0"]).unwrap())
+        .expect("c0's MAC");
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let flood = l.spawn_in_client(move || async move {
+        let _ = go_rx.recv_timeout(Duration::from_secs(30));
+        let s = PacketSocket::open("c0")?;
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..FLOOD {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Sources in 198.18.0.0/15 (the benchmarking range), random ports.
+            let src = std::net::Ipv4Addr::from(0xc612_0000 | (x as u32 & 0x0001_ffff));
+            let ip = Ipv4Spec::new(src, VIP, lb_common::IPPROTO_TCP);
+            let syn =
+                packet::tcp_header(1024 | (x >> 40) as u16, VIP_PORT, lb_common::tcp_flags::SYN);
+            let frame = packet::ipv4_frame(dst_mac, src_mac, &ip, &syn);
+            // The veth queue fills up (ENOBUFS) faster than native XDP drains it: back off.
+            let mut tries = 0;
+            while let Err(e) = s.send(&frame) {
+                tries += 1;
+                if tries > 1000 {
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        Ok(())
+    });
+    let lost = l
+        .in_client(move || async move {
+            let mut conns = Vec::new();
+            for _ in 0..CONNS {
+                let mut c = HttpConn::connect(vip_addr(), PROBE_TIMEOUT).await?;
+                let id = c.request("GET", "/id", b"").await?.text();
+                conns.push((c, id));
+            }
+            let _ = go_tx.send(());
+            let mut lost = Vec::new();
+            // Keep every connection transferring through and after the flood.
+            for round in 0..6 {
+                for (i, (c, id)) in conns.iter_mut().enumerate() {
+                    let r = tokio::time::timeout(PROBE_TIMEOUT, c.request("GET", "/id", b"")).await;
+                    match r {
+                        Ok(Ok(r)) if r.text() == *id => {}
+                        Ok(Ok(r)) => lost.push(format!("round {round} conn {i}: {}", r.text())),
+                        Ok(Err(e)) => lost.push(format!("round {round} conn {i}: {e}")),
+                        Err(_) => lost.push(format!("round {round} conn {i}: timed out")),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Ok(lost)
+        })
+        .unwrap_or_else(|e| panic!("established connections: {e}"));
+    client::join(flood).unwrap_or_else(|e| panic!("the flood: {e}"));
+    assert!(
+        lost.is_empty(),
+        "{} lost: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    let counters = l.lbd().unwrap().counters().expect("counters");
+    assert!(
+        counters["new_flow"] > u64::from(FLOOD) / 10,
+        "the flood did not reach the data plane: {counters:?}"
+    );
+}
+
 #[test]
 fn demo_fast_mode() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_lb-demo"))

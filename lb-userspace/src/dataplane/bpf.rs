@@ -25,9 +25,9 @@ use aya::{
 use lb_common::{
     BackendValue, FlowEntry, FlowKey, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue,
     ABI_VERSION, ALL_MAPS, CONFIG_ENTRIES, CONNTRACK_ENTRIES_PER_FLOW, FLOW_F_REPLY, IPPROTO_TCP,
-    MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONFIG, MAP_CONNTRACK, MAP_MAGLEV, MAP_SERVICES,
-    MAP_SERVICE_STATS, MAP_SNAT_ADDRS, MAP_STATS, MAP_TX_PORTS, MAP_VIPS, MAX_SNAT_ADDRS,
-    MAX_TX_PORTS, NUM_COUNTERS, PROGRAM_NAME,
+    MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONFIG, MAP_CONNTRACK, MAP_CT_SYN, MAP_MAGLEV,
+    MAP_SERVICES, MAP_SERVICE_STATS, MAP_SNAT_ADDRS, MAP_STATS, MAP_TX_PORTS, MAP_VIPS,
+    MAX_SNAT_ADDRS, MAX_TX_PORTS, NUM_COUNTERS, PROGRAM_NAME,
 };
 use std::collections::HashMap;
 use std::io;
@@ -82,6 +82,7 @@ pub struct BpfDataplane {
     maglev: Array<MapData, u32>,
     maglev_mmap: Option<MaglevMmap>,
     conntrack: BpfHashMap<MapData, FlowKey, FlowEntry>,
+    ct_syn: BpfHashMap<MapData, FlowKey, FlowEntry>,
     config: Array<MapData, GlobalConfig>,
     snat_addrs: Array<MapData, u32>,
     tx_ports: DevMapHash<MapData>,
@@ -116,6 +117,12 @@ fn expected_shape(name: &str, opts: &LoadOptions) -> (u32, u32, u32) {
         MAP_MAGLEV => (maglev_entries(opts), 4, 4),
         MAP_CONNTRACK => (
             opts.conntrack_flows
+                .saturating_mul(CONNTRACK_ENTRIES_PER_FLOW),
+            sz(size_of::<FlowKey>()),
+            sz(size_of::<FlowEntry>()),
+        ),
+        MAP_CT_SYN => (
+            opts.embryonic_flows
                 .saturating_mul(CONNTRACK_ENTRIES_PER_FLOW),
             sz(size_of::<FlowKey>()),
             sz(size_of::<FlowEntry>()),
@@ -413,9 +420,10 @@ impl BpfDataplane {
             || opts.max_backends < 2
             || opts.maglev_table_size == 0
             || opts.conntrack_flows == 0
+            || opts.embryonic_flows == 0
         {
             return Err(other(format!(
-                "invalid limits {opts:?}: max_services, maglev_table_size and conntrack_flows must be > 0 and max_backends >= 2"
+                "invalid limits {opts:?}: max_services, maglev_table_size, conntrack_flows and embryonic_flows must be > 0 and max_backends >= 2"
             )));
         }
         let entries = maglev_entries(opts);
@@ -470,6 +478,11 @@ impl BpfDataplane {
                 opts.conntrack_flows
                     .saturating_mul(CONNTRACK_ENTRIES_PER_FLOW),
             )
+            .map_max_entries(
+                MAP_CT_SYN,
+                opts.embryonic_flows
+                    .saturating_mul(CONNTRACK_ENTRIES_PER_FLOW),
+            )
             .map_max_entries(MAP_SERVICE_STATS, opts.max_services)
             .map_max_entries(MAP_BACKEND_STATS, opts.max_backends);
         let mut ebpf = loader
@@ -492,6 +505,7 @@ impl BpfDataplane {
             maglev: take(&mut ebpf, MAP_MAGLEV)?,
             maglev_mmap,
             conntrack: take(&mut ebpf, MAP_CONNTRACK)?,
+            ct_syn: take(&mut ebpf, MAP_CT_SYN)?,
             config: take(&mut ebpf, MAP_CONFIG)?,
             snat_addrs: take(&mut ebpf, MAP_SNAT_ADDRS)?,
             tx_ports: take(&mut ebpf, MAP_TX_PORTS)?,
@@ -743,11 +757,25 @@ impl BpfDataplane {
         aya::util::nr_cpus().map_err(|(what, e)| other(format!("{what}: {e}")))
     }
 
-    /// The raw conntrack entries (for tests and `lbctl`-style inspection).
+    /// The raw conntrack entries of both maps, established then embryonic (for tests and
+    /// `lbctl`-style inspection).
     pub fn conntrack_entries(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {
-        self.conntrack
+        let mut v: Vec<(FlowKey, FlowEntry)> = self
+            .conntrack
             .iter()
             .map(|r| r.map_err(map_err(MAP_CONNTRACK)))
+            .collect::<Result<_>>()?;
+        for r in self.ct_syn.iter() {
+            v.push(r.map_err(map_err(MAP_CT_SYN))?);
+        }
+        Ok(v)
+    }
+
+    /// The raw entries of the embryonic map only.
+    pub fn embryonic_entries(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {
+        self.ct_syn
+            .iter()
+            .map(|r| r.map_err(map_err(MAP_CT_SYN)))
             .collect()
     }
 
@@ -776,25 +804,43 @@ impl BpfDataplane {
             .collect()
     }
 
-    /// Writes one conntrack entry (tests: pre-age or forge entries).
+    /// Writes one conntrack entry (tests: pre-age or forge entries) into the map that holds
+    /// its key: `LB_CT_SYN` if only that one does, else `LB_CONNTRACK`.
     pub fn set_conntrack_entry(&mut self, key: &FlowKey, entry: &FlowEntry) -> Result<()> {
+        if self.conntrack.get(key, 0).is_err() && self.ct_syn.get(key, 0).is_ok() {
+            return self
+                .ct_syn
+                .insert(key, entry, 0)
+                .map_err(map_err(MAP_CT_SYN));
+        }
         self.conntrack
             .insert(key, entry, 0)
             .map_err(map_err(MAP_CONNTRACK))
     }
 
-    /// Removes one conntrack entry (an absent key is an error: callers remove what they made).
+    /// Removes one conntrack entry from whichever map holds it (an absent key is an error:
+    /// callers remove what they made).
     pub fn remove_conntrack_entry(&mut self, key: &FlowKey) -> Result<()> {
-        self.conntrack.remove(key).map_err(map_err(MAP_CONNTRACK))
+        match self.conntrack.remove(key) {
+            Err(aya::maps::MapError::KeyNotFound) => {
+                self.ct_syn.remove(key).map_err(map_err(MAP_CT_SYN))
+            }
+            r => r.map_err(map_err(MAP_CONNTRACK)),
+        }
     }
 
-    /// Removes every conntrack entry.
+    /// Removes every conntrack entry (both maps).
     pub fn clear_conntrack(&mut self) -> Result<()> {
-        let keys: Vec<FlowKey> = self.conntrack.keys().filter_map(|k| k.ok()).collect();
-        for k in keys {
-            match self.conntrack.remove(&k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(MAP_CONNTRACK)(e)),
+        for (map, name) in [
+            (&mut self.conntrack, MAP_CONNTRACK),
+            (&mut self.ct_syn, MAP_CT_SYN),
+        ] {
+            let keys: Vec<FlowKey> = map.keys().filter_map(|k| k.ok()).collect();
+            for k in keys {
+                match map.remove(&k) {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_err(name)(e)),
+                }
             }
         }
         Ok(())
@@ -812,12 +858,37 @@ fn partner_key(e: &FlowEntry) -> FlowKey {
     }
 }
 
-/// Walks `LB_CONNTRACK` through its own fd (see [`Dataplane::conntrack_sweeper`]).
+/// Walks `LB_CONNTRACK` and `LB_CT_SYN` through their own fds (see
+/// [`Dataplane::conntrack_sweeper`]); both entries of a flow are always in the same map.
 struct BpfConntrackSweeper {
-    map: BpfHashMap<MapData, FlowKey, FlowEntry>,
+    maps: [OneMapSweeper; 2],
 }
 
 impl ConntrackSweeper for BpfConntrackSweeper {
+    fn sweep(&mut self, now_ns: u64, cfg: &GlobalConfig) -> Result<ConntrackSweep> {
+        let mut total = ConntrackSweep::default();
+        for m in &mut self.maps {
+            let s = m.sweep(now_ns, cfg)?;
+            for (k, n) in s.flows_by_backend {
+                *total.flows_by_backend.entry(k).or_default() += n;
+            }
+            for (k, n) in s.flows_by_service {
+                *total.flows_by_service.entry(k).or_default() += n;
+            }
+            total.expired_removed += s.expired_removed;
+            total.entries += s.entries;
+        }
+        Ok(total)
+    }
+}
+
+/// The sweep of one conntrack map.
+struct OneMapSweeper {
+    map: BpfHashMap<MapData, FlowKey, FlowEntry>,
+    name: &'static str,
+}
+
+impl OneMapSweeper {
     fn sweep(&mut self, now_ns: u64, cfg: &GlobalConfig) -> Result<ConntrackSweep> {
         // One pass to snapshot (key -> expired?) plus live forward flows.
         let mut expired: HashMap<FlowKey, bool> = HashMap::new();
@@ -827,7 +898,7 @@ impl ConntrackSweeper for BpfConntrackSweeper {
                 Ok(kv) => kv,
                 // Entries can vanish under iteration (LRU eviction, XDP): skip them.
                 Err(aya::maps::MapError::KeyNotFound) => continue,
-                Err(e) => return Err(map_err(MAP_CONNTRACK)(e)),
+                Err(e) => return Err(map_err(self.name)(e)),
             };
             let dead = e.is_expired(now_ns, cfg);
             if !dead && e.flags & FLOW_F_REPLY == 0 {
@@ -856,7 +927,7 @@ impl ConntrackSweeper for BpfConntrackSweeper {
                 Ok(e) if e.is_expired(now_ns, cfg) => match self.map.remove(&k) {
                     Ok(()) => sweep.expired_removed += 1,
                     Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(e) => return Err(map_err(MAP_CONNTRACK)(e)),
+                    Err(e) => return Err(map_err(self.name)(e)),
                 },
                 _ => {}
             }
@@ -1028,21 +1099,25 @@ impl Dataplane for BpfDataplane {
     }
 
     fn conntrack_sweeper(&self) -> Result<Box<dyn ConntrackSweeper>> {
-        // A second fd on the same kernel map: the sweeper owns its handle and can walk the
-        // map on another thread while this data plane keeps serving writes.
-        let fd = self
-            .conntrack
-            .map()
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| DataplaneError::Map {
-                map: MAP_CONNTRACK,
-                source,
-            })?;
-        let data = MapData::from_fd(fd).map_err(map_err(MAP_CONNTRACK))?;
-        let map = BpfHashMap::try_from(Map::LruHashMap(data)).map_err(map_err(MAP_CONNTRACK))?;
-        Ok(Box::new(BpfConntrackSweeper { map }))
+        // A second fd on each kernel map: the sweeper owns its handles and can walk the maps
+        // on another thread while this data plane keeps serving writes.
+        let own = |m: &BpfHashMap<MapData, FlowKey, FlowEntry>, name: &'static str| {
+            let fd = m
+                .map()
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| DataplaneError::Map { map: name, source })?;
+            let data = MapData::from_fd(fd).map_err(map_err(name))?;
+            let map = BpfHashMap::try_from(Map::LruHashMap(data)).map_err(map_err(name))?;
+            Ok::<_, DataplaneError>(OneMapSweeper { map, name })
+        };
+        Ok(Box::new(BpfConntrackSweeper {
+            maps: [
+                own(&self.conntrack, MAP_CONNTRACK)?,
+                own(&self.ct_syn, MAP_CT_SYN)?,
+            ],
+        }))
     }
 
     fn global_config(&self) -> Result<GlobalConfig> {

@@ -171,6 +171,8 @@ pub struct LoadOptions {
     pub maglev_table_size: u32,
     /// Tracked flows; the conntrack map gets `CONNTRACK_ENTRIES_PER_FLOW` times as many entries.
     pub conntrack_flows: u32,
+    /// Embryonic flows (handshake not completed), in a map of their own sized likewise.
+    pub embryonic_flows: u32,
 }
 
 impl Default for LoadOptions {
@@ -181,6 +183,7 @@ impl Default for LoadOptions {
             max_backends: lb_common::DEFAULT_MAX_BACKENDS,
             maglev_table_size: lb_common::DEFAULT_MAGLEV_TABLE_SIZE,
             conntrack_flows: lb_common::DEFAULT_CONNTRACK_FLOWS,
+            embryonic_flows: lb_common::default_embryonic_flows(lb_common::DEFAULT_CONNTRACK_FLOWS),
         }
     }
 }

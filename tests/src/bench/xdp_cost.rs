@@ -400,6 +400,20 @@ impl Bed {
             let t = bed.syn()?.1;
             let i = bed.next_new - 1;
             let (c, p) = client_of(i);
+            // The backend's SYN-ACK, so the client's ACK completes the handshake and the flow
+            // is ESTABLISHED in LB_CONNTRACK (a SYN_SENT flow would expire after syn_timeout).
+            let synack = tcp_frame(
+                t.backend,
+                BACKEND_PORT,
+                t.snat,
+                t.snat_port,
+                tcp_flags::SYN | tcp_flags::ACK,
+            );
+            let r = bed
+                .dp
+                .test_run(&synack, Some(bed.b0), 1)
+                .map_err(|e| e.to_string())?;
+            expect(r.verdict, XDP_REDIRECT, "SYN-ACK (fill)")?;
             let r = bed
                 .dp
                 .test_run(&tcp_frame(c, p, VIP, VIP_PORT, tcp_flags::ACK), Some(a0), 1)

@@ -107,10 +107,14 @@ pub struct LbdConfig {
     pub metrics_listen: String,
     /// SNAT addresses.
     pub snat_addresses: Vec<Ipv4Addr>,
+    /// SNAT port range (inclusive).
+    pub snat_ports: (u16, u16),
     /// Conntrack timeouts (short closing states in the lab so SNAT ports recycle).
     pub conntrack: ConntrackSpec,
     /// Tracked flows.
     pub conntrack_flows: u32,
+    /// Embryonic flows (`limits.embryonic_flows`); `None` leaves lbd's default.
+    pub embryonic_flows: Option<u32>,
     /// Services.
     pub services: Vec<ServiceSpec>,
 }
@@ -187,14 +191,19 @@ impl LbdConfig {
             .map(ToString::to_string)
             .collect();
         y.push_str(&format!(
-            "snat:\n  addresses: [{}]\n  port_min: 1024\n  port_max: 32767\n",
-            snat.join(", ")
+            "snat:\n  addresses: [{}]\n  port_min: {}\n  port_max: {}\n",
+            snat.join(", "),
+            self.snat_ports.0,
+            self.snat_ports.1
         ));
         y.push_str(&self.conntrack.to_yaml());
         y.push_str(&format!(
             "limits:\n  conntrack_flows: {}\n  max_services: 16\n  max_backends: 256\n  maglev_table_size: 65537\n",
             self.conntrack_flows
         ));
+        if let Some(n) = self.embryonic_flows {
+            y.push_str(&format!("  embryonic_flows: {n}\n"));
+        }
         y.push_str("services:\n");
         for s in &self.services {
             y.push_str(&format!(
@@ -503,8 +512,10 @@ mod tests {
             api_socket: "/tmp/x/lbd.sock".into(),
             metrics_listen: "127.0.0.1:9560".into(),
             snat_addresses: vec![Ipv4Addr::new(10, 0, 255, 1)],
+            snat_ports: (1024, 32767),
             conntrack: ConntrackSpec::default(),
             conntrack_flows: 65536,
+            embryonic_flows: None,
             services: vec![ServiceSpec {
                 name: "web".into(),
                 vip: Ipv4Addr::new(192, 0, 2, 10),

@@ -6,6 +6,7 @@
 //! | `GET /healthz` | 200 `ok` |
 //! | `GET /bulk?bytes=N` | N bytes of [`super::http::pattern_byte`] |
 //! | `POST /sha256` | SHA-256 hex of the body |
+//! | `GET /after-eof?delay_ms=D&bytes=N` | waits for the client's EOF (half-close), sleeps D ms, sends N pattern bytes and closes |
 //! | `GET /stream?seconds=S` | S x [`STREAM_CHUNKS_PER_SEC`] chunks of [`STREAM_CHUNK`] pattern bytes, one every 1/10 s |
 //!
 //! Anything else gets 404; a malformed request gets 400 and the connection is closed.
@@ -26,6 +27,8 @@ pub const STREAM_CHUNKS_PER_SEC: u64 = 10;
 pub const MAX_BULK: u64 = 1 << 30;
 /// Longest `/stream` served.
 pub const MAX_STREAM_SECS: u64 = 600;
+/// Largest `delay_ms` of `/after-eof`.
+pub const MAX_DELAY_MS: u64 = 60_000;
 
 /// Serves connections on `listener` as `name` until `shutdown` completes.
 pub async fn serve(listener: TcpListener, name: String, shutdown: impl Future<Output = ()>) {
@@ -150,6 +153,25 @@ async fn connection(stream: TcpStream, peer: SocketAddr, name: &str) -> std::io:
                     respond(w, "400 Bad Request", msg.as_bytes(), close).await?;
                 }
             },
+            ("GET", "/after-eof") => {
+                match (query_u64(target, "delay_ms"), query_u64(target, "bytes")) {
+                    (Some(d), Some(n)) if d <= MAX_DELAY_MS && n <= MAX_BULK => {
+                        // The client half-closes after its request: wait for its EOF, then
+                        // answer late and close.
+                        let mut sink = [0u8; 1024];
+                        while stream.read(&mut sink).await? > 0 {}
+                        tokio::time::sleep(Duration::from_millis(d)).await;
+                        send_pattern(stream.get_mut(), n, None, 64 * 1024).await?;
+                        return Ok(());
+                    }
+                    _ => {
+                        let msg = format!(
+                            "delay_ms=D and bytes=N required, D <= {MAX_DELAY_MS}, N <= {MAX_BULK}\n"
+                        );
+                        respond(w, "400 Bad Request", msg.as_bytes(), close).await?;
+                    }
+                }
+            }
             ("POST", "/sha256") => {
                 let digest = hex(&hasher.finalize());
                 respond(w, "200 OK", digest.as_bytes(), close).await?;

@@ -377,8 +377,10 @@ impl Lab {
             api_socket: self.socket_path(),
             metrics_listen: "127.0.0.1:9560".into(),
             snat_addresses: vec![SNAT_ADDR],
+            snat_ports: (1024, 32767),
             conntrack: ConntrackSpec::default(),
             conntrack_flows: 65536,
+            embryonic_flows: None,
             services: vec![ServiceSpec {
                 name: "web".into(),
                 vip: VIP,
