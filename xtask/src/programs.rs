@@ -87,9 +87,15 @@ const PROJECT_BINARIES: &[(&str, &str)] = &[
     ("tests/src/lab/lbd.rs", "&self.lbctl_bin"), // target/release/lbctl
     ("tests/src/lab/topology.rs", "&self.testsrv_bin"), // target/release/lb-testsrv
     ("tests/tests/netns.rs", "env!(\"CARGO_BIN_EXE_lb-demo\")"),
-    ("lb-userspace/tests/lbd_logs.rs", "env!(\"CARGO_BIN_EXE_lbd\")"),
+    (
+        "lb-userspace/tests/lbd_logs.rs",
+        "env!(\"CARGO_BIN_EXE_lbd\")",
+    ),
     // The test re-executes itself as the child lbd that runs under a low RLIMIT_NOFILE.
-    ("lb-userspace/tests/local_abuse.rs", "std::env::current_exe().unwrap()"),
+    (
+        "lb-userspace/tests/local_abuse.rs",
+        "std::env::current_exe().unwrap()",
+    ),
     ("tests/src/lab/sys.rs", "program"), // ns_command / ns_run pass their parameter on
     ("tests/src/lab/topology.rs", "program"), // client_run / balancer_run
 ];
