@@ -19,9 +19,9 @@
 //! (full NAT changes no header size). ICMP never refreshes a flow's timers.
 
 use crate::{
-    conntrack::{now_ns, partner_key, tcp_key},
+    conntrack::{self, now_ns, partner_key, tcp_key},
     forward::{self, Direction, NextHop},
-    maps::{LB_CONFIG, LB_CONNTRACK, LB_SNAT_ADDRS},
+    maps::{LB_CONFIG, LB_SNAT_ADDRS},
     parse::{
         frame_len, ptr_at, EthHdr, IcmpHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP_BE, ICMP_HLEN, IPV4_HLEN,
     },
@@ -160,7 +160,8 @@ fn translate(
     // The quoted packet is one lb sent: reversed, its 5-tuple is the key of the entry for
     // the direction the error travels.
     let key = tcp_key(q.dst_be, q.src_be, qports[1], qports[0]);
-    let Some(entry) = LB_CONNTRACK.get_ptr_mut(&key) else {
+    // Either map: an error may well answer a handshake packet (an embryonic flow).
+    let Some((_, entry)) = conntrack::lookup(&key) else {
         return Ok(Verdict::pass(untracked));
     };
     // SAFETY: map value pointer; concurrent updates are benign (last writer wins).
@@ -265,10 +266,12 @@ fn build_frag_needed(
     {
         return Ok(Verdict::drop(DROP_TOO_BIG));
     }
-    // SAFETY: read-only copy of a map value.
-    let Some(partner) = (unsafe { LB_CONNTRACK.get(partner_key(entry)) }).copied() else {
+    // The partner lives in the entry's map (embryonic or established).
+    let Some((_, partner)) = conntrack::lookup(&partner_key(entry)) else {
         return Ok(Verdict::drop(DROP_TOO_BIG));
     };
+    // SAFETY: map value pointer; copied at once.
+    let partner = unsafe { *partner };
     let Some(ports) = ptr_at::<[u16; 2]>(ctx, ETH_HLEN + IPV4_HLEN) else {
         return Ok(Verdict::drop(DROP_TOO_BIG));
     };

@@ -250,6 +250,7 @@ impl Lab {
             max_backends: 2,
             maglev_table_size: 7,
             conntrack_flows: 16,
+            embryonic_flows: 16,
         };
         let mut dp = BpfDataplane::load(&opts)
             .map_err(|e| LabError::Unavailable(format!("loading lb_xdp_pass: {e}")))?;
