@@ -48,6 +48,15 @@ impl Table {
             Table::Embryonic => &LB_CT_SYN,
         }
     }
+
+    /// The other map (a key must never be live in both).
+    #[inline(always)]
+    pub fn other(self) -> Table {
+        match self {
+            Table::Main => Table::Embryonic,
+            Table::Embryonic => Table::Main,
+        }
+    }
 }
 
 /// The entry of `key`: `LB_CONNTRACK` first (the established fast path's single lookup), then
@@ -149,7 +158,7 @@ pub fn step(
         promote(key, entry, t, now_ns);
         return Pair::Ok;
     }
-    advance(table.map(), key, entry, t, cfg, now_ns)
+    advance(table, key, entry, t, cfg, now_ns)
 }
 
 /// Moves the flow of `entry` (at `key` in `LB_CT_SYN`) into `LB_CONNTRACK` in state `t`: both
@@ -181,7 +190,7 @@ fn promote(key: &FlowKey, entry: &mut FlowEntry, t: &Transition, now_ns: u64) {
 /// Any other packet costs no write and no lookup.
 #[inline(always)]
 pub fn advance(
-    map: &CtMap,
+    table: Table,
     key: &FlowKey,
     entry: &mut FlowEntry,
     t: &Transition,
@@ -199,21 +208,23 @@ pub fn advance(
     entry.last_seen_ns = now_ns;
     entry.state = t.state;
     entry.close_dir = t.close_dir;
-    sync_partner(map, key, entry, cfg, now_ns)
+    sync_partner(table, key, entry, cfg, now_ns)
 }
 
 /// Writes `entry`'s state and `last_seen_ns` into its partner. A missing partner (LRU
 /// eviction) is re-inserted (`CT_PAIR_REPAIRED`); a partner key held by an expired other flow
-/// is taken over (that flow's stale entry removed); one held by a live other flow is a
-/// [`Pair::Conflict`].
+/// is taken over (that flow's stale entry removed); one held by a live other flow, in this
+/// map or in the other one (a reply key evicted from `LB_CONNTRACK` may have been reserved
+/// by a new embryonic flow since), is a [`Pair::Conflict`].
 #[inline(always)]
 fn sync_partner(
-    map: &CtMap,
+    table: Table,
     key: &FlowKey,
     entry: &FlowEntry,
     cfg: &GlobalConfig,
     now_ns: u64,
 ) -> Pair {
+    let map = table.map();
     let pkey = partner_key(entry);
     if let Some(p) = map.get_ptr_mut(&pkey) {
         // SAFETY: map value pointer; concurrent updates are benign (last writer wins).
@@ -232,6 +243,14 @@ fn sync_partner(
             return Pair::Conflict;
         }
         remove_if_partner(map, &stale, &pkey);
+    } else {
+        let other = table.other().map();
+        // SAFETY: read-only copy of a map value.
+        let ours = unsafe { other.get(&pkey) }.is_some_and(|o| partner_key(o) == *key);
+        if !ours && !take_over(other, &pkey, key, cfg, now_ns) {
+            return Pair::Conflict;
+        }
+        let _ = other.remove(&pkey);
     }
     if map
         .insert(&pkey, &mirror(key, entry), BPF_ANY as u64)

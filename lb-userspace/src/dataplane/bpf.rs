@@ -779,13 +779,17 @@ impl BpfDataplane {
             .collect()
     }
 
-    /// The conntrack entry of `key`, if any (one lookup; tests compare single flows).
+    /// The conntrack entry of `key` in either map, if any (`LB_CONNTRACK` first, then the
+    /// embryonic `LB_CT_SYN`, the data plane's lookup order; tests compare single flows).
     pub fn conntrack_entry(&self, key: &FlowKey) -> Result<Option<FlowEntry>> {
-        match self.conntrack.get(key, 0) {
-            Ok(e) => Ok(Some(e)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err(MAP_CONNTRACK)(e)),
+        for (map, name) in [(&self.conntrack, MAP_CONNTRACK), (&self.ct_syn, MAP_CT_SYN)] {
+            match map.get(key, 0) {
+                Ok(e) => return Ok(Some(e)),
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(name)(e)),
+            }
         }
+        Ok(None)
     }
 
     /// The whole Maglev array, slot by slot (tests: a model reads back what lbd wrote).
@@ -818,14 +822,24 @@ impl BpfDataplane {
             .map_err(map_err(MAP_CONNTRACK))
     }
 
+    /// Writes one entry into the embryonic map `LB_CT_SYN` (tests: a handshake in progress).
+    pub fn set_embryonic_entry(&mut self, key: &FlowKey, entry: &FlowEntry) -> Result<()> {
+        self.ct_syn
+            .insert(key, entry, 0)
+            .map_err(map_err(MAP_CT_SYN))
+    }
+
     /// Removes one conntrack entry from whichever map holds it (an absent key is an error:
     /// callers remove what they made).
     pub fn remove_conntrack_entry(&mut self, key: &FlowKey) -> Result<()> {
+        // A missing key comes back as the delete syscall's ENOENT, not as `KeyNotFound`: try
+        // the embryonic map on any error, and report the first error if both fail.
         match self.conntrack.remove(key) {
-            Err(aya::maps::MapError::KeyNotFound) => {
-                self.ct_syn.remove(key).map_err(map_err(MAP_CT_SYN))
-            }
-            r => r.map_err(map_err(MAP_CONNTRACK)),
+            Ok(()) => Ok(()),
+            Err(main) => self
+                .ct_syn
+                .remove(key)
+                .map_err(|_| map_err(MAP_CONNTRACK)(main)),
         }
     }
 
