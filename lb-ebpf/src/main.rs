@@ -225,9 +225,15 @@ fn lb4_service(
         }
     }
 
-    // A new flow: only a SYN without ACK may create one.
-    if tcp.flags & (tcp_flags::SYN | tcp_flags::ACK) != tcp_flags::SYN {
+    // A new flow: only a SYN without ACK may create one, and only a plain one: a SYN that
+    // also carries FIN or RST opens no connection at any TCP (scanners send them) and would
+    // only hold a SNAT port, so it is dropped as malformed.
+    let open = tcp.flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::FIN | tcp_flags::RST);
+    if open & (tcp_flags::SYN | tcp_flags::ACK) != tcp_flags::SYN {
         return Ok(Verdict::drop(DROP_NO_CONNTRACK));
+    }
+    if open != tcp_flags::SYN {
+        return Ok(Verdict::drop(DROP_MALFORMED_TCP));
     }
     if svc.flags & SERVICE_F_NO_BACKEND != 0 || svc.table_size == 0 {
         return rst::reply_rst(ctx, svc.service_id);

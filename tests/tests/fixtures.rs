@@ -546,6 +546,17 @@ fn cases(ifs: &Ifs) -> Vec<Case> {
         None,
         &[PASS_TTL_EXCEEDED],
     ));
+    for (what, extra) in [("FIN", tcp_flags::FIN), ("RST", tcp_flags::RST)] {
+        let odd = web_syn.clone().with_flags(tcp_flags::SYN | extra, b"");
+        v.push(case(
+            format!("VIP: SYN+{what} without a conntrack entry opens no flow (malformed)"),
+            odd.build(),
+            pub0,
+            DROP,
+            None,
+            &[DROP_MALFORMED_TCP],
+        ));
+    }
     let ack_a = web_syn.clone().with_flags(tcp_flags::ACK, b"");
     v.push(case(
         "VIP: ACK without a conntrack entry",
