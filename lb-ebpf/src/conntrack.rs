@@ -155,33 +155,55 @@ pub fn step(
     now_ns: u64,
 ) -> Pair {
     if table == Table::Embryonic && !is_embryonic(t.state) && t.state != CLOSE {
-        promote(key, entry, t, now_ns);
-        return Pair::Ok;
+        return promote(key, entry, t, cfg, now_ns);
     }
     advance(table, key, entry, t, cfg, now_ns)
 }
 
 /// Moves the flow of `entry` (at `key` in `LB_CT_SYN`) into `LB_CONNTRACK` in state `t`: both
 /// entries written there (the partner rebuilt from `entry`), then removed from `LB_CT_SYN`.
-/// If an insert fails the flow stays embryonic.
+/// The partner key must not be held by another live flow in either map (its entry may have
+/// been evicted from `LB_CT_SYN` and its SNAT port reserved by a new flow since):
+/// [`Pair::Conflict`] then, and nothing is written. If an insert fails the flow stays
+/// embryonic.
 #[inline(always)]
-fn promote(key: &FlowKey, entry: &mut FlowEntry, t: &Transition, now_ns: u64) {
+fn promote(
+    key: &FlowKey,
+    entry: &mut FlowEntry,
+    t: &Transition,
+    cfg: &GlobalConfig,
+    now_ns: u64,
+) -> Pair {
+    let pkey = partner_key(entry);
+    // SAFETY: read-only copy of a map value.
+    if let Some(o) = unsafe { LB_CT_SYN.get(&pkey) }.copied() {
+        if partner_key(&o) != *key && !o.is_expired(now_ns, cfg) {
+            return Pair::Conflict;
+        }
+    }
+    // SAFETY: read-only copy of a map value.
+    if let Some(o) = unsafe { LB_CONNTRACK.get(&pkey) }.copied() {
+        if partner_key(&o) != *key && !take_over(&LB_CONNTRACK, &pkey, key, cfg, now_ns) {
+            return Pair::Conflict;
+        }
+    }
     entry.state = t.state;
     entry.close_dir = t.close_dir;
     entry.last_seen_ns = now_ns;
-    let pkey = partner_key(entry);
     if LB_CONNTRACK.insert(key, &*entry, BPF_ANY as u64).is_err() {
-        return;
+        return Pair::Ok;
     }
     if LB_CONNTRACK
         .insert(&pkey, &mirror(key, entry), BPF_ANY as u64)
         .is_err()
     {
         let _ = LB_CONNTRACK.remove(key);
-        return;
+        return Pair::Ok;
     }
-    remove_if_partner(&LB_CT_SYN, &pkey, key);
+    // The partner key in LB_CT_SYN is ours or an expired flow's: gone either way.
+    let _ = LB_CT_SYN.remove(&pkey);
     let _ = LB_CT_SYN.remove(key);
+    Pair::Ok
 }
 
 /// Applies transition `t` of a packet to `entry` (stored at `key` in `map`): a state change
