@@ -89,14 +89,21 @@ pub fn tcp_next_state(state: u8, close_dir: u8, dir: u8, flags: u8) -> Transitio
         event: EV_NONE,
     };
     if flags & RST != 0 {
-        return to(CLOSE, close_dir);
+        // In CLOSE, `close_dir` is the direction of the RST.
+        return to(CLOSE, dir);
     }
     let orig = dir == DIR_ORIG;
     let bare_syn = flags & (SYN | ACK) == SYN;
     if orig && bare_syn {
         let event = match state {
             SYN_SENT | SYN_RECV => EV_NONE,
-            TIME_WAIT | CLOSE => EV_NEW_CONNECTION,
+            // A RST from the client side may have been spoofed (the backend, which checks
+            // its sequence number, may have kept the connection): a SYN after it follows the
+            // flow to its backend, whose kernel decides. Only the backend's own RST (it
+            // cannot be spoofed from outside) or a finished close frees the port for a
+            // re-balanced new connection.
+            TIME_WAIT => EV_NEW_CONNECTION,
+            CLOSE if close_dir == DIR_REPLY => EV_NEW_CONNECTION,
             _ => EV_SYN_ON_OPEN,
         };
         return Transition { event, ..same };
@@ -153,12 +160,13 @@ mod tests {
             flags & RST != 0,
         );
         if rst {
-            return (CLOSE, cd, EV_NONE);
+            return (CLOSE, dir, EV_NONE);
         }
         if orig && syn && !ack {
             return match state {
                 SYN_SENT | SYN_RECV => (state, cd, EV_NONE),
-                TIME_WAIT | CLOSE => (state, cd, EV_NEW_CONNECTION),
+                TIME_WAIT => (state, cd, EV_NEW_CONNECTION),
+                CLOSE if cd == DIR_REPLY => (state, cd, EV_NEW_CONNECTION),
                 _ => (state, cd, EV_SYN_ON_OPEN),
             };
         }
@@ -243,9 +251,17 @@ mod tests {
         for s in [ESTABLISHED, FIN_WAIT, CLOSE_WAIT, LAST_ACK] {
             assert_eq!(next(s, r, o, SYN), (s, r, EV_SYN_ON_OPEN));
         }
-        for s in [TIME_WAIT, CLOSE] {
-            assert_eq!(next(s, 0, o, SYN), (s, 0, EV_NEW_CONNECTION));
-        }
+        assert_eq!(
+            next(TIME_WAIT, 0, o, SYN),
+            (TIME_WAIT, 0, EV_NEW_CONNECTION)
+        );
+        // After the backend's RST a SYN is a new connection; after the client side's (which
+        // may be spoofed) it follows the flow.
+        assert_eq!(next(CLOSE, r, o, SYN), (CLOSE, r, EV_NEW_CONNECTION));
+        assert_eq!(next(CLOSE, o, o, SYN), (CLOSE, o, EV_SYN_ON_OPEN));
+        // A RST records its direction.
+        assert_eq!(next(ESTABLISHED, o, r, RST), (CLOSE, r, EV_NONE));
+        assert_eq!(next(ESTABLISHED, r, o, RST | ACK), (CLOSE, o, EV_NONE));
         // TIME_WAIT ignores everything but RST and a new SYN.
         assert_eq!(next(TIME_WAIT, 0, r, ACK), (TIME_WAIT, 0, EV_NONE));
         assert_eq!(next(TIME_WAIT, 0, o, FIN | ACK), (TIME_WAIT, 0, EV_NONE));
