@@ -54,6 +54,10 @@ pub struct LabOptions {
     /// MTU of the balancer's end of every backend link (`bk<i>`; `e0` keeps 1500), so
     /// packets from the client do not fit toward the backends.
     pub backend_link_mtu: Option<u32>,
+    /// Native mode: attach `lb_xdp_pass` to the host ends (`c0`, every `e0`) so lb's `XDP_TX`
+    /// answers are delivered (default true). The bench turns it off: its packet-rate
+    /// section attaches its own counting program (which passes every packet) to `e0`.
+    pub host_xdp_pass: bool,
 }
 
 impl LabOptions {
@@ -65,6 +69,7 @@ impl LabOptions {
             prefix: None,
             pub0_mtu: None,
             backend_link_mtu: None,
+            host_xdp_pass: true,
         }
     }
 }
@@ -137,7 +142,7 @@ impl Lab {
                 ])?;
             }
         }
-        if opts.mode == Mode::Native {
+        if opts.mode == Mode::Native && opts.host_xdp_pass {
             lab.host_xdp = Some(lab.attach_host_xdp_pass()?);
         }
         for i in 1..=opts.backends {
