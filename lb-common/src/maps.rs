@@ -183,6 +183,10 @@ pub const BACKEND_F_DOWN: u32 = 1 << 0;
 /// The backend is draining: informational for the data plane (a draining backend is absent
 /// from the Maglev table but keeps its conntrack flows).
 pub const BACKEND_F_DRAINING: u32 = 1 << 1;
+/// Flows pinned to this backend are ended with a TCP RST toward both ends instead of being
+/// forwarded (`on_backend_down: reset`, or a database member demoted from primary). Set
+/// together with [`BACKEND_F_DOWN`] by lbd.
+pub const BACKEND_F_RESET: u32 = 1 << 2;
 
 /// Value of [`MAP_BACKENDS`], indexed by backend id.
 #[repr(C)]
