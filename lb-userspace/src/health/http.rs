@@ -1,13 +1,13 @@
 //! `type: http`: a minimal HTTP/1.1 GET written by hand over a tokio `TcpStream`; the check
 //! passes when the status line carries the expected code.
 
-use super::{io_error, CheckError, CheckFuture, HealthCheck};
+use super::{io_error, CheckError};
 use std::net::SocketAddrV4;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Succeeds when `GET path HTTP/1.1` answers with the expected status.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpCheck {
     /// Backend address.
     pub address: SocketAddrV4,
@@ -31,56 +31,55 @@ pub fn parse_status_line(line: &str) -> Option<u16> {
     code.parse().ok()
 }
 
-impl HealthCheck for HttpCheck {
-    fn check(&self) -> CheckFuture<'_> {
-        Box::pin(async move {
-            let mut stream = TcpStream::connect(self.address)
-                .await
-                .map_err(|e| io_error("connect", &e))?;
-            let request = format!(
-                "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: lbd-health/{}\r\nConnection: close\r\n\r\n",
-                self.path,
-                self.address,
-                env!("CARGO_PKG_VERSION")
-            );
-            stream
-                .write_all(request.as_bytes())
-                .await
-                .map_err(|e| io_error("send", &e))?;
-            // Only the status line matters; read until its end (bounded).
-            let mut buf = Vec::with_capacity(256);
-            let mut chunk = [0u8; 256];
-            while !buf.contains(&b'\n') {
-                if buf.len() > 4096 {
-                    return Err(CheckError::Failed(
-                        "status line longer than 4096 bytes".into(),
-                    ));
-                }
-                let n = stream
-                    .read(&mut chunk)
-                    .await
-                    .map_err(|e| io_error("receive", &e))?;
-                if n == 0 {
-                    return Err(CheckError::Failed(
-                        "connection closed before a status line".into(),
-                    ));
-                }
-                buf.extend_from_slice(&chunk[..n]);
+impl HttpCheck {
+    /// Runs the check once: `Ok("HTTP <status>")` or why not.
+    pub async fn run(&self) -> Result<String, CheckError> {
+        let mut stream = TcpStream::connect(self.address)
+            .await
+            .map_err(|e| io_error("connect", &e))?;
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: lbd-health/{}\r\nConnection: close\r\n\r\n",
+            self.path,
+            self.address,
+            env!("CARGO_PKG_VERSION")
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| io_error("send", &e))?;
+        // Only the status line matters; read until its end (bounded).
+        let mut buf = Vec::with_capacity(256);
+        let mut chunk = [0u8; 256];
+        while !buf.contains(&b'\n') {
+            if buf.len() > 4096 {
+                return Err(CheckError::Failed(
+                    "status line longer than 4096 bytes".into(),
+                ));
             }
-            let end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
-            let line = String::from_utf8_lossy(&buf[..end]);
-            let status = parse_status_line(line.trim_end()).ok_or_else(|| {
-                CheckError::Failed(format!("not an HTTP status line: {:?}", line.trim_end()))
-            })?;
-            if status == self.expect_status {
-                Ok(format!("HTTP {status}"))
-            } else {
-                Err(CheckError::Failed(format!(
-                    "HTTP {status}, expected {}",
-                    self.expect_status
-                )))
+            let n = stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| io_error("receive", &e))?;
+            if n == 0 {
+                return Err(CheckError::Failed(
+                    "connection closed before a status line".into(),
+                ));
             }
-        })
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+        let line = String::from_utf8_lossy(&buf[..end]);
+        let status = parse_status_line(line.trim_end()).ok_or_else(|| {
+            CheckError::Failed(format!("not an HTTP status line: {:?}", line.trim_end()))
+        })?;
+        if status == self.expect_status {
+            Ok(format!("HTTP {status}"))
+        } else {
+            Err(CheckError::Failed(format!(
+                "HTTP {status}, expected {}",
+                self.expect_status
+            )))
+        }
     }
 }
 
@@ -126,7 +125,7 @@ mod tests {
             path: "/healthz".into(),
             expect_status: 204,
         };
-        assert_eq!(check.check().await.unwrap(), "HTTP 204");
+        assert_eq!(check.run().await.unwrap(), "HTTP 204");
         let request = server.await.unwrap();
         assert!(
             request.starts_with("GET /healthz HTTP/1.1\r\n"),
@@ -140,7 +139,7 @@ mod tests {
             expect_status: 200,
         };
         assert_eq!(
-            check.check().await.unwrap_err(),
+            check.run().await.unwrap_err(),
             CheckError::Failed("HTTP 500, expected 200".into())
         );
     }

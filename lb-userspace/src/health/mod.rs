@@ -3,8 +3,10 @@
 //! The controller owns the rise/fall state machine ([`crate::model::HealthTracker`]); this
 //! module only produces results.
 //!
-//! One file per kind of check: [`tcp::TcpCheck`] (a TCP connect) and [`http::HttpCheck`] (a
-//! minimal HTTP/1.1 GET expecting a status code); `type: none` runs no task (backends are up).
+//! One file per kind of check, one variant of [`CheckSpec`] per kind: [`tcp::TcpCheck`] (a TCP
+//! connect) and [`http::HttpCheck`] (a minimal HTTP/1.1 GET expecting a status code);
+//! `type: none` runs no task (backends are up). Adding a kind is one new module plus one
+//! variant (and its arm in [`CheckSpec::from_config`] and [`CheckSpec::run`]).
 //!
 //! A check ends in one of three ways: success, failure ([`CheckError::Failed`]: the backend
 //! refused, reset, timed out or answered wrongly), or "could not run"
@@ -81,16 +83,42 @@ pub trait HealthCheck: Send + Sync {
     fn check(&self) -> CheckFuture<'_>;
 }
 
-/// Builds the checker `cfg` asks for (`None` for `type: none`).
-pub fn checker_for(cfg: &HealthCheckConfig, address: SocketAddrV4) -> Option<Box<dyn HealthCheck>> {
-    match cfg.kind {
-        CheckKind::Tcp => Some(Box::new(TcpCheck { address })),
-        CheckKind::Http => Some(Box::new(HttpCheck {
-            address,
-            path: cfg.http_path().to_string(),
-            expect_status: cfg.http_expect_status(),
-        })),
-        CheckKind::None => None,
+/// One health check of one backend, by kind: the supervisor builds one from the service's
+/// settings and dispatches on the variant. Each variant's type lives in its own module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckSpec {
+    /// `type: tcp`.
+    Tcp(TcpCheck),
+    /// `type: http`.
+    Http(HttpCheck),
+}
+
+impl CheckSpec {
+    /// The check `cfg` asks for against `address` (`None` for `type: none`).
+    pub fn from_config(cfg: &HealthCheckConfig, address: SocketAddrV4) -> Option<Self> {
+        match cfg.kind {
+            CheckKind::Tcp => Some(Self::Tcp(TcpCheck { address })),
+            CheckKind::Http => Some(Self::Http(HttpCheck {
+                address,
+                path: cfg.http_path().to_string(),
+                expect_status: cfg.http_expect_status(),
+            })),
+            CheckKind::None => None,
+        }
+    }
+
+    /// Runs the check once (the caller applies the timeout): `Ok(detail)` on success.
+    pub async fn run(&self) -> Result<String, CheckError> {
+        match self {
+            Self::Tcp(c) => c.run().await,
+            Self::Http(c) => c.run().await,
+        }
+    }
+}
+
+impl HealthCheck for CheckSpec {
+    fn check(&self) -> CheckFuture<'_> {
+        Box::pin(self.run())
     }
 }
 
@@ -224,14 +252,14 @@ impl HealthSupervisor {
             if let Some((_, _, handle)) = self.tasks.remove(&key) {
                 handle.abort();
             }
-            let Some(checker) = checker_for(cfg, *backend) else {
+            let Some(spec) = CheckSpec::from_config(cfg, *backend) else {
                 continue;
             };
             self.next_generation += 1;
             let generation = self.next_generation;
             let jitter = start_jitter(service, *backend, cfg.interval);
             let handle = tokio::spawn(run_checker(
-                checker,
+                Box::new(spec),
                 cfg.clone(),
                 service.clone(),
                 *backend,
