@@ -8,6 +8,11 @@
 //! `type: none` runs no task (backends are up). Adding a kind is one new module plus one
 //! variant (and its arm in [`CheckSpec::from_config`] and [`CheckSpec::run`]).
 //!
+//! Database role probes ([`role::RoleCheck`]: [`postgres`], [`patroni`], or both) answer a
+//! different question: not "is it up" but "which role does this member have, how far is its
+//! WAL" ([`role::MemberProbe`]); the database decision layer runs them once per round for every
+//! member of a cluster.
+//!
 //! A check ends in one of three ways: success, failure ([`CheckError::Failed`]: the backend
 //! refused, reset, timed out or answered wrongly), or "could not run"
 //! ([`CheckError::NotRun`]: the balancer itself is short of a resource, e.g. out of file
@@ -16,6 +21,9 @@
 //! so the backend's state and rise/fall counters stay as they were.
 
 pub mod http;
+pub mod patroni;
+pub mod postgres;
+pub mod role;
 pub mod tcp;
 
 pub use http::{parse_status_line, HttpCheck};
