@@ -29,6 +29,9 @@ const STARTERS: &[(&str, usize)] = &[
     // tests/src/lab/topology.rs: `ns_run` in the client or the balancer namespace.
     ("client_run", 0),
     ("balancer_run", 0),
+    // lb-userspace/tests/postgres_probe.rs: runs /usr/lib/postgresql/15/bin/PROGRAM as the
+    // postgres user in the test's namespace.
+    ("pg_run", 1),
 ];
 
 /// Functions with a parameter named like a program that start nothing.
@@ -53,6 +56,7 @@ const ALLOWED: &[(&str, &str)] = &[
     ("date", "coreutils (Essential)"),
     ("uname", "coreutils (Essential)"),
     ("nsenter", "util-linux (Essential)"),
+    ("runuser", "util-linux (Essential)"),
     ("dpkg-query", "dpkg (Essential)"),
     // The package manager setup installs with: priority required, in every Debian install.
     (
