@@ -135,9 +135,14 @@ impl Lab {
     }
 
     fn start(&mut self, i: usize) {
+        self.start_with(i, "");
+    }
+
+    /// Starts instance `i` with `extra` server options (`-c name=value ...`).
+    fn start_with(&mut self, i: usize, extra: &str) {
         let inst = &self.instances[i];
         let opts = format!(
-            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={}",
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} {extra}",
             inst.port,
             inst.sock().display()
         );
@@ -505,6 +510,15 @@ fn role_probe_against_postgresql_15() {
         MemberProbe::Failed(why) => assert!(why.starts_with("connect: "), "{why}"),
         other => panic!("expected Failed, got {other:?}"),
     }
+
+    // A standby that accepts no connections while it recovers (hot_standby off): 57P03,
+    // as while starting up.
+    lab.start_with(replica, "-c hot_standby=off");
+    match probe_in(&lab, check("checker", Some(&scram_pass), 2000), raddr) {
+        MemberProbe::NotUsable(why) => assert!(why.contains("57P03"), "{why}"),
+        other => panic!("expected NotUsable, got {other:?}"),
+    }
+    lab.stop(replica, "fast", true);
 
     // A SIGSTOPped postmaster: the kernel accepts the connection, nobody answers; the probe
     // fails at its timeout (bounded generously: this is about not hanging, not speed).
