@@ -101,13 +101,13 @@ fn counter_line(l: &Lab) -> String {
         .join(", ")
 }
 
+/// What [`backend_death`] measured: the event window's summary, the whole run's, and every
+/// connection.
+type Death = (ConnSummary, ConnSummary, Vec<ConnRecord>);
+
 /// (a) and (b): a backend dies `EVENT_AT` into 14 s of load; `kill` does it. Returns the
 /// summary of the event window (death to detection plus 1 s) and of the whole run.
-fn backend_death(
-    mode: Mode,
-    what: &str,
-    kill: impl FnOnce(&mut Lab),
-) -> (ConnSummary, ConnSummary, Vec<ConnRecord>) {
+fn backend_death(mode: Mode, what: &str, kill: impl FnOnce(&mut Lab)) -> Death {
     let _serial = exclusive();
     // The measurement: TCP checks every 2 s, fall 3.
     let mut l = failover_lab(mode, |c| {
