@@ -26,8 +26,11 @@ use lb_tests::lab::failover::{
 
 /// New connections per second during every scenario.
 const RATE: u32 = 50;
-/// Timeout of one load connection (connect plus `GET /id`).
-const CONN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Timeout of one load connection (connect plus `GET /id`): long enough that a connection
+/// whose SYNs vanish until lbd notices (checks every 2 s, fall 3: up to about 7 s) is counted
+/// as slow (the p99 assert), not as failed; failed means refused, reset or a wrong answer,
+/// as in issue 10's measurement.
+const CONN_TIMEOUT: Duration = Duration::from_secs(15);
 /// The event happens this long after the load started.
 const EVENT_AT: Duration = Duration::from_secs(3);
 
