@@ -1,8 +1,9 @@
 //! Global counter indices of [`crate::MAP_STATS`]: one per verdict reason.
 //!
 //! Every packet the XDP program sees increments exactly one verdict counter (all but the event
-//! counters [`CT_BACKEND_DOWN`], [`CT_SYN_REUSE`], [`NEW_FLOW`], [`CT_SYN_ON_OPEN`] and
-//! [`CT_PAIR_REPAIRED`], which count events on top of the verdict), plus, when it belongs to a service, that service's and backend's
+//! counters [`CT_BACKEND_DOWN`], [`CT_SYN_REUSE`], [`NEW_FLOW`], [`CT_SYN_ON_OPEN`],
+//! [`CT_PAIR_REPAIRED`] and [`CT_DOWN_KEPT`], which count events on top of the
+//! verdict), plus, when it belongs to a service, that service's and backend's
 //! [`crate::FlowStats`]. The name in [`COUNTER_NAMES`] is the `reason` label of the
 //! `lb_packets_total` metric.
 
@@ -50,9 +51,11 @@ pub const DROP_FIB_FAILED: u32 = 17;
 /// The egress interface is not in [`crate::MAP_TX_PORTS`]: the rewritten packet is passed
 /// to the kernel (`XDP_PASS`), which forwards it.
 pub const PASS_NO_TX_PORT: u32 = 18;
-/// A tracked flow's backend is down (event): the flow is treated as new, so a SYN is
-/// re-balanced (then counted as forwarded or refused) and any other packet is dropped with
-/// `DROP_NO_CONNTRACK` (the old backend's connection state is gone).
+/// A client's SYN hit a flow still in SYN_SENT (the backend never answered) whose backend is
+/// down or gone (event): both entries are released and the SYN is re-balanced as a new flow
+/// (then counted as forwarded or refused). Other packets of flows of a down backend are
+/// forwarded ([`CT_DOWN_KEPT`]) or reset ([`TX_RST_DOWN_CLIENT`],
+/// [`TX_RST_DOWN_BACKEND`]).
 pub const CT_BACKEND_DOWN: u32 = 19;
 /// New flows created (SYN that got a backend and a SNAT port).
 pub const NEW_FLOW: u32 = 20;
@@ -94,8 +97,23 @@ pub const TX_RST_CT_CONFLICT: u32 = 30;
 /// another live flow: the stale reply entry is removed and the packet dropped.
 pub const DROP_CT_CONFLICT: u32 = 31;
 
+// 32..=39: reserved (other counters land there at merge; the lead renumbers).
+
+/// A packet of a tracked flow arrived from the client while the flow's backend is flagged
+/// `BACKEND_F_RESET` (`on_backend_down: reset`, a removed backend) or no longer exists: both
+/// entries are released and the client is answered with a RST from the VIP (`XDP_TX`).
+pub const TX_RST_DOWN_CLIENT: u32 = 40;
+/// A packet of a tracked flow arrived from the backend while the backend is flagged
+/// `BACKEND_F_RESET` or no longer exists: both entries are released and the backend is
+/// answered with a RST from the SNAT address, its sequence number taken from the packet's
+/// acknowledgment (`XDP_TX`).
+pub const TX_RST_DOWN_BACKEND: u32 = 41;
+/// A packet of a tracked flow whose backend is down without `BACKEND_F_RESET`
+/// (`on_backend_down: keep`) was forwarded as usual (event, either direction).
+pub const CT_DOWN_KEPT: u32 = 42;
+
 /// Number of global counters.
-pub const NUM_COUNTERS: u32 = 32;
+pub const NUM_COUNTERS: u32 = 43;
 
 /// Metric label of each counter, indexed by counter index.
 pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
@@ -131,6 +149,17 @@ pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
     "ct_pair_repaired",
     "tx_rst_ct_conflict",
     "drop_ct_conflict",
+    "reserved_32",
+    "reserved_33",
+    "reserved_34",
+    "reserved_35",
+    "reserved_36",
+    "reserved_37",
+    "reserved_38",
+    "reserved_39",
+    "tx_rst_down_client",
+    "tx_rst_down_backend",
+    "ct_down_kept",
 ];
 
 #[cfg(test)]

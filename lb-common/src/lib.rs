@@ -33,7 +33,7 @@ pub use maps::*;
 ///    CLOSING flags are gone), [`GlobalConfig`] one timeout per state, and embryonic flows
 ///    live in their own map [`MAP_CT_SYN`]. `LB_STATS` grew the ICMP and MTU counters and the
 ///    lifecycle events (23 -> 32 entries).
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";

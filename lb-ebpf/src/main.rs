@@ -27,8 +27,11 @@ use forward::Direction;
 use lb_common::{
     hash::flow_hash,
     tcp_flags,
-    tcp_state::{tcp_next_state, DIR_ORIG, DIR_REPLY, EV_NEW_CONNECTION, EV_SYN_ON_OPEN},
-    BACKEND_F_DOWN, BACKEND_ID_NONE, FLOW_F_REPLY, IPPROTO_ICMP, IPPROTO_TCP, SERVICE_F_NO_BACKEND, *,
+    tcp_state::{
+        tcp_next_state, Transition, CLOSE, DIR_ORIG, DIR_REPLY, EV_NEW_CONNECTION, EV_NONE,
+        EV_SYN_ON_OPEN, SYN_SENT,
+    },
+    BACKEND_F_DOWN, BACKEND_F_RESET, BACKEND_ID_NONE, FLOW_F_REPLY, IPPROTO_ICMP, IPPROTO_TCP, SERVICE_F_NO_BACKEND, *,
 };
 use maps::{LB_BACKENDS, LB_CONFIG, LB_MAGLEV, LB_SERVICES, LB_VIPS};
 use parse::{
@@ -228,7 +231,7 @@ fn lb4_service(
     // A new flow: only a SYN without ACK may create one, and only a plain one: a SYN that
     // also carries FIN or RST opens no connection at any TCP (scanners send them) and would
     // only hold a SNAT port, so it is dropped as malformed.
-    let open = tcp.flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::FIN | tcp_flags::RST);
+    let open = tcp.flags & OPEN_MASK;
     if open & (tcp_flags::SYN | tcp_flags::ACK) != tcp_flags::SYN {
         return Ok(Verdict::drop(DROP_NO_CONNTRACK));
     }
@@ -278,11 +281,57 @@ fn lb4_service(
     ))
 }
 
+/// What becomes of a packet of a tracked flow pinned to a backend, by the backend's flags.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Usable: forwarded.
+    Up,
+    /// `BACKEND_F_DOWN` without `BACKEND_F_RESET` (`on_backend_down: keep`): forwarded,
+    /// counted `CT_DOWN_KEPT`, until the backend ends the flow itself.
+    Keep,
+    /// `BACKEND_F_RESET` (`on_backend_down: reset`, a removed backend), or the backend entry
+    /// is gone (cleared, id out of range): the flow is reset toward the packet's sender.
+    Reset,
+}
+
+/// SYN, ACK, FIN and RST: the flags that tell a plain SYN from anything else.
+const OPEN_MASK: u8 = tcp_flags::SYN | tcp_flags::ACK | tcp_flags::FIN | tcp_flags::RST;
+
+/// The [`Fate`] of packets of flows pinned to `backend_id`.
+#[inline(always)]
+fn backend_fate(backend_id: u32) -> Fate {
+    match LB_BACKENDS.get(backend_id) {
+        Some(b) if b.addr_be == 0 || b.flags & BACKEND_F_RESET != 0 => Fate::Reset,
+        Some(b) if b.flags & BACKEND_F_DOWN != 0 => Fate::Keep,
+        Some(_) => Fate::Up,
+        None => Fate::Reset,
+    }
+}
+
+/// Ends a flow whose backend is reset (`flow` = table, key and entry): both entries go to
+/// CLOSE as if the backend had sent a RST (`close_dir` = reply, so a client SYN may reuse the
+/// port at once), not released, so the other end's next packet (or the challenge ACK a tickle
+/// elicits) still finds the flow and gets its own RST; `close_timeout` expires them.
+#[inline(always)]
+fn end_flow(flow: (Table, &FlowKey, &mut FlowEntry), cfg: &GlobalConfig, now: u64) {
+    let (table, key, entry) = flow;
+    let t = Transition {
+        state: CLOSE,
+        close_dir: DIR_REPLY,
+        event: EV_NONE,
+    };
+    if conntrack::step(table, key, entry, &t, cfg, now) == Pair::Conflict {
+        let _ = table.map().remove(key);
+    }
+}
+
 /// A client packet of a tracked flow (`flow` = table, key and forward entry): the state
 /// machine step, then forwarded to the flow's backend. `None` when the packet is to be
 /// handled as a new flow instead, after both entries were released: the entry expired, the
-/// SYN opens a new connection on a TIME_WAIT or CLOSE flow (`CT_SYN_REUSE`), or the backend is
-/// down (`CT_BACKEND_DOWN`).
+/// SYN opens a new connection on a TIME_WAIT or CLOSE flow (`CT_SYN_REUSE`), or a SYN of a
+/// flow in SYN_SENT whose backend is down or gone (`CT_BACKEND_DOWN`). A flow of a backend
+/// that is down is forwarded under `keep` (`CT_DOWN_KEPT`) and reset under `reset` or
+/// when the backend is gone (`TX_RST_DOWN_CLIENT`).
 #[inline(always)]
 fn lb4_tracked(
     ctx: &XdpContext,
@@ -305,14 +354,21 @@ fn lb4_tracked(
         conntrack::release(map, key, entry);
         return Ok(None);
     }
-    let usable = match LB_BACKENDS.get(entry.backend_id) {
-        Some(b) => b.addr_be != 0 && b.flags & BACKEND_F_DOWN == 0,
-        None => false,
-    };
-    if !usable {
-        stats::count(CT_BACKEND_DOWN);
-        conntrack::release(map, key, entry);
-        return Ok(None);
+    match backend_fate(entry.backend_id) {
+        Fate::Up => {}
+        // A SYN whose backend never answered opens nothing there: it is re-balanced.
+        _ if entry.state == SYN_SENT && tcp.flags & OPEN_MASK == tcp_flags::SYN => {
+            stats::count(CT_BACKEND_DOWN);
+            conntrack::release(map, key, entry);
+            return Ok(None);
+        }
+        Fate::Keep => stats::count(CT_DOWN_KEPT),
+        // A RST is never answered with a RST: it ends the flow through the state machine.
+        Fate::Reset if tcp.flags & tcp_flags::RST == 0 => {
+            end_flow((table, key, entry), cfg, now);
+            return rst::reset_backend_down(ctx, false).map(Some);
+        }
+        Fate::Reset => {}
     }
     if t.event == EV_SYN_ON_OPEN {
         stats::count(CT_SYN_ON_OPEN);
@@ -335,7 +391,9 @@ fn lb4_tracked(
 
 /// A packet whose 5-tuple has a reply entry (backend -> SNAT address; `flow` = map, key and
 /// entry): the state machine step, then rewritten to VIP -> client; `PASS_NOT_SERVICE` if the
-/// entry expired, `DROP_CT_CONFLICT` if its client 5-tuple belongs to another flow now.
+/// entry expired, `DROP_CT_CONFLICT` if its client 5-tuple belongs to another flow now,
+/// `TX_RST_DOWN_BACKEND` (the flow ended by [`end_flow`], the backend answered with a
+/// RST) if its backend is down with `BACKEND_F_RESET` or gone.
 #[inline(always)]
 fn lb4_reply(
     ctx: &XdpContext,
@@ -357,6 +415,16 @@ fn lb4_reply(
     }
     if ip.ttl <= 1 {
         return Ok(Verdict::pass(PASS_TTL_EXCEEDED));
+    }
+    match backend_fate(entry.backend_id) {
+        Fate::Up => {}
+        Fate::Keep => stats::count(CT_DOWN_KEPT),
+        // The RST builder needs the plain header layout; a RST is never answered with one.
+        Fate::Reset if hlen == IPV4_HLEN && tcp.flags & tcp_flags::RST == 0 => {
+            end_flow((table, key, entry), cfg, now);
+            return rst::reset_backend_down(ctx, true);
+        }
+        Fate::Reset => {}
     }
     let t = tcp_next_state(entry.state, entry.close_dir, DIR_REPLY, tcp.flags);
     if conntrack::step(table, key, entry, &t, cfg, now) == Pair::Conflict {

@@ -1,6 +1,8 @@
-//! TCP resets sent back to the client: the RST+ACK answer to a SYN for a service with no usable
-//! backend ([`reply_rst`]) and the RST that ends a flow whose SNAT port another flow holds
-//! ([`reset_flow`]).
+//! TCP resets sent back to the sender of a packet: the RST+ACK answer to a SYN for a service
+//! with no usable backend ([`reply_rst`]), the RST that ends a flow whose SNAT port another flow
+//! holds ([`reset_flow`]), and the RST that ends a flow of a backend that is down with
+//! `BACKEND_F_RESET` or gone ([`reset_backend_down`]: to the client from the VIP, or to the
+//! backend from the SNAT address, whichever sent the packet).
 //!
 //! The packet is turned into the reply in place: MACs, addresses and ports swapped, options and
 //! payload cut with `bpf_xdp_adjust_tail`, sequence numbers by RFC 793 reset generation (a
@@ -14,7 +16,8 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext,
 };
 use lb_common::{
-    checksum::csum_fold, tcp_flags, IPPROTO_TCP, TX_RST_CT_CONFLICT, TX_RST_NO_BACKEND,
+    checksum::csum_fold, tcp_flags, IPPROTO_TCP, TX_RST_DOWN_BACKEND,
+    TX_RST_DOWN_CLIENT, TX_RST_CT_CONFLICT, TX_RST_NO_BACKEND,
 };
 
 /// Length of the RST frame: Ethernet + IPv4 + TCP, no options.
@@ -53,6 +56,25 @@ pub fn reply_rst(ctx: &XdpContext, service_id: u32) -> Result<Verdict, ()> {
 pub fn reset_flow(ctx: &XdpContext) -> Result<Verdict, ()> {
     to_rst(ctx)?;
     Ok(Verdict::new(xdp_action::XDP_TX, TX_RST_CT_CONFLICT))
+}
+
+/// Rewrites the packet in `ctx` (IPv4 without options, full TCP header, not itself a RST) into
+/// the reset that ends its flow because the flow's backend is down with `BACKEND_F_RESET` or
+/// gone: `TX_RST_DOWN_CLIENT` when the packet came from the client (the RST leaves from
+/// the VIP), `TX_RST_DOWN_BACKEND` when it came from the backend (from the SNAT
+/// address). Its sequence number is the packet's acknowledgment, so the receiver accepts it
+/// (an exact RST, RFC 5961), which also holds for the challenge ACK a tickle elicits.
+#[inline(always)]
+pub fn reset_backend_down(ctx: &XdpContext, from_backend: bool) -> Result<Verdict, ()> {
+    to_rst(ctx)?;
+    Ok(Verdict::new(
+        xdp_action::XDP_TX,
+        if from_backend {
+            TX_RST_DOWN_BACKEND
+        } else {
+            TX_RST_DOWN_CLIENT
+        },
+    ))
 }
 
 /// The RST answering the segment in `ctx`, in place.

@@ -307,9 +307,37 @@ pub struct ServiceConfig {
     /// How backends are checked.
     #[serde(default)]
     pub health_check: HealthCheckConfig,
+    /// What happens to the established flows of a backend its health check marks down
+    /// (`keep`, the default, or `reset`; see docs/operations.md).
+    #[serde(default)]
+    pub on_backend_down: OnBackendDown,
     /// Backends (may be empty: new connections are then refused with a RST).
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
+}
+
+/// Fate of the established flows of a backend marked down by its health check. New flows
+/// never go to a down backend either way; a backend removed from the configuration always has
+/// its flows reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBackendDown {
+    /// Flows keep going to the backend until it ends or refuses them itself: a flapping
+    /// health check cuts no live connection.
+    #[default]
+    Keep,
+    /// The next packet of such a flow, from either side, is answered with a TCP RST and the
+    /// flow released: both ends learn at once.
+    Reset,
+}
+
+impl fmt::Display for OnBackendDown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OnBackendDown::Keep => "keep",
+            OnBackendDown::Reset => "reset",
+        })
+    }
 }
 
 /// Kind of health check.

@@ -101,6 +101,10 @@ both_modes!(
     path_mtu,
 );
 
+/// Issue 10's failover scenarios (backend death, health-check flap).
+#[path = "netns/backend_failure.rs"]
+mod backend_failure;
+
 /// 0. The lab itself (no lbd): the balancer reaches every backend, the client reaches none
 ///    (even with a route), offloads are as pitfalls 1-3 require, and dropping the lab removes
 ///    its namespaces.

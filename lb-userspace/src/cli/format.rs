@@ -706,7 +706,12 @@ backends    4 (3 up, 1 not up)
                 "\ntx_icmp_frag_needed  0      0\ndrop_too_big         0      0\n\
                  ct_syn_on_open       0      0\nct_pair_repaired     0      0\n\
                  tx_rst_ct_conflict   0      0\ndrop_ct_conflict     0      0\n\
-                 from_the_future      1      -\n"
+                 reserved_32          0      0\nreserved_33          0      0\n\
+                 reserved_34          0      0\nreserved_35          0      0\n\
+                 reserved_36          0      0\nreserved_37          0      0\n\
+                 reserved_38          0      0\nreserved_39          0      0\n\
+                 tx_rst_down_client   0      0\ntx_rst_down_backend  0      0\n\
+                 ct_down_kept         0      0\nfrom_the_future      1      -\n"
             ),
             "\n{got}"
         );

@@ -9,9 +9,12 @@
 //! - **Who gets new flows.** Healthy (or not yet checked), non-drained primaries; if there is
 //!   none, healthy non-drained backups; if none at all, the service is flagged
 //!   `SERVICE_F_NO_BACKEND` (SYNs are refused with a RST).
-//! - **Failure vs drain vs removal.** A failed backend gets `BACKEND_F_DOWN` (its flows move);
-//!   a drained one leaves the table only (flows stay); a removed one leaves the table at once
-//!   and keeps its id and entry until a conntrack sweep shows no live flow, then is cleared.
+//! - **Failure vs drain vs removal.** A failed backend gets `BACKEND_F_DOWN` (plus
+//!   `BACKEND_F_RESET` under `on_backend_down: reset`: its flows are reset; under `keep` they
+//!   stay until the backend ends them); a drained one leaves the table only (flows stay); a
+//!   removed one leaves the table at once, then (after the table switch) gets
+//!   `BACKEND_F_DOWN | BACKEND_F_RESET` (its flows are reset) and keeps its id and entry until
+//!   a conntrack sweep shows no live flow, then is cleared.
 //! - **Minimal reloads.** [`Controller::apply`] changes only what differs; a service whose
 //!   usable set is unchanged is not rewritten. A configuration that fails validation changes
 //!   nothing.
@@ -23,7 +26,7 @@ mod sync;
 #[cfg(test)]
 mod tests;
 
-use crate::config::{CheckKind, Config, ConfigError, ServiceConfig};
+use crate::config::{CheckKind, Config, ConfigError, OnBackendDown, ServiceConfig};
 use crate::dataplane::{ConntrackSweep, ConntrackSweeper, Dataplane, DataplaneError};
 use crate::maglev::{self, MaglevBackend};
 use crate::model::{
@@ -31,7 +34,7 @@ use crate::model::{
 };
 use lb_common::{
     BackendValue, GlobalConfig, ServiceKey, ServiceValue, VipValue, BACKEND_F_DOWN,
-    BACKEND_F_DRAINING, SERVICE_F_NO_BACKEND,
+    BACKEND_F_DRAINING, BACKEND_F_RESET, SERVICE_F_NO_BACKEND,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -106,6 +109,9 @@ pub struct RetiredBackend {
     pub address: SocketAddrV4,
     /// Sweep generation at retirement: only a later sweep may clear it.
     pub retired_at_sweep: u64,
+    /// Whether its entry was rewritten as retired (`BACKEND_F_DOWN | BACKEND_F_RESET`), which
+    /// happens only after every table stopped pointing at it.
+    pub marked: bool,
 }
 
 /// What [`Controller::apply`] changed.
@@ -185,10 +191,14 @@ pub struct Controller<D: Dataplane> {
     last_sweep: Option<ConntrackSweep>,
 }
 
-fn backend_flags(b: &BackendState) -> u32 {
+/// The `BACKEND_F_*` flags of `b`; `reset_on_down` is its service's `on_backend_down: reset`.
+fn backend_flags(b: &BackendState, reset_on_down: bool) -> u32 {
     let mut flags = 0;
     if b.health() == Health::Down {
         flags |= BACKEND_F_DOWN;
+        if reset_on_down {
+            flags |= BACKEND_F_RESET;
+        }
     }
     if b.cfg.drain {
         flags |= BACKEND_F_DRAINING;
@@ -196,13 +206,25 @@ fn backend_flags(b: &BackendState) -> u32 {
     flags
 }
 
-fn backend_value(b: &BackendState, service_id: u32) -> BackendValue {
+fn backend_value(b: &BackendState, service_id: u32, reset_on_down: bool) -> BackendValue {
     BackendValue {
         addr_be: lb_common::ipv4_to_be(*b.cfg.address.ip()),
         port_be: lb_common::port_to_be(b.cfg.address.port()),
         _pad: 0,
-        flags: backend_flags(b),
+        flags: backend_flags(b, reset_on_down),
         service_id,
+    }
+}
+
+/// The entry of a removed backend: out of every table, its remaining flows are reset (it no
+/// longer exists as far as the configuration is concerned).
+fn retired_value(r: &RetiredBackend) -> BackendValue {
+    BackendValue {
+        addr_be: lb_common::ipv4_to_be(*r.address.ip()),
+        port_be: lb_common::port_to_be(r.address.port()),
+        _pad: 0,
+        flags: BACKEND_F_DOWN | BACKEND_F_RESET,
+        service_id: r.service_id,
     }
 }
 
@@ -287,6 +309,7 @@ impl<D: Dataplane> Controller<D> {
                     service_id: value.service_id,
                     address,
                     retired_at_sweep: 0,
+                    marked: value.flags == BACKEND_F_DOWN | BACKEND_F_RESET,
                 });
             }
         }
@@ -355,6 +378,7 @@ impl<D: Dataplane> Controller<D> {
             ctl.vips.insert(vip, Some(value)); // kept if right, else rewritten or removed
         }
         ctl.sync_vips()?;
+        ctl.mark_retired()?;
         Ok(())
     }
 

@@ -9,7 +9,25 @@ impl<D: Dataplane> Controller<D> {
             service_id,
             address: b.cfg.address,
             retired_at_sweep: self.sweep_generation,
+            marked: false,
         });
+    }
+
+    /// Marks every retired backend not yet marked `BACKEND_F_DOWN | BACKEND_F_RESET`: called
+    /// after the tables were switched away from them (make-before-break: a new flow never
+    /// lands on a backend whose flows are being reset).
+    pub(super) fn mark_retired(&mut self) -> Result<(), ControllerError> {
+        for i in 0..self.retired.len() {
+            if self.retired[i].marked {
+                continue;
+            }
+            let value = retired_value(&self.retired[i]);
+            let id = self.retired[i].id;
+            self.write_backend(id, &value)?;
+            self.retired[i].marked = true;
+            self.reset_flows_now(id);
+        }
+        Ok(())
     }
 
     /// Applies a new desired configuration, changing only what differs. All or nothing:
@@ -194,6 +212,7 @@ impl<D: Dataplane> Controller<D> {
             }
         }
         self.sync_vips()?;
+        self.mark_retired()?;
         Ok(summary)
     }
 

@@ -2,7 +2,25 @@
 
 use super::*;
 
+/// True when writing `new` flags over `written` ones sets `BACKEND_F_RESET` on a backend that
+/// may have flows (a backend never written has none).
+fn adds_reset(written: Option<u32>, new: u32) -> bool {
+    new & BACKEND_F_RESET != 0 && written.is_some_and(|w| w & BACKEND_F_RESET == 0)
+}
+
 impl<D: Dataplane> Controller<D> {
+    /// Resets the flows of backend `id` (just flagged `BACKEND_F_RESET`) now, not at their
+    /// next packet: tickle ACKs toward both ends ([`Dataplane::reset_backend_flows`]). Best
+    /// effort: a failure is logged, and the flows are then reset at their next packet.
+    pub(super) fn reset_flows_now(&mut self, id: u32) {
+        match self.dp.reset_backend_flows(id) {
+            Ok(n) => tracing::info!(backend_id = id, flows = n, "reset the flows of a backend"),
+            Err(e) => {
+                tracing::warn!(backend_id = id, error = %e, "tickling flows failed; they are reset at their next packet")
+            }
+        }
+    }
+
     /// Brings service `i`'s backends, Maglev table and entry in line with its state.
     /// Returns whether the table or service entry was rewritten.
     pub(super) fn sync_service(&mut self, i: usize) -> Result<bool, ControllerError> {
@@ -39,10 +57,11 @@ impl<D: Dataplane> Controller<D> {
         // Phase 1: backends whose new flags do not add DOWN (new ones, recovered ones,
         // drain changes) are written before the table that may point at them.
         let service_id = svc.id;
+        let reset = svc.cfg.on_backend_down == OnBackendDown::Reset;
         let mut late = Vec::new();
         for j in 0..self.services[i].backends.len() {
             let b = &self.services[i].backends[j];
-            let flags_now = backend_flags(b);
+            let flags_now = backend_flags(b, reset);
             if Some(flags_now) == b.written_flags {
                 continue;
             }
@@ -53,9 +72,14 @@ impl<D: Dataplane> Controller<D> {
             if adds_down {
                 late.push(j);
             } else {
-                let value = backend_value(b, service_id);
-                self.write_backend(b.id, &value)?;
+                let value = backend_value(b, service_id, reset);
+                let adds_reset = adds_reset(b.written_flags, flags_now);
+                let id = b.id;
+                self.write_backend(id, &value)?;
                 self.services[i].backends[j].written_flags = Some(flags_now);
+                if adds_reset {
+                    self.reset_flows_now(id);
+                }
             }
         }
 
@@ -98,9 +122,14 @@ impl<D: Dataplane> Controller<D> {
         // Phase 3: DOWN flags after the switch, so re-balanced flows cannot pick them again.
         for j in late {
             let b = &self.services[i].backends[j];
-            let value = backend_value(b, service_id);
-            self.write_backend(b.id, &value)?;
+            let value = backend_value(b, service_id, reset);
+            let adds_reset = adds_reset(b.written_flags, value.flags);
+            let id = b.id;
+            self.write_backend(id, &value)?;
             self.services[i].backends[j].written_flags = Some(value.flags);
+            if adds_reset {
+                self.reset_flows_now(id);
+            }
         }
         Ok(rewrite)
     }

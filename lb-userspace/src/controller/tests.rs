@@ -227,6 +227,7 @@ fn removed_backend_keeps_its_id_until_its_flows_end() {
     dp.state().live_flows.insert(id2, (0, 4));
     let mut c = ctl.config().clone();
     c.services[0].backends.remove(1);
+    let before = dp.state().ops.len();
     let summary = ctl.apply(c.clone()).unwrap();
     assert_eq!(
         summary.backends_removed,
@@ -235,9 +236,21 @@ fn removed_backend_keeps_its_id_until_its_flows_end() {
     assert!(!table_ids(&dp, &ctl, "web").contains(&id2));
     assert_eq!(
         dp.state().backends[&id2].flags,
-        0,
-        "entry kept, not down: flows stay"
+        BACKEND_F_DOWN | BACKEND_F_RESET,
+        "entry kept (the id stays reserved), its flows are reset"
     );
+    // Make-before-break: the reset flag only after the table no longer points at it.
+    let ops = dp.state().ops[before..].to_vec();
+    let switch = ops
+        .iter()
+        .position(|o| matches!(o, Op::SetService(0, ..)))
+        .expect("table switch");
+    let mark = ops
+        .iter()
+        .position(|o| *o == Op::SetBackend(id2, BACKEND_F_DOWN | BACKEND_F_RESET))
+        .expect("retired backend marked");
+    assert!(switch < mark, "{ops:?}");
+    assert_eq!(dp.state().flow_resets, vec![id2], "its flows reset at once");
     ctl.sweep(0).unwrap();
     assert!(dp.state().backends.contains_key(&id2));
     assert_eq!(ctl.retired().len(), 1);
@@ -682,4 +695,39 @@ services:
             maps.global, maps.snat, maps.backends, maps.vips, tables
         )
     }
+}
+
+#[test]
+fn on_backend_down_reset_adds_the_reset_flag_and_keep_does_not() {
+    let text = BASE.replace(
+        "    port: 80\n",
+        "    port: 80\n    on_backend_down: reset\n",
+    );
+    let (mut ctl, dp) = start(&text);
+    let p1 = addr("10.1.1.2:8080");
+    let id1 = id_of(&ctl, "web", "10.1.1.2:8080");
+    ctl.health_result("web", p1, true, "ok").unwrap();
+    let before = dp.state().ops.len();
+    for _ in 0..3 {
+        ctl.health_result("web", p1, false, "refused").unwrap();
+    }
+    let ops = dp.state().ops[before..].to_vec();
+    assert!(matches!(ops[1], Op::SetService(0, ..)), "{ops:?}");
+    assert_eq!(
+        ops[2],
+        Op::SetBackend(id1, BACKEND_F_DOWN | BACKEND_F_RESET),
+        "reset flag with DOWN, after the switch"
+    );
+    assert_eq!(dp.state().flow_resets, vec![id1], "its flows reset at once");
+    // Switching the service to keep clears the reset flag of the down backend at once.
+    let mut c = ctl.config().clone();
+    c.services[0].on_backend_down = OnBackendDown::Keep;
+    ctl.apply(c.clone()).unwrap();
+    assert_eq!(dp.state().backends[&id1].flags, BACKEND_F_DOWN);
+    // Recovery clears both.
+    ctl.health_result("web", p1, true, "ok").unwrap();
+    ctl.health_result("web", p1, true, "ok").unwrap();
+    assert_eq!(dp.state().backends[&id1].flags, 0);
+    // The default is keep.
+    assert_eq!(cfg(BASE).services[0].on_backend_down, OnBackendDown::Keep);
 }

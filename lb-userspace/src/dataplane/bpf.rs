@@ -1112,6 +1112,18 @@ impl Dataplane for BpfDataplane {
         Ok(())
     }
 
+    fn reset_backend_flows(&mut self, id: u32) -> Result<usize> {
+        let mut pairs = Vec::new();
+        for (key, entry) in self.conntrack_entries()? {
+            if entry.flags & FLOW_F_REPLY == 0 && entry.backend_id == id {
+                pairs.extend(super::tickle::flow_tickles(&key, &entry));
+            }
+        }
+        super::tickle::send_tickles(&pairs)
+            .map_err(|e| other(format!("sending tickle ACKs: {e}")))?;
+        Ok(pairs.len() / 2)
+    }
+
     fn conntrack_sweeper(&self) -> Result<Box<dyn ConntrackSweeper>> {
         // A second fd on each kernel map: the sweeper owns its handles and can walk the maps
         // on another thread while this data plane keeps serving writes.

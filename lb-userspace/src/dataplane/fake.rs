@@ -118,7 +118,7 @@ pub struct FakeMaps {
 }
 
 /// The fake's maps.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FakeState {
     /// `LB_CONFIG` slot 0.
     pub global: GlobalConfig,
@@ -144,10 +144,35 @@ pub struct FakeState {
     pub live_flows: HashMap<u32, (u32, u64)>,
     /// Every write, in order.
     pub ops: Vec<Op>,
+    /// Backend ids passed to `reset_backend_flows`, in order (not a map write).
+    pub flow_resets: Vec<u32>,
     /// Map sizes to enforce (`None`: unbounded).
     pub limits: Option<FakeLimits>,
     /// A write to fail on purpose.
     pub fault: Option<FaultPlan>,
+}
+
+// By hand: `[u64; N]` has `Default` only up to N = 32.
+impl Default for FakeState {
+    fn default() -> Self {
+        Self {
+            global: GlobalConfig::default(),
+            snat: Vec::new(),
+            backends: BTreeMap::new(),
+            maglev: HashMap::new(),
+            services: HashMap::new(),
+            vips: BTreeMap::new(),
+            tx_ports: Vec::new(),
+            counters: [0; NUM_COUNTERS as usize],
+            service_stats: HashMap::new(),
+            backend_stats: HashMap::new(),
+            live_flows: HashMap::new(),
+            ops: Vec::new(),
+            flow_resets: Vec::new(),
+            limits: None,
+            fault: None,
+        }
+    }
 }
 
 impl FakeState {
@@ -362,6 +387,12 @@ impl Dataplane for FakeDataplane {
 
     fn global_counters(&self) -> Result<[u64; NUM_COUNTERS as usize]> {
         Ok(self.state().counters)
+    }
+
+    fn reset_backend_flows(&mut self, id: u32) -> Result<usize> {
+        let mut st = self.state();
+        st.flow_resets.push(id);
+        Ok(st.live_flows.get(&id).map_or(0, |&(_, n)| n as usize))
     }
 
     fn service_stats(&self, service_id: u32) -> Result<FlowStats> {

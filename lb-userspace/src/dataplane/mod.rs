@@ -9,6 +9,7 @@
 pub mod bpf;
 pub mod fake;
 pub mod sysctl;
+pub mod tickle;
 
 use lb_common::{
     BackendValue, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue, NUM_COUNTERS,
@@ -117,6 +118,11 @@ pub trait Dataplane: Send + 'static {
     /// A handle on the conntrack map of its own, so a sweep (seconds for millions of
     /// entries) runs without borrowing the data plane and holds up no other map write.
     fn conntrack_sweeper(&self) -> Result<Box<dyn ConntrackSweeper>>;
+    /// Resets every flow of backend `id` now rather than at its next packet: sends tickle
+    /// ACKs ([`tickle`]) to both ends of each of its flows; their answers reach the data
+    /// plane, which resets the flow (the backend must already carry `BACKEND_F_RESET`).
+    /// Returns the number of flows tickled.
+    fn reset_backend_flows(&mut self, id: u32) -> Result<usize>;
 
     /// Reads [`lb_common::MAP_CONFIG`] slot 0 (to undo a write).
     fn global_config(&self) -> Result<GlobalConfig>;

@@ -1,5 +1,5 @@
-//! `lb-testsrv --listen ADDR --name NAME`: the lab's backend server (see
-//! `lb_tests::lab::testsrv` for its endpoints). Prints `listening on ADDR` once bound; stops
+//! `lb-testsrv --listen ADDR --name NAME [--health-file PATH]`: the lab's backend server (see
+//! `lb_tests::lab::testsrv` for its endpoints; `GET /healthz` fails while PATH exists). Prints `listening on ADDR` once bound; stops
 //! on SIGTERM or SIGINT.
 
 use anyhow::{bail, Context, Result};
@@ -8,13 +8,21 @@ use std::io::Write;
 fn main() -> Result<()> {
     let mut listen = None;
     let mut name = None;
+    let mut health_file = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--listen" => listen = args.next(),
             "--name" => name = args.next(),
+            "--health-file" => {
+                health_file = Some(std::path::PathBuf::from(
+                    args.next().context("--health-file needs a PATH")?,
+                ));
+            }
             other => {
-                bail!("unknown argument {other:?}; usage: lb-testsrv --listen ADDR --name NAME")
+                bail!(
+                    "unknown argument {other:?}; usage: lb-testsrv --listen ADDR --name NAME [--health-file PATH]"
+                )
             }
         }
     }
@@ -39,7 +47,7 @@ fn main() -> Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        lb_tests::lab::testsrv::serve(listener, name, shutdown).await;
+        lb_tests::lab::testsrv::serve_with_health_file(listener, name, health_file, shutdown).await;
         Ok(())
     })
 }

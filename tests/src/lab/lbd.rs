@@ -88,6 +88,8 @@ pub struct ServiceSpec {
     pub port: u16,
     /// Health checks.
     pub health: HealthSpec,
+    /// `on_backend_down` (`keep` or `reset`); `None` leaves lbd's default.
+    pub on_backend_down: Option<String>,
     /// Backends.
     pub backends: Vec<BackendSpec>,
 }
@@ -217,6 +219,9 @@ impl LbdConfig {
             ));
             if h.kind == "http" {
                 y.push_str("      path: /healthz\n      expect_status: 200\n");
+            }
+            if let Some(v) = &s.on_backend_down {
+                y.push_str(&format!("    on_backend_down: {v}\n"));
             }
             y.push_str("    backends:\n");
             for b in &s.backends {
@@ -521,6 +526,7 @@ mod tests {
                 vip: Ipv4Addr::new(192, 0, 2, 10),
                 port: 80,
                 health: HealthSpec::default(),
+                on_backend_down: Some("reset".into()),
                 backends: vec![BackendSpec::new("10.1.1.2:8080".parse().unwrap())],
             }],
         };
@@ -540,6 +546,7 @@ mod tests {
             "address: 10.1.1.2:8080",
             "backup: false",
             "path: /healthz",
+            "on_backend_down: reset",
         ] {
             assert!(y.contains(key), "{key} missing from\n{y}");
         }

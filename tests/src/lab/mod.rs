@@ -15,6 +15,8 @@
 //! - [`lbd`]: the `lbd` process, its config file and its JSON API (also through `lbctl`);
 //! - [`http`], [`testsrv`]: the minimal HTTP/1.1 both sides speak and the backend server;
 //! - [`client`]: running async client code inside the client namespace, load helpers;
+//! - [`failover`]: connections at a fixed rate with per-connection connect times, and long
+//!   transfers whose end (complete, reset, hung) is recorded;
 //! - [`packet`]: hand-built frames (truncated, fragments, IP options, ...) sent with
 //!   `AF_PACKET` from the client namespace.
 //!
@@ -22,6 +24,7 @@
 //! directly in their namespaces (`ip -n A link add X type veth peer name Y netns B`).
 
 pub mod client;
+pub mod failover;
 pub mod http;
 pub mod lbd;
 pub mod packet;

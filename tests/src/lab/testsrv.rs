@@ -3,7 +3,7 @@
 //! | request | response |
 //! |---|---|
 //! | `GET /id` | `<name> <peer ip:port>` (the peer is the balancer's SNAT address) |
-//! | `GET /healthz` | 200 `ok` |
+//! | `GET /healthz` | 200 `ok`; 503 `unhealthy` while the `--health-file` exists (a health-check flap while the service keeps serving) |
 //! | `GET /bulk?bytes=N` | N bytes of [`super::http::pattern_byte`] |
 //! | `POST /sha256` | SHA-256 hex of the body |
 //! | `GET /after-eof?delay_ms=D&bytes=N` | waits for the client's EOF (half-close), sleeps D ms, sends N pattern bytes and closes |
@@ -15,6 +15,8 @@ use super::http::{fill_pattern, hex, read_head};
 use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -32,6 +34,18 @@ pub const MAX_DELAY_MS: u64 = 60_000;
 
 /// Serves connections on `listener` as `name` until `shutdown` completes.
 pub async fn serve(listener: TcpListener, name: String, shutdown: impl Future<Output = ()>) {
+    serve_with_health_file(listener, name, None, shutdown).await;
+}
+
+/// [`serve`], with `GET /healthz` failing (503) while `health_file` exists: the lab makes a
+/// backend's health check fail while every other endpoint keeps serving.
+pub async fn serve_with_health_file(
+    listener: TcpListener,
+    name: String,
+    health_file: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let health_file = Arc::new(health_file);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -39,8 +53,9 @@ pub async fn serve(listener: TcpListener, name: String, shutdown: impl Future<Ou
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let name = name.clone();
+                    let health_file = health_file.clone();
                     tokio::spawn(async move {
-                        let _ = connection(stream, peer, &name).await;
+                        let _ = connection(stream, peer, &name, health_file.as_deref()).await;
                     });
                 }
                 Err(e) => {
@@ -100,7 +115,12 @@ async fn send_pattern(
     w.flush().await
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, name: &str) -> std::io::Result<()> {
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    name: &str,
+    health_file: Option<&Path>,
+) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let mut stream = BufReader::with_capacity(64 * 1024, stream);
     loop {
@@ -133,6 +153,9 @@ async fn connection(stream: TcpStream, peer: SocketAddr, name: &str) -> std::io:
         match (method, path) {
             ("GET", "/id") => {
                 respond(w, "200 OK", format!("{name} {peer}").as_bytes(), close).await?;
+            }
+            ("GET", "/healthz") if health_file.is_some_and(Path::exists) => {
+                respond(w, "503 Service Unavailable", b"unhealthy", close).await?;
             }
             ("GET", "/healthz") => respond(w, "200 OK", b"ok", close).await?,
             ("GET", "/bulk") => match query_u64(target, "bytes") {

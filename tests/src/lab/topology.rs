@@ -328,11 +328,14 @@ impl Lab {
         let ns = self.backends[i - 1].ns.name().to_string();
         let log = self.tmp.path().join(format!("b{i}.log"));
         let mut cmd = ns_command(&ns, &self.testsrv_bin);
+        let health_file = self.health_file(i);
         cmd.args([
             "--listen",
             &backend_addr(i).to_string(),
             "--name",
             &backend_name(i),
+            "--health-file",
+            &health_file.display().to_string(),
         ]);
         let stderr = std::fs::File::options()
             .create(true)
@@ -361,6 +364,49 @@ impl Lab {
         }
         self.backends[i - 1].server = Some(proc);
         Ok(())
+    }
+
+    /// The file whose existence makes backend `i`'s `GET /healthz` fail.
+    fn health_file(&self, i: usize) -> PathBuf {
+        self.tmp.path().join(format!("b{i}.unhealthy"))
+    }
+
+    /// Makes backend `i`'s health endpoint fail (`false`) or pass again (`true`) while every
+    /// other endpoint keeps serving: a health-check flap.
+    pub fn set_backend_healthy(&self, i: usize, healthy: bool) -> Result<()> {
+        let f = self.health_file(i);
+        if healthy {
+            match std::fs::remove_file(&f) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(LabError::io(format!("removing {}", f.display()))(e))
+                }
+                _ => Ok(()),
+            }
+        } else {
+            std::fs::write(&f, b"").map_err(LabError::io(format!("creating {}", f.display())))
+        }
+    }
+
+    /// Takes backend `i`'s link down (`e0` in its namespace) or up again: packets to it vanish
+    /// without any answer (a host or link failure, unlike [`Lab::kill_backend`]).
+    pub fn set_backend_link(&self, i: usize, up: bool) -> Result<()> {
+        let ns = self.backends[i - 1].ns.name().to_string();
+        ns_run(
+            &ns,
+            "ip",
+            &["link", "set", "e0", if up { "up" } else { "down" }],
+        )?;
+        if up {
+            // Taking the link down flushed its routes.
+            let gw = balancer_private_ip(i).to_string();
+            ns_run(&ns, "ip", &["route", "replace", "default", "via", &gw])?;
+        }
+        Ok(())
+    }
+
+    /// Runs `program args` in backend `i`'s namespace; returns its standard output.
+    pub fn backend_run(&self, i: usize, program: &str, args: &[&str]) -> Result<String> {
+        ns_run(self.backends[i - 1].ns.name(), program, args)
     }
 
     /// Kills the test server of backend `i` (SIGKILL, by PID); the host stays up, so new
@@ -392,6 +438,7 @@ impl Lab {
                 vip: VIP,
                 port: VIP_PORT,
                 health,
+                on_backend_down: None,
                 backends,
             }],
         }

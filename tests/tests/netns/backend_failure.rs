@@ -1,0 +1,378 @@
+//! Failover scenarios of issue 10 (3 backends, clients opening 50 connections/s throughout,
+//! one `GET /id` each, per-connection connect time and outcome recorded), in both XDP modes:
+//!
+//! - (a) `backend_process_killed`: a backend's server is killed (its kernel answers SYNs with
+//!   RST). Asserts zero failed connections and p99 connect time <= 50 ms during the event.
+//! - (b) `backend_link_down`: a backend's link goes down (SYNs vanish). Asserts zero failed
+//!   connections and p99 connect time <= 1.2 s (one client SYN retransmission) during the
+//!   event.
+//! - (c) `health_flap_keep` / `health_flap_reset`: the health endpoint of a backend fails for
+//!   `fall` rounds while it keeps serving, with 100 long transfers running. Under `keep` not
+//!   one transfer is cut; under `reset` the transfers of that backend end with a prompt RST
+//!   (within 1 s of lbd marking it down), none hangs.
+//!
+//! - `idle_flows_reset_at_once`: under `reset`, idle keep-alive connections of a backend
+//!   marked down are reset within 1 s of the marking (tickle ACKs), at both ends.
+//!
+//! (a) and (b) need passive detection and retry in the data plane (issue 10 points 1-3); until
+//! those land they fail, with the numbers in the message. Their asserts are the issue's
+//! targets and are not to be weakened.
+
+use super::*;
+use lb_tests::lab::failover::{
+    finish_transfers, idle_connections, start_long_transfers, transfer_counts, ConnRecord,
+    ConnSummary, RateLoad, TransferEnd,
+};
+
+/// New connections per second during every scenario.
+const RATE: u32 = 50;
+/// Timeout of one load connection (connect plus `GET /id`): long enough that a connection
+/// whose SYNs vanish until lbd notices (checks every 2 s, fall 3: up to about 7 s) is counted
+/// as slow (the p99 assert), not as failed; failed means refused, reset or a wrong answer,
+/// as in issue 10's measurement.
+const CONN_TIMEOUT: Duration = Duration::from_secs(15);
+/// The event happens this long after the load started.
+const EVENT_AT: Duration = Duration::from_secs(3);
+
+/// A lab of 3 backends whose lbd config is the default one changed by `f`.
+fn failover_lab(mode: Mode, f: impl FnOnce(&mut LbdConfig)) -> Lab {
+    let mut l = lab(3, mode);
+    let cfg = with_config(&l, f);
+    l.start_lbd(&cfg)
+        .unwrap_or_else(|e| panic!("starting lbd: {e}"));
+    l.lbd()
+        .unwrap()
+        .wait_health(
+            &[
+                (backend_addr(1), "up"),
+                (backend_addr(2), "up"),
+                (backend_addr(3), "up"),
+            ],
+            Duration::from_secs(10),
+        )
+        .expect("all backends up before the scenario");
+    l
+}
+
+/// Polls until lbd reports backend `i` as `health`; returns the load-relative time it was
+/// seen (`None`: not within `limit`).
+fn seen_health(
+    l: &Lab,
+    load: &RateLoad,
+    i: usize,
+    health: &str,
+    limit: Duration,
+) -> Option<Duration> {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if l.lbd().unwrap().health_of(backend_addr(i)).ok().as_deref() == Some(health) {
+            return Some(load.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// The failed connections of `records`, one line each (for messages).
+fn failed_lines(records: &[ConnRecord]) -> String {
+    records
+        .iter()
+        .filter_map(|r| {
+            r.result
+                .as_ref()
+                .err()
+                .map(|e| format!("  {:?}: {e}", r.at))
+        })
+        .take(20)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The counters a scenario reports next to its numbers.
+fn counter_line(l: &Lab) -> String {
+    let c = l.lbd().unwrap().counters().unwrap_or_default();
+    let pick = [
+        "tx_rst_no_backend",
+        "ct_backend_down",
+        "ct_down_kept",
+        "tx_rst_down_client",
+        "tx_rst_down_backend",
+    ];
+    pick.iter()
+        .map(|n| format!("{n} {}", c.get(*n).copied().unwrap_or(0)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What [`backend_death`] measured: the event window's summary, the whole run's, and every
+/// connection.
+type Death = (ConnSummary, ConnSummary, Vec<ConnRecord>);
+
+/// (a) and (b): a backend dies `EVENT_AT` into 14 s of load; `kill` does it. Returns the
+/// summary of the event window (death to detection plus 1 s) and of the whole run.
+fn backend_death(mode: Mode, what: &str, kill: impl FnOnce(&mut Lab)) -> Death {
+    let _serial = exclusive();
+    // The issue's measurement: TCP checks every 2 s, fall 3.
+    let mut l = failover_lab(mode, |c| {
+        c.services[0].health = HealthSpec {
+            kind: "tcp".into(),
+            interval_ms: 2000,
+            timeout_ms: 1000,
+            rise: 2,
+            fall: 3,
+        };
+    });
+    let total = Duration::from_secs(14);
+    let load = RateLoad::start(l.client_path(), vip_addr(), RATE, total, CONN_TIMEOUT);
+    std::thread::sleep(EVENT_AT);
+    let t_event = load.elapsed();
+    kill(&mut l);
+    let bound = HealthSpec {
+        kind: "tcp".into(),
+        interval_ms: 2000,
+        timeout_ms: 1000,
+        rise: 2,
+        fall: 3,
+    }
+    .detection_bound()
+        + SLACK;
+    let t_down = seen_health(&l, &load, 2, "down", bound);
+    let records = load.finish().expect("load");
+    let end = records
+        .last()
+        .map_or(total, |r| r.at + Duration::from_millis(1));
+    let t_down = t_down.unwrap_or(end);
+    let window = ConnSummary::of(
+        &records,
+        t_event,
+        t_down + Duration::from_secs(1),
+        CONN_TIMEOUT,
+    );
+    let all = ConnSummary::of(&records, Duration::ZERO, end, CONN_TIMEOUT);
+    eprintln!(
+        "{what} ({mode:?}): event at {t_event:?}, marked down at {t_down:?}; during the event: \
+         {window}; whole run: {all}; {}",
+        counter_line(&l)
+    );
+    (window, all, records)
+}
+
+/// (a) The server process of backend 2 is killed: SYNs to it are answered with RST.
+fn backend_process_killed(mode: Mode) {
+    let (window, all, records) = backend_death(mode, "process killed", |l| l.kill_backend(2));
+    assert_eq!(
+        all.failed,
+        0,
+        "process killed ({mode:?}): {all}; failures:\n{}",
+        failed_lines(&records)
+    );
+    assert!(
+        window.p99 <= Duration::from_millis(50),
+        "process killed ({mode:?}): p99 connect during the event {:?} > 50 ms ({window})",
+        window.p99
+    );
+}
+
+/// (b) The link of backend 2 goes down: SYNs to it vanish.
+fn backend_link_down(mode: Mode) {
+    let (window, all, records) = backend_death(mode, "link down", |l| {
+        l.set_backend_link(2, false).expect("link down")
+    });
+    assert_eq!(
+        all.failed,
+        0,
+        "link down ({mode:?}): {all}; failures:\n{}",
+        failed_lines(&records)
+    );
+    assert!(
+        window.p99 <= Duration::from_millis(1200),
+        "link down ({mode:?}): p99 connect during the event {:?} > 1.2 s ({window})",
+        window.p99
+    );
+}
+
+/// (c) Backend 1's health endpoint fails for `fall` rounds (and some) while it keeps serving,
+/// with 100 long transfers and 50 new connections/s running. `reset`: the service's
+/// `on_backend_down`.
+fn health_flap(mode: Mode, reset: bool) {
+    let _serial = exclusive();
+    let policy = if reset { "reset" } else { "keep" };
+    let health = HealthSpec::default();
+    let l = failover_lab(mode, |c| {
+        c.services[0].on_backend_down = Some(policy.into());
+        c.services[0].health = health.clone();
+    });
+    let stall = Duration::from_secs(3);
+    let seconds = 10;
+    let transfers = start_long_transfers(l.client_path(), vip_addr(), 100, seconds, stall);
+    let load = RateLoad::start(
+        l.client_path(),
+        vip_addr(),
+        RATE,
+        Duration::from_secs(seconds),
+        CONN_TIMEOUT,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    l.set_backend_healthy(1, false)
+        .expect("failing b1's checks");
+    let t_down = seen_health(&l, &load, 1, "down", health.detection_bound() + SLACK)
+        .unwrap_or_else(|| {
+            panic!(
+                "b1 not marked down within {:?}",
+                health.detection_bound() + SLACK
+            )
+        });
+    std::thread::sleep(Duration::from_millis(500));
+    l.set_backend_healthy(1, true)
+        .expect("passing b1's checks again");
+    let t_up = seen_health(&l, &load, 1, "up", health.recovery_bound() + SLACK);
+    let transfers = finish_transfers(transfers).expect("transfers");
+    let records = load.finish().expect("load");
+    let (complete, resets, hung, failed) = transfer_counts(&transfers);
+    let conns = ConnSummary::of(
+        &records,
+        Duration::ZERO,
+        Duration::from_secs(3600),
+        CONN_TIMEOUT,
+    );
+    eprintln!(
+        "health flap, {policy} ({mode:?}): b1 down at {t_down:?}, up at {t_up:?}; transfers: \
+         {complete} complete, {resets} reset, {hung} hung, {failed} failed; new connections: \
+         {conns}; {}",
+        counter_line(&l)
+    );
+    let odd: Vec<String> = transfers
+        .iter()
+        .filter(|t| matches!(t.end, TransferEnd::Hung { .. } | TransferEnd::Failed(_)))
+        .map(|t| format!("  {:?}: {:?}", t.at, t.end))
+        .take(10)
+        .collect();
+    assert_eq!(
+        hung + failed,
+        0,
+        "{policy} ({mode:?}): hung or failed transfers:\n{}",
+        odd.join("\n")
+    );
+    if reset {
+        assert!(resets > 0, "reset ({mode:?}): no transfer of b1 was reset");
+        // The transfer load started slightly before the rate load: compare against the
+        // transfers' own clock with a margin for that.
+        let late: Vec<Duration> = transfers
+            .iter()
+            .filter_map(|t| t.reset_at())
+            .filter(|at| *at > t_down + Duration::from_secs(1) + Duration::from_millis(200))
+            .collect();
+        assert!(
+            late.is_empty(),
+            "reset ({mode:?}): resets later than 1 s after b1 was marked down at {t_down:?}: {late:?}"
+        );
+    } else {
+        assert_eq!(
+            complete, 100,
+            "keep ({mode:?}): {resets} transfers reset by a health-check flap"
+        );
+        assert_eq!(
+            conns.failed,
+            0,
+            "keep ({mode:?}): {conns}:\n{}",
+            failed_lines(&records)
+        );
+    }
+}
+
+fn health_flap_keep(mode: Mode) {
+    health_flap(mode, false);
+}
+
+fn health_flap_reset(mode: Mode) {
+    health_flap(mode, true);
+}
+
+/// Under `reset`, idle connections of a backend marked down are reset at once (lbd's tickle
+/// ACKs): the client reads ECONNRESET within 1 s of the marking, and the backend's sockets are
+/// gone too (each answered its tickle and got the exact RST).
+fn idle_flows_reset_at_once(mode: Mode) {
+    let _serial = exclusive();
+    let health = HealthSpec::default();
+    let l = failover_lab(mode, |c| {
+        c.services[0].on_backend_down = Some("reset".into());
+        c.services[0].health = health.clone();
+    });
+    let hold = Duration::from_secs(8);
+    let idle = l.spawn_in_client(move || idle_connections(vip_addr(), 12, hold));
+    std::thread::sleep(Duration::from_secs(1));
+    l.set_backend_healthy(1, false)
+        .expect("failing b1's checks");
+    let limit = health.detection_bound() + SLACK;
+    let t0 = Instant::now();
+    let mut marked = None;
+    while t0.elapsed() < limit {
+        if l.lbd().unwrap().health_of(backend_addr(1)).ok().as_deref() == Some("down") {
+            marked = Some(Instant::now());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let marked = marked.unwrap_or_else(|| panic!("b1 not marked down within {limit:?}"));
+    let conns = client::join(idle).expect("idle connections");
+    let established_on_b1 = l
+        .backend_run(
+            1,
+            "ss",
+            &[
+                "-Htn",
+                "state",
+                "established",
+                "dst",
+                &SNAT_ADDR.to_string(),
+            ],
+        )
+        .expect("ss in b1");
+    eprintln!(
+        "idle reset ({mode:?}): {:?}; b1 established after: {:?}; {}",
+        conns
+            .iter()
+            .map(|c| (
+                c.backend.clone(),
+                c.outcome.clone(),
+                c.reset_at.map(|t| t.saturating_duration_since(marked))
+            ))
+            .collect::<Vec<_>>(),
+        established_on_b1.lines().count(),
+        counter_line(&l)
+    );
+    let on_b1: Vec<_> = conns.iter().filter(|c| c.backend == "b1").collect();
+    assert!(
+        !on_b1.is_empty(),
+        "no idle connection landed on b1: {conns:?}"
+    );
+    for c in &on_b1 {
+        let at = c
+            .reset_at
+            .unwrap_or_else(|| panic!("a connection of b1 was not reset: {c:?}"));
+        assert!(
+            at.saturating_duration_since(marked) <= Duration::from_secs(1),
+            "reset {:?} after b1 was marked down",
+            at.saturating_duration_since(marked)
+        );
+    }
+    for c in conns.iter().filter(|c| c.backend != "b1") {
+        assert_eq!(
+            c.outcome, "open",
+            "a connection of another backend was touched: {c:?}"
+        );
+    }
+    assert_eq!(
+        established_on_b1.lines().count(),
+        0,
+        "b1 still holds connections after the reset:\n{established_on_b1}"
+    );
+}
+
+both_modes!(
+    idle_flows_reset_at_once,
+    backend_process_killed,
+    backend_link_down,
+    health_flap_keep,
+    health_flap_reset,
+);
