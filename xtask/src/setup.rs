@@ -124,6 +124,15 @@ pub const PACKAGES: &[Package] = &[
         why: "the lab enables forwarding in the balancer namespace",
     },
     Package {
+        name: "postgresql-15",
+        set: Set::Base,
+        programs: &["initdb", "pg_ctl", "pg_basebackup", "pg_rewind"],
+        service: Some("postgresql"),
+        why: "the database tier's lab (1 primary + 2 replicas, issue 11): the netns DB scenarios \
+              of `cargo xtask test` and the database phase of `cargo xtask demo --db`, which runs \
+              setup's base set only; the programs live in /usr/lib/postgresql/15/bin",
+    },
+    Package {
         name: "haproxy",
         set: Set::Bench,
         programs: &["haproxy"],
@@ -248,14 +257,19 @@ fn package_installed(pkg: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Where a program is found: the PATH, and the sbin directories a non-login root shell may
-/// lack on its PATH (the code starts programs by name; `Command` searches the PATH).
+/// Where PostgreSQL 15's server programs live (Debian keeps them off the PATH); the lab starts
+/// them by this path.
+pub const POSTGRES_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
+
+/// Where a program is found: the PATH, the sbin directories a non-login root shell may lack
+/// on its PATH (the code starts programs by name; `Command` searches the PATH), and
+/// [`POSTGRES_BIN_DIR`] (started by path).
 fn program_found(program: &str) -> bool {
     let on_path = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
         .unwrap_or(false);
     on_path
-        || ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        || ["/usr/sbin", "/sbin", "/usr/bin", "/bin", POSTGRES_BIN_DIR]
             .iter()
             .any(|d| Path::new(d).join(program).is_file())
 }

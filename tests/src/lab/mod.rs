@@ -25,6 +25,7 @@ pub mod client;
 pub mod http;
 pub mod lbd;
 pub mod packet;
+pub mod postgres;
 pub mod sys;
 pub mod testsrv;
 pub mod topology;
