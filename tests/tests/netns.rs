@@ -1367,7 +1367,13 @@ fn db_lab_self_test() {
         .expect("adding a route to the members");
     let direct = l
         .lab
-        .in_client(|| async { Ok(pg::connect(member_addr(1).into(), Duration::from_millis(700)).await.is_ok()) })
+        .in_client(|| async {
+            Ok(
+                pg::connect(member_addr(1).into(), Duration::from_millis(700))
+                    .await
+                    .is_ok(),
+            )
+        })
         .unwrap();
     assert!(!direct, "the client reached n1 directly");
     // Replay paused on n3 while 64 MiB is written: n3 lags by about that much, n2 does not;
@@ -1384,7 +1390,11 @@ fn db_lab_self_test() {
     // postmaster never answers); thawed, it does.
     p.freeze(2).unwrap();
     let frozen = client::run_in_netns(l.lab.balancer_path(), || async {
-        Ok(pg::connect(member_addr(2).into(), Duration::from_millis(700)).await.is_err())
+        Ok(
+            pg::connect(member_addr(2).into(), Duration::from_millis(700))
+                .await
+                .is_err(),
+        )
     })
     .unwrap();
     assert!(frozen, "a frozen n2 served a session");

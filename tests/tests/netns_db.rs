@@ -89,7 +89,10 @@ fn db_events(l: &PgLab) -> Vec<Value> {
 fn status_primary(status: &Value) -> Option<String> {
     status
         .get("primary")
-        .and_then(|p| p.as_str().or_else(|| p.get("address").and_then(Value::as_str)))
+        .and_then(|p| {
+            p.as_str()
+                .or_else(|| p.get("address").and_then(Value::as_str))
+        })
         .map(str::to_string)
 }
 
@@ -117,7 +120,10 @@ fn status_readers(status: &Value) -> Vec<String> {
 /// read-eligible replicas.
 fn wait_roles(l: &PgLab, primary: usize, readers: &[usize], timeout: Duration) {
     let want_p = member_addr(primary).to_string();
-    let mut want_r: Vec<String> = readers.iter().map(|&i| member_addr(i).to_string()).collect();
+    let mut want_r: Vec<String> = readers
+        .iter()
+        .map(|&i| member_addr(i).to_string())
+        .collect();
     want_r.sort();
     let mut last = Value::Null;
     sys::wait_for("lbd's DB roles", timeout, Duration::from_millis(50), || {
@@ -221,7 +227,9 @@ impl Writer {
                 seq += 1;
                 let at = start.elapsed();
                 if session.as_ref().is_none_or(Session::is_closed) {
-                    session = pg::connect(write_vip(), Duration::from_millis(500)).await.ok();
+                    session = pg::connect(write_vip(), Duration::from_millis(500))
+                        .await
+                        .ok();
                 }
                 let result = match &session {
                     Some(sess) => sess
@@ -306,11 +314,21 @@ fn with_sessions<R: Send + 'static>(
 /// Takes member `i`'s host off the network (its link down): nothing answers, no RST from its
 /// kernel, so only lbd can end the sessions to it.
 fn unplug(l: &PgLab, i: usize) {
-    sys::ns_run(l.pg.member(i).ns.as_str(), "ip", &["link", "set", "e0", "down"]).unwrap();
+    sys::ns_run(
+        l.pg.member(i).ns.as_str(),
+        "ip",
+        &["link", "set", "e0", "down"],
+    )
+    .unwrap();
 }
 
 fn plug(l: &PgLab, i: usize) {
-    sys::ns_run(l.pg.member(i).ns.as_str(), "ip", &["link", "set", "e0", "up"]).unwrap();
+    sys::ns_run(
+        l.pg.member(i).ns.as_str(),
+        "ip",
+        &["link", "set", "e0", "up"],
+    )
+    .unwrap();
     sys::ns_run(
         l.pg.member(i).ns.as_str(),
         "ip",
@@ -330,7 +348,8 @@ fn writes_primary_reads_replicas(mode: Mode) {
         let mut on = BTreeMap::new();
         for seq in 0..40 {
             let s = pg::connect(write_vip(), T).await?;
-            *on.entry(s.write("s1", seq, T).await?.to_string()).or_insert(0) += 1;
+            *on.entry(s.write("s1", seq, T).await?.to_string())
+                .or_insert(0) += 1;
         }
         Ok(on)
     })
@@ -359,7 +378,10 @@ fn replica_killed(mode: Mode) {
         read_vip(),
         8,
         |servers| {
-            assert!(servers.contains(&ip(2)) && servers.contains(&ip(3)), "{servers:?}");
+            assert!(
+                servers.contains(&ip(2)) && servers.contains(&ip(3)),
+                "{servers:?}"
+            );
             unplug(&l, 2);
         },
         |sessions, servers, t0| {
@@ -391,14 +413,25 @@ fn replica_killed(mode: Mode) {
             assert_eq!(*e, None, "a session on {server} ended: {ended:?}");
         }
     }
-    assert!(db_flows_reset(&l) > resets_before, "no reset counted by lbd");
+    assert!(
+        db_flows_reset(&l) > resets_before,
+        "no reset counted by lbd"
+    );
     let reads = spread(&l, read_vip(), 20);
-    assert_eq!(reads, BTreeMap::from([(ip(3).to_string(), 20)]), "reads with n2 gone");
+    assert_eq!(
+        reads,
+        BTreeMap::from([(ip(3).to_string(), 20)]),
+        "reads with n2 gone"
+    );
     // Both replicas gone: the primary serves reads.
     unplug(&l, 3);
     std::thread::sleep(spec.detection() + Duration::from_millis(spec.timeout_ms) + SLACK);
     let reads = spread(&l, read_vip(), 20);
-    assert_eq!(reads, BTreeMap::from([(ip(1).to_string(), 20)]), "reads with both gone");
+    assert_eq!(
+        reads,
+        BTreeMap::from([(ip(1).to_string(), 20)]),
+        "reads with both gone"
+    );
     assert_eq!(
         metrics(&l).get("lb_db_read_fallback_active").copied(),
         Some(1.0),
@@ -410,8 +443,14 @@ fn replica_killed(mode: Mode) {
     wait_roles(&l, 1, &[2, 3], spec.recovery() + Duration::from_secs(10));
     let reads = spread(&l, read_vip(), 30);
     assert_eq!(count_of(&reads, 1), 0, "{reads:?}");
-    assert!(count_of(&reads, 2) > 0 && count_of(&reads, 3) > 0, "{reads:?}");
-    assert_eq!(metrics(&l).get("lb_db_read_fallback_active").copied(), Some(0.0));
+    assert!(
+        count_of(&reads, 2) > 0 && count_of(&reads, 3) > 0,
+        "{reads:?}"
+    );
+    assert_eq!(
+        metrics(&l).get("lb_db_read_fallback_active").copied(),
+        Some(0.0)
+    );
 }
 
 /// 3. Replay paused on one replica while 64 MiB is written: it gets no new reads until it
@@ -441,15 +480,29 @@ fn lagging_replica(mode: Mode) {
     assert!(lag > spec.max_lag_bytes, "lag {lag}");
     wait_roles(&l, 1, &[2], spec.detection() + Duration::from_secs(3));
     let reads = spread(&l, read_vip(), 30);
-    assert_eq!(reads, BTreeMap::from([(ip(2).to_string(), 30)]), "reads while n3 lags");
-    let lag_metric = metric_labelled(&l, "lb_db_replica_lag_bytes", &member_addr(3).ip().to_string());
-    assert!(lag_metric > spec.max_lag_bytes as f64, "lb_db_replica_lag_bytes {lag_metric}");
+    assert_eq!(
+        reads,
+        BTreeMap::from([(ip(2).to_string(), 30)]),
+        "reads while n3 lags"
+    );
+    let lag_metric = metric_labelled(
+        &l,
+        "lb_db_replica_lag_bytes",
+        &member_addr(3).ip().to_string(),
+    );
+    assert!(
+        lag_metric > spec.max_lag_bytes as f64,
+        "lb_db_replica_lag_bytes {lag_metric}"
+    );
     l.pg.resume_replay(3).unwrap();
     l.pg.wait_caught_up(1, 3, Duration::from_secs(30)).unwrap();
     wait_roles(&l, 1, &[2, 3], spec.recovery() + Duration::from_secs(3));
     let reads = spread(&l, read_vip(), 30);
     assert!(count_of(&reads, 3) > 0, "n3 after catching up: {reads:?}");
-    assert_eq!(client::join(h).expect("the session on n3 survived the lag"), ip(3));
+    assert_eq!(
+        client::join(h).expect("the session on n3 survived the lag"),
+        ip(3)
+    );
 }
 
 /// 4. Failover: a writer commits every 10 ms; the primary is stopped hard (SIGSTOP, then
@@ -511,9 +564,16 @@ fn failover(mode: Mode) {
         .iter()
         .find(|c| c.at >= frozen_at && c.result.is_err())
         .expect("the session on the frozen primary never failed");
-    assert!(first_err.at - frozen_at <= bound + Duration::from_millis(500), "{first_err:?}");
+    assert!(
+        first_err.at - frozen_at <= bound + Duration::from_millis(500),
+        "{first_err:?}"
+    );
     // Fenced: no row reached the resumed old primary.
-    assert_eq!(l.pg.rows_by(1, "s4").unwrap(), rows_on_old, "rows written to the old primary");
+    assert_eq!(
+        l.pg.rows_by(1, "s4").unwrap(),
+        rows_on_old,
+        "rows written to the old primary"
+    );
     assert_eq!(primary_changes(&l), changes_before + 1.0);
     // The failover event with its lost-bytes estimate, in the events and the log.
     let events = db_events(&l);
@@ -525,7 +585,8 @@ fn failover(mode: Mode) {
     assert!(ev.to_string().contains(&member_addr(2).to_string()), "{ev}");
     let log = std::fs::read_to_string(l.lab.lbd().unwrap().log_path()).unwrap();
     assert!(
-        log.lines().any(|x| x.contains("lost") && x.contains(&member_addr(2).to_string())),
+        log.lines()
+            .any(|x| x.contains("lost") && x.contains(&member_addr(2).to_string())),
         "lbd's log has no failover line with the lost-bytes estimate"
     );
 }
@@ -539,7 +600,9 @@ fn split_brain_tie(mode: Mode) {
     l.pg.promote(2).unwrap();
     l.pg.promote(3).unwrap();
     assert_eq!(l.pg.timeline(2).unwrap(), l.pg.timeline(3).unwrap());
-    std::thread::sleep(spec.detection() + spec.recovery() + Duration::from_millis(spec.timeout_ms) + SLACK);
+    std::thread::sleep(
+        spec.detection() + spec.recovery() + Duration::from_millis(spec.timeout_ms) + SLACK,
+    );
     let outcome = run_in_netns(l.lab.client_path(), || async {
         let mut ok = Vec::new();
         for seq in 0..20 {
@@ -552,8 +615,14 @@ fn split_brain_tie(mode: Mode) {
         Ok(ok)
     })
     .unwrap();
-    assert!(outcome.is_empty(), "writes succeeded during a tie: {outcome:?}");
-    assert_eq!(l.pg.rows_by(2, "s5").unwrap() + l.pg.rows_by(3, "s5").unwrap(), 0);
+    assert!(
+        outcome.is_empty(),
+        "writes succeeded during a tie: {outcome:?}"
+    );
+    assert_eq!(
+        l.pg.rows_by(2, "s5").unwrap() + l.pg.rows_by(3, "s5").unwrap(),
+        0
+    );
     assert_eq!(metrics(&l).get("lb_db_split_brain").copied(), Some(1.0));
     assert_eq!(status_primary(&db_status(&l)), None);
 }
@@ -570,13 +639,17 @@ fn rewound_primary_rejoins(mode: Mode) {
     l.pg.rewind(1, 2).unwrap();
     wait_roles(&l, 2, &[1, 3], spec.recovery() + Duration::from_secs(5));
     let reads = spread(&l, read_vip(), 40);
-    assert!(count_of(&reads, 1) > 0 && count_of(&reads, 3) > 0, "{reads:?}");
+    assert!(
+        count_of(&reads, 1) > 0 && count_of(&reads, 3) > 0,
+        "{reads:?}"
+    );
     assert_eq!(count_of(&reads, 2), 0, "{reads:?}");
     let writes = run_in_netns(l.lab.client_path(), || async {
         let mut on = BTreeMap::new();
         for seq in 0..20 {
             let s = pg::connect(write_vip(), T).await?;
-            *on.entry(s.write("s6", seq, T).await?.to_string()).or_insert(0) += 1;
+            *on.entry(s.write("s6", seq, T).await?.to_string())
+                .or_insert(0) += 1;
         }
         Ok(on)
     })
@@ -592,7 +665,10 @@ fn check_trouble_changes_nothing(mode: Mode) {
     let changes = primary_changes(&l);
     let resets = db_flows_reset(&l);
     let quiet = 4 * (spec.detection() + spec.recovery());
-    let hold = move |sessions: Vec<Session>, _: Vec<Ipv4Addr>, _t0: Instant| -> SessionsFuture<Vec<Ipv4Addr>> {
+    let hold = move |sessions: Vec<Session>,
+                     _: Vec<Ipv4Addr>,
+                     _t0: Instant|
+          -> SessionsFuture<Vec<Ipv4Addr>> {
         Box::pin(async move {
             tokio::time::sleep(quiet).await;
             let mut servers = Vec::new();
@@ -616,8 +692,11 @@ fn check_trouble_changes_nothing(mode: Mode) {
         hold,
     );
     assert_eq!(after, *before.borrow(), "write sessions moved or failed");
-    l.pg.sql(1, &format!("ALTER ROLE lb_check PASSWORD '{}'", pg::CHECK_PASSWORD))
-        .unwrap();
+    l.pg.sql(
+        1,
+        &format!("ALTER ROLE lb_check PASSWORD '{}'", pg::CHECK_PASSWORD),
+    )
+    .unwrap();
     // max_connections exhausted on every member (clients direct from the balancer namespace).
     let hogs = client::spawn_in_netns(l.lab.balancer_path(), || async {
         let mut held = Vec::new();
@@ -636,7 +715,10 @@ fn check_trouble_changes_nothing(mode: Mode) {
     });
     let after = with_sessions(&l, read_vip(), 2, |_| {}, hold);
     let hogged = client::join(hogs).unwrap();
-    assert!(hogged >= 3 * (pg::MAX_CONNECTIONS as usize - 5), "held {hogged}");
+    assert!(
+        hogged >= 3 * (pg::MAX_CONNECTIONS as usize - 5),
+        "held {hogged}"
+    );
     assert_eq!(after.len(), 2);
     assert_eq!(primary_changes(&l), changes, "role changes");
     assert_eq!(db_flows_reset(&l), resets, "resets");

@@ -53,8 +53,7 @@ async fn responder(i: usize, stop: Arc<AtomicBool>) -> crate::lab::Result<()> {
         .await
         .map_err(crate::lab::LabError::io(format!("binding {listen}")))?;
     while !stop.load(Ordering::Relaxed) {
-        let Ok(Ok((mut s, _))) =
-            tokio::time::timeout(Duration::from_millis(200), l.accept()).await
+        let Ok(Ok((mut s, _))) = tokio::time::timeout(Duration::from_millis(200), l.accept()).await
         else {
             continue;
         };
@@ -77,7 +76,8 @@ async fn responder(i: usize, stop: Arc<AtomicBool>) -> crate::lab::Result<()> {
                 Ok(Some(v)) if v == "f" => "200 OK",
                 _ => "503 Service Unavailable",
             };
-            let resp = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let resp =
+                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
             let _ = s.write_all(resp.as_bytes()).await;
         });
     }
@@ -135,8 +135,12 @@ fn round(b: Balancer) -> Result<f64, String> {
             let mut cmd = ns_command(l.lab.balancer_ns(), "haproxy");
             cmd.arg("-db").arg("-f").arg(&cfg);
             haproxy = Some(
-                Proc::spawn(&mut cmd, "haproxy", Some(&l.lab.dir().join("haproxy-db.log")))
-                    .map_err(e)?,
+                Proc::spawn(
+                    &mut cmd,
+                    "haproxy",
+                    Some(&l.lab.dir().join("haproxy-db.log")),
+                )
+                .map_err(e)?,
             );
         }
     }
@@ -161,7 +165,10 @@ fn measure(l: &PgLab) -> Result<f64, String> {
         Duration::from_millis(200),
         || {
             client::run_in_netns(client_ns.clone(), move || async move {
-                pg::connect(write_vip(), t).await?.write("bench", 0, t).await
+                pg::connect(write_vip(), t)
+                    .await?
+                    .write("bench", 0, t)
+                    .await
             })
             .ok()
             .filter(|ip| ip == member_addr(1).ip())
@@ -178,13 +185,12 @@ fn measure(l: &PgLab) -> Result<f64, String> {
         while !s2.load(Ordering::Relaxed) && begin.elapsed() < Duration::from_secs(60) {
             seq += 1;
             if session.as_ref().is_none_or(pg::Session::is_closed) {
-                session = pg::connect(write_vip(), Duration::from_millis(500)).await.ok();
+                session = pg::connect(write_vip(), Duration::from_millis(500))
+                    .await
+                    .ok();
             }
             let r = match &session {
-                Some(s) => s
-                    .write("bench", seq, Duration::from_millis(500))
-                    .await
-                    .ok(),
+                Some(s) => s.write("bench", seq, Duration::from_millis(500)).await.ok(),
                 None => None,
             };
             if r.is_none() {
@@ -207,7 +213,10 @@ fn measure(l: &PgLab) -> Result<f64, String> {
             .rposition(|(at, w)| *at >= killed_at && *w != Some(n2));
         match last_bad {
             Some(k) => log.get(k + 1).map(|(at, _)| *at),
-            None => log.iter().find(|(at, _)| *at >= killed_at).map(|(at, _)| *at),
+            None => log
+                .iter()
+                .find(|(at, _)| *at >= killed_at)
+                .map(|(at, _)| *at),
         }
     };
     let deadline = Instant::now() + limit;
@@ -261,7 +270,12 @@ pub fn run(scale: Scale) -> Section {
         } else {
             Measurement::from_runs(values)
         };
-        sec.push("primary killed, replica promoted", b.name(), "ms to switch", m);
+        sec.push(
+            "primary killed, replica promoted",
+            b.name(),
+            "ms to switch",
+            m,
+        );
     }
     sec.add_ratio(
         "HAProxy + Patroni-style checks / lb, detection-to-switch",

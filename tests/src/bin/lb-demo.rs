@@ -162,7 +162,9 @@ fn main() {
             "--db" => db = true,
             "--config" => config = args.next().map(PathBuf::from).unwrap_or(config),
             other => {
-                eprintln!("unknown argument {other:?}; usage: lb-demo [--fast] [--db] [--config PATH]");
+                eprintln!(
+                    "unknown argument {other:?}; usage: lb-demo [--fast] [--db] [--config PATH]"
+                );
                 std::process::exit(2);
             }
         }
@@ -451,7 +453,8 @@ fn run_db(fast: bool) -> Result<()> {
         let mut on = BTreeMap::new();
         for seq in 1..=20 {
             let s = pg::connect(write_vip(), t).await?;
-            *on.entry(s.write("demo", seq, t).await?.to_string()).or_insert(0) += 1;
+            *on.entry(s.write("demo", seq, t).await?.to_string())
+                .or_insert(0) += 1;
         }
         Ok(on)
     })?;
@@ -471,7 +474,9 @@ fn run_db(fast: bool) -> Result<()> {
         while !s2.load(Ordering::Relaxed) && begin.elapsed() < Duration::from_secs(60) {
             seq += 1;
             if session.as_ref().is_none_or(pg::Session::is_closed) {
-                session = pg::connect(write_vip(), Duration::from_millis(500)).await.ok();
+                session = pg::connect(write_vip(), Duration::from_millis(500))
+                    .await
+                    .ok();
             }
             let r = match &session {
                 Some(s) => s
@@ -507,7 +512,10 @@ fn run_db(fast: bool) -> Result<()> {
         .iter()
         .filter(|(at, r)| *at >= killed_at && r.is_err())
         .count();
-    match log.iter().find(|(at, r)| *at >= killed_at && *r == Ok(new_ip)) {
+    match log
+        .iter()
+        .find(|(at, r)| *at >= killed_at && *r == Ok(new_ip))
+    {
         Some((at, _)) => {
             note(&format!(
                 "first write on n2 {:.0} ms after the kill ({:.0} ms after the promotion); {failed} write(s) failed in between",

@@ -85,7 +85,8 @@ pub fn pg_command(ns: &str, program: &str, uid: u32, gid: u32) -> Command {
 
 /// The uid and gid of the `postgres` user.
 fn postgres_ids() -> Result<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd").map_err(LabError::io("reading /etc/passwd"))?;
+    let passwd =
+        std::fs::read_to_string("/etc/passwd").map_err(LabError::io("reading /etc/passwd"))?;
     passwd
         .lines()
         .find_map(|l| {
@@ -378,8 +379,18 @@ impl PgCluster {
         .map(|_| ())
     }
 
+    /// Removes member `i`'s `postmaster.pid` when its postmaster is gone (killed, or a zombie
+    /// not reaped yet: `kill(pid, 0)` succeeds on a zombie, so PostgreSQL would refuse to
+    /// start on that data directory).
+    fn clear_stale_pid(&self, i: usize) {
+        if self.postmaster_pid(i).is_none() {
+            let _ = std::fs::remove_file(self.member(i).data.join("postmaster.pid"));
+        }
+    }
+
     /// Starts member `i` (`pg_ctl start -w`).
     pub fn start(&self, i: usize) -> Result<()> {
+        self.clear_stale_pid(i);
         let m = self.member(i);
         let log = m.log.to_string_lossy().to_string();
         let opts = self.instance_options(i);
@@ -418,9 +429,10 @@ impl PgCluster {
     pub fn postmaster_pid(&self, i: usize) -> Option<i32> {
         let text = std::fs::read_to_string(self.member(i).data.join("postmaster.pid")).ok()?;
         let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-        // A stale file after SIGKILL: the process must exist and be a postgres.
+        // A stale file after SIGKILL: the process must exist, be a postgres and not be a
+        // zombie (a killed postmaster is reparented and may stay unreaped for a while).
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        comm.trim().starts_with("postgres").then_some(pid)
+        (comm.trim().starts_with("postgres") && !is_zombie(pid)).then_some(pid)
     }
 
     /// The postmaster of member `i` and every child of it (backends, walsender, ...).
@@ -509,7 +521,11 @@ impl PgCluster {
     /// The first column of the first row of `sql` on member `i`.
     pub fn sql_one(&self, i: usize, sql: &str) -> Result<Option<String>> {
         let rows = self.sql(i, sql)?;
-        Ok(rows.into_iter().next().and_then(|r| r.into_iter().next()).flatten())
+        Ok(rows
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next())
+            .flatten())
     }
 
     /// Whether member `i` is in recovery.
@@ -517,7 +533,9 @@ impl PgCluster {
         match self.sql_one(i, "SELECT pg_is_in_recovery()")?.as_deref() {
             Some("t") => Ok(Role::Replica),
             Some("f") => Ok(Role::Primary),
-            other => Err(LabError::Api(format!("pg_is_in_recovery() on n{i}: {other:?}"))),
+            other => Err(LabError::Api(format!(
+                "pg_is_in_recovery() on n{i}: {other:?}"
+            ))),
         }
     }
 
@@ -542,21 +560,19 @@ impl PgCluster {
             &format!("n{i} streaming from n{upstream}"),
             timeout,
             Duration::from_millis(50),
-            || {
-                match self.sql(i, "SELECT status, sender_host FROM pg_stat_wal_receiver") {
-                    Ok(rows) => {
-                        last = format!("{rows:?}");
-                        rows.first()
-                            .filter(|r| {
-                                r.first().cloned().flatten().as_deref() == Some("streaming")
-                                    && r.get(1).cloned().flatten().as_deref() == Some(host.as_str())
-                            })
-                            .map(|_| ())
-                    }
-                    Err(e) => {
-                        last = e.to_string();
-                        None
-                    }
+            || match self.sql(i, "SELECT status, sender_host FROM pg_stat_wal_receiver") {
+                Ok(rows) => {
+                    last = format!("{rows:?}");
+                    rows.first()
+                        .filter(|r| {
+                            r.first().cloned().flatten().as_deref() == Some("streaming")
+                                && r.get(1).cloned().flatten().as_deref() == Some(host.as_str())
+                        })
+                        .map(|_| ())
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    None
                 }
             },
         )
@@ -629,7 +645,9 @@ impl PgCluster {
         let rows = bytes / 250 + 1;
         self.sql(
             i,
-            &format!("INSERT INTO bulk SELECT g, repeat('x', 200) FROM generate_series(1, {rows}) g"),
+            &format!(
+                "INSERT INTO bulk SELECT g, repeat('x', 200) FROM generate_series(1, {rows}) g"
+            ),
         )
         .map(|_| ())
     }
@@ -638,11 +656,13 @@ impl PgCluster {
     /// reload: PostgreSQL 15 follows without a restart).
     pub fn repoint(&self, i: usize, upstream: usize) -> Result<()> {
         let conninfo = self.conninfo(upstream, i);
+        // Two round trips: ALTER SYSTEM cannot run in the implicit transaction of a
+        // multi-statement simple query.
         self.sql(
             i,
-            &format!("ALTER SYSTEM SET primary_conninfo = '{conninfo}'; SELECT pg_reload_conf()"),
-        )
-        .map(|_| ())
+            &format!("ALTER SYSTEM SET primary_conninfo = '{conninfo}'"),
+        )?;
+        self.sql(i, "SELECT pg_reload_conf()").map(|_| ())
     }
 
     fn conninfo(&self, upstream: usize, of: usize) -> String {
@@ -663,6 +683,7 @@ impl PgCluster {
             let _ = self.signal_all(old, libc::SIGCONT);
             self.stop(old, "fast")?;
         }
+        self.clear_stale_pid(old);
         self.sql(new_primary, "CHECKPOINT")?;
         let data = self.member(old).data.to_string_lossy().to_string();
         let source = format!(
@@ -672,7 +693,13 @@ impl PgCluster {
         self.run_pg(
             old,
             PG_REWIND,
-            &["-D", &data, &format!("--source-server={source}"), "-R", "--no-sync"],
+            &[
+                "-D",
+                &data,
+                &format!("--source-server={source}"),
+                "-R",
+                "--no-sync",
+            ],
             Duration::from_secs(120),
         )
         .map_err(|e| self.with_log(old, e))?;
@@ -692,7 +719,10 @@ impl PgCluster {
 
     /// Rows of `t` written by `writer` on member `i`.
     pub fn rows_by(&self, i: usize, writer: &str) -> Result<u64> {
-        let v = self.sql_one(i, &format!("SELECT count(*) FROM t WHERE writer = '{writer}'"))?;
+        let v = self.sql_one(
+            i,
+            &format!("SELECT count(*) FROM t WHERE writer = '{writer}'"),
+        )?;
         v.as_deref()
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| LabError::Api(format!("count on n{i}: {v:?}")))
@@ -831,7 +861,9 @@ pub fn db_lbd_yaml(lab: &Lab, pg: &PgCluster, spec: &DbSpec) -> String {
          \x20 - name: pg-read\n    vip: {DB_VIP}\n    port: {READ_PORT}\n    protocol: tcp\n    db_cluster: {CLUSTER}\n    role: replica\n    fallback: {}\n",
         spec.read_fallback
     ));
-    y.push_str(&format!("db_clusters:\n  - name: {CLUSTER}\n    members:\n"));
+    y.push_str(&format!(
+        "db_clusters:\n  - name: {CLUSTER}\n    members:\n"
+    ));
     for m in pg.members() {
         y.push_str(&format!("      - address: {}\n", m.addr));
     }
@@ -1016,11 +1048,9 @@ pub fn db_error(e: &tokio_postgres::Error) -> String {
 fn rows_of(msgs: Vec<tokio_postgres::SimpleQueryMessage>) -> Vec<Vec<Option<String>>> {
     msgs.into_iter()
         .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
-                (0..r.len())
-                    .map(|k| r.get(k).map(str::to_string))
-                    .collect(),
-            ),
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|k| r.get(k).map(str::to_string)).collect())
+            }
             _ => None,
         })
         .collect()
