@@ -514,10 +514,20 @@ fn failover(mode: Mode) {
     let spec = DbSpec::default();
     let l = db_lab(mode, &spec);
     let changes_before = primary_changes(&l);
+    // An idle session on the primary through the write VIP: lbd must reset it (not leave it
+    // hanging on the frozen primary). Returns how long after `t0` it ended.
+    let t0 = Instant::now();
+    let idle = client::spawn_in_netns(l.lab.client_path(), move || async move {
+        let mut s = pg::connect(write_vip(), T).await?;
+        assert_eq!(s.server(T).await?, ip(1));
+        let ended = s.wait_closed(Duration::from_secs(15)).await;
+        Ok((ended, t0.elapsed()))
+    });
     let w = Writer::start(&l, "s4", Duration::from_millis(10));
     std::thread::sleep(Duration::from_secs(1));
     l.pg.freeze(1).unwrap();
     let frozen_at = w.now();
+    let frozen_abs = t0.elapsed();
     l.pg.promote(2).unwrap();
     let promoted_at = w.now();
     l.pg.repoint(3, 2).unwrap();
@@ -567,6 +577,12 @@ fn failover(mode: Mode) {
     assert!(
         first_err.at - frozen_at <= bound + Duration::from_millis(500),
         "{first_err:?}"
+    );
+    let (ended, idle_at) = client::join(idle).unwrap();
+    assert!(ended.is_some(), "the idle session on the old primary was left open");
+    assert!(
+        idle_at.saturating_sub(frozen_abs) <= bound + Duration::from_millis(500),
+        "the idle session on the old primary ended {idle_at:?} after t0 (frozen at {frozen_abs:?})"
     );
     // Fenced: no row reached the resumed old primary.
     assert_eq!(
@@ -697,24 +713,34 @@ fn check_trouble_changes_nothing(mode: Mode) {
         &format!("ALTER ROLE lb_check PASSWORD '{}'", pg::CHECK_PASSWORD),
     )
     .unwrap();
-    // max_connections exhausted on every member (clients direct from the balancer namespace).
-    let hogs = client::spawn_in_netns(l.lab.balancer_path(), || async {
-        let mut held = Vec::new();
-        for i in 1..=3 {
-            for _ in 0..pg::MAX_CONNECTIONS {
-                match pg::connect(member_addr(i).into(), T).await {
-                    Ok(s) => held.push(s),
-                    Err(_) => break,
+    // max_connections exhausted on every member (clients direct from the balancer namespace)
+    // while two read sessions, opened before, are held.
+    let hogged = std::cell::Cell::new(0);
+    let after = with_sessions(
+        &l,
+        read_vip(),
+        2,
+        |_| {
+            let hogs = client::spawn_in_netns(l.lab.balancer_path(), || async {
+                let mut held = Vec::new();
+                for i in 1..=3 {
+                    for _ in 0..pg::MAX_CONNECTIONS {
+                        match pg::connect(member_addr(i).into(), T).await {
+                            Ok(s) => held.push(s),
+                            Err(_) => break,
+                        }
+                    }
                 }
-            }
-        }
-        let n = held.len();
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        drop(held);
-        Ok(n)
-    });
-    let after = with_sessions(&l, read_vip(), 2, |_| {}, hold);
-    let hogged = client::join(hogs).unwrap();
+                let n = held.len();
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                drop(held);
+                Ok(n)
+            });
+            hogged.set(client::join(hogs).unwrap());
+        },
+        hold,
+    );
+    let hogged = hogged.get();
     assert!(
         hogged >= 3 * (pg::MAX_CONNECTIONS as usize - 5),
         "held {hogged}"
