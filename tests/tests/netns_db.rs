@@ -579,7 +579,10 @@ fn failover(mode: Mode) {
         "{first_err:?}"
     );
     let (ended, idle_at) = client::join(idle).unwrap();
-    assert!(ended.is_some(), "the idle session on the old primary was left open");
+    assert!(
+        ended.is_some(),
+        "the idle session on the old primary was left open"
+    );
     assert!(
         idle_at.saturating_sub(frozen_abs) <= bound + Duration::from_millis(500),
         "the idle session on the old primary ended {idle_at:?} after t0 (frozen at {frozen_abs:?})"
