@@ -1323,3 +1323,130 @@ fn path_mtu(mode: Mode) {
         assert!(counters[fwd] > 0, "{what}: {counters:?}");
     }
 }
+
+/// 12. The database lab itself (issue 11), without lbd: 1 primary + 2 replicas streaming in
+///     backend namespaces 1-3, reachable from the balancer namespace (not from the client);
+///     replication, replay pause and lag, a frozen member, a hard kill, promotion with the other
+///     replica repointed, `pg_rewind` of the old primary into a replica, and cleanup by PID.
+#[test]
+fn db_lab_self_test() {
+    use lb_tests::lab::postgres::{self as pg, member_addr, PgLab, Role};
+    let _serial = exclusive();
+    const T: Duration = Duration::from_secs(5);
+    let started = Instant::now();
+    let l = PgLab::new(Mode::Native).unwrap_or_else(|e| panic!("building the DB lab: {e}"));
+    println!("DB lab up in {:?}", started.elapsed());
+    let p = &l.pg;
+    assert_eq!(p.role(1).unwrap(), Role::Primary);
+    assert_eq!(p.role(2).unwrap(), Role::Replica);
+    assert_eq!(p.role(3).unwrap(), Role::Replica);
+    assert_eq!(p.timeline(1).unwrap(), 1);
+    // Direct to members from the balancer namespace: each serves as itself (SCRAM over TCP);
+    // a write on the primary reaches both replicas; a replica refuses writes.
+    let written = client::run_in_netns(l.lab.balancer_path(), || async {
+        let mut served = Vec::new();
+        for i in 1..=3 {
+            let s = pg::connect(member_addr(i).into(), T).await?;
+            served.push(s.server(T).await?);
+        }
+        let s = pg::connect(member_addr(1).into(), T).await?;
+        let on = s.write("selftest", 1, T).await?;
+        let r = pg::connect(member_addr(2).into(), T).await?;
+        let refused = r.write("selftest", 2, T).await.unwrap_err().to_string();
+        Ok((served, on, refused))
+    })
+    .unwrap_or_else(|e| panic!("queries from the balancer namespace: {e}"));
+    let (served, on, refused) = written;
+    let want: Vec<_> = (1..=3).map(|i| *member_addr(i).ip()).collect();
+    assert_eq!(served, want);
+    assert_eq!(on, *member_addr(1).ip());
+    assert!(refused.contains("25006"), "write on a replica: {refused}");
+    for i in 2..=3 {
+        p.wait_caught_up(1, i, Duration::from_secs(10)).unwrap();
+        assert_eq!(p.rows_by(i, "selftest").unwrap(), 1, "n{i}");
+    }
+    // The client namespace cannot reach a member directly, even with a route.
+    l.lab
+        .client_run("ip", &["route", "add", "10.1.0.0/16", "via", "172.30.0.1"])
+        .expect("adding a route to the members");
+    let direct = l
+        .lab
+        .in_client(|| async {
+            Ok(
+                pg::connect(member_addr(1).into(), Duration::from_millis(700))
+                    .await
+                    .is_ok(),
+            )
+        })
+        .unwrap();
+    assert!(!direct, "the client reached n1 directly");
+    // Replay paused on n3 while 64 MiB is written: n3 lags by about that much, n2 does not;
+    // resumed, n3 catches up.
+    p.pause_replay(3).unwrap();
+    p.write_bulk(1, 64 << 20).unwrap();
+    p.wait_caught_up(1, 2, Duration::from_secs(30)).unwrap();
+    let lag3 = p.lag_bytes(1, 3).unwrap();
+    assert!(lag3 >= 60 << 20, "n3 lags only {lag3} bytes");
+    assert!(p.lag_bytes(1, 2).unwrap() < 1 << 20);
+    p.resume_replay(3).unwrap();
+    p.wait_caught_up(1, 3, Duration::from_secs(30)).unwrap();
+    // A frozen member accepts no new session (the kernel completes the handshake, the
+    // postmaster never answers); thawed, it does.
+    p.freeze(2).unwrap();
+    let frozen = client::run_in_netns(l.lab.balancer_path(), || async {
+        Ok(
+            pg::connect(member_addr(2).into(), Duration::from_millis(700))
+                .await
+                .is_err(),
+        )
+    })
+    .unwrap();
+    assert!(frozen, "a frozen n2 served a session");
+    p.thaw(2).unwrap();
+    client::run_in_netns(l.lab.balancer_path(), || async {
+        pg::served_by(member_addr(2).into(), T).await
+    })
+    .expect("n2 after SIGCONT");
+    // Failover: n1 killed hard, n2 promoted (timeline 2), n3 repointed to n2.
+    let n1_pids = p.pids(1);
+    assert!(n1_pids.len() > 3, "postmaster and children: {n1_pids:?}");
+    p.kill(1).unwrap();
+    assert!(!p.running(1));
+    let t = Instant::now();
+    p.promote(2).unwrap();
+    println!("promotion took {:?}", t.elapsed());
+    assert_eq!(p.role(2).unwrap(), Role::Primary);
+    assert_eq!(p.timeline(2).unwrap(), 2);
+    p.repoint(3, 2).unwrap();
+    p.wait_streaming(3, 2, Duration::from_secs(30)).unwrap();
+    client::run_in_netns(l.lab.balancer_path(), || async {
+        let s = pg::connect(member_addr(2).into(), T).await?;
+        s.write("after-failover", 1, T).await
+    })
+    .expect("a write on the new primary");
+    p.wait_caught_up(2, 3, Duration::from_secs(10)).unwrap();
+    assert_eq!(p.rows_by(3, "after-failover").unwrap(), 1);
+    assert_eq!(p.timeline(3).unwrap(), 2);
+    // The old primary, rewound, rejoins as a replica of n2 on timeline 2.
+    p.rewind(1, 2).unwrap();
+    assert_eq!(p.role(1).unwrap(), Role::Replica);
+    p.wait_caught_up(2, 1, Duration::from_secs(10)).unwrap();
+    assert_eq!(p.rows_by(1, "after-failover").unwrap(), 1);
+    assert_eq!(p.timeline(1).unwrap(), 2);
+    // Cleanup: every postgres process of the lab is gone after drop.
+    let pids: Vec<i32> = (1..=3).flat_map(|i| p.pids(i)).collect();
+    assert!(pids.len() >= 3);
+    let prefix = l.lab.prefix().to_string();
+    drop(l);
+    let alive: Vec<i32> = pids
+        .into_iter()
+        .filter(|p| std::path::Path::new(&format!("/proc/{p}/comm")).exists())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .map(|s| !s.contains(") Z "))
+                .unwrap_or(false)
+        })
+        .collect();
+    assert!(alive.is_empty(), "postgres processes left: {alive:?}");
+    assert!(!std::path::Path::new(&format!("/run/netns/{prefix}-b1")).exists());
+}

@@ -20,6 +20,10 @@ pub struct DemoArgs {
     /// Skip set-up and build (the binaries must already be built).
     #[arg(long)]
     pub no_build: bool,
+    /// The database tour instead (issue 11): PostgreSQL 15 primary + 2 replicas behind a
+    /// write VIP and a read VIP, the primary killed and a replica promoted.
+    #[arg(long)]
+    pub db: bool,
 }
 
 /// Runs the demo.
@@ -40,6 +44,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
     cmd.arg("--config").arg(root.join("config/demo.yaml"));
     if args.fast {
         cmd.arg("--fast");
+    }
+    if args.db {
+        cmd.arg("--db");
     }
     println!("[demo] {cmd:?}");
     // Ctrl-C reaches lb-demo too (same process group); it cleans up and exits, and we wait

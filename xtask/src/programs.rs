@@ -32,6 +32,10 @@ const STARTERS: &[(&str, usize)] = &[
     // lb-userspace/tests/postgres_probe.rs: runs /usr/lib/postgresql/15/bin/PROGRAM as the
     // postgres user in the test's namespace.
     ("pg_run", 1),
+    // tests/src/lab/postgres.rs: `nsenter --net=.. --setuid postgres -- program` and the
+    // cluster's method running it for one member.
+    ("pg_command", 1),
+    ("run_pg", 1),
 ];
 
 /// Functions with a parameter named like a program that start nothing.
@@ -102,6 +106,7 @@ const PROJECT_BINARIES: &[(&str, &str)] = &[
     ),
     ("tests/src/lab/sys.rs", "program"), // ns_command / ns_run pass their parameter on
     ("tests/src/lab/topology.rs", "program"), // client_run / balancer_run
+    ("tests/src/lab/postgres.rs", "program"), // pg_command / run_pg
 ];
 
 /// Files that may run programs of the bench set: the bench itself. Everything else (the lab,

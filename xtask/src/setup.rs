@@ -126,12 +126,12 @@ pub const PACKAGES: &[Package] = &[
     Package {
         name: "postgresql-15",
         set: Set::Base,
-        // In /usr/lib/postgresql/15/bin (off the PATH; `program_found` looks there), started
-        // by path as the postgres user through runuser.
-        programs: &["initdb", "pg_ctl", "pg_basebackup", "psql"],
+        programs: &["initdb", "pg_ctl", "pg_basebackup", "pg_rewind", "psql"],
         service: Some("postgresql"),
-        why: "the database tier's role checks are tested against real PostgreSQL 15 primaries \
-              and replicas (lb-userspace/tests/postgres_probe.rs)",
+        why: "the database tier: role checks tested against real PostgreSQL 15 \
+              (lb-userspace/tests/postgres_probe.rs), the netns DB scenarios of `cargo xtask test` \
+              and the database phase of `cargo xtask demo --db`, which runs setup's base set only; \
+              the programs live in /usr/lib/postgresql/15/bin",
     },
     Package {
         name: "haproxy",
@@ -258,24 +258,21 @@ fn package_installed(pkg: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Where a program is found: the PATH, the sbin directories a non-login root shell may
-/// lack on its PATH (the code starts programs by name; `Command` searches the PATH), and
-/// PostgreSQL's program directory (Debian keeps initdb, pg_ctl, ... off the PATH; the code
-/// starts them by path).
+/// Where PostgreSQL 15's server programs live (Debian keeps them off the PATH); the lab starts
+/// them by this path.
+pub const POSTGRES_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
+
+/// Where a program is found: the PATH, the sbin directories a non-login root shell may lack
+/// on its PATH (the code starts programs by name; `Command` searches the PATH), and
+/// [`POSTGRES_BIN_DIR`] (started by path).
 fn program_found(program: &str) -> bool {
     let on_path = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
         .unwrap_or(false);
     on_path
-        || [
-            "/usr/sbin",
-            "/sbin",
-            "/usr/bin",
-            "/bin",
-            "/usr/lib/postgresql/15/bin",
-        ]
-        .iter()
-        .any(|d| Path::new(d).join(program).is_file())
+        || ["/usr/sbin", "/sbin", "/usr/bin", "/bin", POSTGRES_BIN_DIR]
+            .iter()
+            .any(|d| Path::new(d).join(program).is_file())
 }
 
 /// Installs the packages of `pkgs` that are not installed yet (nothing, not even `apt-get

@@ -46,6 +46,15 @@ pub fn run(args: TestArgs) -> Result<()> {
     if !args.skip_netns {
         tier("network-namespace scenarios");
         cargo_test(&["-p", "lb-tests", "--test", "netns"])?;
+        tier("database scenarios (PostgreSQL 15 behind lbd, issue 11)");
+        cargo_test(&[
+            "-p",
+            "lb-tests",
+            "--test",
+            "netns_db",
+            "--",
+            "--test-threads=1",
+        ])?;
         tier("bench smoke (cargo xtask bench --smoke)");
         bench::run_built(&bench::BenchArgs {
             smoke: true,

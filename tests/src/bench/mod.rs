@@ -14,10 +14,13 @@
 //! - [`rawbpf`]: the tiny hand-assembled XDP programs of the packet-rate section (SYN
 //!   generator, per-backend counter) and the raw `bpf(2)` calls they need;
 //! - [`xdp_cost`], [`pktrate`], [`e2e`], [`control`], [`memory`]: the five sections;
-//! - [`alt`]: the balancers we compare against (nftables, HAProxy, nginx stream).
+//! - [`alt`]: the balancers we compare against (nftables, HAProxy, nginx stream);
+//! - [`dbfailover`]: the database tier's write-VIP failover, lb next to HAProxy with
+//!   Patroni-style checks (issue 11).
 
 pub mod alt;
 pub mod control;
+pub mod dbfailover;
 pub mod e2e;
 pub mod machine;
 pub mod memory;

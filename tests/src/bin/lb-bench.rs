@@ -7,7 +7,9 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use lb_tests::bench::alt::{self, prepare as alt_prepare, Variant};
-use lb_tests::bench::{control, e2e, machine, memory, pktrate, xdp_cost, Report, Scale};
+use lb_tests::bench::{
+    control, dbfailover, e2e, machine, memory, pktrate, xdp_cost, Report, Scale,
+};
 use lb_tests::lab::{Lab, LabOptions, Mode};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -33,7 +35,7 @@ struct Args {
     /// The commit being measured (`git describe --always --dirty`).
     #[arg(long, default_value = "unknown")]
     commit: String,
-    /// Run only these sections (comma separated: xdp_cost, pktrate, e2e, control, memory).
+    /// Run only these sections (comma separated: xdp_cost, pktrate, e2e, control, db_failover, memory).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Fail (after writing the outputs) when any row or target was not measured.
@@ -134,6 +136,13 @@ fn main() -> Result<()> {
         targets.extend(t);
     }
     drop(lab);
+    // Database failover: a fresh PostgreSQL lab per round; about 30 s per round and balancer,
+    // so the smoke run includes it only when asked for by name.
+    let named = |s: &str| args.only.iter().any(|o| o == s);
+    if (want("db_failover") && !args.smoke) || named("db_failover") {
+        step("6. database failover (PostgreSQL, lb vs HAProxy + Patroni-style checks)");
+        sections.push(dbfailover::run(scale));
+    }
     if want("memory") {
         step("5. memory");
         sections.push(memory::run());

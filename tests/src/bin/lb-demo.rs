@@ -5,6 +5,12 @@
 //! backends, a backend failing and its traffic moving, the backend recovering, and a drain.
 //! Removes everything it created at the end, on error and on Ctrl-C. `--fast` shortens every
 //! phase (the netns test tier runs it that way).
+//!
+//! `--db` runs the database tour instead (issue 11): PostgreSQL 15 with a primary and two
+//! streaming replicas in the backend namespaces, lbd with a write VIP and a read VIP
+//! (`lb_tests::lab::postgres::db_lbd_yaml`), writes and reads through them, then the primary
+//! killed and a replica promoted: the time from the kill to lbd switching the write VIP and
+//! lbd's estimate of the bytes the new primary never received.
 
 use anyhow::{bail, Context, Result};
 use lb_tests::lab::client::{self, tally, Attempt, Prober};
@@ -147,14 +153,18 @@ fn prober(lab: &Lab) -> Prober {
 
 fn main() {
     let mut fast = false;
+    let mut db = false;
     let mut config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/demo.yaml");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--fast" => fast = true,
+            "--db" => db = true,
             "--config" => config = args.next().map(PathBuf::from).unwrap_or(config),
             other => {
-                eprintln!("unknown argument {other:?}; usage: lb-demo [--fast] [--config PATH]");
+                eprintln!(
+                    "unknown argument {other:?}; usage: lb-demo [--fast] [--db] [--config PATH]"
+                );
                 std::process::exit(2);
             }
         }
@@ -164,7 +174,7 @@ fn main() {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
-    let result = run(&config, fast);
+    let result = if db { run_db(fast) } else { run(&config, fast) };
     match result {
         Ok(()) => {}
         Err(_) if INTERRUPTED.load(Ordering::SeqCst) => {
@@ -420,4 +430,147 @@ impl Drop for RunDir {
             let _ = std::fs::remove_dir_all(d);
         }
     }
+}
+
+/// The database tour (`--db`).
+fn run_db(fast: bool) -> Result<()> {
+    use lb_tests::lab::postgres::{self as pg, member_addr, read_vip, write_vip, DbSpec, PgLab};
+    let scale = |secs: f64| Duration::from_secs_f64(if fast { secs / 2.0 } else { secs });
+    let t = Duration::from_secs(3);
+    say("Building the database lab: PostgreSQL 15, a primary (n1) and two streaming replicas (n2, n3), each in its own namespace behind the balancer");
+    let started = Instant::now();
+    let mut l = PgLab::new(Mode::Native).context("building the database lab")?;
+    for i in 1..=3 {
+        note(&format!(
+            "n{i} {} in {}: {:?}",
+            member_addr(i),
+            l.pg.member(i).ns,
+            l.pg.role(i)?
+        ));
+    }
+    note(&format!("up in {:.1} s", started.elapsed().as_secs_f64()));
+    let spec = DbSpec::default();
+    let yaml = pg::db_lbd_yaml(&l.lab, &l.pg, &spec);
+    say(&format!(
+        "Starting lbd: write VIP {} (role primary), read VIP {} (role replica, fallback primary), PostgreSQL checks every {} ms, fall {}, rise {}",
+        write_vip(),
+        read_vip(),
+        spec.interval_ms,
+        spec.fall,
+        spec.rise
+    ));
+    for line in yaml.lines().skip_while(|x| !x.starts_with("services:")) {
+        note(line);
+    }
+    l.lab.start_lbd_text(&yaml).context("starting lbd")?;
+    let client_ns = l.lab.client_path();
+    lb_tests::lab::sys::wait_for(
+        "a write through the write VIP",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            client::run_in_netns(client_ns.clone(), move || async move {
+                pg::connect(write_vip(), t).await?.write("demo", 0, t).await
+            })
+            .ok()
+        },
+    )?;
+    say("Writes through the write VIP: every one lands on the primary (inet_server_addr())");
+    let writes = client::run_in_netns(client_ns.clone(), move || async move {
+        let mut on = BTreeMap::new();
+        for seq in 1..=20 {
+            let s = pg::connect(write_vip(), t).await?;
+            *on.entry(s.write("demo", seq, t).await?.to_string())
+                .or_insert(0) += 1;
+        }
+        Ok(on)
+    })?;
+    show_counts("writes", &writes);
+    say("Reads through the read VIP: spread over the replicas");
+    let reads = pg::spread_from(client_ns.clone(), read_vip(), 30, t)?;
+    show_counts("reads", &reads);
+    nap(scale(2.0))?;
+    say("A writer commits every 10 ms through the write VIP; now the primary n1 dies (SIGKILL of every postgres process) and n2 is promoted (pg_ctl promote), n3 follows n2");
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let begin = Instant::now();
+    let writer = client::spawn_in_netns(client_ns.clone(), move || async move {
+        let mut log: Vec<(Duration, std::result::Result<std::net::Ipv4Addr, String>)> = Vec::new();
+        let mut session = None;
+        let mut seq = 1000;
+        while !s2.load(Ordering::Relaxed) && begin.elapsed() < Duration::from_secs(60) {
+            seq += 1;
+            if session.as_ref().is_none_or(pg::Session::is_closed) {
+                session = pg::connect(write_vip(), Duration::from_millis(500))
+                    .await
+                    .ok();
+            }
+            let r = match &session {
+                Some(s) => s
+                    .write("demo-writer", seq, Duration::from_millis(500))
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err("connect failed".into()),
+            };
+            if r.is_err() {
+                session = None;
+            }
+            log.push((begin.elapsed(), r));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(log)
+    });
+    nap(scale(2.0))?;
+    let killed_at = begin.elapsed();
+    l.pg.kill(1)?;
+    l.pg.promote(2)?;
+    let promoted_at = begin.elapsed();
+    l.pg.repoint(3, 2)?;
+    note(&format!(
+        "n1 killed at {:.0} ms, n2 promoted at {:.0} ms (writer clock)",
+        killed_at.as_secs_f64() * 1e3,
+        promoted_at.as_secs_f64() * 1e3
+    ));
+    nap(scale(4.0))?;
+    stop.store(true, Ordering::Relaxed);
+    let log = client::join(writer)?;
+    let new_ip = *member_addr(2).ip();
+    let failed = log
+        .iter()
+        .filter(|(at, r)| *at >= killed_at && r.is_err())
+        .count();
+    match log
+        .iter()
+        .find(|(at, r)| *at >= killed_at && *r == Ok(new_ip))
+    {
+        Some((at, _)) => {
+            note(&format!(
+                "first write on n2 {:.0} ms after the kill ({:.0} ms after the promotion); {failed} write(s) failed in between",
+                (*at - killed_at).as_secs_f64() * 1e3,
+                at.saturating_sub(promoted_at).as_secs_f64() * 1e3
+            ));
+        }
+        None => note("no write reached n2 (lbd did not switch the write VIP)"),
+    }
+    let lbd = l.lab.lbd()?;
+    match lbd.lbctl(&["db", "events", "--output", "json"]) {
+        Ok(events) => {
+            say("lbd's failover event (lbctl db events): detection-to-switch and the lost-bytes estimate");
+            for line in events.lines().take(40) {
+                note(line);
+            }
+        }
+        Err(e) => note(&format!("lbctl db events: {e}")),
+    }
+    if let Ok(status) = lbd.lbctl(&["db", "status", pg::CLUSTER]) {
+        say("lbctl db status");
+        for line in status.lines() {
+            note(line);
+        }
+    }
+    let reads = pg::spread_from(client_ns.clone(), read_vip(), 20, t)?;
+    show_counts("reads after the failover", &reads);
+    say("Done: removing everything the demo created (PostgreSQL, lbd --unload, namespaces)");
+    drop(l);
+    Ok(())
 }

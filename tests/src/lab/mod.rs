@@ -28,6 +28,7 @@ pub mod failover;
 pub mod http;
 pub mod lbd;
 pub mod packet;
+pub mod postgres;
 pub mod sys;
 pub mod testsrv;
 pub mod topology;
