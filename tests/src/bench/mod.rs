@@ -14,9 +14,11 @@
 //! - [`rawbpf`]: the tiny hand-assembled XDP programs of the packet-rate section (SYN
 //!   generator, per-backend counter) and the raw `bpf(2)` calls they need;
 //! - [`xdp_cost`], [`pktrate`], [`e2e`], [`control`], [`memory`]: the five sections;
-//! - [`alt`]: the balancers we compare against (nftables, HAProxy, nginx stream).
+//! - [`alt`]: the balancers we compare against (nftables, HAProxy, nginx stream);
+//! - [`compare`]: section 1 of two builds side by side (`cargo xtask bench-compare REV`).
 
 pub mod alt;
+pub mod compare;
 pub mod control;
 pub mod e2e;
 pub mod machine;
