@@ -404,6 +404,36 @@ pub fn run_rounds(
     Ok((cmp, log))
 }
 
+/// Reads back the process rounds a comparison left in `dir` (`r<k>-baseline.json` and
+/// `r<k>-current.json` for k = 0, 1, ... while both exist), e.g. of a comparison that was
+/// stopped early. Returns the comparison and the number of complete process rounds.
+pub fn load_rounds(dir: &std::path::Path) -> Result<(Comparison, usize), String> {
+    let mut cmp = Comparison::default();
+    let mut round = 0;
+    loop {
+        let path = |name: &str| dir.join(format!("r{round}-{name}.json"));
+        let (b, c) = (path("baseline"), path("current"));
+        if !b.exists() || !c.exists() {
+            break;
+        }
+        for (side, p) in [(Side::Baseline, b), (Side::Current, c)] {
+            let text =
+                std::fs::read_to_string(&p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+            let rows =
+                parse_section(&text, "xdp_cost").map_err(|e| format!("{}: {e}", p.display()))?;
+            cmp.add(side, round, &rows);
+        }
+        round += 1;
+    }
+    if round == 0 {
+        return Err(format!(
+            "no complete process round (r0-baseline.json and r0-current.json) in {}",
+            dir.display()
+        ));
+    }
+    Ok((cmp, round))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -624,6 +654,13 @@ mod tests {
         assert_eq!(r.current_runs, vec![120.0; 6]);
         assert_eq!(r.ratio, Some(1.2));
         assert_eq!(r.paired_ratios, vec![1.2; 6]);
+        // The same numbers read back from the rounds' files.
+        let (again, n) = load_rounds(&dir.join("out")).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(again.rows(), cmp.rows());
+        assert!(load_rounds(&dir)
+            .unwrap_err()
+            .starts_with("no complete process round"));
 
         let broken = Build {
             bench: fake_bench(&dir, "broken.sh", None),

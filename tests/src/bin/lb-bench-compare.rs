@@ -8,7 +8,9 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use lb_tests::bench::compare::{run_rounds, to_markdown, Build, CompareRow, ProcessRound};
+use lb_tests::bench::compare::{
+    load_rounds, run_rounds, to_markdown, Build, CompareRow, ProcessRound,
+};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -40,6 +42,10 @@ struct Args {
     /// Directory for every process round's JSON report and log.
     #[arg(long)]
     dir: PathBuf,
+    /// Run nothing: read the process rounds already in `--dir` (e.g. of a comparison that
+    /// was stopped early) and write the table from them.
+    #[arg(long)]
+    from_dir: bool,
     /// Where to write the comparison's raw JSON.
     #[arg(long)]
     json: PathBuf,
@@ -77,10 +83,16 @@ fn main() -> Result<()> {
         label: args.current_label.clone(),
     };
     let cwd = std::env::current_dir().context("current directory")?;
-    let (cmp, rounds) = run_rounds(&baseline, &current, args.rounds, &args.dir, &cwd, |m| {
-        println!("[compare] {m} ({:.0} s)", start.elapsed().as_secs_f64());
-    })
-    .map_err(|e| anyhow::anyhow!(e))?;
+    let (cmp, rounds, process_rounds) = if args.from_dir {
+        let (cmp, n) = load_rounds(&args.dir).map_err(|e| anyhow::anyhow!(e))?;
+        (cmp, Vec::new(), n)
+    } else {
+        let (cmp, rounds) = run_rounds(&baseline, &current, args.rounds, &args.dir, &cwd, |m| {
+            println!("[compare] {m} ({:.0} s)", start.elapsed().as_secs_f64());
+        })
+        .map_err(|e| anyhow::anyhow!(e))?;
+        (cmp, rounds, args.rounds)
+    };
     let rows = cmp.rows();
     let duration_s = start.elapsed().as_secs_f64();
     let table = to_markdown(&rows, args.budget);
@@ -88,14 +100,14 @@ fn main() -> Result<()> {
         "Per-packet cost of `lb_xdp`, {} (baseline) vs {} (current): {} process rounds per \
          side, alternating (the side that starts alternates too), each `lb-bench --only \
          xdp_cost` of that revision (its own object and bench code); {:.0} s.\n\n{table}",
-        args.baseline_label, args.current_label, args.rounds, duration_s
+        args.baseline_label, args.current_label, process_rounds, duration_s
     );
     std::fs::write(&args.markdown, &md)
         .with_context(|| format!("writing {}", args.markdown.display()))?;
     let out = Output {
         baseline: &args.baseline_label,
         current: &args.current_label,
-        process_rounds: args.rounds,
+        process_rounds,
         budget: args.budget,
         duration_s,
         rows: &rows,
