@@ -2,7 +2,7 @@
 
 use crate::setup::run_cmd;
 use anyhow::Result;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The workspace root (xtask lives one level below it).
@@ -20,8 +20,18 @@ pub fn ebpf_object() -> PathBuf {
 
 /// Builds `lb-ebpf` with nightly for `bpfel-unknown-none` into the workspace's target dir.
 pub fn ebpf() -> Result<()> {
-    println!("[build] eBPF object (nightly, bpfel-unknown-none)");
-    let root = root();
+    ebpf_in(&root())?;
+    println!("[build] eBPF object at {}", ebpf_object().display());
+    Ok(())
+}
+
+/// Builds `lb-ebpf` of the checkout at `root` into `root/target` (where that checkout's
+/// `lb-userspace/build.rs` embeds it from).
+pub fn ebpf_in(root: &Path) -> Result<()> {
+    println!(
+        "[build] eBPF object (nightly, bpfel-unknown-none) in {}",
+        root.display()
+    );
     run_cmd(
         Command::new("cargo")
             .current_dir(root.join("lb-ebpf"))
@@ -42,9 +52,7 @@ pub fn ebpf() -> Result<()> {
                 "-Z",
                 "build-std=core",
             ]),
-    )?;
-    println!("[build] eBPF object at {}", ebpf_object().display());
-    Ok(())
+    )
 }
 
 /// Builds the eBPF object, then the user-space workspace (release) which embeds it.

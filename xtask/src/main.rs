@@ -6,9 +6,11 @@
 //! - `test`: every test tier (host, packet fixtures, network namespaces, bench smoke).
 //! - `demo`: the guided tour in a network-namespace lab.
 //! - `bench`: benchmarks; writes `docs/benchmarks.md` and a raw JSON file.
+//! - `bench-compare REV`: the per-packet cost of REV and of the working tree, interleaved.
 
 mod bench;
 mod build;
+mod compare;
 mod demo;
 #[cfg(test)]
 mod programs;
@@ -44,6 +46,11 @@ enum Command {
     /// Benchmarks: writes docs/benchmarks.md and docs/bench-results/*.json (`--smoke`: seconds,
     /// temp dir). Installs the base and bench packages first (`setup --bench`).
     Bench(bench::BenchArgs),
+    /// Per-packet cost of lb_xdp (bench section 1) of revision REV and of the working tree
+    /// (or `--current REV2`), interleaved in one run: builds REV in a temporary git worktree,
+    /// alternates the two builds' `lb-bench --only xdp_cost`, writes a table of medians,
+    /// ratios and their spread.
+    BenchCompare(compare::CompareArgs),
 }
 
 /// Options of `cargo xtask setup`.
@@ -83,5 +90,6 @@ fn main() -> Result<()> {
         Command::Test(args) => test::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::BenchCompare(args) => compare::run(args),
     }
 }

@@ -89,9 +89,16 @@ const ALLOWED: &[(&str, &str)] = &[
 /// Expressions that start the project's own binaries by path, or pass a helper's parameter
 /// on (its call sites are checked instead), by file.
 const PROJECT_BINARIES: &[(&str, &str)] = &[
-    ("xtask/src/demo.rs", "&demo"),              // target/release/lb-demo
-    ("xtask/src/bench.rs", "&bin"),              // target/release/lb-bench
-    ("tests/src/lab/lbd.rs", "&self.lbd_bin"),   // target/release/lbd
+    ("xtask/src/demo.rs", "&demo"), // target/release/lb-demo
+    ("xtask/src/bench.rs", "&bin"), // target/release/lb-bench
+    // target/release/lb-bench-compare
+    (
+        "xtask/src/compare.rs",
+        "repo.join(\"target/release/lb-bench-compare\")",
+    ),
+    // an lb-bench of some revision (target/bench-compare/bin/lb-bench-<hash>)
+    ("tests/src/bench/compare.rs", "&build.bench"),
+    ("tests/src/lab/lbd.rs", "&self.lbd_bin"), // target/release/lbd
     ("tests/src/lab/lbd.rs", "&self.lbctl_bin"), // target/release/lbctl
     ("tests/src/lab/topology.rs", "&self.testsrv_bin"), // target/release/lb-testsrv
     ("tests/tests/netns.rs", "env!(\"CARGO_BIN_EXE_lb-demo\")"),

@@ -17,8 +17,10 @@
 //! - [`alt`]: the balancers we compare against (nftables, HAProxy, nginx stream);
 //! - [`dbfailover`]: the database tier's write-VIP failover, lb next to HAProxy with
 //!   Patroni-style checks (issue 11).
+//! - [`compare`]: section 1 of two builds side by side (`cargo xtask bench-compare REV`).
 
 pub mod alt;
+pub mod compare;
 pub mod control;
 pub mod dbfailover;
 pub mod e2e;
