@@ -118,7 +118,7 @@ pub struct FakeMaps {
 }
 
 /// The fake's maps.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FakeState {
     /// `LB_CONFIG` slot 0.
     pub global: GlobalConfig,
@@ -148,6 +148,27 @@ pub struct FakeState {
     pub limits: Option<FakeLimits>,
     /// A write to fail on purpose.
     pub fault: Option<FaultPlan>,
+}
+
+impl Default for FakeState {
+    fn default() -> Self {
+        Self {
+            global: GlobalConfig::default(),
+            snat: Vec::new(),
+            backends: BTreeMap::new(),
+            maglev: HashMap::new(),
+            services: HashMap::new(),
+            vips: BTreeMap::new(),
+            tx_ports: Vec::new(),
+            counters: [0; NUM_COUNTERS as usize],
+            service_stats: HashMap::new(),
+            backend_stats: HashMap::new(),
+            live_flows: HashMap::new(),
+            ops: Vec::new(),
+            limits: None,
+            fault: None,
+        }
+    }
 }
 
 impl FakeState {
