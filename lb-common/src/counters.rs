@@ -112,8 +112,22 @@ pub const TX_RST_DOWN_BACKEND: u32 = 41;
 /// (`on_backend_down: keep`) was forwarded as usual (event, either direction).
 pub const CT_DOWN_KEPT: u32 = 42;
 
-/// Number of global counters.
-pub const NUM_COUNTERS: u32 = 43;
+
+// 43..=45: reserved.
+
+/// A backend packet on a flow in SYN_SENT (its SYN sent, no SYN-ACK seen) that is neither a
+/// SYN-ACK, nor a RST, nor a pure ACK without payload or FIN: data of an older connection on
+/// the same backend 4-tuple (an evicted flow whose SNAT port the new flow reserved), which
+/// must not reach the new client: `XDP_DROP`. See docs/architecture.md, "SNAT port reuse".
+pub const DROP_CT_EMBRYONIC_DATA: u32 = 46;
+/// An ICMP fragmentation-needed error from the client side about a tracked flow announcing
+/// an MTU below [`crate::ICMP_MIN_PMTU`] (552, Linux's `min_pmtu`; 0 included): not
+/// translated, since it would lower the backend's path MTU toward the SNAT address shared by
+/// many clients: `XDP_DROP`.
+pub const DROP_ICMP_SMALL_MTU: u32 = 47;
+
+/// Number of global counters (indices 32..=39 and 43..=45 are placeholders, see [`COUNTER_NAMES`]).
+pub const NUM_COUNTERS: u32 = 48;
 
 /// Metric label of each counter, indexed by counter index.
 pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
@@ -160,6 +174,11 @@ pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
     "tx_rst_down_client",
     "tx_rst_down_backend",
     "ct_down_kept",
+    "reserved_43",
+    "reserved_44",
+    "reserved_45",
+    "drop_ct_embryonic_data",
+    "drop_icmp_small_mtu",
 ];
 
 #[cfg(test)]
@@ -181,5 +200,13 @@ mod tests {
             "drop_snat_exhausted"
         );
         assert_eq!(COUNTER_NAMES[ABORTED as usize], "aborted");
+        assert_eq!(
+            COUNTER_NAMES[DROP_CT_EMBRYONIC_DATA as usize],
+            "drop_ct_embryonic_data"
+        );
+        assert_eq!(
+            COUNTER_NAMES[DROP_ICMP_SMALL_MTU as usize],
+            "drop_icmp_small_mtu"
+        );
     }
 }

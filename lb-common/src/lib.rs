@@ -26,13 +26,15 @@ pub mod tcp_state;
 pub use counters::*;
 pub use maps::*;
 
-/// Version of the pinned map layout; part of the pin directory name (`abi3`).
+/// Version of the pinned map layout; part of the pin directory name (`abi4`).
 ///
 /// 2: [`FlowEntry`] grew the cached next hop (32 -> 56 bytes).
 /// 3: [`FlowEntry`] holds the shared TCP state (`state`, `close_dir`; the ESTABLISHED and
 ///    CLOSING flags are gone), [`GlobalConfig`] one timeout per state, and embryonic flows
 ///    live in their own map [`MAP_CT_SYN`]. `LB_STATS` grew the ICMP and MTU counters and the
 ///    lifecycle events (23 -> 32 entries).
+/// 4: `LB_STATS` grew the SYN_SENT data, small-MTU and backend-down counters (32 -> 48 entries);
+///    a flow of a down backend is kept or reset (`BACKEND_F_RESET`).
 pub const ABI_VERSION: u32 = 4;
 
 /// Name of the XDP program in the object file.
@@ -42,6 +44,13 @@ pub const PROGRAM_NAME: &str = "lb_xdp";
 pub const IPPROTO_TCP: u8 = 6;
 /// IANA protocol number of ICMP.
 pub const IPPROTO_ICMP: u8 = 1;
+
+/// Smallest MTU an ICMP fragmentation-needed error from the client side may announce to be
+/// translated for the backend: Linux's default `net.ipv4.route.min_pmtu` (512 + 20 + 20).
+/// A smaller one (0 included) is dropped (`DROP_ICMP_SMALL_MTU`): the backend would clamp it
+/// to its `min_pmtu` anyway, and the path MTU it learns holds toward the SNAT address that
+/// many clients share (docs/architecture.md, "ICMP and path MTU").
+pub const ICMP_MIN_PMTU: u16 = 552;
 
 /// TCP header flag bits (byte 13 of the TCP header).
 pub mod tcp_flags {

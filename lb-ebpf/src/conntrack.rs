@@ -163,9 +163,9 @@ pub fn step(
 /// Moves the flow of `entry` (at `key` in `LB_CT_SYN`) into `LB_CONNTRACK` in state `t`: both
 /// entries written there (the partner rebuilt from `entry`), then removed from `LB_CT_SYN`.
 /// The partner key must not be held by another live flow in either map (its entry may have
-/// been evicted from `LB_CT_SYN` and its SNAT port reserved by a new flow since):
-/// [`Pair::Conflict`] then, and nothing is written. If an insert fails the flow stays
-/// embryonic.
+/// been evicted from `LB_CT_SYN` and its SNAT port reserved by a new flow since,
+/// [`partner_key_free`]): [`Pair::Conflict`] then, and nothing is written. If an insert fails
+/// the flow stays embryonic.
 #[inline(always)]
 fn promote(
     key: &FlowKey,
@@ -175,17 +175,8 @@ fn promote(
     now_ns: u64,
 ) -> Pair {
     let pkey = partner_key(entry);
-    // SAFETY: read-only copy of a map value.
-    if let Some(o) = unsafe { LB_CT_SYN.get(&pkey) }.copied() {
-        if partner_key(&o) != *key && !o.is_expired(now_ns, cfg) {
-            return Pair::Conflict;
-        }
-    }
-    // SAFETY: read-only copy of a map value.
-    if let Some(o) = unsafe { LB_CONNTRACK.get(&pkey) }.copied() {
-        if partner_key(&o) != *key && !take_over(&LB_CONNTRACK, &pkey, key, cfg, now_ns) {
-            return Pair::Conflict;
-        }
+    if !partner_key_free(&pkey, key, cfg, now_ns) {
+        return Pair::Conflict;
     }
     entry.state = t.state;
     entry.close_dir = t.close_dir;
@@ -200,10 +191,38 @@ fn promote(
         let _ = LB_CONNTRACK.remove(key);
         return Pair::Ok;
     }
-    // The partner key in LB_CT_SYN is ours or an expired flow's: gone either way.
+    // The partner key in LB_CT_SYN is ours or a taken-over expired flow's: gone either way.
     let _ = LB_CT_SYN.remove(&pkey);
     let _ = LB_CT_SYN.remove(key);
     Pair::Ok
+}
+
+/// True when no live flow other than `own`'s holds `pkey` (the partner key of `own`'s
+/// entry) in either map: an entry there is `own`'s (it points back at `own`), or is gone, or
+/// belongs to an expired flow that may be taken over ([`take_over`], which removes that
+/// flow's stale forward entry; the caller overwrites or removes the key itself). The one
+/// check behind [`promote`] and [`sync_partner`]: `LB_CONNTRACK` first, then `LB_CT_SYN`.
+#[inline(always)]
+fn partner_key_free(pkey: &FlowKey, own: &FlowKey, cfg: &GlobalConfig, now_ns: u64) -> bool {
+    held_by_other(&LB_CONNTRACK, pkey, own, cfg, now_ns).is_none()
+        && held_by_other(&LB_CT_SYN, pkey, own, cfg, now_ns).is_none()
+}
+
+/// `Some(())` when `map` holds `pkey` for a live flow other than `own`'s ([`partner_key_free`]).
+#[inline(always)]
+fn held_by_other(
+    map: &CtMap,
+    pkey: &FlowKey,
+    own: &FlowKey,
+    cfg: &GlobalConfig,
+    now_ns: u64,
+) -> Option<()> {
+    // SAFETY: read-only copy of a map value.
+    let o = unsafe { map.get(pkey) }.copied()?;
+    if partner_key(&o) == *own || take_over(map, pkey, own, cfg, now_ns) {
+        return None;
+    }
+    Some(())
 }
 
 /// Applies transition `t` of a packet to `entry` (stored at `key` in `map`): a state change
@@ -235,9 +254,9 @@ pub fn advance(
 
 /// Writes `entry`'s state and `last_seen_ns` into its partner. A missing partner (LRU
 /// eviction) is re-inserted (`CT_PAIR_REPAIRED`); a partner key held by an expired other flow
-/// is taken over (that flow's stale entry removed); one held by a live other flow, in this
+/// is taken over (that flow's stale entries removed); one held by a live other flow, in this
 /// map or in the other one (a reply key evicted from `LB_CONNTRACK` may have been reserved
-/// by a new embryonic flow since), is a [`Pair::Conflict`].
+/// by a new embryonic flow since), is a [`Pair::Conflict`] ([`partner_key_free`]).
 #[inline(always)]
 fn sync_partner(
     table: Table,
@@ -251,8 +270,7 @@ fn sync_partner(
     if let Some(p) = map.get_ptr_mut(&pkey) {
         // SAFETY: map value pointer; concurrent updates are benign (last writer wins).
         let p = unsafe { &mut *p };
-        let stale = partner_key(p);
-        if stale == *key {
+        if partner_key(p) == *key {
             p.state = entry.state;
             p.close_dir = entry.close_dir;
             if p.last_seen_ns != entry.last_seen_ns {
@@ -261,19 +279,12 @@ fn sync_partner(
             }
             return Pair::Ok;
         }
-        if !p.is_expired(now_ns, cfg) {
-            return Pair::Conflict;
-        }
-        remove_if_partner(map, &stale, &pkey);
-    } else {
-        let other = table.other().map();
-        // SAFETY: read-only copy of a map value.
-        let ours = unsafe { other.get(&pkey) }.is_some_and(|o| partner_key(o) == *key);
-        if !ours && !take_over(other, &pkey, key, cfg, now_ns) {
-            return Pair::Conflict;
-        }
-        let _ = other.remove(&pkey);
     }
+    if !partner_key_free(&pkey, key, cfg, now_ns) {
+        return Pair::Conflict;
+    }
+    // A copy of ours, or an expired flow's entry, in the other map: the key lives in one map.
+    let _ = table.other().map().remove(&pkey);
     if map
         .insert(&pkey, &mirror(key, entry), BPF_ANY as u64)
         .is_ok()

@@ -21,7 +21,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use lb_common::{
-    FlowEntry, DROP_FIB_FAILED, FWD_TO_BACKEND, FWD_TO_CLIENT, IPPROTO_TCP, PASS_FIB_NO_NEIGH,
+    FlowEntry, FlowKey, DROP_FIB_FAILED, FWD_TO_BACKEND, FWD_TO_CLIENT, IPPROTO_TCP, PASS_FIB_NO_NEIGH,
     PASS_NO_TX_PORT,
 };
 
@@ -102,7 +102,8 @@ pub fn resolve(ctx: &XdpContext, ip: &Ipv4Hdr, entry: &mut FlowEntry) -> NextHop
     }
 }
 
-/// Sends the rewritten packet to `hop` (resolved for `entry`) and returns its verdict;
+/// Sends the rewritten packet to `hop` (resolved for `entry`, the flow's entry at `key`, the
+/// packet's 5-tuple as it arrived) and returns its verdict;
 /// accounts the frame in the service's and backend's stats when it leaves (by lb or by the
 /// kernel).
 ///
@@ -115,6 +116,7 @@ pub fn transmit(
     ctx: &XdpContext,
     eth: &mut EthHdr,
     ip: &mut Ipv4Hdr,
+    key: &FlowKey,
     entry: &FlowEntry,
     hop: NextHop,
     dir: Direction,
@@ -128,7 +130,7 @@ pub fn transmit(
             stats::forwarded(service_id, backend_id, bytes, to_backend);
             return Verdict::pass(PASS_FIB_NO_NEIGH);
         }
-        NextHop::FragNeeded(mtu) => return icmp::frag_needed(ctx, eth, ip, entry, mtu),
+        NextHop::FragNeeded(mtu) => return icmp::frag_needed(ctx, eth, ip, key, mtu),
         NextHop::Failed => return Verdict::drop(DROP_FIB_FAILED),
     }
     let fwd_counter = if to_backend {

@@ -19,7 +19,7 @@
 //! (full NAT changes no header size). ICMP never refreshes a flow's timers.
 
 use crate::{
-    conntrack::{self, now_ns, partner_key, tcp_key},
+    conntrack::{self, now_ns, tcp_key},
     forward::{self, Direction, NextHop},
     maps::{LB_CONFIG, LB_SNAT_ADDRS},
     parse::{
@@ -35,7 +35,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     checksum::{csum_apply, csum_delta2, csum_delta4, csum_fold},
-    FlowEntry, GlobalConfig, ABORTED, DROP_ICMP_MALFORMED, DROP_TOO_BIG, FLOW_F_REPLY,
+    FlowEntry, FlowKey, GlobalConfig, ABORTED, DROP_ICMP_MALFORMED, DROP_ICMP_SMALL_MTU,
+    DROP_TOO_BIG, ICMP_MIN_PMTU, FLOW_F_REPLY,
     FWD_TO_BACKEND, FWD_TO_CLIENT, ICMP_TO_BACKEND, ICMP_TO_CLIENT, IPPROTO_ICMP, IPPROTO_TCP,
     MAX_SNAT_ADDRS, PASS_NOT_SERVICE, PASS_TTL_EXCEEDED, PASS_VIP_NON_TCP, TX_ICMP_FRAG_NEEDED,
 };
@@ -171,6 +172,15 @@ fn translate(
     if is_reply != (dir == Direction::ToClient) || entry.is_expired(now_ns(), cfg) {
         return Ok(Verdict::pass(untracked));
     }
+    // A client-side frag-needed lowers the backend's path MTU toward the SNAT address, which
+    // many clients share: an MTU below Linux's min_pmtu (0 included) is not passed on.
+    if dir == Direction::ToBackend
+        && icmp.kind == ICMP_DEST_UNREACH
+        && icmp.code == ICMP_FRAG_NEEDED
+        && u16::from_be(icmp.rest_be[1]) < ICMP_MIN_PMTU
+    {
+        return Ok(Verdict::drop(DROP_ICMP_SMALL_MTU));
+    }
     if ip.ttl <= 1 {
         return Ok(Verdict::pass(PASS_TTL_EXCEEDED));
     }
@@ -180,7 +190,7 @@ fn translate(
         // Never an ICMP error about an ICMP error (RFC 1122 3.2.2).
         return Ok(Verdict::drop(DROP_TOO_BIG));
     }
-    let v = forward::transmit(ctx, eth, ip, entry, hop, dir);
+    let v = forward::transmit(ctx, eth, ip, &key, entry, hop, dir);
     Ok(match v.counter {
         FWD_TO_CLIENT => Verdict::new(v.action, ICMP_TO_CLIENT),
         FWD_TO_BACKEND => Verdict::new(v.action, ICMP_TO_BACKEND),
@@ -234,21 +244,21 @@ fn rewrite(
     icmp.check = csum_apply(icmp.check, icmp_delta);
 }
 
-/// Turns the packet in `ctx` (already NAT-rewritten for `entry`'s direction, too big for the
-/// egress MTU `mtu`) into ICMP fragmentation needed to its sender: the quote is the original
-/// IPv4 header and first 8 bytes as the sender sent them (the NAT undone from the partner
-/// entry), the outer source the address the sender sent to, and it leaves out of the ingress
-/// interface (`TX_ICMP_FRAG_NEEDED`). Without DF, with IP options or without a partner entry:
-/// `DROP_TOO_BIG`.
+/// Turns the packet in `ctx` (already NAT-rewritten, too big for the egress MTU `mtu`) into
+/// ICMP fragmentation needed to its sender: the quote is the original IPv4 header and first 8
+/// bytes as the sender sent them (the NAT undone from `key`, the packet's 5-tuple as it
+/// arrived: no partner lookup, so it works while the partner entry is missing), the outer
+/// source the address the sender sent to, and it leaves out of the ingress interface
+/// (`TX_ICMP_FRAG_NEEDED`). Without DF or with IP options: `DROP_TOO_BIG`.
 #[inline(always)]
 pub fn frag_needed(
     ctx: &XdpContext,
     eth: &mut EthHdr,
     ip: &mut Ipv4Hdr,
-    entry: &FlowEntry,
+    key: &FlowKey,
     mtu: u16,
 ) -> Verdict {
-    match build_frag_needed(ctx, eth, ip, entry, mtu) {
+    match build_frag_needed(ctx, eth, ip, key, mtu) {
         Ok(v) => v,
         Err(()) => Verdict::new(xdp_action::XDP_ABORTED, ABORTED),
     }
@@ -259,26 +269,20 @@ fn build_frag_needed(
     ctx: &XdpContext,
     eth: &mut EthHdr,
     ip: &mut Ipv4Hdr,
-    entry: &FlowEntry,
+    key: &FlowKey,
     mtu: u16,
 ) -> Result<Verdict, ()> {
     if ip.frag_off_be & IP_DF_BE == 0 || ip.header_len() != IPV4_HLEN || ip.proto != IPPROTO_TCP
     {
         return Ok(Verdict::drop(DROP_TOO_BIG));
     }
-    // The partner lives in the entry's map (embryonic or established).
-    let Some((_, partner)) = conntrack::lookup(&partner_key(entry)) else {
-        return Ok(Verdict::drop(DROP_TOO_BIG));
-    };
-    // SAFETY: map value pointer; copied at once.
-    let partner = unsafe { *partner };
     let Some(ports) = ptr_at::<[u16; 2]>(ctx, ETH_HLEN + IPV4_HLEN) else {
         return Ok(Verdict::drop(DROP_TOO_BIG));
     };
     // SAFETY: bounds-checked by ptr_at, after the IP header.
     let ports = unsafe { &mut *ports };
-    // The sender's packet: the partner's rewrite reversed.
-    let (orig_src, orig_dst) = (partner.new_dst_addr_be, partner.new_src_addr_be);
+    // The sender's packet: its 5-tuple is the conntrack key it was looked up with.
+    let (orig_src, orig_dst) = (key.src_addr_be, key.dst_addr_be);
     ip.check = csum_apply(
         ip.check,
         csum_delta4(ip.src_be, orig_src) + csum_delta4(ip.dst_be, orig_dst),
@@ -286,8 +290,8 @@ fn build_frag_needed(
     ip.src_be = orig_src;
     ip.dst_be = orig_dst;
     // The quote ends before the TCP checksum: only the ports need restoring.
-    ports[0] = partner.new_dst_port_be;
-    ports[1] = partner.new_src_port_be;
+    ports[0] = key.src_port_be;
+    ports[1] = key.dst_port_be;
     let (mac_a, mac_b) = (eth.src, eth.dst);
 
     // Keep the original Ethernet + IPv4 header + 8 bytes, then grow the front: the original

@@ -275,6 +275,7 @@ fn lb4_service(
         ctx,
         eth,
         ip,
+        key,
         &entry,
         hop,
         Direction::ToBackend,
@@ -383,6 +384,7 @@ fn lb4_tracked(
         ctx,
         eth,
         ip,
+        key,
         entry,
         hop,
         Direction::ToBackend,
@@ -426,6 +428,9 @@ fn lb4_reply(
         }
         Fate::Reset => {}
     }
+    if entry.state == SYN_SENT && !syn_sent_reply_ok(tcp, tot_len - hlen) {
+        return Ok(Verdict::drop(DROP_CT_EMBRYONIC_DATA));
+    }
     let t = tcp_next_state(entry.state, entry.close_dir, DIR_REPLY, tcp.flags);
     if conntrack::step(table, key, entry, &t, cfg, now) == Pair::Conflict {
         let _ = table.map().remove(key);
@@ -437,10 +442,36 @@ fn lb4_reply(
         ctx,
         eth,
         ip,
+        key,
         entry,
         hop,
         Direction::ToClient,
     ))
+}
+
+/// True when a backend packet (TCP header `tcp`, `l4_len` bytes of TCP segment) may reach the
+/// client of a flow in SYN_SENT: a SYN-ACK, a RST, or a pure ACK (no payload, SYN or FIN).
+///
+/// The flow's SNAT port may have been held until moments ago by an established flow to the
+/// same backend whose entries the LRU evicted; the backend still has that connection, on the
+/// same 4-tuple, and keeps sending its data, which the new flow's reply entry would hand to
+/// the new client (another host). Dropping everything but a SYN-ACK would also drop the
+/// backend's answer to the new SYN on the old connection, the RFC 5961 challenge ACK (its
+/// acknowledgment number is the OLD connection's, so no check against the new client's ISN
+/// can tell it apart): the client answers it with a RST that frees the 4-tuple on the
+/// backend, and its next SYN gets a SYN-ACK. So pure ACKs and RSTs pass (they carry no data
+/// and are what a direct connection would see) and segments with payload or FIN are dropped
+/// (`DROP_CT_EMBRYONIC_DATA`). From SYN_RECV on the backend has answered the new SYN on this
+/// 4-tuple, so the old connection is gone there (TCP Fast Open data after the SYN-ACK passes).
+/// A port that was recently in `LB_CONNTRACK` cannot be refused by `reserve` instead: the
+/// eviction leaves no trace of the key.
+#[inline(always)]
+fn syn_sent_reply_ok(tcp: &TcpHdr, l4_len: usize) -> bool {
+    let f = tcp.flags;
+    f & tcp_flags::RST != 0
+        || f & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN | tcp_flags::ACK
+        || (f & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::FIN) == tcp_flags::ACK
+            && l4_len == tcp.header_len())
 }
 
 /// A packet not addressed to a VIP that missed the fast path (IP options, a fragment, not

@@ -1214,7 +1214,7 @@ fn packet_fixtures() {
         cases.extend(backend_down::cases(&ifs));
         let mut failures = run_cases(&mut dp, cases);
         // Every verdict and event counter must have been exercised, except the one the kernel
-        // cannot be made to produce on an LRU map (insert failure).
+        // cannot be made to produce on an LRU map (insert failure) and the unused placeholders.
         let totals = dp.global_counters().unwrap();
         for (idx, name) in COUNTER_NAMES.iter().enumerate() {
             // `reserved_NN`: indices kept free for counters merged from other branches.

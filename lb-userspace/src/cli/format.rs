@@ -689,29 +689,32 @@ backends    4 (3 up, 1 not up)
         };
         let got = stats(&snap, Some(&prev), true);
         assert!(
-            got.starts_with("no services\n\nCOUNTER              TOTAL  RATE/s\n"),
+            got.starts_with("no services\n\nCOUNTER                 TOTAL  RATE/s\n"),
             "\n{got}"
         );
         assert!(
-            got.contains("\nfwd_to_backend       4000   2.0K\n"),
+            got.contains("\nfwd_to_backend          4000   2.0K\n"),
             "\n{got}"
         );
         assert!(
-            got.contains("\nnew_flow             3      1.5\n"),
+            got.contains("\nnew_flow                3      1.5\n"),
             "\n{got}"
         );
-        assert!(got.contains("\npass_non_ip          0      0\n"), "\n{got}");
+        assert!(
+            got.contains("\npass_non_ip             0      0\n"),
+            "\n{got}"
+        );
+        assert!(
+            got.contains(
+                "\ntx_rst_ct_conflict      0      0\ndrop_ct_conflict        0      0\n\
+                 reserved_32             0      0\n"
+            ),
+            "\n{got}"
+        );
         assert!(
             got.ends_with(
-                "\ntx_icmp_frag_needed  0      0\ndrop_too_big         0      0\n\
-                 ct_syn_on_open       0      0\nct_pair_repaired     0      0\n\
-                 tx_rst_ct_conflict   0      0\ndrop_ct_conflict     0      0\n\
-                 reserved_32          0      0\nreserved_33          0      0\n\
-                 reserved_34          0      0\nreserved_35          0      0\n\
-                 reserved_36          0      0\nreserved_37          0      0\n\
-                 reserved_38          0      0\nreserved_39          0      0\n\
-                 tx_rst_down_client   0      0\ntx_rst_down_backend  0      0\n\
-                 ct_down_kept         0      0\nfrom_the_future      1      -\n"
+                "\nreserved_45             0      0\ndrop_ct_embryonic_data  0      0\n\
+                 drop_icmp_small_mtu     0      0\nfrom_the_future         1      -\n"
             ),
             "\n{got}"
         );
@@ -720,17 +723,17 @@ backends    4 (3 up, 1 not up)
         // Without a previous sample there is no rate.
         let first = stats(&snap, None, true);
         assert!(
-            first.contains("\nfwd_to_backend       4000   -\n"),
+            first.contains("\nfwd_to_backend          4000   -\n"),
             "\n{first}"
         );
         // A single sample has no rate column.
         let single = stats(&snap, None, false);
         assert!(
-            single.contains("\nCOUNTER              TOTAL\n"),
+            single.contains("\nCOUNTER                 TOTAL\n"),
             "\n{single}"
         );
         assert!(
-            single.contains("\nfwd_to_backend       4000\n"),
+            single.contains("\nfwd_to_backend          4000\n"),
             "\n{single}"
         );
     }

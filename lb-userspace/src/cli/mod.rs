@@ -962,12 +962,12 @@ backends:
         assert_eq!(screens.len(), 3, "{text:?}");
         assert_eq!(screens[0], "\x1b[2J");
         assert!(
-            screens[1].contains("fwd_to_backend       100    -\x1b[K\n"),
+            screens[1].contains("fwd_to_backend          100    -\x1b[K\n"),
             "{:?}",
             screens[1]
         );
         assert!(
-            screens[2].contains("fwd_to_backend       350    250\x1b[K\n"),
+            screens[2].contains("fwd_to_backend          350    250\x1b[K\n"),
             "{:?}",
             screens[2]
         );

@@ -771,6 +771,31 @@ impl BpfDataplane {
         Ok(v)
     }
 
+    /// The raw entries of the established map `LB_CONNTRACK` only.
+    pub fn established_entries(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {
+        self.conntrack
+            .iter()
+            .map(|r| r.map_err(map_err(MAP_CONNTRACK)))
+            .collect()
+    }
+
+    /// The entry of `key` in `LB_CONNTRACK` and in `LB_CT_SYN` (tests: a model that keeps
+    /// both maps compares each).
+    pub fn conntrack_entry_in_each(
+        &self,
+        key: &FlowKey,
+    ) -> Result<(Option<FlowEntry>, Option<FlowEntry>)> {
+        let get = |map: &BpfHashMap<MapData, FlowKey, FlowEntry>, name| match map.get(key, 0) {
+            Ok(e) => Ok(Some(e)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(name)(e)),
+        };
+        Ok((
+            get(&self.conntrack, MAP_CONNTRACK)?,
+            get(&self.ct_syn, MAP_CT_SYN)?,
+        ))
+    }
+
     /// The raw entries of the embryonic map only.
     pub fn embryonic_entries(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {
         self.ct_syn
