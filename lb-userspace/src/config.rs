@@ -131,6 +131,13 @@ fn default_port_max() -> u16 {
     lb_common::DEFAULT_SNAT_PORT_MAX
 }
 
+/// The shortest conntrack timeout: twice the data plane's refresh interval
+/// (`FLOW_TOUCH_INTERVAL_NS`). A flow's `last_seen_ns` trails its last packet by up to one
+/// interval, so a flow idle for less than `timeout - interval` never expires; below two
+/// intervals a flow with a packet every second could be expired between two packets.
+pub const MIN_CONNTRACK_TIMEOUT: Duration =
+    Duration::from_nanos(2 * lb_common::FLOW_TOUCH_INTERVAL_NS);
+
 /// Conntrack idle timeouts, one per TCP state (see docs/architecture.md for the state table).
 /// A flow's two entries share the state, so each timeout applies to the whole flow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -665,11 +672,23 @@ impl Config {
             ));
         }
         for (key, d) in ct.by_state() {
-            if d < Duration::from_secs(1) || d > Duration::from_secs(7 * 86400) {
+            if d < MIN_CONNTRACK_TIMEOUT {
                 return Err(ConfigError::new(
                     format!("conntrack.{key}"),
                     format!(
-                        "expected a duration between 1s and 7d, got {}",
+                        "expected at least {}, got {}: the data plane refreshes a flow's last-seen time at most once every {}, so a shorter timeout can expire a flow that is still in use",
+                        format_duration(MIN_CONNTRACK_TIMEOUT),
+                        format_duration(d),
+                        format_duration(Duration::from_nanos(lb_common::FLOW_TOUCH_INTERVAL_NS)),
+                    ),
+                ));
+            }
+            if d > Duration::from_secs(7 * 86400) {
+                return Err(ConfigError::new(
+                    format!("conntrack.{key}"),
+                    format!(
+                        "expected a duration between {} and 7d, got {}",
+                        format_duration(MIN_CONNTRACK_TIMEOUT),
                         format_duration(d)
                     ),
                 ));

@@ -196,6 +196,20 @@ impl<D: Dataplane> Daemon<D> {
     }
 }
 
+/// Logs each backend whose health became stale (a warning: its checks could not run for
+/// `interval x (fall + 1)`, the state is kept) or fresh again.
+fn log_stale_health(changes: &[crate::controller::StaleChange]) {
+    for c in changes {
+        let (service, backend, health) = (&c.service, c.backend, health_name(c.health));
+        let age_secs = c.age.as_secs();
+        if c.stale {
+            tracing::warn!(%service, %backend, health, age_secs, "no health-check verdict for {age_secs}s (checks could not run, see lb_health_checks_not_run_total); keeping the last state");
+        } else {
+            tracing::info!(%service, %backend, health, "health checks give verdicts again");
+        }
+    }
+}
+
 /// Lowercase name of a health state (as in logs, JSON and metrics).
 pub fn health_name(h: Health) -> &'static str {
     match h {
@@ -290,10 +304,11 @@ where
                 tick.tick().await;
                 let d = d.clone();
                 let _ = tokio::task::spawn_blocking(move || {
-                    let ctl = d.controller();
+                    let mut ctl = d.controller();
                     if let Err(e) = d.sampler().sample(&ctl) {
                         tracing::warn!(error = %e, "stats sample failed");
                     }
+                    log_stale_health(&ctl.stale_health(Instant::now()));
                 })
                 .await;
             }
@@ -466,95 +481,35 @@ mod run_tests {
     use crate::api::client::Client;
     use crate::api::proto::{BackendListEntry, Request, StatsSnapshot, StatusInfo};
     use crate::dataplane::fake::FakeDataplane;
+    use crate::testutil::{self, dead_addr, one_service_config, v4, TempDir};
     use std::net::SocketAddrV4;
     use std::os::unix::fs::PermissionsExt;
     use tokio::net::TcpListener;
 
-    /// A temporary directory removed on drop (also when the test panics).
-    struct TempDir(PathBuf);
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn config_text(dir: &Path, backend_ok: SocketAddrV4, backend_dead: SocketAddrV4) -> String {
-        format!(
-            r#"interfaces: [lo]
-api_socket: {dir}/lbd.sock
-metrics_listen: 127.0.0.1:0
-snat:
-  addresses: [10.0.255.1]
-limits:
-  maglev_table_size: 1009
-services:
-  - name: web
-    vip: 192.0.2.10
-    port: 80
-    health_check:
-      type: tcp
-      interval: 200ms
-      timeout: 100ms
-      rise: 2
-      fall: 2
-    backends:
-      - address: {backend_ok}
-      - address: {backend_dead}
-"#,
-            dir = dir.display()
-        )
-    }
-
     fn call(sock: &Path, req: Request) -> serde_json::Value {
-        Client::connect(sock)
-            .unwrap()
-            .call(&req)
-            .unwrap_or_else(|e| panic!("{}: {e}", req.command()))
+        testutil::call(sock, &req).unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn daemon_serves_the_api_and_follows_health() {
-        let dir = TempDir(std::env::temp_dir().join(format!("lbd-run-{}", std::process::id())));
-        std::fs::create_dir_all(&dir.0).unwrap();
+        let dir = TempDir::new("lbd-run");
         let live = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let ok: SocketAddrV4 = match live.local_addr().unwrap() {
-            std::net::SocketAddr::V4(a) => a,
-            _ => unreachable!(),
-        };
+        let ok = v4(live.local_addr().unwrap());
         let _acceptor = tokio::spawn(async move {
             while let Ok((s, _)) = live.accept().await {
                 drop(s);
             }
         });
-        // A port with nothing listening: bind then drop.
-        let dead = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            match l.local_addr().unwrap() {
-                std::net::SocketAddr::V4(a) => a,
-                _ => unreachable!(),
-            }
-        };
-        let path = dir.0.join("lb.yaml");
-        std::fs::write(&path, config_text(&dir.0, ok, dead)).unwrap();
-        let config = Config::load(&path).unwrap();
-        let sock = config.api_socket.clone();
+        let dead = dead_addr();
+        let path = dir.path().join("lb.yaml");
+        std::fs::write(
+            &path,
+            one_service_config(dir.path(), "127.0.0.1:0", &[ok, dead]),
+        )
+        .unwrap();
         let dp = FakeDataplane::new();
-        let opts = RunOptions {
-            config_path: path.clone(),
-            config,
-            interfaces: vec![],
-            pin_root: None,
-        };
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let daemon = tokio::spawn(run(opts, dp.clone(), async {
-            let _ = stop_rx.await;
-        }));
-        // Wait for the socket (bounded).
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !sock.exists() {
-            assert!(Instant::now() < deadline, "API socket never appeared");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let daemon = testutil::Daemon::start(&path, dp.clone()).await;
+        let sock = daemon.sock.clone();
         let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
 
@@ -623,13 +578,7 @@ services:
         })
         .await
         .unwrap();
-        stop_tx.send(()).unwrap();
-        let outcome = tokio::time::timeout(Duration::from_secs(5), daemon)
-            .await
-            .expect("daemon did not stop")
-            .unwrap()
-            .unwrap();
-        assert_eq!(outcome, Outcome::Stopped);
+        assert_eq!(daemon.stop().await, Outcome::Stopped);
         assert!(!sock.exists(), "socket removed on exit");
         // The data plane keeps its state (pinned maps would keep forwarding).
         assert_eq!(dp.state().services.len(), 1);
@@ -640,9 +589,8 @@ services:
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reload_reports_rollbacks_truthfully() {
         use crate::dataplane::fake::{FaultPlan, Op};
-        let dir = TempDir(std::env::temp_dir().join(format!("lbd-rb-{}", std::process::id())));
-        std::fs::create_dir_all(&dir.0).unwrap();
-        let dir_name = dir.0.display().to_string();
+        let dir = TempDir::new("lbd-rb");
+        let dir_name = dir.path().display().to_string();
         let text = move |extra: &str| {
             format!(
                 "interfaces: [lo]\napi_socket: {}/lbd.sock\nmetrics_listen: 127.0.0.1:0\n\
@@ -653,26 +601,11 @@ services:
             )
         };
         let api = "  - name: api\n    vip: 192.0.2.11\n    port: 443\n    health_check: {type: none}\n    backends: [{address: 10.2.1.2:8443}]\n";
-        let path = dir.0.join("lb.yaml");
+        let path = dir.path().join("lb.yaml");
         std::fs::write(&path, text("")).unwrap();
-        let config = Config::load(&path).unwrap();
-        let sock = config.api_socket.clone();
-        let dp = FakeDataplane::with_limits(&config.limits);
-        let opts = RunOptions {
-            config_path: path.clone(),
-            config,
-            interfaces: vec![],
-            pin_root: None,
-        };
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let daemon = tokio::spawn(run(opts, dp.clone(), async {
-            let _ = stop_rx.await;
-        }));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !sock.exists() {
-            assert!(Instant::now() < deadline, "API socket never appeared");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let dp = FakeDataplane::with_limits(&testutil::run_options(&path).config.limits);
+        let daemon = testutil::Daemon::start(&path, dp.clone()).await;
+        let sock = daemon.sock.clone();
         let dp2 = dp.clone();
         tokio::task::spawn_blocking(move || {
             let dp = dp2;
@@ -725,11 +658,6 @@ services:
         })
         .await
         .unwrap();
-        stop_tx.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), daemon)
-            .await
-            .expect("daemon did not stop")
-            .unwrap()
-            .unwrap();
+        daemon.stop().await;
     }
 }

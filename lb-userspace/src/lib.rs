@@ -17,3 +17,5 @@ pub mod maglev;
 pub mod metrics;
 pub mod model;
 pub mod stats;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testutil;

@@ -204,7 +204,7 @@ const SERVICE_FAMILIES: [(&str, MetricType, &str, SvcField); 7] = [
 ];
 
 /// Per-backend families: (name without `_total`, type, help, value).
-const BACKEND_FAMILIES: [(&str, MetricType, &str, BeField); 9] = [
+const BACKEND_FAMILIES: [(&str, MetricType, &str, BeField); 11] = [
     (
         "lb_backend_packets_in",
         MetricType::Counter,
@@ -258,6 +258,18 @@ const BACKEND_FAMILIES: [(&str, MetricType, &str, BeField); 9] = [
         MetricType::Gauge,
         "Maglev weight.",
         |b| u64::from(b.weight),
+    ),
+    (
+        "lb_backend_health_stale",
+        MetricType::Gauge,
+        "1 when the health checks gave no verdict for longer than interval x (fall + 1) (they could not run, see lb_health_checks_not_run_total): the health is the last known one.",
+        |b| u64::from(b.health_stale),
+    ),
+    (
+        "lb_backend_health_verdict_age_seconds",
+        MetricType::Gauge,
+        "Seconds since the health checks last gave a verdict (passed or failed); 0 without checks.",
+        |b| b.last_verdict_secs.unwrap_or(0),
     ),
 ];
 
@@ -507,6 +519,8 @@ mod tests {
             bytes_per_sec: 0.0,
             transitions: 1,
             last_transition: None,
+            last_verdict_secs: Some(42),
+            health_stale: true,
         };
         StatsSnapshot {
             timestamp_ms: 0,
@@ -544,6 +558,12 @@ mod tests {
         ));
         assert!(text
             .contains("lb_backend_new_flows_total{service=\"web\",backend=\"10.1.1.2:8080\"} 9\n"));
+        assert!(
+            text.contains("lb_backend_health_stale{service=\"web\",backend=\"10.1.1.2:8080\"} 1\n")
+        );
+        assert!(text.contains(
+            "lb_backend_health_verdict_age_seconds{service=\"web\",backend=\"10.1.1.2:8080\"} 42\n"
+        ));
         assert!(text.contains(
             "lb_backend_health{service=\"web\",backend=\"10.1.1.2:8080\",state=\"down\"} 1\n"
         ));

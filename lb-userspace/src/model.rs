@@ -2,10 +2,10 @@
 //! one beyond its configuration (data-plane ids, health, whether it is in the Maglev table,
 //! live flows).
 
-use crate::config::{BackendConfig, ServiceConfig};
+use crate::config::{BackendConfig, CheckKind, HealthCheckConfig, ServiceConfig};
 use lb_common::ServiceKey;
 use std::net::SocketAddrV4;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 pub use crate::api::proto::Health;
 
@@ -70,6 +70,62 @@ impl HealthTracker {
     }
 }
 
+/// When a backend's health checks last gave a verdict (passed or failed). A check that could
+/// not run (a shortage on this host, `lb_health_checks_not_run_total`) gives none and leaves
+/// the backend's health as it was, on purpose: marking backends down for a local problem would
+/// turn it into an outage. The clock makes that visible instead: past [`stale_after`] without
+/// a verdict the health is *stale* (shown by `lbctl backend list`, the
+/// `lb_backend_health_stale` metric and one warning in the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerdictClock {
+    /// The last verdict, or when checking started (no verdict yet).
+    since: Instant,
+    /// Whether the stale warning was logged (and the recovery not yet).
+    warned: bool,
+}
+
+impl VerdictClock {
+    /// A clock whose checks start at `now`.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            since: now,
+            warned: false,
+        }
+    }
+
+    /// Records a verdict at `now`.
+    pub fn verdict(&mut self, now: Instant) {
+        self.since = self.since.max(now);
+    }
+
+    /// Time since the last verdict (or since checking started).
+    pub fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.since)
+    }
+
+    /// Whether the health is stale at `now` under checks `hc`.
+    pub fn is_stale(&self, hc: &HealthCheckConfig, now: Instant) -> bool {
+        stale_after(hc).is_some_and(|limit| self.age(now) > limit)
+    }
+
+    /// Updates the warned flag to the staleness at `now`; returns the new staleness when it
+    /// changed since the last call (to log once each way).
+    pub fn observe(&mut self, hc: &HealthCheckConfig, now: Instant) -> Option<bool> {
+        let stale = self.is_stale(hc, now);
+        (stale != self.warned).then(|| {
+            self.warned = stale;
+            stale
+        })
+    }
+}
+
+/// How long a backend may go without a verdict before its health counts as stale:
+/// `interval x (fall + 1)`, the bound in which a failing backend would have been marked down.
+/// `None` for `type: none` (no checks, never stale).
+pub fn stale_after(hc: &HealthCheckConfig) -> Option<Duration> {
+    (hc.kind != CheckKind::None).then(|| hc.interval.saturating_mul(hc.fall.saturating_add(1)))
+}
+
 /// True when a backend in this health may receive new flows (`Unknown` counts as usable).
 pub fn is_usable(health: Health) -> bool {
     health != Health::Down
@@ -106,6 +162,8 @@ pub struct BackendState {
     pub written_flags: Option<u32>,
     /// Live flows at the last conntrack sweep.
     pub active_flows: u64,
+    /// When its health checks last gave a verdict (staleness of `tracker`).
+    pub verdicts: VerdictClock,
 }
 
 impl BackendState {
@@ -198,6 +256,41 @@ mod tests {
         let mut t = HealthTracker::new(Health::Up);
         assert_eq!(t.record(false, 1, 1), Some(Health::Down));
         assert_eq!(t.record(true, 1, 1), Some(Health::Up));
+    }
+
+    fn checks(kind: CheckKind) -> HealthCheckConfig {
+        HealthCheckConfig {
+            kind,
+            interval: Duration::from_secs(2),
+            fall: 3,
+            ..HealthCheckConfig::default()
+        }
+    }
+
+    #[test]
+    fn health_without_verdicts_goes_stale_once_and_recovers_once() {
+        let hc = checks(CheckKind::Tcp);
+        assert_eq!(stale_after(&hc), Some(Duration::from_secs(8)));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut c = VerdictClock::new(t0);
+        // Checks that could not run give no verdict: within interval x (fall + 1) it is fresh.
+        assert!(!c.is_stale(&hc, at(8)));
+        assert_eq!(c.observe(&hc, at(8)), None);
+        // Past it, stale: reported once.
+        assert!(c.is_stale(&hc, at(9)));
+        assert_eq!(c.observe(&hc, at(9)), Some(true));
+        assert_eq!(c.observe(&hc, at(60)), None);
+        assert_eq!(c.age(at(60)), Duration::from_secs(60));
+        // A verdict (pass or fail) makes it fresh again: reported once.
+        c.verdict(at(61));
+        assert_eq!(c.age(at(62)), Duration::from_secs(1));
+        assert_eq!(c.observe(&hc, at(62)), Some(false));
+        assert_eq!(c.observe(&hc, at(63)), None);
+        // No checks, never stale.
+        let none = checks(CheckKind::None);
+        assert_eq!(stale_after(&none), None);
+        assert!(!VerdictClock::new(t0).is_stale(&none, at(100_000)));
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //! endpoint renders too.
 
 use crate::api::proto::{BackendStats, ServiceStats, StatsSnapshot};
+use crate::config::HealthCheckConfig;
 use crate::controller::Controller;
 use crate::dataplane::{Dataplane, DataplaneError};
-use crate::model::{BackendState, ServiceState};
+use crate::model::{stale_after, BackendState, ServiceState};
 use lb_common::{FlowStats, NUM_COUNTERS};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -128,9 +129,14 @@ fn describe_transition(b: &BackendState) -> Option<String> {
     Some(format!("{to} {ago}s ago: {}", t.reason))
 }
 
-/// The API view of one backend.
-pub fn backend_stats(b: &BackendState, sampler: &StatsSampler) -> BackendStats {
+/// The API view of one backend of a service whose checks are `hc`.
+pub fn backend_stats(
+    b: &BackendState,
+    hc: &HealthCheckConfig,
+    sampler: &StatsSampler,
+) -> BackendStats {
     let (s, r) = sampler.stats(Id::Backend(b.id));
+    let now = Instant::now();
     BackendStats {
         address: b.cfg.address,
         id: b.id,
@@ -150,6 +156,8 @@ pub fn backend_stats(b: &BackendState, sampler: &StatsSampler) -> BackendStats {
         bytes_per_sec: r.bytes,
         transitions: b.transitions,
         last_transition: describe_transition(b),
+        last_verdict_secs: stale_after(hc).map(|_| b.verdicts.age(now).as_secs()),
+        health_stale: b.verdicts.is_stale(hc, now),
     }
 }
 
@@ -174,7 +182,7 @@ pub fn service_stats(svc: &ServiceState, sampler: &StatsSampler) -> ServiceStats
         backends: svc
             .backends
             .iter()
-            .map(|b| backend_stats(b, sampler))
+            .map(|b| backend_stats(b, &svc.cfg.health_check, sampler))
             .collect(),
     }
 }

@@ -2,21 +2,13 @@
 //! journald). Runs the built `lbd` binary; needs no root and touches no BPF state (`--unload`
 //! of a pin root that does not exist only logs).
 
-use std::path::PathBuf;
+use lb::testutil::TempDir;
 use std::process::Command;
-
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 #[test]
 fn logs_to_a_pipe_have_no_colour_codes() {
-    let dir = TempDir(std::env::temp_dir().join(format!("lbd-logs-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let config = dir.0.join("lb.yaml");
+    let dir = TempDir::new("lbd-logs");
+    let config = dir.path().join("lb.yaml");
     std::fs::write(
         &config,
         format!(
@@ -27,8 +19,8 @@ snat:
   addresses: [10.0.255.1]
 services: []
 ",
-            root = dir.0.join("bpf-not-there").display(),
-            dir = dir.0.display()
+            root = dir.path().join("bpf-not-there").display(),
+            dir = dir.path().display()
         ),
     )
     .unwrap();

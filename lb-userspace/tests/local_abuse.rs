@@ -12,16 +12,15 @@
 //! idle connections must not count against it, so the two sides live in two processes (libtest
 //! would run other tests in the daemon's process).
 
-use lb::api::client::Client;
 use lb::api::proto::{BackendListEntry, Request, StatusInfo};
-use lb::config::Config;
-use lb::daemon::{run, RunOptions};
+use lb::daemon::run;
 use lb::dataplane::fake::FakeDataplane;
 use lb::model::Health;
+use lb::testutil::{call, one_service_config, run_options, v4, TempDir};
 use std::io::{Read, Write};
 use std::net::{SocketAddrV4, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -49,7 +48,7 @@ fn main() {
 
 /// The child: runs lbd until its stdin closes (the parent exited or is done).
 fn daemon(config_path: &Path) {
-    let config = Config::load(config_path).expect("child: config");
+    let opts = run_options(config_path);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -61,12 +60,6 @@ fn daemon(config_path: &Path) {
         let _ = std::io::stdin().read_to_end(&mut sink);
         let _ = tx.send(());
     });
-    let opts = RunOptions {
-        config_path: config_path.to_path_buf(),
-        config,
-        interfaces: vec![],
-        pin_root: None,
-    };
     runtime
         .block_on(run(opts, FakeDataplane::new(), async {
             let _ = rx.await;
@@ -74,10 +67,11 @@ fn daemon(config_path: &Path) {
         .expect("child: lbd stopped with an error");
 }
 
-/// A temporary directory and the daemon child, both removed on drop (also on panic).
+/// A temporary directory and the daemon child, both removed on drop (also on panic; the
+/// child is killed before the directory goes).
 struct Lab {
-    dir: PathBuf,
     child: Option<Child>,
+    dir: TempDir,
 }
 
 impl Drop for Lab {
@@ -86,7 +80,6 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -96,19 +89,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn v4(l: &TcpListener) -> SocketAddrV4 {
-    match l.local_addr().unwrap() {
-        std::net::SocketAddr::V4(a) => a,
-        other => panic!("not IPv4: {other}"),
-    }
-}
-
-fn call(sock: &Path, req: &Request) -> Result<serde_json::Value, String> {
-    Client::connect_with_timeout(sock, Duration::from_secs(2))
-        .and_then(|mut c| c.call(req))
-        .map_err(|e| format!("{}: {e}", req.command()))
 }
 
 fn backend_health(sock: &Path, backend: SocketAddrV4) -> Result<Health, String> {
@@ -142,15 +122,14 @@ fn metric(text: &str, series: &str) -> Option<u64> {
 }
 
 fn local_clients_cannot_starve_lbd() {
-    let dir = std::env::temp_dir().join(format!("lb-abuse-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     let mut lab = Lab {
-        dir: dir.clone(),
         child: None,
+        dir: TempDir::new("lb-abuse"),
     };
+    let dir = lab.dir.path().to_path_buf();
     // The backend: accepts and closes (a TCP check passes).
     let backend_listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let backend = v4(&backend_listener);
+    let backend = v4(backend_listener.local_addr().unwrap());
     std::thread::spawn(move || {
         for s in backend_listener.incoming() {
             drop(s);
@@ -159,33 +138,7 @@ fn local_clients_cannot_starve_lbd() {
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let sock = dir.join("lbd.sock");
     let config = dir.join("lb.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "interfaces: [lo]
-api_socket: {sock}
-metrics_listen: {metrics_addr}
-snat:
-  addresses: [10.0.255.1]
-limits:
-  maglev_table_size: 1009
-services:
-  - name: web
-    vip: 192.0.2.10
-    port: 80
-    health_check:
-      type: tcp
-      interval: 200ms
-      timeout: 100ms
-      rise: 2
-      fall: 2
-    backends:
-      - address: {backend}
-",
-            sock = sock.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, one_service_config(&dir, &metrics_addr, &[backend])).unwrap();
 
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.env(DAEMON_ENV, &config)

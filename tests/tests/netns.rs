@@ -21,6 +21,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "netns/pass_up.rs"]
+mod pass_up;
+
 /// Margin on top of lbd's detection bounds for check timeouts and scheduling on 2 cores.
 const SLACK: Duration = Duration::from_millis(1200);
 /// Timeout of one probe connection.
@@ -930,19 +933,20 @@ async fn open_and_reset(addr: SocketAddr) -> lb_tests::lab::Result<()> {
 }
 
 /// Issue 9: connections closed by a client RST freed their SNAT ports only after the
-/// established timeout. With 4 SNAT ports and close_timeout 1 s, 4 connections reset by the
-/// client, then (after the CLOSE timeout) 8 more connections in two rounds all succeed.
+/// established timeout. With 4 SNAT ports and close_timeout 2 s (the minimum), 4 connections
+/// reset by the client, then (after the CLOSE timeout) 8 more connections in two rounds all
+/// succeed.
 fn rst_close_storm_frees_snat_ports(mode: Mode) {
     let mut l = lab(1, mode);
     let cfg = with_config(&l, |c| {
         c.snat_ports = (20000, 20003);
-        c.conntrack = c.conntrack.clone().with_closing_ms(1000);
+        c.conntrack = c.conntrack.clone().with_closing_ms(2000);
     });
     l.start_lbd(&cfg)
         .unwrap_or_else(|e| panic!("starting lbd: {e}"));
     l.wait_vip(Duration::from_secs(10)).expect("VIP reachable");
-    // Wait for the VIP probe's own flow to leave (it closed normally: TIME_WAIT 1 s).
-    std::thread::sleep(Duration::from_millis(1500));
+    // Wait for the VIP probe's own flow to leave (it closed normally: TIME_WAIT 2 s).
+    std::thread::sleep(Duration::from_millis(2500));
     for round in 0..3 {
         let failed = l
             .in_client(|| async {
@@ -956,8 +960,8 @@ fn rst_close_storm_frees_snat_ports(mode: Mode) {
             })
             .unwrap();
         assert!(failed.is_empty(), "round {round}: {failed:?}");
-        // The CLOSE timeout (1 s), plus the coarse clock's tick.
-        std::thread::sleep(Duration::from_millis(1300));
+        // The CLOSE timeout (2 s), plus the coarse clock's tick.
+        std::thread::sleep(Duration::from_millis(2300));
     }
     let counters = l.lbd().unwrap().counters().expect("lbctl stats");
     let exhausted = counters.get("drop_snat_exhausted").copied().unwrap_or(0);
@@ -1029,14 +1033,14 @@ fn spoofed_syn_leaves_connection_intact(mode: Mode) {
 
 /// Issue 9: a half-closed connection died closing_timeout after the client's FIN although
 /// the server was still to answer. The client sends its request and shuts down its sending
-/// side; the server answers 3 s later (3 x fin_wait_timeout) with 200 kB, all of which must
+/// side; the server answers 6 s later (3 x fin_wait_timeout) with 200 kB, all of which must
 /// arrive: the acknowledged FIN moves the flow to CLOSE_WAIT, and traffic either way refreshes it.
 fn half_close_outlives_fin_wait_timeout(mode: Mode) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const BYTES: u64 = 200_000;
     let mut l = lab(1, mode);
     let cfg = with_config(&l, |c| {
-        c.conntrack.fin_wait_ms = 1000;
+        c.conntrack.fin_wait_ms = 2000;
         c.conntrack.close_wait_ms = 10_000;
     });
     l.start_lbd(&cfg)
@@ -1048,7 +1052,7 @@ fn half_close_outlives_fin_wait_timeout(mode: Mode) {
             let fut = async {
                 let mut s = tokio::net::TcpStream::connect(vip_addr()).await.map_err(err)?;
                 let req = format!(
-                    "GET /after-eof?delay_ms=3000&bytes={BYTES} HTTP/1.1\r\nHost: lab\r\nContent-Length: 0\r\n\r\n"
+                    "GET /after-eof?delay_ms=6000&bytes={BYTES} HTTP/1.1\r\nHost: lab\r\nContent-Length: 0\r\n\r\n"
                 );
                 s.write_all(req.as_bytes()).await.map_err(err)?;
                 s.shutdown().await.map_err(err)?;
@@ -1078,16 +1082,16 @@ fn half_close_outlives_fin_wait_timeout(mode: Mode) {
     assert_eq!(sha, pattern_sha256(BYTES));
 }
 
-/// An idle keep-alive connection lives by the ESTABLISHED timeout alone: idle 2.5 s with
-/// every other state's timeout at 1 s, it still answers on its backend.
+/// An idle keep-alive connection lives by the ESTABLISHED timeout alone: idle 4.5 s with
+/// every other state's timeout at 2 s (the minimum), it still answers on its backend.
 fn idle_keepalive_outlives_short_timeouts(mode: Mode) {
     let mut l = lab(1, mode);
     let cfg = with_config(&l, |c| {
-        let mut ct = c.conntrack.clone().with_closing_ms(1000);
-        ct.syn_ms = 1000;
-        ct.syn_recv_ms = 1000;
-        ct.fin_wait_ms = 1000;
-        ct.close_wait_ms = 1000;
+        let mut ct = c.conntrack.clone().with_closing_ms(2000);
+        ct.syn_ms = 2000;
+        ct.syn_recv_ms = 2000;
+        ct.fin_wait_ms = 2000;
+        ct.close_wait_ms = 2000;
         ct.established_ms = 30_000;
         c.conntrack = ct;
     });
@@ -1098,9 +1102,9 @@ fn idle_keepalive_outlives_short_timeouts(mode: Mode) {
         .in_client(|| async {
             let mut c = HttpConn::connect(vip_addr(), PROBE_TIMEOUT).await?;
             let first = c.request("GET", "/id", b"").await?.text();
-            tokio::time::sleep(Duration::from_millis(2500)).await;
+            tokio::time::sleep(Duration::from_millis(4500)).await;
             let second = client::bounded(
-                "the request after 2.5 s idle",
+                "the request after 4.5 s idle",
                 PROBE_TIMEOUT,
                 c.request("GET", "/id", b""),
             )

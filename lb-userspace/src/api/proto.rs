@@ -405,6 +405,14 @@ pub struct BackendStats {
     pub transitions: u64,
     /// The last transition, human readable (e.g. `down 12s ago: connect refused`), if any.
     pub last_transition: Option<String>,
+    /// Seconds since the health checks last gave a verdict (passed or failed), or since they
+    /// started; `None` when the service has no checks (`type: none`) or from an older lbd.
+    #[serde(default)]
+    pub last_verdict_secs: Option<u64>,
+    /// True when no verdict came for longer than `interval x (fall + 1)` (every round could
+    /// not run, see `lb_health_checks_not_run_total`): `health` is the last known state.
+    #[serde(default)]
+    pub health_stale: bool,
 }
 
 /// An element of `backend_list`'s data: a backend with the name of its service.
@@ -444,6 +452,8 @@ mod tests {
             bytes_per_sec: 3.25e6,
             transitions: 1,
             last_transition: Some("up 3s ago".into()),
+            last_verdict_secs: Some(1),
+            health_stale: false,
         }
     }
 

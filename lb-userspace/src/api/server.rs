@@ -215,7 +215,7 @@ pub fn handle<D: Dataplane>(daemon: &Daemon<D>, req: Request) -> Response {
                 .flat_map(|s| {
                     s.backends.iter().map(|b| BackendListEntry {
                         service: s.cfg.name.clone(),
-                        backend: crate::stats::backend_stats(b, &sampler),
+                        backend: crate::stats::backend_stats(b, &s.cfg.health_check, &sampler),
                     })
                 })
                 .collect();

@@ -6,7 +6,9 @@
 //! - bytes scale by 1024 with `B`/`KiB`/`MiB`/`GiB`/`TiB` (`9.8 MiB/s`),
 //! - columns are left-aligned, separated by two spaces, with no trailing spaces,
 //! - a backend's `STATE` is one word: `UP`, `DOWN`, `DRAIN`, `BACKUP` or `UNKNOWN`
-//!   ([`backend_state`]).
+//!   ([`backend_state`]), followed by `/STALE` when its health checks gave no verdict for
+//!   longer than `interval x (fall + 1)` (they could not run: the state is the last known one;
+//!   [`state_cell`]).
 
 use crate::api::proto::{
     BackendListEntry, BackendStats, Health, ServiceStats, StatsSnapshot, StatusInfo,
@@ -106,6 +108,26 @@ pub fn backend_state(b: &BackendStats) -> &'static str {
     }
 }
 
+/// The `STATE` cell: [`backend_state`], with `/STALE` appended when the health is stale.
+pub fn state_cell(b: &BackendStats) -> String {
+    let state = backend_state(b);
+    if b.health_stale {
+        format!("{state}/STALE")
+    } else {
+        state.to_string()
+    }
+}
+
+/// The `LAST CHECK` cell: time since the last health-check verdict (`3s ago`), prefixed with
+/// `STALE ` past the staleness bound; `-` without checks.
+pub fn last_check_cell(b: &BackendStats) -> String {
+    match b.last_verdict_secs {
+        None => "-".into(),
+        Some(s) if b.health_stale => format!("STALE {} ago", duration_secs(s)),
+        Some(s) => format!("{} ago", duration_secs(s)),
+    }
+}
+
 /// A table of left-aligned columns: cells are padded to the widest cell of their column and
 /// separated by two spaces; trailing spaces are trimmed.
 #[derive(Debug, Clone, Default)]
@@ -193,7 +215,7 @@ const BACKEND_HEADER: [&str; 8] = [
 fn backend_row(b: &BackendStats) -> Vec<String> {
     vec![
         b.address.to_string(),
-        backend_state(b).into(),
+        state_cell(b),
         b.weight.to_string(),
         count(b.active_flows),
         rate(b.new_flows_per_sec),
@@ -271,6 +293,7 @@ pub fn backend_list(list: &[BackendListEntry]) -> String {
         "FLOWS",
         "PKTS IN/OUT",
         "BYTES IN/OUT",
+        "LAST CHECK",
         "CHANGES",
         "LAST CHANGE",
     ]);
@@ -280,7 +303,7 @@ pub fn backend_list(list: &[BackendListEntry]) -> String {
             e.service.clone(),
             b.address.to_string(),
             b.id.to_string(),
-            backend_state(b).into(),
+            state_cell(b),
             b.weight.to_string(),
             if b.backup { "backup" } else { "primary" }.into(),
             if b.in_table { "yes" } else { "no" }.into(),
@@ -288,6 +311,7 @@ pub fn backend_list(list: &[BackendListEntry]) -> String {
             count(b.new_flows),
             format!("{}/{}", count(b.packets_in), count(b.packets_out)),
             format!("{}/{}", bytes(b.bytes_in as f64), bytes(b.bytes_out as f64)),
+            last_check_cell(b),
             b.transitions.to_string(),
             b.last_transition.clone().unwrap_or_else(|| "-".into()),
         ]);
@@ -484,6 +508,8 @@ mod tests {
             bytes_per_sec: 3.3 * 1024.0 * 1024.0,
             transitions: 0,
             last_transition: None,
+            last_verdict_secs: None,
+            health_stale: false,
         }
     }
 
@@ -622,12 +648,17 @@ web      192.0.2.10:80  http   2/3 up    1.2K    350    12.1K  9.8 MiB/s
             .collect();
         entries[1].backend.transitions = 2;
         entries[1].backend.last_transition = Some("down 12s ago: connection refused".into());
+        entries[0].backend.last_verdict_secs = Some(1);
+        entries[1].backend.last_verdict_secs = Some(1);
+        // Checks that have not run for 3 minutes: the last state, marked stale.
+        entries[2].backend.last_verdict_secs = Some(192);
+        entries[2].backend.health_stale = true;
         let got = backend_list(&entries);
         let want = "\
-SERVICE  BACKEND        ID  STATE   W   ROLE     TABLE  ACTIVE  FLOWS  PKTS IN/OUT  BYTES IN/OUT     CHANGES  LAST CHANGE
-web      10.1.1.2:8080  1   UP      1   primary  yes    402     12.0K  2.5K/1.5K    293 KiB/3.3 MiB  0        -
-web      10.1.2.2:8080  1   DOWN    1   primary  no     0       310    2.5K/1.5K    293 KiB/3.3 MiB  2        down 12s ago: connection refused
-web      10.1.3.2:8080  1   BACKUP  10  backup   no     0       0      2.5K/1.5K    293 KiB/3.3 MiB  0        -
+SERVICE  BACKEND        ID  STATE         W   ROLE     TABLE  ACTIVE  FLOWS  PKTS IN/OUT  BYTES IN/OUT     LAST CHECK       CHANGES  LAST CHANGE
+web      10.1.1.2:8080  1   UP            1   primary  yes    402     12.0K  2.5K/1.5K    293 KiB/3.3 MiB  1s ago           0        -
+web      10.1.2.2:8080  1   DOWN          1   primary  no     0       310    2.5K/1.5K    293 KiB/3.3 MiB  1s ago           2        down 12s ago: connection refused
+web      10.1.3.2:8080  1   BACKUP/STALE  10  backup   no     0       0      2.5K/1.5K    293 KiB/3.3 MiB  STALE 3m12s ago  0        -
 ";
         assert_eq!(got, want, "\n{got}");
         assert_eq!(backend_list(&[]), "no backends\n");

@@ -31,6 +31,7 @@ use crate::dataplane::{ConntrackSweep, ConntrackSweeper, Dataplane, DataplaneErr
 use crate::maglev::{self, MaglevBackend};
 use crate::model::{
     is_usable, service_key, BackendState, Health, HealthTracker, ServiceState, Transition,
+    VerdictClock,
 };
 use lb_common::{
     BackendValue, GlobalConfig, ServiceKey, ServiceValue, VipValue, BACKEND_F_DOWN,
@@ -170,6 +171,22 @@ pub struct HealthChange {
     pub from: Health,
     /// New health.
     pub to: Health,
+}
+
+/// A backend whose health became stale (no verdict for longer than
+/// [`crate::model::stale_after`]) or fresh again, reported by [`Controller::stale_health`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleChange {
+    /// Service name.
+    pub service: String,
+    /// Backend address.
+    pub backend: SocketAddrV4,
+    /// The health it keeps.
+    pub health: Health,
+    /// Time since its last verdict.
+    pub age: std::time::Duration,
+    /// True: became stale; false: a verdict came again.
+    pub stale: bool,
 }
 
 /// Owns the data plane and the running state.
@@ -462,6 +479,18 @@ impl<D: Dataplane> Controller<D> {
         ok: bool,
         reason: &str,
     ) -> Result<Option<HealthChange>, ControllerError> {
+        self.health_result_at(service, backend, ok, reason, std::time::Instant::now())
+    }
+
+    /// [`Self::health_result`] for a result that came at `now`.
+    pub fn health_result_at(
+        &mut self,
+        service: &str,
+        backend: SocketAddrV4,
+        ok: bool,
+        reason: &str,
+        now: std::time::Instant,
+    ) -> Result<Option<HealthChange>, ControllerError> {
         let Some(i) = self.services.iter().position(|s| s.cfg.name == service) else {
             return Ok(None); // stale result of a removed service
         };
@@ -474,6 +503,7 @@ impl<D: Dataplane> Controller<D> {
             return Ok(None);
         };
         let from = b.health();
+        b.verdicts.verdict(now);
         let Some(to) = b.tracker.record(ok, hc.rise, hc.fall) else {
             return Ok(None);
         };
@@ -490,6 +520,28 @@ impl<D: Dataplane> Controller<D> {
             from,
             to,
         }))
+    }
+
+    /// Backends whose health became stale at `now` (their checks gave no verdict for longer
+    /// than `interval x (fall + 1)`: every round could not run) or fresh again since the last
+    /// call; each change is reported once, for the log. The health itself is kept.
+    pub fn stale_health(&mut self, now: std::time::Instant) -> Vec<StaleChange> {
+        let mut out = Vec::new();
+        for svc in &mut self.services {
+            let hc = &svc.cfg.health_check;
+            for b in &mut svc.backends {
+                if let Some(stale) = b.verdicts.observe(hc, now) {
+                    out.push(StaleChange {
+                        service: svc.cfg.name.clone(),
+                        backend: b.cfg.address,
+                        health: b.health(),
+                        age: b.verdicts.age(now),
+                        stale,
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// Current live VIPs (for tests and status).
@@ -516,5 +568,6 @@ fn new_backend_state(
         in_table: false,
         written_flags,
         active_flows: 0,
+        verdicts: VerdictClock::new(std::time::Instant::now()),
     }
 }

@@ -236,6 +236,10 @@ impl<D: Dataplane> Controller<D> {
                 if new.health_check.kind == CheckKind::None && state.health() != Health::Up {
                     state.tracker = HealthTracker::new(Health::Up);
                 }
+                if new.health_check != svc.cfg.health_check {
+                    // Its check task restarts: staleness counts from now.
+                    state.verdicts = VerdictClock::new(std::time::Instant::now());
+                }
                 backends.push(state);
                 continue;
             }

@@ -413,10 +413,25 @@ mod atomic_reloads {
 
     /// Everything observable about the controller's running state.
     fn ctl_state(ctl: &Controller<FakeDataplane>) -> String {
+        // The verdict clocks hold the instant each backend was created: equal controllers
+        // built at different times differ only there.
+        static T: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let t = *T.get_or_init(std::time::Instant::now);
+        let services: Vec<ServiceState> = ctl
+            .services()
+            .iter()
+            .cloned()
+            .map(|mut s| {
+                for b in &mut s.backends {
+                    b.verdicts = VerdictClock::new(t);
+                }
+                s
+            })
+            .collect();
         format!(
             "{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
             ctl.config(),
-            ctl.services(),
+            services,
             ctl.retired(),
             ctl.vips(),
             ctl.global_config()
@@ -730,4 +745,51 @@ fn on_backend_down_reset_adds_the_reset_flag_and_keep_does_not() {
     assert_eq!(dp.state().backends[&id1].flags, 0);
     // The default is keep.
     assert_eq!(cfg(BASE).services[0].on_backend_down, OnBackendDown::Keep);
+}
+
+#[test]
+fn checks_that_never_run_leave_health_alone_but_stale() {
+    let (mut ctl, dp) = start(BASE);
+    let t0 = std::time::Instant::now();
+    let at = |s: u64| t0 + std::time::Duration::from_secs(s);
+    let (p1, p2, b3) = (
+        addr("10.1.1.2:8080"),
+        addr("10.1.2.2:8080"),
+        addr("10.1.3.2:8080"),
+    );
+    // Default checks: interval 2s, fall 3, so stale after 8 s without a verdict.
+    assert_eq!(ctl.stale_health(t0), vec![]);
+    ctl.health_result_at("web", p1, true, "ok", at(20)).unwrap();
+    ctl.health_result_at("web", p2, true, "ok", at(1)).unwrap();
+    let table = table_ids(&dp, &ctl, "web");
+    let ops = dp.state().ops.len();
+    // Every round of p2 and b3 could not run since: stale, reported once; p1 is fresh and
+    // `api` (type: none) never goes stale.
+    let stale = ctl.stale_health(at(25));
+    let got: Vec<_> = stale
+        .iter()
+        .map(|c| (c.backend, c.health, c.age.as_secs(), c.stale))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(p2, Health::Up, 24, true), (b3, Health::Unknown, 25, true)],
+        "{stale:?}"
+    );
+    assert_eq!(ctl.stale_health(at(26)), vec![]);
+    // The health and the data plane are left alone.
+    assert_eq!(table_ids(&dp, &ctl, "web"), table);
+    assert_eq!(dp.state().ops.len(), ops);
+    let web = &ctl.services()[0];
+    assert_eq!(web.backend(p2).unwrap().health(), Health::Up);
+    assert!(web
+        .backend(p2)
+        .unwrap()
+        .verdicts
+        .is_stale(&web.cfg.health_check, at(26)));
+    // A verdict, even a failure, makes it fresh again: reported once.
+    ctl.health_result_at("web", p2, false, "refused", at(27))
+        .unwrap();
+    let fresh = ctl.stale_health(at(28));
+    assert_eq!(fresh.len(), 1, "{fresh:?}");
+    assert_eq!((fresh[0].backend, fresh[0].stale), (p2, false));
 }

@@ -380,7 +380,7 @@ pub fn up(lab: &mut Lab, v: Variant, gro_all: bool) -> Result<Active, String> {
             cfg.snat_addresses = (1..=lb_common::MAX_SNAT_ADDRS as u8)
                 .map(|i| std::net::Ipv4Addr::new(10, 0, 255, i))
                 .collect();
-            cfg.conntrack = cfg.conntrack.clone().with_closing_ms(1000);
+            cfg.conntrack = cfg.conntrack.clone().with_closing_ms(2000);
             std::fs::create_dir_all(&cfg.bpffs_root)
                 .map_err(|e| format!("creating {}: {e}", cfg.bpffs_root.display()))?;
             lab.start_lbd_text(&cfg.to_yaml()).map_err(e)?;
