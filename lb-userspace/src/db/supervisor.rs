@@ -252,7 +252,7 @@ mod tests {
         let last3 = rt.events(Some("a"), 3);
         assert_eq!(last3.len(), 3);
         assert!(last3.iter().all(|e| e.cluster == "a"));
-        assert_eq!(last3[2].seq, (EVENT_LOG_CAPACITY + 5 - 1) as u64);
+        assert_eq!(last3[2].seq, (EVENT_LOG_CAPACITY + 5) as u64);
     }
 
     #[test]
@@ -322,7 +322,7 @@ mod tests {
         assert!(err.contains("failed") && err.contains("no"), "{err}");
         let err = run_promote_hook(
             "pg",
-            &["/bin/sleep".into(), "30".into()],
+            &["/bin/sh".into(), "-c".into(), "sleep 30".into()],
             member,
             Duration::from_millis(200),
         )
