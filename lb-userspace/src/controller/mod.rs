@@ -17,6 +17,10 @@
 //!   nothing.
 
 mod db;
+#[cfg(test)]
+mod db_tests;
+
+pub use db::GateChange;
 mod journal;
 mod reload;
 mod sweep;
