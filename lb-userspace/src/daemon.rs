@@ -869,3 +869,155 @@ services:
             .unwrap();
     }
 }
+
+#[cfg(test)]
+mod db_run_tests {
+    use super::*;
+    use crate::api::client::Client;
+    use crate::api::proto::{DbClusterInfo, DbEventInfo, Request};
+    use crate::config::db::{DbClusterConfig, DbMemberConfig};
+    use crate::dataplane::fake::FakeDataplane;
+    use crate::db::observation::{MemberObservation, MemberProbe};
+    use crate::db::supervisor::ProbeFuture;
+    use std::net::SocketAddrV4;
+
+    /// A fake check layer: the member on port 5432 of 10.2.1.2 is the primary until
+    /// `failed` is set, the others replicas of it.
+    #[derive(Debug, Default)]
+    struct FakeProber {
+        failed: AtomicBool,
+    }
+
+    impl MemberProber for FakeProber {
+        fn probe(&self, _c: &DbClusterConfig, m: &DbMemberConfig) -> ProbeFuture {
+            let primary: SocketAddrV4 = "10.2.1.2:5432".parse().unwrap();
+            let probe = if m.address == primary {
+                if self.failed.load(Ordering::SeqCst) {
+                    MemberProbe::Failed("connection refused".into())
+                } else {
+                    MemberProbe::Observed(MemberObservation {
+                        current_lsn: Some(5000),
+                        timeline: Some(1),
+                        system_identifier: 7,
+                        ..Default::default()
+                    })
+                }
+            } else {
+                MemberProbe::Observed(MemberObservation {
+                    in_recovery: true,
+                    replay_lsn: Some(4990),
+                    timeline: Some(1),
+                    system_identifier: 7,
+                    upstream: Some(("10.2.1.2".into(), 5432)),
+                    streaming: true,
+                    ..Default::default()
+                })
+            };
+            Box::pin(async move { probe })
+        }
+    }
+
+    fn call<T: serde::de::DeserializeOwned>(sock: &Path, req: Request) -> T {
+        let v = Client::connect(sock).unwrap().call(&req).unwrap();
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// lbd runs a cluster's rounds through the prober trait, applies them to the data plane
+    /// and shows them in `db status` and `db events`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rounds_run_through_the_prober_and_show_in_the_api() {
+        let dir = std::env::temp_dir().join(format!("lbd-db-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = format!(
+            "interfaces: [lo]\napi_socket: {}/lbd.sock\nmetrics_listen: 127.0.0.1:0\n\
+             snat: {{addresses: [10.0.255.1]}}\nlimits: {{maglev_table_size: 1009}}\n\
+             db_clusters:\n  - name: pg\n    members: [{{address: 10.2.1.2:5432}}, {{address: 10.2.2.2:5432}}]\n\
+             \x20   check: {{user: lb_check, interval: 100ms, timeout: 50ms, rise: 1, fall: 1}}\n\
+             services:\n  - name: pg-write\n    vip: 192.0.2.20\n    port: 5432\n    db_cluster: pg\n    role: primary\n\
+             \x20 - name: pg-read\n    vip: 192.0.2.20\n    port: 5433\n    db_cluster: pg\n    role: replica\n",
+            dir.display()
+        );
+        let path = dir.join("lb.yaml");
+        std::fs::write(&path, &text).unwrap();
+        let config = Config::load(&path).unwrap();
+        let sock = config.api_socket.clone();
+        let prober = Arc::new(FakeProber::default());
+        let opts = RunOptions {
+            config_path: path.clone(),
+            config,
+            interfaces: vec![],
+            pin_root: None,
+            db_prober: prober.clone(),
+        };
+        let dp = FakeDataplane::new();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let daemon = tokio::spawn(run(opts, dp.clone(), async {
+            let _ = stop_rx.await;
+        }));
+        let sock2 = sock.clone();
+        tokio::task::spawn_blocking(move || {
+            let sock = sock2;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !sock.exists() {
+                assert!(Instant::now() < deadline, "API socket never appeared");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let wait_for = |what: &str, f: &dyn Fn(&DbClusterInfo) -> bool| {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    let list: Vec<DbClusterInfo> = call(&sock, Request::DbStatus { cluster: None });
+                    if f(&list[0]) {
+                        return list[0].clone();
+                    }
+                    assert!(Instant::now() < deadline, "{what} never happened: {list:?}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            };
+            let a: SocketAddrV4 = "10.2.1.2:5432".parse().unwrap();
+            let c = wait_for("election", &|c| {
+                c.primary == Some(a) && c.members[1].read_eligible
+            });
+            assert_eq!(c.members[0].role, "primary");
+            assert_eq!(c.members[0].lsn.as_deref(), Some("0/1388"));
+            assert_eq!(c.members[1].lag_bytes, Some(10));
+            prober.failed.store(true, Ordering::SeqCst);
+            wait_for("primary loss", &|c| c.primary.is_none());
+            let events: Vec<DbEventInfo> = call(
+                &sock,
+                Request::DbEvents {
+                    cluster: Some("pg".into()),
+                    limit: None,
+                },
+            );
+            let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+            assert!(names.contains(&"primary_elected"), "{names:?}");
+            assert!(names.contains(&"primary_lost"), "{names:?}");
+            let err = Client::connect(&sock)
+                .unwrap()
+                .call(&Request::DbStatus {
+                    cluster: Some("nope".into()),
+                })
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("no database cluster named \"nope\" (known: pg)"),
+                "{err}"
+            );
+        })
+        .await
+        .unwrap();
+        // The write service's backend for A is DOWN|RESET now.
+        let flags: Vec<u32> = dp.state().backends.values().map(|b| b.flags).collect();
+        assert!(
+            flags.contains(&(lb_common::BACKEND_F_DOWN | lb_common::BACKEND_F_RESET)),
+            "{flags:?}"
+        );
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), daemon)
+            .await
+            .expect("daemon did not stop")
+            .unwrap()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -234,6 +234,114 @@ pub async fn run_promote_hook(
     result
 }
 
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The API form of an event.
+pub fn event_info(e: &DbEvent) -> crate::api::proto::DbEventInfo {
+    crate::api::proto::DbEventInfo {
+        seq: e.seq,
+        at_unix_ms: unix_ms(e.at),
+        cluster: e.cluster.clone(),
+        event: e.kind.name().to_string(),
+        member: e.kind.member(),
+        message: e.kind.to_string(),
+    }
+}
+
+/// The error for an unknown cluster name, listing the known ones.
+pub fn unknown_cluster(config: &crate::config::Config, name: &str) -> String {
+    let known: Vec<&str> = config.db_clusters.iter().map(|c| c.name.as_str()).collect();
+    format!(
+        "no database cluster named \"{name}\" (known: {})",
+        if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        }
+    )
+}
+
+/// `db_status` data: every cluster (or `only`) with its members.
+pub fn status<D: crate::dataplane::Dataplane>(
+    ctl: &crate::controller::Controller<D>,
+    db: &DbRuntime,
+    only: Option<&str>,
+) -> Result<Vec<crate::api::proto::DbClusterInfo>, String> {
+    use crate::api::proto::{DbClusterInfo, DbMemberInfo};
+    if let Some(name) = only {
+        if ctl.config().db_cluster(name).is_none() {
+            return Err(unknown_cluster(ctl.config(), name));
+        }
+    }
+    let mut out = Vec::new();
+    for cfg in &ctl.config().db_clusters {
+        if only.is_some_and(|n| n != cfg.name) {
+            continue;
+        }
+        let empty = ClusterState::default();
+        let st = db.clusters.get(&cfg.name).map_or(&empty, |c| &c.state);
+        let flows = |a: SocketAddrV4| -> u64 {
+            ctl.services()
+                .iter()
+                .filter(|s| s.cfg.db_cluster.as_deref() == Some(cfg.name.as_str()))
+                .filter_map(|s| s.backend(a))
+                .map(|b| b.active_flows)
+                .sum()
+        };
+        let members = cfg
+            .members
+            .iter()
+            .map(|mc| match st.member(mc.address) {
+                Some(m) => DbMemberInfo {
+                    address: m.address,
+                    role: m.role.name().into(),
+                    state: crate::daemon::health_name(m.tracker.health()).into(),
+                    probe: m.probe.into(),
+                    lsn: m.lsn().map(super::observation::format_lsn),
+                    lag_bytes: if m.role == super::MemberRole::Replica {
+                        m.lag
+                    } else {
+                        None
+                    },
+                    timeline: m.last.as_ref().and_then(|o| o.timeline),
+                    read_eligible: m.read_eligible,
+                    flows: flows(m.address),
+                    why: m.why.clone(),
+                },
+                None => DbMemberInfo {
+                    address: mc.address,
+                    role: "unknown".into(),
+                    state: "unknown".into(),
+                    probe: "none".into(),
+                    lsn: None,
+                    lag_bytes: None,
+                    timeline: None,
+                    read_eligible: false,
+                    flows: flows(mc.address),
+                    why: "not checked yet".into(),
+                },
+            })
+            .collect();
+        out.push(DbClusterInfo {
+            name: cfg.name.clone(),
+            primary: st.primary,
+            timeline: st.timeline,
+            primary_since_unix_ms: st.primary_since.map(unix_ms),
+            split_brain: st.split_brain,
+            read_fallback: st.read_fallback,
+            system_identifier: st.system_identifier.map(|s| s.to_string()),
+            primary_changes: st.primary_changes,
+            lost_bytes_estimate: st.lost_bytes_estimate,
+            rounds: st.rounds,
+            members,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
