@@ -760,10 +760,8 @@ pub fn decide(
         }
     }
     let fallback = !st.members.iter().any(|m| m.read_eligible);
-    if fallback != prev.read_fallback || prev.rounds == 0 {
-        if fallback != prev.read_fallback || fallback {
-            events.push(DbEventKind::ReadFallback { active: fallback });
-        }
+    if fallback != prev.read_fallback {
+        events.push(DbEventKind::ReadFallback { active: fallback });
     }
     st.read_fallback = fallback;
 
