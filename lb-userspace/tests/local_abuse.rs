@@ -66,6 +66,7 @@ fn daemon(config_path: &Path) {
         config,
         interfaces: vec![],
         pin_root: None,
+        db_prober: lb::db::supervisor::default_prober(),
     };
     runtime
         .block_on(run(opts, FakeDataplane::new(), async {
