@@ -112,7 +112,6 @@ pub const TX_RST_DOWN_BACKEND: u32 = 41;
 /// (`on_backend_down: keep`) was forwarded as usual (event, either direction).
 pub const CT_DOWN_KEPT: u32 = 42;
 
-
 // 43..=45: reserved.
 
 /// A backend packet on a flow in SYN_SENT (its SYN sent, no SYN-ACK seen) that is neither a

@@ -8,6 +8,10 @@
 //! [`locate`], a small indentation-based walker over the block-style YAML, so they carry a line
 //! number like parse errors do.
 
+pub mod db;
+
+pub use db::{DbClusterConfig, DbRole, ReadFallback};
+
 use crate::dataplane::{LoadOptions, XdpMode};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::{HashMap, HashSet};
@@ -95,6 +99,9 @@ pub struct Config {
     /// Capacities fixed at first load.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// PostgreSQL clusters whose members lb checks for their role (see docs/database.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub db_clusters: Vec<DbClusterConfig>,
     /// Load-balanced services.
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
@@ -321,6 +328,28 @@ pub struct ServiceConfig {
     /// Backends (may be empty: new connections are then refused with a RST).
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
+    /// A database cluster (`db_clusters[].name`) whose members are this service's backends;
+    /// excludes `backends` and `health_check`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_cluster: Option<String>,
+    /// With `db_cluster`: `primary` (the write service) or `replica` (the read service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<DbRole>,
+    /// With `role: replica`: who serves reads when no replica is eligible (default `primary`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<ReadFallback>,
+}
+
+impl ServiceConfig {
+    /// The database cluster and role of a database service.
+    pub fn db(&self) -> Option<(&str, DbRole)> {
+        Some((self.db_cluster.as_deref()?, self.role?))
+    }
+
+    /// The read fallback of a database read service (default `primary`).
+    pub fn read_fallback(&self) -> ReadFallback {
+        self.fallback.unwrap_or_default()
+    }
 }
 
 /// Fate of the established flows of a backend marked down by its health check. New flows
@@ -511,15 +540,63 @@ impl Config {
         }
     }
 
+    /// The backends of `svc`: its own, or for a database service its cluster's members
+    /// (weight 1, in member order).
+    pub fn service_backends(&self, svc: &ServiceConfig) -> Vec<BackendConfig> {
+        let Some(name) = &svc.db_cluster else {
+            return svc.backends.clone();
+        };
+        self.db_clusters
+            .iter()
+            .find(|c| &c.name == name)
+            .map(|c| {
+                c.members
+                    .iter()
+                    .map(|m| BackendConfig {
+                        address: m.address,
+                        weight: 1,
+                        backup: false,
+                        drain: false,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The services as the controller runs them: a database service gets its cluster's
+    /// members as backends and no health-check tasks of its own (`type: none`; the cluster's
+    /// check rounds decide, see [`crate::db`]).
+    pub fn expanded_services(&self) -> Vec<ServiceConfig> {
+        self.services
+            .iter()
+            .map(|s| {
+                if s.db_cluster.is_none() {
+                    return s.clone();
+                }
+                let mut e = s.clone();
+                e.backends = self.service_backends(s);
+                e.health_check.kind = CheckKind::None;
+                e
+            })
+            .collect()
+    }
+
+    /// The database cluster named `name`.
+    pub fn db_cluster(&self, name: &str) -> Option<&DbClusterConfig> {
+        self.db_clusters.iter().find(|c| c.name == name)
+    }
+
     /// Checks everything serde cannot: the returned error has a key path but no file/line.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_globals()?;
+        db::validate_clusters(&self.db_clusters)?;
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut keys: HashMap<(Ipv4Addr, u16), usize> = HashMap::new();
         let mut total_backends = 0usize;
         for (i, svc) in self.services.iter().enumerate() {
             let p = format!("services[{i}]");
             validate_service(svc, &p)?;
+            db::validate_db_service(svc, &p, &self.db_clusters)?;
             if let Some(first) = names.insert(svc.name.as_str(), i) {
                 return Err(ConfigError::new(
                     format!("{p}.name"),
@@ -547,19 +624,20 @@ impl Config {
                     ),
                 ));
             }
-            let needed = svc.backends.len() as u64 * 100;
+            let count = self.service_backends(svc).len();
+            let needed = count as u64 * 100;
             if needed > u64::from(self.limits.maglev_table_size) {
                 return Err(ConfigError::new(
                     format!("{p}.backends"),
                     format!(
                         "{} backends need limits.maglev_table_size >= {needed} (100 x backends), it is {}; raise it to a prime such as {}",
-                        svc.backends.len(),
+                        count,
                         self.limits.maglev_table_size,
                         next_prime(needed as u32)
                     ),
                 ));
             }
-            total_backends += svc.backends.len();
+            total_backends += count;
         }
         if self.services.len() > self.limits.max_services as usize {
             return Err(ConfigError::new(
@@ -932,6 +1010,7 @@ fn refine_duration_error(err: &mut ConfigError, text: &str) {
     for key in [
         "interval",
         "timeout",
+        "after",
         "syn_timeout",
         "syn_recv_timeout",
         "established_timeout",

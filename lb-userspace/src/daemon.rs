@@ -11,6 +11,7 @@ use crate::api::server;
 use crate::config::Config;
 use crate::controller::{Controller, ControllerError};
 use crate::dataplane::Dataplane;
+use crate::db::supervisor::{DbRuntime, MemberProber};
 use crate::health::{CheckResult, HealthSupervisor};
 use crate::model::Health;
 use crate::stats::StatsSampler;
@@ -66,6 +67,8 @@ pub struct RunOptions {
     pub interfaces: Vec<InterfaceInfo>,
     /// Pin root reported by `status` (`None`: unpinned).
     pub pin_root: Option<PathBuf>,
+    /// Checks database cluster members ([`crate::db::supervisor::default_prober`] in lbd).
+    pub db_prober: Arc<dyn MemberProber>,
 }
 
 /// State shared by lbd's tasks and the API server.
@@ -74,6 +77,9 @@ pub struct Daemon<D: Dataplane> {
     sampler: Mutex<StatsSampler>,
     health: Mutex<HealthSupervisor>,
     health_tx: mpsc::Sender<CheckResult>,
+    db: Mutex<DbRuntime>,
+    db_prober: Arc<dyn MemberProber>,
+    db_start_tx: mpsc::UnboundedSender<(String, u64)>,
     runtime: tokio::runtime::Handle,
     /// The configuration file.
     pub config_path: PathBuf,
@@ -110,6 +116,110 @@ impl<D: Dataplane> Daemon<D> {
         self.stop.notify_one();
     }
 
+    /// The database tier's runtime state (cluster states, event log), locked.
+    pub fn db(&self) -> MutexGuard<'_, DbRuntime> {
+        lock(&self.db)
+    }
+
+    /// Starts a round task for every database cluster of the running configuration that has
+    /// none; tasks of removed clusters stop at their next round.
+    pub fn sync_db(&self) {
+        let wanted: Vec<String> = self
+            .controller()
+            .config()
+            .db_clusters
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        let start = self.db().sync(&wanted);
+        for s in start {
+            // The receiver (in `run`) spawns the task; it lives as long as lbd runs.
+            let _ = self.db_start_tx.send(s);
+        }
+    }
+
+    async fn db_task(self: Arc<Self>, name: String, generation: u64) {
+        loop {
+            if !self.db().is_current(&name, generation) {
+                return;
+            }
+            let Some(cfg) = self.controller().config().db_cluster(&name).cloned() else {
+                return;
+            };
+            let started = Instant::now();
+            let probes = crate::db::supervisor::probe_round(&self.db_prober, &cfg).await;
+            let d = self.clone();
+            let cfg2 = cfg.clone();
+            let n = name.clone();
+            let promote =
+                tokio::task::spawn_blocking(move || d.db_round(&n, generation, &cfg2, &probes))
+                    .await
+                    .ok()
+                    .flatten();
+            if let (Some(member), Some(pr)) = (promote, cfg.promote.clone()) {
+                let n = name.clone();
+                tokio::spawn(async move {
+                    let _ = crate::db::supervisor::run_promote_hook(
+                        &n,
+                        &pr.command,
+                        member,
+                        pr.timeout,
+                    )
+                    .await;
+                });
+            }
+            tokio::time::sleep(cfg.check.interval.saturating_sub(started.elapsed())).await;
+        }
+    }
+
+    /// Decides one round of cluster `name` and applies it; returns the member the promote
+    /// hook must run for, if any.
+    fn db_round(
+        &self,
+        name: &str,
+        generation: u64,
+        cfg: &crate::config::DbClusterConfig,
+        probes: &[(std::net::SocketAddrV4, crate::db::MemberProbe)],
+    ) -> Option<std::net::SocketAddrV4> {
+        let now = crate::db::Now {
+            mono: Duration::from_nanos(monotonic_ns()),
+            wall: std::time::SystemTime::now(),
+        };
+        // Lock order: controller, then db (as the API handlers take them).
+        let mut ctl = self.controller();
+        let mut db = self.db();
+        if !db.is_current(name, generation) {
+            return None;
+        }
+        let prev = db.clusters.get(name)?.state.clone();
+        let decision = crate::db::decide(cfg, &prev, probes, now);
+        let changes = decision.state.primary_changes - prev.primary_changes;
+        for e in &decision.events {
+            let member = e.member().map(|m| m.to_string()).unwrap_or_default();
+            if e.is_warning() {
+                tracing::warn!(cluster = name, event = e.name(), member, "{e}");
+            } else {
+                tracing::info!(cluster = name, event = e.name(), member, "{e}");
+            }
+            db.record(name, now.wall, e.clone());
+        }
+        crate::metrics::local().db_cluster_state(name, &decision.state, changes);
+        match ctl.db_apply(name, &decision.state) {
+            Ok(gates) => {
+                for g in gates {
+                    tracing::info!(cluster = name, service = %g.service, backend = %g.backend, from = g.from.map_or("none", |f| f.name()), to = g.to.name(), "database gate changed");
+                }
+            }
+            Err(e) => {
+                tracing::error!(cluster = name, error = %e, "applying a database decision failed")
+            }
+        }
+        if let Some(c) = db.clusters.get_mut(name) {
+            c.state = decision.state;
+        }
+        decision.promote
+    }
+
     /// Starts, stops or restarts health-check tasks to match the running configuration.
     pub fn sync_health(&self) {
         let wanted: Vec<_> = self
@@ -134,6 +244,7 @@ impl<D: Dataplane> Daemon<D> {
     pub fn apply(&self, config: Config) -> Result<String, ControllerError> {
         let summary = self.controller().apply(config)?;
         self.sync_health();
+        self.sync_db();
         tracing::info!(summary = %summary, "configuration applied");
         Ok(summary.to_string())
     }
@@ -153,6 +264,7 @@ impl<D: Dataplane> Daemon<D> {
             (message, summary)
         };
         self.sync_health();
+        self.sync_db();
         tracing::info!(summary = %summary.1, "configuration applied");
         Ok(summary.0)
     }
@@ -261,11 +373,15 @@ where
             source,
         })?;
     let (health_tx, mut health_rx) = mpsc::channel::<CheckResult>(1024);
+    let (db_start_tx, mut db_start_rx) = mpsc::unbounded_channel::<(String, u64)>();
     let daemon = Arc::new(Daemon {
         ctl: Mutex::new(ctl),
         sampler: Mutex::new(StatsSampler::new()),
         health: Mutex::new(HealthSupervisor::new()),
         health_tx,
+        db: Mutex::new(DbRuntime::default()),
+        db_prober: opts.db_prober.clone(),
+        db_start_tx,
         runtime: tokio::runtime::Handle::current(),
         config_path: opts.config_path.clone(),
         started: Instant::now(),
@@ -275,6 +391,7 @@ where
         unload: AtomicBool::new(false),
     });
     daemon.sync_health();
+    daemon.sync_db();
     {
         let ctl = daemon.controller();
         tracing::info!(
@@ -287,6 +404,22 @@ where
     }
 
     let mut tasks = tokio::task::JoinSet::new();
+    {
+        let d = daemon.clone();
+        tasks.spawn(async move {
+            let mut rounds = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    Some((name, generation)) = db_start_rx.recv() => {
+                        let d = d.clone();
+                        rounds.spawn(async move { d.db_task(name, generation).await });
+                    }
+                    Some(_) = rounds.join_next(), if !rounds.is_empty() => {}
+                    else => break,
+                }
+            }
+        });
+    }
     {
         let d = daemon.clone();
         tasks.spawn(async move {
@@ -404,6 +537,7 @@ where
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     lock(&daemon.health).stop_all();
+    daemon.db().stop_all();
     let _ = std::fs::remove_file(&opts.config.api_socket);
     Ok(if daemon.unload.load(Ordering::SeqCst) {
         Outcome::UnloadRequested
@@ -659,5 +793,157 @@ mod run_tests {
         .await
         .unwrap();
         daemon.stop().await;
+    }
+}
+
+#[cfg(test)]
+mod db_run_tests {
+    use super::*;
+    use crate::api::client::Client;
+    use crate::api::proto::{DbClusterInfo, DbEventInfo, Request};
+    use crate::config::db::{DbClusterConfig, DbMemberConfig};
+    use crate::dataplane::fake::FakeDataplane;
+    use crate::db::observation::{MemberObservation, MemberProbe};
+    use crate::db::supervisor::ProbeFuture;
+    use std::net::SocketAddrV4;
+
+    /// A fake check layer: the member on port 5432 of 10.2.1.2 is the primary until
+    /// `failed` is set, the others replicas of it.
+    #[derive(Debug, Default)]
+    struct FakeProber {
+        failed: AtomicBool,
+    }
+
+    impl MemberProber for FakeProber {
+        fn probe(&self, _c: &DbClusterConfig, m: &DbMemberConfig) -> ProbeFuture {
+            let primary: SocketAddrV4 = "10.2.1.2:5432".parse().unwrap();
+            let probe = if m.address == primary {
+                if self.failed.load(Ordering::SeqCst) {
+                    MemberProbe::Failed("connection refused".into())
+                } else {
+                    MemberProbe::Observed(MemberObservation {
+                        current_lsn: Some(5000),
+                        timeline: Some(1),
+                        system_identifier: 7,
+                        ..Default::default()
+                    })
+                }
+            } else {
+                MemberProbe::Observed(MemberObservation {
+                    in_recovery: true,
+                    replay_lsn: Some(4990),
+                    timeline: Some(1),
+                    system_identifier: 7,
+                    upstream: Some(("10.2.1.2".into(), 5432)),
+                    streaming: true,
+                    ..Default::default()
+                })
+            };
+            Box::pin(async move { probe })
+        }
+    }
+
+    fn call<T: serde::de::DeserializeOwned>(sock: &Path, req: Request) -> T {
+        let v = Client::connect(sock).unwrap().call(&req).unwrap();
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// lbd runs a cluster's rounds through the prober trait, applies them to the data plane
+    /// and shows them in `db status` and `db events`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rounds_run_through_the_prober_and_show_in_the_api() {
+        let dir = std::env::temp_dir().join(format!("lbd-db-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = format!(
+            "interfaces: [lo]\napi_socket: {}/lbd.sock\nmetrics_listen: 127.0.0.1:0\n\
+             snat: {{addresses: [10.0.255.1]}}\nlimits: {{maglev_table_size: 1009}}\n\
+             db_clusters:\n  - name: pg\n    members: [{{address: 10.2.1.2:5432}}, {{address: 10.2.2.2:5432}}]\n\
+             \x20   check: {{user: lb_check, interval: 100ms, timeout: 50ms, rise: 1, fall: 1}}\n\
+             services:\n  - name: pg-write\n    vip: 192.0.2.20\n    port: 5432\n    db_cluster: pg\n    role: primary\n\
+             \x20 - name: pg-read\n    vip: 192.0.2.20\n    port: 5433\n    db_cluster: pg\n    role: replica\n",
+            dir.display()
+        );
+        let path = dir.join("lb.yaml");
+        std::fs::write(&path, &text).unwrap();
+        let config = Config::load(&path).unwrap();
+        let sock = config.api_socket.clone();
+        let prober = Arc::new(FakeProber::default());
+        let opts = RunOptions {
+            config_path: path.clone(),
+            config,
+            interfaces: vec![],
+            pin_root: None,
+            db_prober: prober.clone(),
+        };
+        let dp = FakeDataplane::new();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let daemon = tokio::spawn(run(opts, dp.clone(), async {
+            let _ = stop_rx.await;
+        }));
+        let sock2 = sock.clone();
+        tokio::task::spawn_blocking(move || {
+            let sock = sock2;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !sock.exists() {
+                assert!(Instant::now() < deadline, "API socket never appeared");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let wait_for = |what: &str, f: &dyn Fn(&DbClusterInfo) -> bool| {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    let list: Vec<DbClusterInfo> = call(&sock, Request::DbStatus { cluster: None });
+                    if f(&list[0]) {
+                        return list[0].clone();
+                    }
+                    assert!(Instant::now() < deadline, "{what} never happened: {list:?}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            };
+            let a: SocketAddrV4 = "10.2.1.2:5432".parse().unwrap();
+            let c = wait_for("election", &|c| {
+                c.primary == Some(a) && c.members[1].read_eligible
+            });
+            assert_eq!(c.members[0].role, "primary");
+            assert_eq!(c.members[0].lsn.as_deref(), Some("0/1388"));
+            assert_eq!(c.members[1].lag_bytes, Some(10));
+            prober.failed.store(true, Ordering::SeqCst);
+            wait_for("primary loss", &|c| c.primary.is_none());
+            let events: Vec<DbEventInfo> = call(
+                &sock,
+                Request::DbEvents {
+                    cluster: Some("pg".into()),
+                    limit: None,
+                },
+            );
+            let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+            assert!(names.contains(&"primary_elected"), "{names:?}");
+            assert!(names.contains(&"primary_lost"), "{names:?}");
+            let err = Client::connect(&sock)
+                .unwrap()
+                .call(&Request::DbStatus {
+                    cluster: Some("nope".into()),
+                })
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("no database cluster named \"nope\" (known: pg)"),
+                "{err}"
+            );
+        })
+        .await
+        .unwrap();
+        // The write service's backend for A is DOWN|RESET now.
+        let flags: Vec<u32> = dp.state().backends.values().map(|b| b.flags).collect();
+        assert!(
+            flags.contains(&(lb_common::BACKEND_F_DOWN | lb_common::BACKEND_F_RESET)),
+            "{flags:?}"
+        );
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), daemon)
+            .await
+            .expect("daemon did not stop")
+            .unwrap()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

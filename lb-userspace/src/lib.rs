@@ -11,6 +11,7 @@ pub mod config;
 pub mod controller;
 pub mod daemon;
 pub mod dataplane;
+pub mod db;
 pub mod health;
 pub mod limits;
 pub mod maglev;

@@ -21,7 +21,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::future::Future;
@@ -49,6 +49,27 @@ struct NotRunLabels {
     reason: &'static str,
 }
 
+/// Labels of the per-cluster database metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DbClusterLabels {
+    cluster: String,
+}
+
+/// Labels of the per-member database metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DbMemberLabels {
+    cluster: String,
+    member: String,
+}
+
+/// Labels of `lb_db_member_role`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DbRoleLabels {
+    cluster: String,
+    member: String,
+    role: &'static str,
+}
+
 /// Counters of lbd itself (not of the data plane), shared by every task through [`local`].
 #[derive(Debug, Default)]
 pub struct LocalMetrics {
@@ -56,6 +77,12 @@ pub struct LocalMetrics {
     connections_timed_out: Family<ListenerLabels, Counter>,
     accept_errors: Family<ListenerLabels, Counter>,
     health_checks_not_run: Family<NotRunLabels, Counter>,
+    db_member_role: Family<DbRoleLabels, Gauge>,
+    db_replica_lag: Family<DbMemberLabels, Gauge>,
+    db_primary_changes: Family<DbClusterLabels, Counter>,
+    db_split_brain: Family<DbClusterLabels, Gauge>,
+    db_read_fallback: Family<DbClusterLabels, Gauge>,
+    db_lost_bytes: Family<DbClusterLabels, Gauge>,
 }
 
 /// The process-wide [`LocalMetrics`]. One set per process: the tasks that count (accept
@@ -129,6 +156,63 @@ impl LocalMetrics {
             .map_or(0, |c| c.get())
     }
 
+    /// Publishes the state of database cluster `cluster` after a round; `changes` is how many
+    /// primary changes the round made (0 or 1).
+    pub fn db_cluster_state(&self, cluster: &str, state: &crate::db::ClusterState, changes: u64) {
+        let c = DbClusterLabels {
+            cluster: cluster.to_string(),
+        };
+        if changes > 0 {
+            self.db_primary_changes.get_or_create(&c).inc_by(changes);
+        }
+        self.db_split_brain
+            .get_or_create(&c)
+            .set(i64::from(state.split_brain));
+        self.db_read_fallback
+            .get_or_create(&c)
+            .set(i64::from(state.read_fallback));
+        if let Some(lost) = state.lost_bytes_estimate {
+            self.db_lost_bytes
+                .get_or_create(&c)
+                .set(i64::try_from(lost).unwrap_or(i64::MAX));
+        }
+        for m in &state.members {
+            let member = m.address.to_string();
+            for role in crate::db::MemberRole::ALL {
+                self.db_member_role
+                    .get_or_create(&DbRoleLabels {
+                        cluster: cluster.to_string(),
+                        member: member.clone(),
+                        role: role.name(),
+                    })
+                    .set(i64::from(m.role == role));
+            }
+            let labels = DbMemberLabels {
+                cluster: cluster.to_string(),
+                member,
+            };
+            match m.lag {
+                Some(lag) if m.role == crate::db::MemberRole::Replica => {
+                    self.db_replica_lag
+                        .get_or_create(&labels)
+                        .set(i64::try_from(lag).unwrap_or(i64::MAX));
+                }
+                _ => {
+                    self.db_replica_lag.remove(&labels);
+                }
+            }
+        }
+    }
+
+    /// Current `lb_db_primary_changes_total{cluster}`.
+    pub fn db_primary_changes(&self, cluster: &str) -> u64 {
+        self.db_primary_changes
+            .get(&DbClusterLabels {
+                cluster: cluster.to_string(),
+            })
+            .map_or(0, |c| c.get())
+    }
+
     fn register(&self, registry: &mut Registry) {
         // `register` appends "." to the help text and `_total` to counter names.
         registry.register(
@@ -150,6 +234,36 @@ impl LocalMetrics {
             "lb_health_checks_not_run",
             "Health checks that could not run because of a local resource shortage (the backend's state was left as it was)",
             self.health_checks_not_run.clone(),
+        );
+        registry.register(
+            "lb_db_member_role",
+            "1 for the role lb gives each database cluster member (unknown, primary, replica, fenced, down, foreign), 0 for the others",
+            self.db_member_role.clone(),
+        );
+        registry.register(
+            "lb_db_replica_lag_bytes",
+            "Replay lag of each replica behind the primary's current WAL position, in bytes, from the same check round",
+            self.db_replica_lag.clone(),
+        );
+        registry.register(
+            "lb_db_primary_changes",
+            "Times the write service's primary moved from one member to another",
+            self.db_primary_changes.clone(),
+        );
+        registry.register(
+            "lb_db_split_brain",
+            "1 while more than one member of the cluster claims to be primary",
+            self.db_split_brain.clone(),
+        );
+        registry.register(
+            "lb_db_read_fallback_active",
+            "1 while no replica is eligible for reads (read services with fallback: primary send reads to the primary)",
+            self.db_read_fallback.clone(),
+        );
+        registry.register(
+            "lb_db_lost_bytes_estimate",
+            "Estimated WAL bytes the new primary never received at the last primary change (previous primary's last seen LSN minus the new primary's LSN)",
+            self.db_lost_bytes.clone(),
         );
     }
 }

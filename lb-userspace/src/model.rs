@@ -131,6 +131,30 @@ pub fn is_usable(health: Health) -> bool {
     health != Health::Down
 }
 
+/// What the database decision lets a member do in one database service (see
+/// [`crate::db::decide::write_gate`] and [`crate::db::decide::read_gate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbGate {
+    /// In the Maglev table: receives new flows.
+    Serve,
+    /// Out of the table, existing flows kept (a lagging replica, an undecided member).
+    Hold,
+    /// Out of the table and `BACKEND_F_DOWN | BACKEND_F_RESET`: its flows are reset (a
+    /// demoted or fenced primary, a down member).
+    Reset,
+}
+
+impl DbGate {
+    /// Lowercase name (logs, JSON).
+    pub fn name(self) -> &'static str {
+        match self {
+            DbGate::Serve => "serve",
+            DbGate::Hold => "hold",
+            DbGate::Reset => "reset",
+        }
+    }
+}
+
 /// A health transition, kept for `lbctl` and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
@@ -164,6 +188,9 @@ pub struct BackendState {
     pub active_flows: u64,
     /// When its health checks last gave a verdict (staleness of `tracker`).
     pub verdicts: VerdictClock,
+    /// For a backend of a database service: what the cluster's last decision lets it do
+    /// (health and drain are then not used). `None` for ordinary services.
+    pub db: Option<DbGate>,
 }
 
 impl BackendState {

@@ -98,6 +98,7 @@ pub fn run_options(path: &Path) -> RunOptions {
         config,
         interfaces: vec![],
         pin_root: None,
+        db_prober: crate::db::supervisor::default_prober(),
     }
 }
 

@@ -114,6 +114,9 @@ const PROJECT_BINARIES: &[(&str, &str)] = &[
     ("tests/src/lab/sys.rs", "program"), // ns_command / ns_run pass their parameter on
     ("tests/src/lab/topology.rs", "program"), // client_run / balancer_run
     ("tests/src/lab/postgres.rs", "program"), // pg_command / run_pg
+    // The operator's own `db_clusters[].promote.command` (docs/database.md); setup installs
+    // nothing for it.
+    ("lb-userspace/src/db/supervisor.rs", "program"),
 ];
 
 /// Files that may run programs of the bench set: the bench itself. Everything else (the lab,

@@ -135,6 +135,92 @@ pub enum Request {
     /// Detaches the XDP program, removes the pinned maps and links, and stops `lbd`.
     /// Data: a short message.
     Unload,
+    /// Database clusters: primary, timeline and every member's role, LSN, lag and flows.
+    /// Data: `Vec<`[`DbClusterInfo`]`>`.
+    DbStatus {
+        /// Cluster name; `None` shows every cluster.
+        #[serde(default)]
+        cluster: Option<String>,
+    },
+    /// Recent database events (primary changes, split brain, fencing, read fallback...),
+    /// oldest first. Data: `Vec<`[`DbEventInfo`]`>`.
+    DbEvents {
+        /// Cluster name; `None` shows every cluster's.
+        #[serde(default)]
+        cluster: Option<String>,
+        /// Most recent events to return (default 50).
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+}
+
+/// One database cluster as `db_status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbClusterInfo {
+    /// Cluster name.
+    pub name: String,
+    /// The elected primary (the write services' backend).
+    pub primary: Option<SocketAddrV4>,
+    /// Its timeline.
+    pub timeline: Option<u32>,
+    /// When it was elected (Unix milliseconds).
+    pub primary_since_unix_ms: Option<u64>,
+    /// More than one member claims to be primary.
+    pub split_brain: bool,
+    /// No replica is eligible for reads.
+    pub read_fallback: bool,
+    /// The cluster's system identifier (configured or learned).
+    pub system_identifier: Option<String>,
+    /// Primary changes since lbd started.
+    pub primary_changes: u64,
+    /// Estimated bytes lost at the last primary change.
+    pub lost_bytes_estimate: Option<u64>,
+    /// Check rounds decided.
+    pub rounds: u64,
+    /// Members in configuration order.
+    pub members: Vec<DbMemberInfo>,
+}
+
+/// One member of a database cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbMemberInfo {
+    /// Its address.
+    pub address: SocketAddrV4,
+    /// Role: unknown, primary, replica, fenced, down, foreign.
+    pub role: String,
+    /// Check state: up, down or unknown.
+    pub state: String,
+    /// Outcome of the last check (observed, failed, auth_failed, overloaded, ...).
+    pub probe: String,
+    /// Latest LSN (`X/Y`): current for the primary, replay for replicas.
+    pub lsn: Option<String>,
+    /// Lag behind the primary in bytes, when measured.
+    pub lag_bytes: Option<u64>,
+    /// Timeline it reports.
+    pub timeline: Option<u32>,
+    /// Eligible for reads.
+    pub read_eligible: bool,
+    /// Live flows to it over every service of the cluster (last conntrack sweep).
+    pub flows: u64,
+    /// Why it has this role and eligibility.
+    pub why: String,
+}
+
+/// One database event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbEventInfo {
+    /// Sequence number.
+    pub seq: u64,
+    /// When (Unix milliseconds).
+    pub at_unix_ms: u64,
+    /// Cluster name.
+    pub cluster: String,
+    /// Event name (`primary_elected`, `split_brain`, ...).
+    pub event: String,
+    /// The member concerned, if one.
+    pub member: Option<SocketAddrV4>,
+    /// What happened, one line.
+    pub message: String,
 }
 
 impl Request {
@@ -156,6 +242,8 @@ impl Request {
             Request::ConfigDump => "config_dump",
             Request::ConfigSave => "config_save",
             Request::Unload => "unload",
+            Request::DbStatus { .. } => "db_status",
+            Request::DbEvents { .. } => "db_events",
         }
     }
 
@@ -168,6 +256,8 @@ impl Request {
                 | Request::BackendList { .. }
                 | Request::Stats
                 | Request::ConfigDump
+                | Request::DbStatus { .. }
+                | Request::DbEvents { .. }
         )
     }
 

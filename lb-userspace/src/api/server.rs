@@ -192,6 +192,32 @@ pub fn handle<D: Dataplane>(daemon: &Daemon<D>, req: Request) -> Response {
                 pin_root: daemon.pin_root.clone(),
             })
         }
+        Request::DbStatus { cluster } => {
+            let ctl = daemon.controller();
+            let db = daemon.db();
+            match crate::db::supervisor::status(&ctl, &db, cluster.as_deref()) {
+                Ok(list) => Response::success(&list),
+                Err(e) => Response::failure(e),
+            }
+        }
+        Request::DbEvents { cluster, limit } => {
+            let ctl = daemon.controller();
+            if let Some(name) = &cluster {
+                if ctl.config().db_cluster(name).is_none() {
+                    return Response::failure(crate::db::supervisor::unknown_cluster(
+                        ctl.config(),
+                        name,
+                    ));
+                }
+            }
+            let db = daemon.db();
+            let list: Vec<_> = db
+                .events(cluster.as_deref(), limit.unwrap_or(50))
+                .iter()
+                .map(crate::db::supervisor::event_info)
+                .collect();
+            Response::success(&list)
+        }
         Request::ServiceList => {
             let ctl = daemon.controller();
             Response::success(&crate::stats::snapshot(&ctl, &daemon.sampler()).services)

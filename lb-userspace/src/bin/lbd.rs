@@ -164,6 +164,7 @@ fn real_main(args: Args) -> Result<()> {
         config: config.clone(),
         interfaces,
         pin_root: opts.pin_root.clone(),
+        db_prober: lb::db::supervisor::default_prober(),
     };
     let outcome = runtime.block_on(run(run_opts, dp, std::future::pending()))?;
     if outcome == Outcome::UnloadRequested {

@@ -11,7 +11,8 @@
 //!   [`state_cell`]).
 
 use crate::api::proto::{
-    BackendListEntry, BackendStats, Health, ServiceStats, StatsSnapshot, StatusInfo,
+    BackendListEntry, BackendStats, DbClusterInfo, DbEventInfo, Health, ServiceStats,
+    StatsSnapshot, StatusInfo,
 };
 use std::fmt::Write as _;
 
@@ -360,6 +361,101 @@ pub fn status(s: &StatusInfo) -> String {
     ]);
     out.push_str(&t.render(""));
     out
+}
+
+/// A Unix time in milliseconds as `YYYY-MM-DD HH:MM:SS.mmm` UTC.
+pub fn utc_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// The `lbctl db status` view: per cluster a summary line, then one row per member.
+pub fn db_status(list: &[DbClusterInfo]) -> String {
+    let mut out = String::new();
+    if list.is_empty() {
+        out.push_str("no database clusters configured\n");
+    }
+    for (i, c) in list.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let primary = match c.primary {
+            Some(p) => format!(
+                "{p}  timeline {}  since {}",
+                c.timeline.map_or("?".into(), |t| t.to_string()),
+                c.primary_since_unix_ms.map_or("?".into(), utc_ms)
+            ),
+            None => "NONE (writes refused)".into(),
+        };
+        let _ = writeln!(out, "cluster {}  primary {primary}", c.name);
+        let mut flags = Vec::new();
+        if c.split_brain {
+            flags.push("SPLIT BRAIN".to_string());
+        }
+        if c.read_fallback {
+            flags.push("read fallback".to_string());
+        }
+        flags.push(format!("primary changes {}", c.primary_changes));
+        if let Some(l) = c.lost_bytes_estimate {
+            flags.push(format!("last lost-bytes estimate {l}"));
+        }
+        flags.push(format!("rounds {}", c.rounds));
+        let _ = writeln!(out, "  {}", flags.join("  "));
+        let mut t = Table::new(&[
+            "MEMBER", "ROLE", "STATE", "CHECK", "LSN", "TL", "LAG", "READS", "FLOWS", "WHY",
+        ]);
+        for m in &c.members {
+            t.push(vec![
+                m.address.to_string(),
+                m.role.clone(),
+                m.state.clone(),
+                m.probe.clone(),
+                m.lsn.clone().unwrap_or_else(|| "-".into()),
+                m.timeline.map_or("-".into(), |t| t.to_string()),
+                m.lag_bytes.map_or("-".into(), |l| bytes(l as f64)),
+                if m.read_eligible { "yes" } else { "no" }.into(),
+                count(m.flows),
+                m.why.clone(),
+            ]);
+        }
+        out.push_str(&t.render("  "));
+    }
+    out
+}
+
+/// The `lbctl db events` view: one line per event, oldest first.
+pub fn db_events(list: &[DbEventInfo]) -> String {
+    if list.is_empty() {
+        return "no database events\n".into();
+    }
+    let mut t = Table::new(&["TIME (UTC)", "CLUSTER", "EVENT", "MESSAGE"]);
+    for e in list {
+        t.push(vec![
+            utc_ms(e.at_unix_ms),
+            e.cluster.clone(),
+            e.event.clone(),
+            e.message.clone(),
+        ]);
+    }
+    t.render("")
 }
 
 /// The `lbctl stats` view: services with backends, then the global counters in

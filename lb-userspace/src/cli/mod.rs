@@ -70,6 +70,29 @@ pub enum Command {
     Config(ConfigCommand),
     /// Detach the XDP program, remove pinned maps and stop lbd (forwarding stops).
     Unload,
+    /// Database clusters: roles, lag, events.
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+/// `lbctl db ...`
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Primary, timeline and every member's role, state, LSN, lag, flows and why.
+    Status {
+        /// Only this cluster.
+        cluster: Option<String>,
+    },
+    /// Recent events: primary changes (with the lost-bytes estimate), split brain, fencing,
+    /// read fallback, members down and up.
+    Events {
+        /// Only this cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// How many of the most recent events.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
 }
 
 /// `lbctl service ...`
@@ -409,6 +432,13 @@ pub fn request_for(command: &Command) -> Result<Request> {
         Command::Config(ConfigCommand::Dump) => Request::ConfigDump,
         Command::Config(ConfigCommand::Save) => Request::ConfigSave,
         Command::Unload => Request::Unload,
+        Command::Db(DbCommand::Status { cluster }) => Request::DbStatus {
+            cluster: cluster.clone(),
+        },
+        Command::Db(DbCommand::Events { cluster, limit }) => Request::DbEvents {
+            cluster: cluster.clone(),
+            limit: Some(*limit),
+        },
     })
 }
 
@@ -434,6 +464,16 @@ pub fn render_human(request: &Request, data: Value) -> Result<String> {
         Request::Stats => {
             let s: StatsSnapshot = serde_json::from_value(data).map_err(decode("stats data"))?;
             format::stats(&s, None, false)
+        }
+        Request::DbStatus { .. } => {
+            let l: Vec<crate::api::proto::DbClusterInfo> =
+                serde_json::from_value(data).map_err(decode("database status"))?;
+            format::db_status(&l)
+        }
+        Request::DbEvents { .. } => {
+            let l: Vec<crate::api::proto::DbEventInfo> =
+                serde_json::from_value(data).map_err(decode("database events"))?;
+            format::db_events(&l)
         }
         Request::ConfigSave => match data {
             Value::String(path) => format!("saved the running configuration to {path}\n"),

@@ -19,6 +19,11 @@
 //!   usable set is unchanged is not rewritten. A configuration that fails validation changes
 //!   nothing.
 
+mod db;
+#[cfg(test)]
+mod db_tests;
+
+pub use db::GateChange;
 mod journal;
 mod reload;
 mod sweep;
@@ -30,7 +35,7 @@ use crate::config::{CheckKind, Config, ConfigError, OnBackendDown, ServiceConfig
 use crate::dataplane::{ConntrackSweep, ConntrackSweeper, Dataplane, DataplaneError};
 use crate::maglev::{self, MaglevBackend};
 use crate::model::{
-    is_usable, service_key, BackendState, Health, HealthTracker, ServiceState, Transition,
+    is_usable, service_key, BackendState, DbGate, Health, HealthTracker, ServiceState, Transition,
     VerdictClock,
 };
 use lb_common::{
@@ -210,6 +215,11 @@ pub struct Controller<D: Dataplane> {
 
 /// The `BACKEND_F_*` flags of `b`; `reset_on_down` is its service's `on_backend_down: reset`.
 fn backend_flags(b: &BackendState, reset_on_down: bool) -> u32 {
+    match b.db {
+        Some(DbGate::Reset) => return BACKEND_F_DOWN | BACKEND_F_RESET,
+        Some(DbGate::Serve | DbGate::Hold) => return 0,
+        None => {}
+    }
     let mut flags = 0;
     if b.health() == Health::Down {
         flags |= BACKEND_F_DOWN;
@@ -289,11 +299,12 @@ impl<D: Dataplane> Controller<D> {
         pinned_vips: Vec<(u32, VipValue)>,
     ) -> Result<(), ControllerError> {
         let m = config.limits.maglev_table_size;
+        let services = config.expanded_services();
         let ctl = self;
         // Adopt services whose key is still configured; remove the others.
         let mut adopted: HashMap<ServiceKey, ServiceValue> = HashMap::new();
         for (key, value) in pinned_services {
-            let wanted = config.services.iter().any(|s| service_key(s) == key);
+            let wanted = services.iter().any(|s| service_key(s) == key);
             if wanted && value.service_id < config.limits.max_services {
                 ctl.used_service_ids.insert(value.service_id);
                 adopted.insert(key, value);
@@ -314,7 +325,7 @@ impl<D: Dataplane> Controller<D> {
                 lb_common::port_from_be(value.port_be),
             );
             let configured = adopted.values().any(|s| s.service_id == value.service_id)
-                && config.services.iter().any(|s| {
+                && services.iter().any(|s| {
                     adopted.get(&service_key(s)).map(|v| v.service_id) == Some(value.service_id)
                         && s.backends.iter().any(|b| b.address == address)
                 });
@@ -332,7 +343,7 @@ impl<D: Dataplane> Controller<D> {
         }
 
         ctl.write_globals()?;
-        for svc_cfg in &config.services {
+        for svc_cfg in &services {
             let key = service_key(svc_cfg);
             let (id, active_slot) = match adopted.get(&key) {
                 Some(v) => {
@@ -362,17 +373,30 @@ impl<D: Dataplane> Controller<D> {
                         } else {
                             Health::Up
                         };
-                        new_backend_state(b.clone(), bid, health, Some(value.flags))
+                        let mut state =
+                            new_backend_state(b.clone(), bid, health, Some(value.flags));
+                        if svc_cfg.db_cluster.is_some() {
+                            // Until the cluster's first round: a member whose flows were
+                            // being reset stays so, the others are held (flows kept).
+                            state.db = Some(if value.flags & BACKEND_F_RESET != 0 {
+                                DbGate::Reset
+                            } else {
+                                DbGate::Hold
+                            });
+                        }
+                        state
                     }
                     None => {
                         let bid = ctl.alloc_backend_id()?;
                         ctl.dp.reset_stats(None, Some(bid))?;
-                        new_backend_state(
+                        let mut state = new_backend_state(
                             b.clone(),
                             bid,
                             initial_health(svc_cfg.health_check.kind),
                             None,
-                        )
+                        );
+                        state.db = svc_cfg.db_cluster.as_ref().map(|_| DbGate::Hold);
+                        state
                     }
                 };
                 backends.push(state);
@@ -569,5 +593,6 @@ fn new_backend_state(
         written_flags,
         active_flows: 0,
         verdicts: VerdictClock::new(std::time::Instant::now()),
+        db: None,
     }
 }

@@ -66,12 +66,13 @@ impl<D: Dataplane> Controller<D> {
     /// count), each service id owns its two Maglev tables, and [`Config::validate`] bounds
     /// the SNAT addresses.
     fn check_capacity(&self, new: &Config) -> Result<(), ControllerError> {
+        let new_services = new.expanded_services();
         let same =
             |r: &ServiceState, s: &ServiceConfig| r.cfg.name == s.name && r.key == service_key(s);
         let kept: Vec<&ServiceState> = self
             .services
             .iter()
-            .filter(|r| new.services.iter().any(|s| same(r, s)))
+            .filter(|r| new_services.iter().any(|s| same(r, s)))
             .collect();
         let mut free_ids: BTreeSet<u32> = (0..new.limits.max_services)
             .filter(|id| !self.used_service_ids.contains(id) || !kept.iter().any(|r| r.id == *id))
@@ -90,7 +91,7 @@ impl<D: Dataplane> Controller<D> {
         }
         let mut need_services = 0u32;
         let mut need_backends = 0u32;
-        for s in &new.services {
+        for s in &new_services {
             let existing = kept.iter().find(|r| same(r, s));
             let id = match existing {
                 Some(r) => Some(r.id),
@@ -143,10 +144,11 @@ impl<D: Dataplane> Controller<D> {
     /// [`Self::apply`] after the checks; runs inside a transaction.
     fn apply_checked(&mut self, new: Config) -> Result<ApplySummary, ControllerError> {
         let old = &self.config;
+        let new_services = new.expanded_services();
         let removed_services: Vec<usize> = (0..self.services.len())
             .filter(|&i| {
                 let r = &self.services[i];
-                !new.services
+                !new_services
                     .iter()
                     .any(|s| s.name == r.cfg.name && service_key(s) == r.key)
             })
@@ -170,9 +172,9 @@ impl<D: Dataplane> Controller<D> {
             summary.services_removed.push(svc.cfg.name.clone());
         }
 
-        let mut next: Vec<ServiceState> = Vec::with_capacity(new.services.len());
+        let mut next: Vec<ServiceState> = Vec::with_capacity(new_services.len());
         let mut current = std::mem::take(&mut self.services);
-        for s in &new.services {
+        for s in &new_services {
             let idx = current.iter().position(|r| r.cfg.name == s.name);
             let state = match idx {
                 Some(k) => {
@@ -240,6 +242,11 @@ impl<D: Dataplane> Controller<D> {
                     // Its check task restarts: staleness counts from now.
                     state.verdicts = VerdictClock::new(std::time::Instant::now());
                 }
+                match (&new.db_cluster, state.db) {
+                    (Some(_), None) => state.db = Some(DbGate::Hold),
+                    (None, Some(_)) => state.db = None,
+                    _ => {}
+                }
                 backends.push(state);
                 continue;
             }
@@ -256,12 +263,10 @@ impl<D: Dataplane> Controller<D> {
                     id
                 }
             };
-            backends.push(new_backend_state(
-                b.clone(),
-                id,
-                initial_health(new.health_check.kind),
-                None,
-            ));
+            let mut state =
+                new_backend_state(b.clone(), id, initial_health(new.health_check.kind), None);
+            state.db = new.db_cluster.as_ref().map(|_| DbGate::Hold);
+            backends.push(state);
             summary.backends_added.push(label);
         }
         for gone in old {

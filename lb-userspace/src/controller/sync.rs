@@ -26,7 +26,10 @@ impl<D: Dataplane> Controller<D> {
     pub(super) fn sync_service(&mut self, i: usize) -> Result<bool, ControllerError> {
         let m = self.config.limits.maglev_table_size;
         let svc = &self.services[i];
-        let usable = |b: &&BackendState| !b.cfg.drain && is_usable(b.health());
+        let usable = |b: &&BackendState| match b.db {
+            Some(gate) => gate == DbGate::Serve,
+            None => !b.cfg.drain && is_usable(b.health()),
+        };
         let primaries: Vec<&BackendState> = svc
             .backends
             .iter()
