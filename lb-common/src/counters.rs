@@ -2,7 +2,8 @@
 //!
 //! Every packet the XDP program sees increments exactly one verdict counter (all but the event
 //! counters [`CT_BACKEND_DOWN`], [`CT_SYN_REUSE`], [`NEW_FLOW`], [`CT_SYN_ON_OPEN`] and
-//! [`CT_PAIR_REPAIRED`], which count events on top of the verdict), plus, when it belongs to a service, that service's and backend's
+//! [`CT_PAIR_REPAIRED`], [`CT_SYN_UNANSWERED`], [`SELECT_SKIPPED`], [`SELECT_FALLBACK`] and
+//! [`EVENT_LOST`], which count events on top of the verdict), plus, when it belongs to a service, that service's and backend's
 //! [`crate::FlowStats`]. The name in [`COUNTER_NAMES`] is the `reason` label of the
 //! `lb_packets_total` metric.
 
@@ -94,8 +95,33 @@ pub const TX_RST_CT_CONFLICT: u32 = 30;
 /// another live flow: the stale reply entry is removed and the packet dropped.
 pub const DROP_CT_CONFLICT: u32 = 31;
 
+/// A RST from the backend answered a flow still in SYN_SENT (passive detection): the RST is
+/// not forwarded, both entries are released, the backend is marked suspect and lbd is told
+/// (`XDP_DROP`; the client's SYN retransmission is balanced to another backend).
+pub const DROP_BACKEND_RST_TO_SYN: u32 = 32;
+/// A client SYN retransmitted on a flow in SYN_SENT whose last packet is at least
+/// [`crate::passive::SYN_RETRANSMIT_MIN_NS`] old (event, passive detection): the backend is
+/// marked suspect, both entries are released and the SYN is balanced afresh (a retried
+/// connection; the verdict is that of the new flow).
+pub const CT_SYN_UNANSWERED: u32 = 33;
+/// A new flow's own Maglev slot held a suspect or down backend and a later probe found a
+/// usable one (event).
+pub const SELECT_SKIPPED: u32 = 34;
+/// No probe found a usable backend: the flow's own slot's backend was taken although suspect
+/// or down (event).
+pub const SELECT_FALLBACK: u32 = 35;
+/// A passive-detection event could not be written to the ring buffer (full, or lbd not
+/// reading): the suspicion still holds and expires by itself (event).
+pub const EVENT_LOST: u32 = 36;
+/// Unused; the index stays so the table is dense.
+pub const RESERVED_37: u32 = 37;
+/// Unused; the index stays so the table is dense.
+pub const RESERVED_38: u32 = 38;
+/// Unused; the index stays so the table is dense.
+pub const RESERVED_39: u32 = 39;
+
 /// Number of global counters.
-pub const NUM_COUNTERS: u32 = 32;
+pub const NUM_COUNTERS: u32 = 40;
 
 /// Metric label of each counter, indexed by counter index.
 pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
@@ -131,6 +157,14 @@ pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
     "ct_pair_repaired",
     "tx_rst_ct_conflict",
     "drop_ct_conflict",
+    "drop_backend_rst_to_syn",
+    "ct_syn_unanswered",
+    "select_skipped",
+    "select_fallback",
+    "event_lost",
+    "reserved_37",
+    "reserved_38",
+    "reserved_39",
 ];
 
 #[cfg(test)]

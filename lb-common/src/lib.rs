@@ -21,19 +21,22 @@ pub mod checksum;
 pub mod counters;
 pub mod hash;
 pub mod maps;
+pub mod passive;
 pub mod tcp_state;
 
 pub use counters::*;
 pub use maps::*;
 
-/// Version of the pinned map layout; part of the pin directory name (`abi3`).
+/// Version of the pinned map layout; part of the pin directory name (`abi4`).
 ///
 /// 2: [`FlowEntry`] grew the cached next hop (32 -> 56 bytes).
 /// 3: [`FlowEntry`] holds the shared TCP state (`state`, `close_dir`; the ESTABLISHED and
 ///    CLOSING flags are gone), [`GlobalConfig`] one timeout per state, and embryonic flows
 ///    live in their own map [`MAP_CT_SYN`]. `LB_STATS` grew the ICMP and MTU counters and the
 ///    lifecycle events (23 -> 32 entries).
-pub const ABI_VERSION: u32 = 3;
+/// 4: passive failure detection: [`MAP_BACKEND_SUSPECT`] and the [`MAP_EVENTS`] ring buffer
+///    are new, `LB_STATS` grew the passive-detection counters (32 -> 40 entries).
+pub const ABI_VERSION: u32 = 4;
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";

@@ -15,6 +15,8 @@ use lb_tests::fixture::netns::FixtureNetns;
 use lb_tests::fixture::require_root;
 use std::net::Ipv4Addr;
 
+#[path = "fixtures/failover.rs"]
+mod failover;
 #[path = "fixtures/fuzz.rs"]
 mod fuzz;
 #[path = "fixtures/icmp.rs"]
@@ -1173,12 +1175,14 @@ fn packet_fixtures() {
             "the fixture table must have at least 30 cases"
         );
         cases.extend(lifecycle::cases(&ifs));
+        cases.extend(failover::cases(&ifs));
         let mut failures = run_cases(&mut dp, cases);
         // Every verdict and event counter must have been exercised, except the one the kernel
         // cannot be made to produce on an LRU map (insert failure).
         let totals = dp.global_counters().unwrap();
         for (idx, name) in COUNTER_NAMES.iter().enumerate() {
-            let expect_zero = idx as u32 == DROP_CONNTRACK_FULL;
+            let expect_zero =
+                idx as u32 == DROP_CONNTRACK_FULL || COUNTER_NAMES[idx].starts_with("reserved_");
             if expect_zero != (totals[idx] == 0) {
                 failures.push(format!(
                     "counter {name} total {} after all cases",
