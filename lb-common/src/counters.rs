@@ -98,7 +98,7 @@ pub const DROP_CT_CONFLICT: u32 = 31;
 /// A RST from the backend answered a flow still in SYN_SENT (passive detection): the RST is
 /// not forwarded, both entries are released, the backend is marked suspect and lbd is told
 /// (`XDP_DROP`; the client's SYN retransmission is balanced to another backend).
-pub const DROP_BACKEND_RST_TO_SYN: u32 = 32;
+pub const DROP_SYN_REFUSED: u32 = 32;
 /// A client SYN retransmitted on a flow in SYN_SENT whose last packet is at least
 /// [`crate::passive::SYN_RETRANSMIT_MIN_NS`] old (event, passive detection): the backend is
 /// marked suspect, both entries are released and the SYN is balanced afresh (a retried
@@ -157,7 +157,7 @@ pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
     "ct_pair_repaired",
     "tx_rst_ct_conflict",
     "drop_ct_conflict",
-    "drop_backend_rst_to_syn",
+    "drop_syn_refused",
     "ct_syn_unanswered",
     "select_skipped",
     "select_fallback",

@@ -398,7 +398,7 @@ fn lb4_reply(
         // the now suspect backend.
         passive::raise(entry.backend_id, entry.service_id, REASON_RST_TO_SYN, now);
         conntrack::release(table.map(), key, entry);
-        return Ok(Verdict::drop(DROP_BACKEND_RST_TO_SYN));
+        return Ok(Verdict::drop(DROP_SYN_REFUSED));
     }
     let t = tcp_next_state(entry.state, entry.close_dir, DIR_REPLY, tcp.flags);
     if conntrack::step(table, key, entry, &t, cfg, now) == Pair::Conflict {

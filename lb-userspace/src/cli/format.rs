@@ -706,6 +706,10 @@ backends    4 (3 up, 1 not up)
                 "\ntx_icmp_frag_needed  0      0\ndrop_too_big         0      0\n\
                  ct_syn_on_open       0      0\nct_pair_repaired     0      0\n\
                  tx_rst_ct_conflict   0      0\ndrop_ct_conflict     0      0\n\
+                 drop_syn_refused     0      0\nct_syn_unanswered    0      0\n\
+                 select_skipped       0      0\nselect_fallback      0      0\n\
+                 event_lost           0      0\nreserved_37          0      0\n\
+                 reserved_38          0      0\nreserved_39          0      0\n\
                  from_the_future      1      -\n"
             ),
             "\n{got}"
