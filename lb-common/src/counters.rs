@@ -2,8 +2,9 @@
 //!
 //! Every packet the XDP program sees increments exactly one verdict counter (all but the event
 //! counters [`CT_BACKEND_DOWN`], [`CT_SYN_REUSE`], [`NEW_FLOW`], [`CT_SYN_ON_OPEN`],
-//! [`CT_PAIR_REPAIRED`] and [`CT_DOWN_KEPT`], which count events on top of the
-//! verdict), plus, when it belongs to a service, that service's and backend's
+//! [`CT_PAIR_REPAIRED`], [`CT_DOWN_KEPT`], [`CT_SYN_UNANSWERED`], [`SELECT_SKIPPED`],
+//! [`SELECT_FALLBACK`] and [`EVENT_LOST`], which count events on top of the verdict), plus,
+//! when it belongs to a service, that service's and backend's
 //! [`crate::FlowStats`]. The name in [`COUNTER_NAMES`] is the `reason` label of the
 //! `lb_packets_total` metric.
 
@@ -97,36 +98,50 @@ pub const TX_RST_CT_CONFLICT: u32 = 30;
 /// another live flow: the stale reply entry is removed and the packet dropped.
 pub const DROP_CT_CONFLICT: u32 = 31;
 
-// 32..=39: reserved (other counters land there at merge; the lead renumbers).
-
+/// A RST from the backend answered a flow still in SYN_SENT (passive detection): the RST is
+/// not forwarded, both entries are released, the backend is marked suspect and lbd is told
+/// (`XDP_DROP`; the client's SYN retransmission is balanced to another backend).
+pub const DROP_SYN_REFUSED: u32 = 32;
+/// A client SYN retransmitted on a flow in SYN_SENT whose last packet is at least
+/// [`crate::passive::SYN_RETRANSMIT_MIN_NS`] old (event, passive detection): the backend is
+/// marked suspect, both entries are released and the SYN is balanced afresh (a retried
+/// connection; the verdict is that of the new flow).
+pub const CT_SYN_UNANSWERED: u32 = 33;
+/// A new flow's own Maglev slot held a suspect or down backend and a later probe found a
+/// usable one (event).
+pub const SELECT_SKIPPED: u32 = 34;
+/// No probe found a usable backend: the flow's own slot's backend was taken although suspect
+/// or down (event).
+pub const SELECT_FALLBACK: u32 = 35;
+/// A passive-detection event could not be written to the ring buffer (full, or lbd not
+/// reading): the suspicion still holds and expires by itself (event).
+pub const EVENT_LOST: u32 = 36;
 /// A packet of a tracked flow arrived from the client while the flow's backend is flagged
 /// `BACKEND_F_RESET` (`on_backend_down: reset`, a removed backend) or no longer exists: both
 /// entries are released and the client is answered with a RST from the VIP (`XDP_TX`).
-pub const TX_RST_DOWN_CLIENT: u32 = 40;
+pub const TX_RST_DOWN_CLIENT: u32 = 37;
 /// A packet of a tracked flow arrived from the backend while the backend is flagged
 /// `BACKEND_F_RESET` or no longer exists: both entries are released and the backend is
 /// answered with a RST from the SNAT address, its sequence number taken from the packet's
 /// acknowledgment (`XDP_TX`).
-pub const TX_RST_DOWN_BACKEND: u32 = 41;
+pub const TX_RST_DOWN_BACKEND: u32 = 38;
 /// A packet of a tracked flow whose backend is down without `BACKEND_F_RESET`
 /// (`on_backend_down: keep`) was forwarded as usual (event, either direction).
-pub const CT_DOWN_KEPT: u32 = 42;
-
-// 43..=45: reserved.
+pub const CT_DOWN_KEPT: u32 = 39;
 
 /// A backend packet on a flow in SYN_SENT (its SYN sent, no SYN-ACK seen) that is neither a
 /// SYN-ACK, nor a RST, nor a pure ACK without payload or FIN: data of an older connection on
 /// the same backend 4-tuple (an evicted flow whose SNAT port the new flow reserved), which
 /// must not reach the new client: `XDP_DROP`. See docs/architecture.md, "SNAT port reuse".
-pub const DROP_CT_EMBRYONIC_DATA: u32 = 46;
+pub const DROP_CT_EMBRYONIC_DATA: u32 = 40;
 /// An ICMP fragmentation-needed error from the client side about a tracked flow announcing
 /// an MTU below [`crate::ICMP_MIN_PMTU`] (552, Linux's `min_pmtu`; 0 included): not
 /// translated, since it would lower the backend's path MTU toward the SNAT address shared by
 /// many clients: `XDP_DROP`.
-pub const DROP_ICMP_SMALL_MTU: u32 = 47;
+pub const DROP_ICMP_SMALL_MTU: u32 = 41;
 
-/// Number of global counters (indices 32..=39 and 43..=45 are placeholders, see [`COUNTER_NAMES`]).
-pub const NUM_COUNTERS: u32 = 48;
+/// Number of global counters.
+pub const NUM_COUNTERS: u32 = 42;
 
 /// Metric label of each counter, indexed by counter index.
 pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
@@ -162,20 +177,14 @@ pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
     "ct_pair_repaired",
     "tx_rst_ct_conflict",
     "drop_ct_conflict",
-    "reserved_32",
-    "reserved_33",
-    "reserved_34",
-    "reserved_35",
-    "reserved_36",
-    "reserved_37",
-    "reserved_38",
-    "reserved_39",
+    "drop_syn_refused",
+    "ct_syn_unanswered",
+    "select_skipped",
+    "select_fallback",
+    "event_lost",
     "tx_rst_down_client",
     "tx_rst_down_backend",
     "ct_down_kept",
-    "reserved_43",
-    "reserved_44",
-    "reserved_45",
     "drop_ct_embryonic_data",
     "drop_icmp_small_mtu",
 ];

@@ -21,6 +21,7 @@ pub mod checksum;
 pub mod counters;
 pub mod hash;
 pub mod maps;
+pub mod passive;
 pub mod tcp_state;
 
 pub use counters::*;
@@ -33,8 +34,10 @@ pub use maps::*;
 ///    CLOSING flags are gone), [`GlobalConfig`] one timeout per state, and embryonic flows
 ///    live in their own map [`MAP_CT_SYN`]. `LB_STATS` grew the ICMP and MTU counters and the
 ///    lifecycle events (23 -> 32 entries).
-/// 4: `LB_STATS` grew the SYN_SENT data, small-MTU and backend-down counters (32 -> 48 entries);
-///    a flow of a down backend is kept or reset (`BACKEND_F_RESET`).
+/// 4: passive failure detection: [`MAP_BACKEND_SUSPECT`] and the [`MAP_EVENTS`] ring buffer
+///    are new; `LB_STATS` grew the passive-detection, backend-down, SYN_SENT-data and
+///    small-MTU counters (32 -> 42 entries); a flow of a down backend is kept or reset
+///    (`BACKEND_F_RESET`).
 pub const ABI_VERSION: u32 = 4;
 
 /// Name of the XDP program in the object file.

@@ -14,6 +14,8 @@
 //! | [`MAP_STATS`] | per-CPU array | `u32` [`crate::counters`] index | `u64` | XDP |
 //! | [`MAP_SERVICE_STATS`] | per-CPU array | `u32` service id | [`FlowStats`] | XDP |
 //! | [`MAP_BACKEND_STATS`] | per-CPU array | `u32` backend id | [`FlowStats`] | XDP |
+//! | [`MAP_BACKEND_SUSPECT`] | array | `u32` backend id | [`crate::passive::BackendSuspect`] | XDP raises, lbd clears |
+//! | [`MAP_EVENTS`] | ring buffer | - | [`crate::passive::PassiveEvent`] records | XDP (lbd reads) |
 //!
 //! Capacities marked "default" are set by lbd at load time from the configuration
 //! (`aya::EbpfLoader::set_max_entries`); the values here are what the object file declares.
@@ -49,9 +51,17 @@ pub const MAP_STATS: &str = "LB_STATS";
 pub const MAP_SERVICE_STATS: &str = "LB_SVC_STATS";
 /// Per-CPU [`FlowStats`] per backend id.
 pub const MAP_BACKEND_STATS: &str = "LB_BE_STATS";
+/// Passive-detection suspicion per backend id ([`crate::passive`]): raised by the data plane,
+/// consulted by the selection of new flows, cleared by lbd (or expiring by itself).
+pub const MAP_BACKEND_SUSPECT: &str = "LB_BE_SUSPECT";
+/// Ring buffer of [`crate::passive::PassiveEvent`] records, read by lbd.
+pub const MAP_EVENTS: &str = "LB_EVENTS";
+/// Size in bytes of [`MAP_EVENTS`] (a power-of-two multiple of the page size): room for
+/// about 2000 events, far more than one failure episode raises (one per suspicion).
+pub const EVENTS_RING_BYTES: u32 = 64 * 1024;
 
 /// Every map name, in a stable order (used for pinning and re-adoption).
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 14] = [
     MAP_SERVICES,
     MAP_VIPS,
     MAP_BACKENDS,
@@ -64,6 +74,8 @@ pub const ALL_MAPS: [&str; 12] = [
     MAP_STATS,
     MAP_SERVICE_STATS,
     MAP_BACKEND_STATS,
+    MAP_BACKEND_SUSPECT,
+    MAP_EVENTS,
 ];
 
 // ---------------------------------------------------------------------------------------------

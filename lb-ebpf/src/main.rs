@@ -18,6 +18,7 @@ mod icmp;
 mod maps;
 mod nat;
 mod parse;
+mod passive;
 mod rst;
 mod stats;
 
@@ -26,6 +27,7 @@ use conntrack::{now_ns, tcp_key, AllocError, Pair, Table};
 use forward::Direction;
 use lb_common::{
     hash::flow_hash,
+    passive::{select, REASON_RST_TO_SYN, REASON_SYN_UNANSWERED, SYN_RETRANSMIT_MIN_NS},
     tcp_flags,
     tcp_state::{
         tcp_next_state, Transition, CLOSE, DIR_ORIG, DIR_REPLY, EV_NEW_CONNECTION, EV_NONE,
@@ -248,10 +250,24 @@ fn lb4_service(
         key.dst_port_be,
         cfg.hash_seed,
     );
-    let slot = svc.table_offset.wrapping_add(h % svc.table_size);
-    let backend_id = *LB_MAGLEV.get(slot).ok_or(())?;
+    // The flow's own Maglev slot, or the first later probe with a usable backend when its
+    // backend is suspect or down (lb_common::passive::select).
+    let table_offset = svc.table_offset;
+    let sel = select(
+        h,
+        svc.table_size,
+        |slot| LB_MAGLEV.get(table_offset.wrapping_add(slot)).copied(),
+        |id| passive::usable(id, now),
+    )
+    .ok_or(())?;
+    let backend_id = sel.backend_id;
     if backend_id == BACKEND_ID_NONE {
         return rst::reply_rst(ctx, svc.service_id);
+    }
+    if sel.fallback {
+        stats::count(SELECT_FALLBACK);
+    } else if sel.probe != 0 {
+        stats::count(SELECT_SKIPPED);
     }
     let backend = LB_BACKENDS.get(backend_id).ok_or(())?;
     if backend.addr_be == 0 {
@@ -355,6 +371,22 @@ fn lb4_tracked(
         conntrack::release(map, key, entry);
         return Ok(None);
     }
+    if entry.state == SYN_SENT
+        && tcp.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
+        && now.saturating_sub(entry.last_seen_ns) >= SYN_RETRANSMIT_MIN_NS
+    {
+        // The client retransmits a SYN the backend never answered: a silent backend. Its
+        // flow ends here and the SYN is balanced afresh, away from the now suspect backend.
+        stats::count(CT_SYN_UNANSWERED);
+        passive::raise(
+            entry.backend_id,
+            entry.service_id,
+            REASON_SYN_UNANSWERED,
+            now,
+        );
+        conntrack::release(map, key, entry);
+        return Ok(None);
+    }
     match backend_fate(entry.backend_id) {
         Fate::Up => {}
         // A SYN whose backend never answered opens nothing there: it is re-balanced.
@@ -427,6 +459,14 @@ fn lb4_reply(
             return rst::reset_backend_down(ctx, true);
         }
         Fate::Reset => {}
+    }
+    if entry.state == SYN_SENT && tcp.flags & tcp_flags::RST != 0 {
+        // The backend refused the SYN (its host is up, the service is not): the client does
+        // not see the RST; its SYN retransmission finds no flow and is balanced away from
+        // the now suspect backend.
+        passive::raise(entry.backend_id, entry.service_id, REASON_RST_TO_SYN, now);
+        conntrack::release(table.map(), key, entry);
+        return Ok(Verdict::drop(DROP_SYN_REFUSED));
     }
     if entry.state == SYN_SENT && !syn_sent_reply_ok(tcp, tot_len - hlen) {
         return Ok(Verdict::drop(DROP_CT_EMBRYONIC_DATA));

@@ -7,12 +7,12 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
-    BackendValue, FlowEntry, FlowKey, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue,
+    passive::BackendSuspect, BackendValue, FlowEntry, FlowKey, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue,
     CONFIG_ENTRIES, CONNTRACK_ENTRIES_PER_FLOW, DEFAULT_CONNTRACK_FLOWS, DEFAULT_MAGLEV_TABLE_SIZE,
-    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, MAX_SNAT_ADDRS, MAX_TX_PORTS, NUM_COUNTERS,
+    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, EVENTS_RING_BYTES, MAX_SNAT_ADDRS, MAX_TX_PORTS, NUM_COUNTERS,
 };
 
 /// Services by (VIP, port, protocol): which Maglev table and stats slot a packet uses.
@@ -70,6 +70,15 @@ pub static LB_SVC_STATS: PerCpuArray<FlowStats> = PerCpuArray::pinned(DEFAULT_MA
 #[map]
 pub static LB_BE_STATS: PerCpuArray<FlowStats> = PerCpuArray::pinned(DEFAULT_MAX_BACKENDS, 0);
 
+/// Passive-detection suspicion per backend id (`lb_common::passive`): raised here, read by
+/// the selection of new flows, cleared by lbd.
+#[map]
+pub static LB_BE_SUSPECT: Array<BackendSuspect> = Array::pinned(DEFAULT_MAX_BACKENDS, 0);
+
+/// Passive-detection events for lbd (`lb_common::passive::PassiveEvent`).
+#[map]
+pub static LB_EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
+
 /// Compile-time string equality (the map symbols must be the lb-common names).
 const fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -99,4 +108,6 @@ const _: () = {
     assert!(same(lb_common::MAP_STATS, "LB_STATS"));
     assert!(same(lb_common::MAP_SERVICE_STATS, "LB_SVC_STATS"));
     assert!(same(lb_common::MAP_BACKEND_STATS, "LB_BE_STATS"));
+    assert!(same(lb_common::MAP_BACKEND_SUSPECT, "LB_BE_SUSPECT"));
+    assert!(same(lb_common::MAP_EVENTS, "LB_EVENTS"));
 };

@@ -187,6 +187,86 @@ mod tests {
         );
     }
 
+    /// Passive detection's selection walk (`lb_common::passive::select`, the function the
+    /// data plane runs) over a real table: with one of five backends suspect, its flows
+    /// spread over the other four so each stays within 10% of an equal share, and no flow of
+    /// a usable backend moves.
+    #[test]
+    fn selection_walk_spreads_a_suspect_backends_share_evenly() {
+        use lb_common::hash::flow_hash;
+        use lb_common::passive::select;
+        let bs = backends(5, |_| 1);
+        let table = build_table(&bs, M).unwrap();
+        let flows: u32 = 200_000;
+        for suspect in 1..=5u32 {
+            let mut by_backend: HashMap<u32, u64> = HashMap::new();
+            let mut moved_flows = 0u64;
+            let mut moved_to: HashMap<u32, u64> = HashMap::new();
+            let mut fallbacks = 0u64;
+            for i in 0..flows {
+                let client = 0x0a00_0000u32 | (i / 50_000);
+                let port = (1024 + i % 50_000) as u16;
+                let h = flow_hash(
+                    client,
+                    0xc000_020a,
+                    port.to_be(),
+                    80u16.to_be(),
+                    0x5eed_1b01,
+                );
+                let own = table[(h % M) as usize];
+                let sel =
+                    select(h, M, |s| table.get(s as usize).copied(), |id| id != suspect).unwrap();
+                if sel.fallback {
+                    // All probes landed on the suspect's slots ((1/5)^7 of its flows): the
+                    // suspect backend is taken anyway.
+                    assert_eq!(sel.backend_id, suspect);
+                    fallbacks += 1;
+                    continue;
+                }
+                assert_ne!(sel.backend_id, suspect);
+                if own == suspect {
+                    moved_flows += 1;
+                    *moved_to.entry(sel.backend_id).or_insert(0) += 1;
+                } else {
+                    assert_eq!(sel.backend_id, own, "a flow of a usable backend moved");
+                }
+                *by_backend.entry(sel.backend_id).or_insert(0) += 1;
+            }
+            let equal = f64::from(flows) / 4.0;
+            let mut worst = 0f64;
+            for b in (1..=5).filter(|&b| b != suspect) {
+                let got = by_backend[&b] as f64;
+                let rel = (got - equal).abs() / equal;
+                worst = worst.max(rel);
+                assert!(
+                    rel <= 0.10,
+                    "suspect {suspect}: backend {b} got {got} flows, equal share {equal} ({:.2}% off)",
+                    rel * 100.0
+                );
+            }
+            // The moved flows themselves divide evenly (each receiver within 10% of a quarter).
+            let quarter = moved_flows as f64 / 4.0;
+            let mut worst_moved = 0f64;
+            for b in (1..=5).filter(|&b| b != suspect) {
+                let rel = (moved_to[&b] as f64 - quarter).abs() / quarter;
+                worst_moved = worst_moved.max(rel);
+                assert!(
+                    rel <= 0.10,
+                    "suspect {suspect}: moved flows to {b}: {moved_to:?}"
+                );
+            }
+            assert!(
+                fallbacks * 10_000 <= u64::from(flows),
+                "{fallbacks} fallbacks"
+            );
+            eprintln!(
+                "suspect {suspect}: worst share deviation {:.2}%, {moved_flows} flows moved, worst deviation among them {:.2}%, {fallbacks} fallbacks",
+                worst * 100.0,
+                worst_moved * 100.0
+            );
+        }
+    }
+
     #[test]
     fn equal_weights_are_even() {
         for n in [3, 10, 100] {

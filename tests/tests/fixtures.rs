@@ -17,6 +17,8 @@ use std::net::Ipv4Addr;
 
 #[path = "fixtures/backend_down.rs"]
 mod backend_down;
+#[path = "fixtures/failover.rs"]
+mod failover;
 #[path = "fixtures/fuzz.rs"]
 mod fuzz;
 #[path = "fixtures/icmp.rs"]
@@ -1212,13 +1214,13 @@ fn packet_fixtures() {
         );
         cases.extend(lifecycle::cases(&ifs));
         cases.extend(backend_down::cases(&ifs));
+        cases.extend(failover::cases(&ifs));
         let mut failures = run_cases(&mut dp, cases);
         // Every verdict and event counter must have been exercised, except the one the kernel
         // cannot be made to produce on an LRU map (insert failure) and the unused placeholders.
         let totals = dp.global_counters().unwrap();
         for (idx, name) in COUNTER_NAMES.iter().enumerate() {
-            // `reserved_NN`: indices kept free for counters merged from other branches.
-            let expect_zero = idx as u32 == DROP_CONNTRACK_FULL || name.starts_with("reserved_");
+            let expect_zero = idx as u32 == DROP_CONNTRACK_FULL;
             if expect_zero != (totals[idx] == 0) {
                 failures.push(format!(
                     "counter {name} total {} after all cases",

@@ -29,6 +29,8 @@ const STARTERS: &[(&str, usize)] = &[
     // tests/src/lab/topology.rs: `ns_run` in the client or the balancer namespace.
     ("client_run", 0),
     ("balancer_run", 0),
+    // tests/src/lab/topology.rs: `ns_run` in a backend's namespace (backend index first).
+    ("backend_run", 1),
     // lb-userspace/tests/postgres_probe.rs: runs /usr/lib/postgresql/15/bin/PROGRAM as the
     // postgres user in the test's namespace.
     ("pg_run", 1),

@@ -834,13 +834,13 @@ backends    4 (3 up, 1 not up)
         assert!(
             got.contains(
                 "\ntx_rst_ct_conflict      0      0\ndrop_ct_conflict        0      0\n\
-                 reserved_32             0      0\n"
+                 drop_syn_refused        0      0\n"
             ),
             "\n{got}"
         );
         assert!(
             got.ends_with(
-                "\nreserved_45             0      0\ndrop_ct_embryonic_data  0      0\n\
+                "\ndrop_ct_embryonic_data  0      0\n\
                  drop_icmp_small_mtu     0      0\nfrom_the_future         1      -\n"
             ),
             "\n{got}"

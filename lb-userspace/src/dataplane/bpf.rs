@@ -7,13 +7,13 @@
 //! while no `lbd` runs.
 
 use super::{
-    AttachedMode, ConntrackSweep, ConntrackSweeper, Dataplane, DataplaneError, LoadOptions, Result,
-    XdpMode, EBPF_OBJECT,
+    AttachedMode, ConntrackSweep, ConntrackSweeper, Dataplane, DataplaneError, EventBatch,
+    LoadOptions, PassiveEventSource, Result, XdpMode, EBPF_OBJECT,
 };
 use aya::{
     maps::{
         Array, DevMapHash, HashMap as BpfHashMap, IterableMap, Map, MapData, PerCpuArray,
-        PerCpuValues,
+        PerCpuValues, RingBuf,
     },
     programs::{
         links::{FdLink, PinnedLink},
@@ -23,11 +23,13 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
+    passive::{BackendSuspect, PassiveEvent},
     BackendValue, FlowEntry, FlowKey, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue,
-    ABI_VERSION, ALL_MAPS, CONFIG_ENTRIES, CONNTRACK_ENTRIES_PER_FLOW, FLOW_F_REPLY, IPPROTO_TCP,
-    MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONFIG, MAP_CONNTRACK, MAP_CT_SYN, MAP_MAGLEV,
-    MAP_SERVICES, MAP_SERVICE_STATS, MAP_SNAT_ADDRS, MAP_STATS, MAP_TX_PORTS, MAP_VIPS,
-    MAX_SNAT_ADDRS, MAX_TX_PORTS, NUM_COUNTERS, PROGRAM_NAME,
+    ABI_VERSION, ALL_MAPS, CONFIG_ENTRIES, CONNTRACK_ENTRIES_PER_FLOW, EVENTS_RING_BYTES,
+    FLOW_F_REPLY, IPPROTO_TCP, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_BACKEND_SUSPECT, MAP_CONFIG,
+    MAP_CONNTRACK, MAP_CT_SYN, MAP_EVENTS, MAP_MAGLEV, MAP_SERVICES, MAP_SERVICE_STATS,
+    MAP_SNAT_ADDRS, MAP_STATS, MAP_TX_PORTS, MAP_VIPS, MAX_SNAT_ADDRS, MAX_TX_PORTS, NUM_COUNTERS,
+    PROGRAM_NAME,
 };
 use std::collections::HashMap;
 use std::io;
@@ -89,6 +91,10 @@ pub struct BpfDataplane {
     stats: PerCpuArray<MapData, u64>,
     service_stats: PerCpuArray<MapData, FlowStats>,
     backend_stats: PerCpuArray<MapData, FlowStats>,
+    suspect: Array<MapData, BackendSuspect>,
+    /// The event ring buffer until [`Dataplane::take_passive_events`] hands it out.
+    /// (A mutex so tests can drain it through `&self`: [`BpfDataplane::pending_events`].)
+    events: std::sync::Mutex<Option<RingBuf<MapData>>>,
 }
 
 fn other(msg: impl Into<String>) -> DataplaneError {
@@ -133,6 +139,8 @@ fn expected_shape(name: &str, opts: &LoadOptions) -> (u32, u32, u32) {
         MAP_STATS => (NUM_COUNTERS, 4, 8),
         MAP_SERVICE_STATS => (opts.max_services, 4, sz(size_of::<FlowStats>())),
         MAP_BACKEND_STATS => (opts.max_backends, 4, sz(size_of::<FlowStats>())),
+        MAP_BACKEND_SUSPECT => (opts.max_backends, 4, sz(size_of::<BackendSuspect>())),
+        MAP_EVENTS => (EVENTS_RING_BYTES, 0, 0),
         _ => unreachable!("unknown map {name}"),
     }
 }
@@ -484,7 +492,8 @@ impl BpfDataplane {
                     .saturating_mul(CONNTRACK_ENTRIES_PER_FLOW),
             )
             .map_max_entries(MAP_SERVICE_STATS, opts.max_services)
-            .map_max_entries(MAP_BACKEND_STATS, opts.max_backends);
+            .map_max_entries(MAP_BACKEND_STATS, opts.max_backends)
+            .map_max_entries(MAP_BACKEND_SUSPECT, opts.max_backends);
         let mut ebpf = loader
             .load(object)
             .map_err(|e| other(format!("loading the eBPF object: {e}")))?;
@@ -512,6 +521,8 @@ impl BpfDataplane {
             stats: take(&mut ebpf, MAP_STATS)?,
             service_stats: take(&mut ebpf, MAP_SERVICE_STATS)?,
             backend_stats: take(&mut ebpf, MAP_BACKEND_STATS)?,
+            suspect: take(&mut ebpf, MAP_BACKEND_SUSPECT)?,
+            events: std::sync::Mutex::new(Some(take(&mut ebpf, MAP_EVENTS)?)),
             ebpf,
             pin_dir: opts.pin_root.as_ref().map(|_| dir),
         })
@@ -1257,5 +1268,94 @@ impl Dataplane for BpfDataplane {
             .iter()
             .map(|r| r.map_err(map_err(MAP_VIPS)))
             .collect()
+    }
+
+    fn backend_suspect(&self, id: u32) -> Result<BackendSuspect> {
+        self.suspect
+            .get(&id, 0)
+            .map_err(map_err(MAP_BACKEND_SUSPECT))
+    }
+
+    fn set_backend_suspect(&mut self, id: u32, value: &BackendSuspect) -> Result<()> {
+        self.suspect
+            .set(id, *value, 0)
+            .map_err(map_err(MAP_BACKEND_SUSPECT))
+    }
+
+    fn take_passive_events(&mut self) -> Result<Option<Box<dyn PassiveEventSource>>> {
+        let taken = self.events.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(ring) = taken else {
+            return Ok(None);
+        };
+        // SAFETY: the AsyncFd owns the ring buffer, which owns the map's file descriptor, so
+        // the descriptor stays open for as long as it is registered.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| other(format!("registering the {MAP_EVENTS} ring buffer: {e}")))?;
+        Ok(Some(Box::new(RingEvents { fd })))
+    }
+}
+
+/// The [`MAP_EVENTS`] ring buffer as a [`PassiveEventSource`] (epoll-driven).
+struct RingEvents {
+    fd: tokio::io::unix::AsyncFd<RingBuf<MapData>>,
+}
+
+/// Decodes one ring-buffer record (a short one, which the data plane never writes, is skipped).
+fn decode_event(bytes: &[u8]) -> Option<PassiveEvent> {
+    if bytes.len() < std::mem::size_of::<PassiveEvent>() {
+        return None;
+    }
+    // SAFETY: PassiveEvent is Pod and the slice is long enough; read_unaligned copes with
+    // any alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<PassiveEvent>()) })
+}
+
+impl RingEvents {
+    /// Every record available now.
+    fn drain(&mut self) -> Vec<PassiveEvent> {
+        let ring = self.fd.get_mut();
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            if let Some(e) = decode_event(&item) {
+                out.push(e);
+            }
+        }
+        out
+    }
+}
+
+impl PassiveEventSource for RingEvents {
+    fn next_batch(&mut self) -> EventBatch<'_> {
+        Box::pin(async move {
+            loop {
+                let batch = self.drain();
+                if !batch.is_empty() {
+                    return Ok(batch);
+                }
+                let mut guard =
+                    self.fd.readable_mut().await.map_err(|e| {
+                        other(format!("waiting on the {MAP_EVENTS} ring buffer: {e}"))
+                    })?;
+                guard.clear_ready();
+            }
+        })
+    }
+}
+
+impl BpfDataplane {
+    /// Events in the ring buffer now, without waiting (tests; `None` once the source was
+    /// taken).
+    pub fn pending_events(&self) -> Option<Vec<PassiveEvent>> {
+        let mut guard = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let ring = guard.as_mut()?;
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            if let Some(e) = decode_event(&item) {
+                out.push(e);
+            }
+        }
+        Some(out)
     }
 }

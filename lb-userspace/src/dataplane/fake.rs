@@ -9,11 +9,15 @@
 //! map refuses a new key with `E2BIG`, an array refuses an index past its end), and it can be
 //! told to fail a chosen write ([`FaultPlan`]) so tests can check what a failure mid-way leaves.
 
-use super::{ConntrackSweep, ConntrackSweeper, Dataplane, DataplaneError, Result};
+use super::{
+    ConntrackSweep, ConntrackSweeper, Dataplane, DataplaneError, EventBatch, PassiveEventSource,
+    Result,
+};
 use lb_common::{
+    passive::{BackendSuspect, PassiveEvent},
     BackendValue, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue, MAP_BACKENDS,
-    MAP_BACKEND_STATS, MAP_CONFIG, MAP_MAGLEV, MAP_SERVICES, MAP_SERVICE_STATS, MAP_SNAT_ADDRS,
-    MAP_TX_PORTS, MAP_VIPS, NUM_COUNTERS,
+    MAP_BACKEND_STATS, MAP_BACKEND_SUSPECT, MAP_CONFIG, MAP_MAGLEV, MAP_SERVICES,
+    MAP_SERVICE_STATS, MAP_SNAT_ADDRS, MAP_TX_PORTS, MAP_VIPS, NUM_COUNTERS,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -47,6 +51,8 @@ pub enum Op {
     RemoveTxPort(u32),
     /// `reset_stats`.
     ResetStats(Option<u32>, Option<u32>),
+    /// `set_backend_suspect(id)` with `since_ns` (0 = cleared).
+    SetSuspect(u32, u64),
 }
 
 impl Op {
@@ -62,6 +68,7 @@ impl Op {
             Op::SetTxPort(_) | Op::RemoveTxPort(_) => MAP_TX_PORTS,
             Op::ResetStats(Some(_), _) => MAP_SERVICE_STATS,
             Op::ResetStats(None, _) => MAP_BACKEND_STATS,
+            Op::SetSuspect(..) => MAP_BACKEND_SUSPECT,
         }
     }
 }
@@ -140,6 +147,14 @@ pub struct FakeState {
     pub service_stats: HashMap<u32, FlowStats>,
     /// `LB_BE_STATS`.
     pub backend_stats: HashMap<u32, FlowStats>,
+    /// `LB_BE_SUSPECT` (raised entries only).
+    pub suspects: BTreeMap<u32, BackendSuspect>,
+    /// Where [`FakeDataplane::emit_passive`] sends events once the source was taken.
+    pub events_tx: Option<tokio::sync::mpsc::UnboundedSender<PassiveEvent>>,
+    /// Events emitted before the source was taken (the kernel ring buffer keeps them too).
+    pub events_pending: Vec<PassiveEvent>,
+    /// True once [`Dataplane::take_passive_events`] handed the source out.
+    pub events_taken: bool,
     /// Live flows per backend id that the next sweep reports (set by tests).
     pub live_flows: HashMap<u32, (u32, u64)>,
     /// Every write, in order.
@@ -166,6 +181,10 @@ impl Default for FakeState {
             counters: [0; NUM_COUNTERS as usize],
             service_stats: HashMap::new(),
             backend_stats: HashMap::new(),
+            suspects: BTreeMap::new(),
+            events_tx: None,
+            events_pending: Vec::new(),
+            events_taken: false,
             live_flows: HashMap::new(),
             ops: Vec::new(),
             flow_resets: Vec::new(),
@@ -248,6 +267,34 @@ impl FakeDataplane {
             }
         }
         out
+    }
+
+    /// Does what the data plane does on a passive detection: raises the suspicion of
+    /// `event.backend_id` (unless one is active at `event.time_ns`) and, if raised, sends the
+    /// event to the source.
+    pub fn emit_passive(&self, event: PassiveEvent) {
+        let mut s = self.state();
+        let active = s
+            .suspects
+            .get(&event.backend_id)
+            .is_some_and(|x| x.is_active(event.time_ns));
+        if active {
+            return;
+        }
+        s.suspects.insert(
+            event.backend_id,
+            BackendSuspect {
+                since_ns: event.time_ns,
+                reason: event.reason,
+                _pad: 0,
+            },
+        );
+        match &s.events_tx {
+            Some(tx) => {
+                let _ = tx.send(event);
+            }
+            None => s.events_pending.push(event),
+        }
     }
 
     /// Records `op` unless an injected fault or `refuse` (a capacity check on the current
@@ -395,6 +442,36 @@ impl Dataplane for FakeDataplane {
         Ok(st.live_flows.get(&id).map_or(0, |&(_, n)| n as usize))
     }
 
+    fn backend_suspect(&self, id: u32) -> Result<BackendSuspect> {
+        Ok(self.state().suspects.get(&id).copied().unwrap_or_default())
+    }
+
+    fn set_backend_suspect(&mut self, id: u32, value: &BackendSuspect) -> Result<()> {
+        let mut s = self.write_checked(Op::SetSuspect(id, value.since_ns), |_, l| {
+            out_of_bounds(id, 1, l.max_backends)
+        })?;
+        if *value == BackendSuspect::default() {
+            s.suspects.remove(&id);
+        } else {
+            s.suspects.insert(id, *value);
+        }
+        Ok(())
+    }
+
+    fn take_passive_events(&mut self) -> Result<Option<Box<dyn PassiveEventSource>>> {
+        let mut s = self.state();
+        if s.events_taken {
+            return Ok(None);
+        }
+        s.events_taken = true;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        for e in s.events_pending.drain(..) {
+            let _ = tx.send(e);
+        }
+        s.events_tx = Some(tx);
+        Ok(Some(Box::new(FakeEvents { rx })))
+    }
+
     fn service_stats(&self, service_id: u32) -> Result<FlowStats> {
         Ok(self
             .state()
@@ -513,5 +590,25 @@ impl ConntrackSweeper for FakeSweeper {
             sweep.entries += 2 * flows;
         }
         Ok(sweep)
+    }
+}
+
+/// The fake's [`PassiveEventSource`]: events sent by [`FakeDataplane::emit_passive`].
+struct FakeEvents {
+    rx: tokio::sync::mpsc::UnboundedReceiver<PassiveEvent>,
+}
+
+impl PassiveEventSource for FakeEvents {
+    fn next_batch(&mut self) -> EventBatch<'_> {
+        Box::pin(async move {
+            let first = self.rx.recv().await.ok_or_else(|| {
+                DataplaneError::Other("the fake data plane's event source is closed".into())
+            })?;
+            let mut batch = vec![first];
+            while let Ok(e) = self.rx.try_recv() {
+                batch.push(e);
+            }
+            Ok(batch)
+        })
     }
 }

@@ -12,10 +12,13 @@ pub mod sysctl;
 pub mod tickle;
 
 use lb_common::{
+    passive::{BackendSuspect, PassiveEvent},
     BackendValue, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue, NUM_COUNTERS,
 };
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::Ipv4Addr;
+use std::pin::Pin;
 
 /// The eBPF object built by `cargo xtask build-ebpf` (empty when it was not built first).
 pub static EBPF_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lb-ebpf.o"));
@@ -73,6 +76,16 @@ pub struct ConntrackSweep {
 pub trait ConntrackSweeper: Send {
     /// One full pass over the map.
     fn sweep(&mut self, now_ns: u64, cfg: &GlobalConfig) -> Result<ConntrackSweep>;
+}
+
+/// The future of [`PassiveEventSource::next_batch`].
+pub type EventBatch<'a> = Pin<Box<dyn Future<Output = Result<Vec<PassiveEvent>>> + Send + 'a>>;
+
+/// Passive-detection events from the data plane ([`lb_common::MAP_EVENTS`], or the fake's
+/// channel). Used from a tokio task.
+pub trait PassiveEventSource: Send {
+    /// Waits for the next events (at least one; an error when the source is gone).
+    fn next_batch(&mut self) -> EventBatch<'_>;
 }
 
 /// Typed access to lb's BPF maps. Every write is a single map update, so the data plane sees
@@ -143,6 +156,14 @@ pub trait Dataplane: Send + 'static {
     fn backends(&self) -> Result<Vec<(u32, BackendValue)>>;
     /// Current VIP entries.
     fn vips(&self) -> Result<Vec<(u32, VipValue)>>;
+
+    /// Reads the passive-detection suspicion of backend `id` ([`lb_common::passive`]).
+    fn backend_suspect(&self, id: u32) -> Result<BackendSuspect>;
+    /// Writes the suspicion of backend `id` (all zeroes clears it).
+    fn set_backend_suspect(&mut self, id: u32, value: &BackendSuspect) -> Result<()>;
+    /// Hands out the passive-detection event source; `None` once it was taken. Must be
+    /// called inside a tokio runtime (the real source registers its ring buffer with it).
+    fn take_passive_events(&mut self) -> Result<Option<Box<dyn PassiveEventSource>>>;
 }
 
 /// How the XDP program is attached to an interface.
