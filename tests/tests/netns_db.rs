@@ -62,7 +62,13 @@ fn db_status(l: &PgLab) -> Value {
         .unwrap()
         .lbctl(&["db", "status", CLUSTER, "--output", "json"])
         .unwrap_or_else(|e| panic!("lbctl db status: {e}"));
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("lbctl db status JSON ({e}): {out}"))
+    let v: Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("lbctl db status JSON ({e}): {out}"));
+    // `lbctl db status CLUSTER` answers a list with that one cluster.
+    match v {
+        Value::Array(mut a) if a.len() == 1 => a.remove(0),
+        other => other,
+    }
 }
 
 fn db_events(l: &PgLab) -> Vec<Value> {
@@ -96,7 +102,7 @@ fn status_primary(status: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The members lbd counts as read-eligible replicas (role replica, state eligible/up).
+/// The members lbd counts as read-eligible replicas (role replica, `read_eligible`).
 fn status_readers(status: &Value) -> Vec<String> {
     status
         .get("members")
@@ -104,12 +110,7 @@ fn status_readers(status: &Value) -> Vec<String> {
         .map(|ms| {
             ms.iter()
                 .filter(|m| m.get("role").and_then(Value::as_str) == Some("replica"))
-                .filter(|m| {
-                    matches!(
-                        m.get("state").and_then(Value::as_str),
-                        Some("eligible" | "up" | "serving" | "streaming")
-                    )
-                })
+                .filter(|m| m.get("read_eligible").and_then(Value::as_bool) == Some(true))
                 .filter_map(|m| m.get("address").and_then(Value::as_str).map(str::to_string))
                 .collect()
         })
@@ -177,13 +178,11 @@ fn primary_changes(l: &PgLab) -> f64 {
         .unwrap_or_else(|| panic!("lb_db_primary_changes_total missing from /metrics"))
 }
 
-/// Flows lbd reset for database role changes (every reason).
+/// RSTs the data plane sent on flows of members lbd set `DOWN|RESET` (both directions:
+/// `lb_packets_total{reason="tx_rst_down_client"|"tx_rst_down_backend"}`; lbd samples the
+/// counters once a second).
 fn db_flows_reset(l: &PgLab) -> f64 {
-    metrics(l)
-        .iter()
-        .filter(|(k, _)| k.starts_with("lb_db_") && k.contains("reset"))
-        .map(|(_, v)| v)
-        .sum()
+    metric_labelled(l, "lb_packets_total", "reason=\"tx_rst_down_")
 }
 
 // ----- clients -----
