@@ -162,9 +162,8 @@ impl LocalMetrics {
         let c = DbClusterLabels {
             cluster: cluster.to_string(),
         };
-        if changes > 0 {
-            self.db_primary_changes.get_or_create(&c).inc_by(changes);
-        }
+        // Created on the first round, so the series exists (at 0) before the first change.
+        self.db_primary_changes.get_or_create(&c).inc_by(changes);
         self.db_split_brain
             .get_or_create(&c)
             .set(i64::from(state.split_brain));
@@ -661,6 +660,17 @@ mod tests {
                 .map(|(i, n)| (n.to_string(), i as u64))
                 .collect::<BTreeMap<_, _>>(),
         }
+    }
+
+    #[test]
+    fn db_primary_changes_is_exported_at_zero_from_the_first_round() {
+        let state = crate::db::ClusterState::default();
+        local().db_cluster_state("zero-changes", &state, 0);
+        let text = render(&snap());
+        assert!(
+            text.contains("lb_db_primary_changes_total{cluster=\"zero-changes\"} 0\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -598,13 +598,13 @@ fn failover(mode: Mode) {
     let ev = events
         .iter()
         .rev()
-        .find(|e| e.to_string().contains("lost"))
+        .find(|e| e.to_string().contains("never received"))
         .unwrap_or_else(|| panic!("no failover event with lost bytes: {events:#?}"));
     assert!(ev.to_string().contains(&member_addr(2).to_string()), "{ev}");
     let log = std::fs::read_to_string(l.lab.lbd().unwrap().log_path()).unwrap();
     assert!(
         log.lines()
-            .any(|x| x.contains("lost") && x.contains(&member_addr(2).to_string())),
+            .any(|x| x.contains("never received") && x.contains(&member_addr(2).to_string())),
         "lbd's log has no failover line with the lost-bytes estimate"
     );
 }

@@ -385,6 +385,11 @@ impl PgCluster {
     fn clear_stale_pid(&self, i: usize) {
         if self.postmaster_pid(i).is_none() {
             let _ = std::fs::remove_file(self.member(i).data.join("postmaster.pid"));
+            // The socket lock names the killed postmaster too; if nobody reaped it (a zombie
+            // still "exists" for PostgreSQL's liveness check), a new start refuses it.
+            let sock = &self.member(i).sock;
+            let _ = std::fs::remove_file(sock.join(format!(".s.PGSQL.{PG_PORT}.lock")));
+            let _ = std::fs::remove_file(sock.join(format!(".s.PGSQL.{PG_PORT}")));
         }
     }
 
