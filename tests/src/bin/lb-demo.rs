@@ -189,10 +189,10 @@ fn main() {
 }
 
 /// Data-plane counters of connections lb retried on another backend after the first one
-/// refused or ignored the SYN (issue 10, point 3). Hook: the retry lands separately; list its
-/// counter names here (h10a's names are not known on this branch) and the failure phase
-/// prints their sum.
-const RETRY_COUNTERS: &[&str] = &[];
+/// refused the SYN with a RST (`drop_syn_refused`: the RST is kept from the client, whose
+/// retransmitted SYN goes elsewhere) or left it unanswered (`ct_syn_unanswered`); the failure
+/// phase prints their sum.
+const RETRY_COUNTERS: &[&str] = &["drop_syn_refused", "ct_syn_unanswered"];
 
 /// Connections lb retried so far (`None` while lbd has none of [`RETRY_COUNTERS`]).
 fn retried(lab: &Lab) -> Option<u64> {
@@ -288,7 +288,7 @@ fn run(config_path: &Path, fast: bool) -> Result<()> {
     );
     show_counts("between the kill and detection", &window);
     note(&format!(
-        "{} connection(s) failed in that window (they reached b2 before lbd knew)",
+        "{} connection(s) failed in that window (b2 refused SYNs; lb kept the RSTs from the clients and sent their retried SYNs elsewhere)",
         window.get("error").copied().unwrap_or(0)
     ));
     show_counts("after detection", &after);
@@ -301,7 +301,7 @@ fn run(config_path: &Path, fast: bool) -> Result<()> {
         Some(n) => note(&format!(
             "{n} connection(s) lb retried on another backend (the client never saw b2 fail)"
         )),
-        None => note("retried connections: not counted by this build (no data-plane retry yet)"),
+        None => note("retried connections: lbd reports no retry counters"),
     }
     show_stats(&lab)?;
 
