@@ -254,7 +254,8 @@ impl LocalMetrics {
             .map_or(0, |c| c.get())
     }
 
-    fn register(&self, registry: &mut Registry) {
+    /// Registers these metrics in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
         // `register` appends "." to the help text and `_total` to counter names.
         registry.register(
             "lb_control_connections_rejected",

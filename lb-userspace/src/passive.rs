@@ -109,3 +109,68 @@ pub async fn immediate_check<D: Dataplane>(daemon: &Arc<Daemon<D>>, check: &Pass
         Err(_) => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::api::proto::{BackendListEntry, Request};
+    use crate::dataplane::fake::FakeDataplane;
+    use crate::dataplane::Dataplane;
+    use crate::testutil::{self, one_service_config, v4, TempDir};
+    use lb_common::passive::{BackendSuspect, PassiveEvent, REASON_RST_TO_SYN};
+    use std::time::{Duration, Instant};
+    use tokio::net::TcpListener;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lbd_counts_a_detection_and_clears_it_after_a_passing_check() {
+        let dir = TempDir::new("lbd-passive");
+        let live = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ok = v4(live.local_addr().unwrap());
+        let _acceptor = tokio::spawn(async move {
+            while let Ok((s, _)) = live.accept().await {
+                drop(s);
+            }
+        });
+        let path = dir.path().join("lb.yaml");
+        std::fs::write(&path, one_service_config(dir.path(), "127.0.0.1:0", &[ok])).unwrap();
+        let dp = FakeDataplane::new();
+        let daemon = testutil::Daemon::start(&path, dp.clone()).await;
+        let sock = daemon.sock.clone();
+        let list: Vec<BackendListEntry> = serde_json::from_value(
+            testutil::call(&sock, &Request::BackendList { service: None }).unwrap(),
+        )
+        .unwrap();
+        let id = list[0].backend.id;
+        let ignored_before = crate::metrics::local().passive_events_ignored();
+        let ev = |backend_id| PassiveEvent {
+            time_ns: 1_000_000_000,
+            backend_id,
+            service_id: 0,
+            reason: REASON_RST_TO_SYN,
+            _pad: 0,
+        };
+        dp.emit_passive(ev(id));
+        dp.emit_passive(ev(4000)); // no such backend
+        assert_ne!(dp.backend_suspect(id).unwrap(), BackendSuspect::default());
+        // The immediate check of the live backend passes: the suspicion is cleared.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while dp.backend_suspect(id).unwrap() != BackendSuspect::default() {
+            assert!(Instant::now() < deadline, "suspicion never cleared");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let backend = ok.to_string();
+        assert_eq!(
+            crate::metrics::local().passive_detections("web", &backend, "rst_to_syn"),
+            1
+        );
+        assert!(crate::metrics::local().passive_events_ignored() > ignored_before);
+        let mut registry = prometheus_client::registry::Registry::default();
+        crate::metrics::local().register(&mut registry);
+        let text = crate::metrics::encode(&registry);
+        let line = format!(
+            "lb_passive_detections_total{{service=\"web\",backend=\"{backend}\",reason=\"rst_to_syn\"}} 1\n"
+        );
+        assert!(text.contains(&line), "{text}");
+        assert!(text.contains("# TYPE lb_passive_events_ignored_total counter\n"));
+        daemon.stop().await;
+    }
+}
