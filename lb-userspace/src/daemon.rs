@@ -355,6 +355,7 @@ where
     for iface in &opts.interfaces {
         dp.set_tx_port(iface.ifindex)?;
     }
+    let passive_events = dp.take_passive_events()?;
     let ctl = Controller::new(dp, opts.config.clone())?;
     let api_listener = server::bind(&opts.config.api_socket).map_err(|source| DaemonError::Io {
         what: format!(
@@ -404,6 +405,9 @@ where
     }
 
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(source) = passive_events {
+        tasks.spawn(crate::passive::run(daemon.clone(), source));
+    }
     {
         let d = daemon.clone();
         tasks.spawn(async move {

@@ -17,6 +17,7 @@ pub mod limits;
 pub mod maglev;
 pub mod metrics;
 pub mod model;
+pub mod passive;
 pub mod stats;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testutil;

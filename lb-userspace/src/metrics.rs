@@ -49,6 +49,14 @@ struct NotRunLabels {
     reason: &'static str,
 }
 
+/// Labels of `lb_passive_detections_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PassiveLabels {
+    service: String,
+    backend: String,
+    reason: &'static str,
+}
+
 /// Labels of the per-cluster database metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DbClusterLabels {
@@ -77,6 +85,8 @@ pub struct LocalMetrics {
     connections_timed_out: Family<ListenerLabels, Counter>,
     accept_errors: Family<ListenerLabels, Counter>,
     health_checks_not_run: Family<NotRunLabels, Counter>,
+    passive_detections: Family<PassiveLabels, Counter>,
+    passive_events_ignored: Counter,
     db_member_role: Family<DbRoleLabels, Gauge>,
     db_replica_lag: Family<DbMemberLabels, Gauge>,
     db_primary_changes: Family<DbClusterLabels, Counter>,
@@ -123,6 +133,38 @@ impl LocalMetrics {
                 reason,
             })
             .inc();
+    }
+
+    /// The data plane reported a passive detection (`reason`: [`lb_common::passive::reason_name`]).
+    pub fn passive_detection(&self, service: &str, backend: &str, reason: &'static str) {
+        self.passive_detections
+            .get_or_create(&PassiveLabels {
+                service: service.to_string(),
+                backend: backend.to_string(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// A passive event named a backend id that is not live (retired or unknown).
+    pub fn passive_event_ignored(&self) {
+        self.passive_events_ignored.inc();
+    }
+
+    /// Current `lb_passive_detections_total{service,backend,reason}`.
+    pub fn passive_detections(&self, service: &str, backend: &str, reason: &'static str) -> u64 {
+        self.passive_detections
+            .get(&PassiveLabels {
+                service: service.to_string(),
+                backend: backend.to_string(),
+                reason,
+            })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Current `lb_passive_events_ignored_total`.
+    pub fn passive_events_ignored(&self) -> u64 {
+        self.passive_events_ignored.get()
     }
 
     /// Current `lb_control_connections_rejected_total{listener}`.
@@ -212,7 +254,8 @@ impl LocalMetrics {
             .map_or(0, |c| c.get())
     }
 
-    fn register(&self, registry: &mut Registry) {
+    /// Registers these metrics in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
         // `register` appends "." to the help text and `_total` to counter names.
         registry.register(
             "lb_control_connections_rejected",
@@ -233,6 +276,16 @@ impl LocalMetrics {
             "lb_health_checks_not_run",
             "Health checks that could not run because of a local resource shortage (the backend's state was left as it was)",
             self.health_checks_not_run.clone(),
+        );
+        registry.register(
+            "lb_passive_detections",
+            "Passive failure detections the data plane reported (reason rst_to_syn: the backend answered a SYN with a RST; syn_unanswered: the client retransmitted a SYN the backend never answered)",
+            self.passive_detections.clone(),
+        );
+        registry.register(
+            "lb_passive_events_ignored",
+            "Passive detection events naming a backend id that is not live (removed meanwhile)",
+            self.passive_events_ignored.clone(),
         );
         registry.register(
             "lb_db_member_role",

@@ -25,6 +25,8 @@ mod db_tests;
 
 pub use db::GateChange;
 mod journal;
+mod passive;
+pub use passive::PassiveCheck;
 mod reload;
 mod sweep;
 mod sync;
@@ -387,8 +389,7 @@ impl<D: Dataplane> Controller<D> {
                         state
                     }
                     None => {
-                        let bid = ctl.alloc_backend_id()?;
-                        ctl.dp.reset_stats(None, Some(bid))?;
+                        let bid = ctl.fresh_backend_id()?;
                         let mut state = new_backend_state(
                             b.clone(),
                             bid,
@@ -482,6 +483,16 @@ impl<D: Dataplane> Controller<D> {
                 ))
             })?;
         self.used_backend_ids.insert(id);
+        Ok(id)
+    }
+
+    /// A newly allocated backend id with its stats zeroed and its `LB_BE_SUSPECT` slot
+    /// cleared, so a new backend inherits neither from the id's last owner.
+    fn fresh_backend_id(&mut self) -> Result<u32, ControllerError> {
+        let id = self.alloc_backend_id()?;
+        self.dp.reset_stats(None, Some(id))?;
+        self.dp
+            .set_backend_suspect(id, &lb_common::passive::BackendSuspect::default())?;
         Ok(id)
     }
 
@@ -594,5 +605,6 @@ fn new_backend_state(
         active_flows: 0,
         verdicts: VerdictClock::new(std::time::Instant::now()),
         db: None,
+        suspect: None,
     }
 }

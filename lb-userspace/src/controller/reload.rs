@@ -257,11 +257,7 @@ impl<D: Dataplane> Controller<D> {
                 .position(|r| r.service_id == svc.id && r.address == b.address);
             let id = match revived {
                 Some(r) => self.retired.remove(r).id,
-                None => {
-                    let id = self.alloc_backend_id()?;
-                    self.dp.reset_stats(None, Some(id))?;
-                    id
-                }
+                None => self.fresh_backend_id()?,
             };
             let mut state =
                 new_backend_state(b.clone(), id, initial_health(new.health_check.kind), None);
