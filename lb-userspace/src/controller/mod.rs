@@ -12,9 +12,10 @@
 //! - **Failure vs drain vs removal.** A failed backend gets `BACKEND_F_DOWN` (plus
 //!   `BACKEND_F_RESET` under `on_backend_down: reset`: its flows are reset; under `keep` they
 //!   stay until the backend ends them); a drained one leaves the table only (flows stay); a
-//!   removed one leaves the table at once, then (after the table switch) gets
-//!   `BACKEND_F_DOWN | BACKEND_F_RESET` (its flows are reset) and keeps its id and entry until
-//!   a conntrack sweep shows no live flow, then is cleared.
+//!   removed one leaves the table at once, then (after the table switch) gets `BACKEND_F_DOWN`
+//!   (its flows keep going to it until they end) or, under `on_backend_down: reset` and for
+//!   database services, `BACKEND_F_DOWN | BACKEND_F_RESET` (its flows are reset at once), and
+//!   keeps its id and entry until a conntrack sweep shows no live flow, then is cleared.
 //! - **Minimal reloads.** [`Controller::apply`] changes only what differs; a service whose
 //!   usable set is unchanged is not rewritten. A configuration that fails validation changes
 //!   nothing.
@@ -117,9 +118,12 @@ pub struct RetiredBackend {
     pub address: SocketAddrV4,
     /// Sweep generation at retirement: only a later sweep may clear it.
     pub retired_at_sweep: u64,
-    /// Whether its entry was rewritten as retired (`BACKEND_F_DOWN | BACKEND_F_RESET`), which
-    /// happens only after every table stopped pointing at it.
+    /// Whether its entry was rewritten as retired (`BACKEND_F_DOWN`, plus `BACKEND_F_RESET`
+    /// when `reset`), which happens only after every table stopped pointing at it.
     pub marked: bool,
+    /// Its flows are reset (its service had `on_backend_down: reset`, or is a database
+    /// service); otherwise they keep going to it until they end.
+    pub reset: bool,
 }
 
 /// What [`Controller::apply`] changed.
@@ -252,7 +256,11 @@ fn retired_value(r: &RetiredBackend) -> BackendValue {
         addr_be: lb_common::ipv4_to_be(*r.address.ip()),
         port_be: lb_common::port_to_be(r.address.port()),
         _pad: 0,
-        flags: BACKEND_F_DOWN | BACKEND_F_RESET,
+        flags: if r.reset {
+            BACKEND_F_DOWN | BACKEND_F_RESET
+        } else {
+            BACKEND_F_DOWN
+        },
         service_id: r.service_id,
     }
 }
@@ -339,7 +347,8 @@ impl<D: Dataplane> Controller<D> {
                     service_id: value.service_id,
                     address,
                     retired_at_sweep: 0,
-                    marked: value.flags == BACKEND_F_DOWN | BACKEND_F_RESET,
+                    marked: value.flags & BACKEND_F_DOWN != 0,
+                    reset: value.flags & BACKEND_F_RESET != 0,
                 });
             }
         }

@@ -3,19 +3,25 @@
 use super::*;
 
 impl<D: Dataplane> Controller<D> {
-    fn retire(&mut self, service_id: u32, b: &BackendState) {
+    /// Retires backend `b` of service `service_id` removed from the configuration; `cfg` is
+    /// the service's configuration deciding what becomes of its flows: under
+    /// `on_backend_down: keep` (the default) they keep going to it until they end, like a
+    /// drained backend's; under `reset` (and for database services) they are reset.
+    fn retire(&mut self, service_id: u32, b: &BackendState, cfg: &ServiceConfig) {
         self.retired.push(RetiredBackend {
             id: b.id,
             service_id,
             address: b.cfg.address,
             retired_at_sweep: self.sweep_generation,
             marked: false,
+            reset: cfg.on_backend_down == OnBackendDown::Reset || cfg.db_cluster.is_some(),
         });
     }
 
-    /// Marks every retired backend not yet marked `BACKEND_F_DOWN | BACKEND_F_RESET`: called
-    /// after the tables were switched away from them (make-before-break: a new flow never
-    /// lands on a backend whose flows are being reset).
+    /// Marks every retired backend not yet marked `BACKEND_F_DOWN` (with `BACKEND_F_RESET`
+    /// when its flows are to be reset, which then happens at once): called after the tables
+    /// were switched away from them (make-before-break: a new flow never lands on a backend
+    /// whose flows are being reset).
     pub(super) fn mark_retired(&mut self) -> Result<(), ControllerError> {
         for i in 0..self.retired.len() {
             if self.retired[i].marked {
@@ -25,7 +31,9 @@ impl<D: Dataplane> Controller<D> {
             let id = self.retired[i].id;
             self.write_backend(id, &value)?;
             self.retired[i].marked = true;
-            self.reset_flows_now(id);
+            if self.retired[i].reset {
+                self.reset_flows_now(id);
+            }
         }
         Ok(())
     }
@@ -166,7 +174,7 @@ impl<D: Dataplane> Controller<D> {
             let svc = self.services.remove(i);
             self.write_remove_service(&svc.key)?;
             for b in &svc.backends {
-                self.retire(svc.id, b);
+                self.retire(svc.id, b, &svc.cfg);
             }
             self.used_service_ids.remove(&svc.id);
             summary.services_removed.push(svc.cfg.name.clone());
@@ -269,7 +277,7 @@ impl<D: Dataplane> Controller<D> {
             summary
                 .backends_removed
                 .push(format!("{}/{}", new.name, gone.cfg.address));
-            self.retire(svc.id, &gone);
+            self.retire(svc.id, &gone, new);
         }
         svc.backends = backends;
         svc.cfg = new.clone();

@@ -221,6 +221,24 @@ fn reload_touches_only_what_changed() {
 }
 
 #[test]
+fn removed_backend_of_a_reset_service_has_its_flows_reset() {
+    let text = BASE.replace(
+        "    port: 80\n",
+        "    port: 80\n    on_backend_down: reset\n",
+    );
+    let (mut ctl, dp) = start(&text);
+    let id2 = id_of(&ctl, "web", "10.1.2.2:8080");
+    let mut c = ctl.config().clone();
+    c.services[0].backends.remove(1);
+    ctl.apply(c).unwrap();
+    assert_eq!(
+        dp.state().backends[&id2].flags,
+        BACKEND_F_DOWN | BACKEND_F_RESET
+    );
+    assert_eq!(dp.state().flow_resets, vec![id2], "its flows reset at once");
+}
+
+#[test]
 fn removed_backend_keeps_its_id_until_its_flows_end() {
     let (mut ctl, dp) = start(BASE);
     let id2 = id_of(&ctl, "web", "10.1.2.2:8080");
@@ -236,8 +254,8 @@ fn removed_backend_keeps_its_id_until_its_flows_end() {
     assert!(!table_ids(&dp, &ctl, "web").contains(&id2));
     assert_eq!(
         dp.state().backends[&id2].flags,
-        BACKEND_F_DOWN | BACKEND_F_RESET,
-        "entry kept (the id stays reserved), its flows are reset"
+        BACKEND_F_DOWN,
+        "entry kept (the id stays reserved), its flows keep going (on_backend_down: keep)"
     );
     // Make-before-break: the reset flag only after the table no longer points at it.
     let ops = dp.state().ops[before..].to_vec();
@@ -247,10 +265,13 @@ fn removed_backend_keeps_its_id_until_its_flows_end() {
         .expect("table switch");
     let mark = ops
         .iter()
-        .position(|o| *o == Op::SetBackend(id2, BACKEND_F_DOWN | BACKEND_F_RESET))
+        .position(|o| *o == Op::SetBackend(id2, BACKEND_F_DOWN))
         .expect("retired backend marked");
     assert!(switch < mark, "{ops:?}");
-    assert_eq!(dp.state().flow_resets, vec![id2], "its flows reset at once");
+    assert!(
+        dp.state().flow_resets.is_empty(),
+        "no flow reset under keep"
+    );
     ctl.sweep(0).unwrap();
     assert!(dp.state().backends.contains_key(&id2));
     assert_eq!(ctl.retired().len(), 1);
