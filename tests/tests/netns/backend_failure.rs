@@ -299,7 +299,7 @@ fn idle_flows_reset_at_once(mode: Mode) {
         c.services[0].health = health.clone();
     });
     let hold = Duration::from_secs(8);
-    let idle = l.spawn_in_client(move || idle_connections(vip_addr(), 12, hold));
+    let idle = l.spawn_in_client(move || idle_connections(vip_addr(), 30, hold));
     std::thread::sleep(Duration::from_secs(1));
     l.set_backend_healthy(1, false)
         .expect("failing b1's checks");
