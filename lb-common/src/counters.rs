@@ -130,8 +130,8 @@ pub const TX_RST_DOWN_BACKEND: u32 = 38;
 pub const CT_DOWN_KEPT: u32 = 39;
 
 /// A backend packet on a flow in SYN_SENT (its SYN sent, no SYN-ACK seen) that is neither a
-/// SYN-ACK, nor a RST, nor a pure ACK without payload or FIN: data of an older connection on
-/// the same backend 4-tuple (an evicted flow whose SNAT port the new flow reserved), which
+/// SYN-ACK nor a pure ACK without payload or FIN (a RST is [`DROP_SYN_REFUSED`]): data of an
+/// older connection on the same backend 4-tuple (an evicted flow whose SNAT port the new flow reserved), which
 /// must not reach the new client: `XDP_DROP`. See docs/architecture.md, "SNAT port reuse".
 pub const DROP_CT_EMBRYONIC_DATA: u32 = 40;
 /// An ICMP fragmentation-needed error from the client side about a tracked flow announcing

@@ -490,7 +490,8 @@ fn lb4_reply(
 }
 
 /// True when a backend packet (TCP header `tcp`, `l4_len` bytes of TCP segment) may reach the
-/// client of a flow in SYN_SENT: a SYN-ACK, a RST, or a pure ACK (no payload, SYN or FIN).
+/// client of a flow in SYN_SENT: a SYN-ACK or a pure ACK (no payload, SYN or FIN). A RST
+/// never gets here: in SYN_SENT it is the backend refusing the SYN (passive detection, above).
 ///
 /// The flow's SNAT port may have been held until moments ago by an established flow to the
 /// same backend whose entries the LRU evicted; the backend still has that connection, on the
@@ -499,8 +500,8 @@ fn lb4_reply(
 /// backend's answer to the new SYN on the old connection, the RFC 5961 challenge ACK (its
 /// acknowledgment number is the OLD connection's, so no check against the new client's ISN
 /// can tell it apart): the client answers it with a RST that frees the 4-tuple on the
-/// backend, and its next SYN gets a SYN-ACK. So pure ACKs and RSTs pass (they carry no data
-/// and are what a direct connection would see) and segments with payload or FIN are dropped
+/// backend, and its next SYN gets a SYN-ACK. So pure ACKs pass (they carry no data and are
+/// what a direct connection would see) and segments with payload or FIN are dropped
 /// (`DROP_CT_EMBRYONIC_DATA`). From SYN_RECV on the backend has answered the new SYN on this
 /// 4-tuple, so the old connection is gone there (TCP Fast Open data after the SYN-ACK passes).
 /// A port that was recently in `LB_CONNTRACK` cannot be refused by `reserve` instead: the
@@ -508,8 +509,7 @@ fn lb4_reply(
 #[inline(always)]
 fn syn_sent_reply_ok(tcp: &TcpHdr, l4_len: usize) -> bool {
     let f = tcp.flags;
-    f & tcp_flags::RST != 0
-        || f & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN | tcp_flags::ACK
+    f & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN | tcp_flags::ACK
         || (f & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::FIN) == tcp_flags::ACK
             && l4_len == tcp.header_len())
 }

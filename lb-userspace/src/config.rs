@@ -843,27 +843,7 @@ fn validate_service(svc: &ServiceConfig, p: &str) -> Result<(), ConfigError> {
     }
     let hc = &svc.health_check;
     let hp = format!("{p}.health_check");
-    if hc.interval < Duration::from_millis(100) || hc.interval > Duration::from_secs(3600) {
-        return Err(ConfigError::new(
-            format!("{hp}.interval"),
-            format!(
-                "expected a duration between 100ms and 1h, got {}",
-                format_duration(hc.interval)
-            ),
-        ));
-    }
-    if hc.timeout.is_zero() || hc.timeout >= hc.interval {
-        return Err(ConfigError::new(
-            format!("{hp}.timeout"),
-            format!(
-                "expected a duration above 0 and shorter than interval ({}), got {}",
-                format_duration(hc.interval),
-                format_duration(hc.timeout)
-            ),
-        ));
-    }
-    check_range(&format!("{hp}.rise"), hc.rise, 1, MAX_RISE_FALL)?;
-    check_range(&format!("{hp}.fall"), hc.fall, 1, MAX_RISE_FALL)?;
+    check_timing(&hp, hc.interval, hc.timeout, hc.rise, hc.fall)?;
     if hc.kind == CheckKind::Http {
         if let Some(path) = &hc.path {
             if !path.starts_with('/')
@@ -927,6 +907,38 @@ fn validate_service(svc: &ServiceConfig, p: &str) -> Result<(), ConfigError> {
         check_range(&format!("{bp}.weight"), b.weight, 1, MAX_WEIGHT)?;
     }
     Ok(())
+}
+
+/// The timing of a check at `hp` (a service's `health_check`, a database cluster's `check`):
+/// interval 100ms..=1h, timeout above 0 and below the interval, rise and fall in range.
+fn check_timing(
+    hp: &str,
+    interval: Duration,
+    timeout: Duration,
+    rise: u32,
+    fall: u32,
+) -> Result<(), ConfigError> {
+    if interval < Duration::from_millis(100) || interval > Duration::from_secs(3600) {
+        return Err(ConfigError::new(
+            format!("{hp}.interval"),
+            format!(
+                "expected a duration between 100ms and 1h, got {}",
+                format_duration(interval)
+            ),
+        ));
+    }
+    if timeout.is_zero() || timeout >= interval {
+        return Err(ConfigError::new(
+            format!("{hp}.timeout"),
+            format!(
+                "expected a duration above 0 and shorter than interval ({}), got {}",
+                format_duration(interval),
+                format_duration(timeout)
+            ),
+        ));
+    }
+    check_range(&format!("{hp}.rise"), rise, 1, MAX_RISE_FALL)?;
+    check_range(&format!("{hp}.fall"), fall, 1, MAX_RISE_FALL)
 }
 
 fn check_range(path: &str, v: u32, min: u32, max: u32) -> Result<(), ConfigError> {

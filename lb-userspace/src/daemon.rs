@@ -809,6 +809,7 @@ mod db_run_tests {
     use crate::dataplane::fake::FakeDataplane;
     use crate::db::observation::{MemberObservation, MemberProbe};
     use crate::db::supervisor::ProbeFuture;
+    use crate::testutil;
     use std::net::SocketAddrV4;
 
     /// A fake check layer: the member on port 5432 of 10.2.1.2 is the primary until
@@ -848,7 +849,7 @@ mod db_run_tests {
     }
 
     fn call<T: serde::de::DeserializeOwned>(sock: &Path, req: Request) -> T {
-        let v = Client::connect(sock).unwrap().call(&req).unwrap();
+        let v = testutil::call(sock, &req).unwrap_or_else(|e| panic!("{e}"));
         serde_json::from_value(v).unwrap()
     }
 
@@ -856,8 +857,7 @@ mod db_run_tests {
     /// and shows them in `db status` and `db events`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rounds_run_through_the_prober_and_show_in_the_api() {
-        let dir = std::env::temp_dir().join(format!("lbd-db-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = testutil::TempDir::new("lbd-db");
         let text = format!(
             "interfaces: [lo]\napi_socket: {}/lbd.sock\nmetrics_listen: 127.0.0.1:0\n\
              snat: {{addresses: [10.0.255.1]}}\nlimits: {{maglev_table_size: 1009}}\n\
@@ -865,33 +865,19 @@ mod db_run_tests {
              \x20   check: {{user: lb_check, interval: 100ms, timeout: 50ms, rise: 1, fall: 1}}\n\
              services:\n  - name: pg-write\n    vip: 192.0.2.20\n    port: 5432\n    db_cluster: pg\n    role: primary\n\
              \x20 - name: pg-read\n    vip: 192.0.2.20\n    port: 5433\n    db_cluster: pg\n    role: replica\n",
-            dir.display()
+            dir.path().display()
         );
-        let path = dir.join("lb.yaml");
+        let path = dir.path().join("lb.yaml");
         std::fs::write(&path, &text).unwrap();
-        let config = Config::load(&path).unwrap();
-        let sock = config.api_socket.clone();
         let prober = Arc::new(FakeProber::default());
         let opts = RunOptions {
-            config_path: path.clone(),
-            config,
-            interfaces: vec![],
-            pin_root: None,
             db_prober: prober.clone(),
+            ..testutil::run_options(&path)
         };
         let dp = FakeDataplane::new();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let daemon = tokio::spawn(run(opts, dp.clone(), async {
-            let _ = stop_rx.await;
-        }));
-        let sock2 = sock.clone();
+        let daemon = testutil::Daemon::start_with(opts, dp.clone()).await;
+        let sock = daemon.sock.clone();
         tokio::task::spawn_blocking(move || {
-            let sock = sock2;
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while !sock.exists() {
-                assert!(Instant::now() < deadline, "API socket never appeared");
-                std::thread::sleep(Duration::from_millis(20));
-            }
             let wait_for = |what: &str, f: &dyn Fn(&DbClusterInfo) -> bool| {
                 let deadline = Instant::now() + Duration::from_secs(5);
                 loop {
@@ -942,12 +928,6 @@ mod db_run_tests {
             flags.contains(&(lb_common::BACKEND_F_DOWN | lb_common::BACKEND_F_RESET)),
             "{flags:?}"
         );
-        stop_tx.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), daemon)
-            .await
-            .expect("daemon did not stop")
-            .unwrap()
-            .unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
+        daemon.stop().await;
     }
 }

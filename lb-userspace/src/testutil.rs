@@ -121,7 +121,12 @@ pub struct Daemon {
 impl Daemon {
     /// Starts [`run`] on `path` over `dp` and waits (at most 5 s) for the API socket.
     pub async fn start(path: &Path, dp: FakeDataplane) -> Daemon {
-        let opts = run_options(path);
+        Self::start_with(run_options(path), dp).await
+    }
+
+    /// [`Daemon::start`] with options of the caller's (e.g. [`run_options`] with another
+    /// database prober).
+    pub async fn start_with(opts: RunOptions, dp: FakeDataplane) -> Daemon {
         let sock = opts.config.api_socket.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(run(opts, dp, async {

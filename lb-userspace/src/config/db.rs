@@ -11,7 +11,7 @@
 //! starts) but an alert of the check (an `AuthFailed`-like result that changes no role),
 //! visible in `lbctl db status` and the log.
 
-use super::{check_range, duration_str, format_duration, ConfigError, MAX_RISE_FALL};
+use super::{check_timing, duration_str, format_duration, ConfigError};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
 use std::net::SocketAddrV4;
@@ -300,27 +300,7 @@ fn validate_cluster(c: &DbClusterConfig, p: &str) -> Result<(), ConfigError> {
         }
     }
     let hp = format!("{p}.check");
-    if ck.interval < Duration::from_millis(100) || ck.interval > Duration::from_secs(3600) {
-        return Err(ConfigError::new(
-            format!("{hp}.interval"),
-            format!(
-                "expected a duration between 100ms and 1h, got {}",
-                format_duration(ck.interval)
-            ),
-        ));
-    }
-    if ck.timeout.is_zero() || ck.timeout >= ck.interval {
-        return Err(ConfigError::new(
-            format!("{hp}.timeout"),
-            format!(
-                "expected a duration above 0 and shorter than interval ({}), got {}",
-                format_duration(ck.interval),
-                format_duration(ck.timeout)
-            ),
-        ));
-    }
-    check_range(&format!("{hp}.rise"), ck.rise, 1, MAX_RISE_FALL)?;
-    check_range(&format!("{hp}.fall"), ck.fall, 1, MAX_RISE_FALL)?;
+    check_timing(&hp, ck.interval, ck.timeout, ck.rise, ck.fall)?;
     let sql = ck.kind != DbCheckKind::Patroni;
     match &ck.user {
         None if sql => {
