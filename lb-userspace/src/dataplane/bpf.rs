@@ -97,8 +97,31 @@ pub struct BpfDataplane {
     events: std::sync::Mutex<Option<RingBuf<MapData>>>,
 }
 
-fn other(msg: impl Into<String>) -> DataplaneError {
-    DataplaneError::Other(msg.into())
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DataplaneError {
+    let what = what.into();
+    move |source| DataplaneError::Io { what, source }
+}
+
+fn program_err<'a>(
+    action: &'static str,
+    name: &'a str,
+) -> impl FnOnce(aya::programs::ProgramError) -> DataplaneError + 'a {
+    move |source| DataplaneError::Program {
+        action,
+        name: name.into(),
+        source: Box::new(source),
+    }
+}
+
+fn link_err<'a, E: std::error::Error + Send + Sync + 'static>(
+    iface: &'a str,
+    what: &'static str,
+) -> impl FnOnce(E) -> DataplaneError + 'a {
+    move |e| DataplaneError::Link {
+        iface: iface.into(),
+        what,
+        source: Box::new(e),
+    }
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
@@ -165,7 +188,7 @@ fn check_pinned(dir: &Path, opts: &LoadOptions) -> Result<()> {
         // everywhere, value sizes where the kernel reports what was asked.
         let value_ok = matches!(name, n if n == MAP_TX_PORTS) || info.value_size() == value;
         if info.max_entries() != max || info.key_size() != key || !value_ok {
-            return Err(other(format!(
+            return Err(DataplaneError::Limits(format!(
                 "pinned map {name} at {} has max_entries {} (key {} B, value {} B) but this \
                  configuration needs max_entries {max} (key {key} B, value {value} B): the \
                  `limits` changed since the maps were pinned. Run `lbd --unload` (this drops \
@@ -205,11 +228,12 @@ fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or_else(|| {
-        other(format!(
-            "the eBPF object has no map {name}; rebuild it with `cargo xtask build-ebpf`"
-        ))
-    })?;
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| DataplaneError::MissingInObject {
+            kind: "map",
+            name: name.into(),
+        })?;
     T::try_from(map).map_err(map_err(name))
 }
 
@@ -319,92 +343,16 @@ fn obj_get(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(rc as i32) })
 }
 
-/// The XDP mode an interface's program runs in, from rtnetlink (`IFLA_XDP_ATTACHED`).
-fn query_xdp_mode(ifindex: u32) -> io::Result<Option<AttachedMode>> {
-    const IFLA_XDP: u16 = 43;
-    const IFLA_XDP_ATTACHED: u16 = 2;
-    const XDP_ATTACHED_DRV: u8 = 1;
-    const XDP_ATTACHED_SKB: u8 = 2;
-    // SAFETY: plain socket/send/recv calls on buffers owned here.
-    unsafe {
-        let sock = libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        );
-        if sock < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let sock = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(sock);
-        #[repr(C)]
-        struct Req {
-            nh: libc::nlmsghdr,
-            ifi: libc::ifinfomsg,
-        }
-        let mut req: Req = std::mem::zeroed();
-        req.nh.nlmsg_len = std::mem::size_of::<Req>() as u32;
-        req.nh.nlmsg_type = libc::RTM_GETLINK;
-        req.nh.nlmsg_flags = libc::NLM_F_REQUEST as u16;
-        req.nh.nlmsg_seq = 1;
-        req.ifi.ifi_family = libc::AF_UNSPEC as u8;
-        req.ifi.ifi_index = ifindex as i32;
-        if libc::send(
-            sock.as_raw_fd(),
-            (&req as *const Req).cast(),
-            req.nh.nlmsg_len as usize,
-            0,
-        ) < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        let mut buf = vec![0u8; 65536];
-        let n = libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let buf = &buf[..n as usize];
-        let hdr = std::mem::size_of::<libc::nlmsghdr>() + std::mem::size_of::<libc::ifinfomsg>();
-        let mut off = hdr;
-        let align = |x: usize| (x + 3) & !3;
-        while off + 4 <= buf.len() {
-            let len = u16::from_ne_bytes([buf[off], buf[off + 1]]) as usize;
-            let ty = u16::from_ne_bytes([buf[off + 2], buf[off + 3]]) & 0x3fff;
-            if len < 4 || off + len > buf.len() {
-                break;
-            }
-            if ty == IFLA_XDP {
-                let mut inner = off + 4;
-                while inner + 4 <= off + len {
-                    let ilen = u16::from_ne_bytes([buf[inner], buf[inner + 1]]) as usize;
-                    let ity = u16::from_ne_bytes([buf[inner + 2], buf[inner + 3]]);
-                    if ilen < 4 {
-                        break;
-                    }
-                    if ity == IFLA_XDP_ATTACHED && ilen >= 5 {
-                        return Ok(match buf[inner + 4] {
-                            XDP_ATTACHED_DRV => Some(AttachedMode::Native),
-                            XDP_ATTACHED_SKB => Some(AttachedMode::Generic),
-                            _ => None,
-                        });
-                    }
-                    inner += align(ilen);
-                }
-            }
-            off += align(len);
-        }
-        Ok(None)
-    }
-}
-
 fn ifindex(iface: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(iface)
-        .map_err(|_| other(format!("interface name {iface:?} contains a NUL byte")))?;
+    let c = std::ffi::CString::new(iface).map_err(|_| DataplaneError::NoInterface {
+        iface: iface.into(),
+    })?;
     // SAFETY: valid C string.
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if idx == 0 {
-        return Err(other(format!(
-            "interface {iface:?} does not exist; fix `interfaces` in the configuration"
-        )));
+        return Err(DataplaneError::NoInterface {
+            iface: iface.into(),
+        });
     }
     Ok(idx)
 }
@@ -430,7 +378,7 @@ impl BpfDataplane {
             || opts.conntrack_flows == 0
             || opts.embryonic_flows == 0
         {
-            return Err(other(format!(
+            return Err(DataplaneError::Limits(format!(
                 "invalid limits {opts:?}: max_services, maglev_table_size, conntrack_flows and embryonic_flows must be > 0 and max_backends >= 2"
             )));
         }
@@ -438,7 +386,7 @@ impl BpfDataplane {
         if u64::from(opts.max_services) * 2 * u64::from(opts.maglev_table_size)
             > u64::from(u32::MAX)
         {
-            return Err(other("limits.max_services * 2 * limits.maglev_table_size exceeds 2^32 Maglev slots; lower one of them"));
+            return Err(DataplaneError::Limits("limits.max_services * 2 * limits.maglev_table_size exceeds 2^32 Maglev slots; lower one of them".into()));
         }
         // With a pin root: the persistent directory. Without: a private directory on bpffs that
         // is removed right after loading (the maps then live as long as this value).
@@ -455,14 +403,13 @@ impl BpfDataplane {
             }
         };
         let parent = dir.parent().unwrap_or(Path::new("/"));
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            other(format!(
-                "cannot create pin directory {}: {e}",
-                dir.display()
-            ))
+        std::fs::create_dir_all(&dir).map_err(|source| DataplaneError::Fs {
+            action: "creating the pin directory",
+            path: dir.clone(),
+            source,
         })?;
         if !is_bpffs(&dir) {
-            return Err(other(format!(
+            return Err(DataplaneError::Usage(format!(
                 "{} is not on a bpffs mount; mount one (`mount -t bpf bpf {}`, or `cargo xtask setup`, which mounts {BPFFS_DEFAULT}) or set `bpffs_root` to a directory under one",
                 dir.display(),
                 if opts.pin_root.is_some() { parent.display().to_string() } else { BPFFS_DEFAULT.to_string() }
@@ -494,17 +441,20 @@ impl BpfDataplane {
             .map_max_entries(MAP_SERVICE_STATS, opts.max_services)
             .map_max_entries(MAP_BACKEND_STATS, opts.max_backends)
             .map_max_entries(MAP_BACKEND_SUSPECT, opts.max_backends);
-        let mut ebpf = loader
-            .load(object)
-            .map_err(|e| other(format!("loading the eBPF object: {e}")))?;
+        let mut ebpf = loader.load(object).map_err(|e| DataplaneError::Load {
+            source: Box::new(e),
+        })?;
         for name in [PROGRAM_NAME, PASS_PROGRAM_NAME] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
-                .ok_or_else(|| other(format!("the eBPF object has no program {name}")))?
+                .ok_or_else(|| DataplaneError::MissingInObject {
+                    kind: "program",
+                    name: name.into(),
+                })?
                 .try_into()
-                .map_err(|e| other(format!("program {name}: {e}")))?;
+                .map_err(program_err("converting program", name))?;
             prog.load()
-                .map_err(|e| other(format!("the kernel rejected program {name}: {e:?}")))?;
+                .map_err(program_err("the kernel rejected program", name))?;
         }
         let maglev_mmap = mmap_maglev(&ebpf, entries);
         Ok(Self {
@@ -531,17 +481,23 @@ impl BpfDataplane {
     fn program_mut(&mut self, name: &str) -> Result<&mut Xdp> {
         self.ebpf
             .program_mut(name)
-            .ok_or_else(|| other(format!("program {name} missing")))?
+            .ok_or_else(|| DataplaneError::MissingInObject {
+                kind: "program",
+                name: name.into(),
+            })?
             .try_into()
-            .map_err(|e| other(format!("program {name}: {e}")))
+            .map_err(program_err("converting program", name))
     }
 
     fn program(&self, name: &str) -> Result<&Xdp> {
         self.ebpf
             .program(name)
-            .ok_or_else(|| other(format!("program {name} missing")))?
+            .ok_or_else(|| DataplaneError::MissingInObject {
+                kind: "program",
+                name: name.into(),
+            })?
             .try_into()
-            .map_err(|e| other(format!("program {name}: {e}")))
+            .map_err(program_err("converting program", name))
     }
 
     /// Attaches `lb_xdp` to `iface`. With pinning, the link is pinned too
@@ -571,24 +527,31 @@ impl BpfDataplane {
         match mode {
             XdpMode::Native => attempt(prog, AyaXdpMode::Driver)
                 .map(|id| (id, AttachedMode::Native))
-                .map_err(|e| {
-                    other(format!(
-                        "native XDP attach to {iface} failed: {e}; use xdp_mode: generic or auto"
-                    ))
+                .map_err(|source| DataplaneError::Attach {
+                    iface: iface.into(),
+                    mode: "native",
+                    hint: "; use xdp_mode: generic or auto",
+                    source: Box::new(source),
                 }),
             XdpMode::Generic => attempt(prog, AyaXdpMode::Skb)
                 .map(|id| (id, AttachedMode::Generic))
-                .map_err(|e| other(format!("generic XDP attach to {iface} failed: {e}"))),
+                .map_err(|source| DataplaneError::Attach {
+                    iface: iface.into(),
+                    mode: "generic",
+                    hint: "",
+                    source: Box::new(source),
+                }),
             XdpMode::Auto => match attempt(prog, AyaXdpMode::Driver) {
                 Ok(id) => Ok((id, AttachedMode::Native)),
                 Err(e) => {
                     tracing::warn!(iface, error = %e, "native XDP refused; falling back to generic (skb) mode");
                     attempt(prog, AyaXdpMode::Skb)
                         .map(|id| (id, AttachedMode::Generic))
-                        .map_err(|e| {
-                            other(format!(
-                                "XDP attach to {iface} failed in native and generic mode: {e}"
-                            ))
+                        .map_err(|source| DataplaneError::Attach {
+                            iface: iface.into(),
+                            mode: "native and generic",
+                            hint: "",
+                            source: Box::new(source),
                         })
                 }
             },
@@ -603,25 +566,36 @@ impl BpfDataplane {
             return Self::attach_fresh(prog, iface, idx, mode).map(|(_, m)| m);
         };
         let links = dir.join("links");
-        std::fs::create_dir_all(&links)
-            .map_err(|e| other(format!("cannot create {}: {e}", links.display())))?;
+        std::fs::create_dir_all(&links).map_err(|source| DataplaneError::Fs {
+            action: "creating",
+            path: links.clone(),
+            source,
+        })?;
         let link_path = links.join(iface);
         if link_path.exists() {
             let replaced = PinnedLink::from_pin(&link_path)
-                .map_err(|e| other(e.to_string()))
+                .map_err(link_err(iface, "opening the pinned link"))
                 .and_then(|pinned| {
-                    XdpLink::try_from(FdLink::from(pinned)).map_err(|e| other(e.to_string()))
+                    XdpLink::try_from(FdLink::from(pinned))
+                        .map_err(link_err(iface, "the pinned link is not an XDP link"))
                 })
-                .and_then(|link| prog.attach_to_link(link).map_err(|e| other(e.to_string())));
+                .and_then(|link| {
+                    prog.attach_to_link(link)
+                        .map_err(link_err(iface, "replacing the program of the pinned link"))
+                });
             match replaced {
                 Ok(id) => {
                     // The link stays attached through its pin; dropping our fd is fine.
                     drop(prog.take_link(id));
-                    let got = query_xdp_mode(idx).ok().flatten().ok_or_else(|| {
-                        other(format!(
-                            "{iface}: cannot read the XDP mode after replacing the program"
-                        ))
-                    })?;
+                    let got = super::netlink::query_xdp_mode(idx)
+                        .map_err(io_err(format!(
+                            "{iface}: reading the XDP mode after replacing the program"
+                        )))?
+                        .ok_or_else(|| {
+                            DataplaneError::Usage(format!(
+                                "{iface}: no XDP program reported after replacing the program"
+                            ))
+                        })?;
                     tracing::info!(iface, mode = ?got, "replaced the program of the pinned XDP link");
                     return Ok(got);
                 }
@@ -633,18 +607,16 @@ impl BpfDataplane {
             }
         }
         let (id, got) = Self::attach_fresh(prog, iface, idx, mode)?;
-        let link = prog.take_link(id).map_err(|e| other(e.to_string()))?;
-        let fd_link = FdLink::try_from(link).map_err(|e| {
-            other(format!(
-                "{iface}: the kernel attached XDP without a bpf_link ({e}); cannot pin it"
-            ))
-        })?;
-        fd_link.pin(&link_path).map_err(|e| {
-            other(format!(
-                "pinning the XDP link at {}: {e}",
-                link_path.display()
-            ))
-        })?;
+        let link = prog
+            .take_link(id)
+            .map_err(link_err(iface, "taking the new link"))?;
+        let fd_link = FdLink::try_from(link).map_err(link_err(
+            iface,
+            "the kernel attached XDP without a bpf_link; cannot pin it",
+        ))?;
+        fd_link
+            .pin(&link_path)
+            .map_err(link_err(iface, "pinning the link"))?;
         Ok(got)
     }
 
@@ -725,10 +697,12 @@ impl BpfDataplane {
         repeat: u32,
     ) -> Result<TestRunResult> {
         if repeat == 0 {
-            return Err(other("test_run: repeat must be >= 1"));
+            return Err(DataplaneError::Usage(
+                "test_run: repeat must be >= 1".into(),
+            ));
         }
         if frame.len() < 14 {
-            return Err(other(format!(
+            return Err(DataplaneError::Usage(format!(
                 "test_run: a {}-byte frame is shorter than an Ethernet header; BPF_PROG_TEST_RUN refuses it",
                 frame.len()
             )));
@@ -753,7 +727,7 @@ impl BpfDataplane {
         opts.repeat = repeat;
         let res = prog
             .test_run(opts)
-            .map_err(|e| other(format!("BPF_PROG_TEST_RUN of {name}: {e:?}")))?;
+            .map_err(program_err("BPF_PROG_TEST_RUN of", name))?;
         let out_len = (res.data_size_out as usize).min(data_out.len());
         data_out.truncate(out_len);
         Ok(TestRunResult {
@@ -765,7 +739,10 @@ impl BpfDataplane {
 
     /// Number of possible CPUs (length of per-CPU values).
     fn nr_cpus() -> Result<usize> {
-        aya::util::nr_cpus().map_err(|(what, e)| other(format!("{what}: {e}")))
+        aya::util::nr_cpus().map_err(|(what, source)| DataplaneError::Io {
+            what: what.into(),
+            source,
+        })
     }
 
     /// The raw conntrack entries of both maps, established then embryonic (for tests and
@@ -994,7 +971,7 @@ impl Dataplane for BpfDataplane {
 
     fn set_snat_addrs(&mut self, addrs: &[Ipv4Addr]) -> Result<()> {
         if addrs.len() > MAX_SNAT_ADDRS as usize {
-            return Err(other(format!(
+            return Err(DataplaneError::Limits(format!(
                 "snat.addresses has {} entries; at most {MAX_SNAT_ADDRS} are supported",
                 addrs.len()
             )));
@@ -1155,8 +1132,7 @@ impl Dataplane for BpfDataplane {
                 pairs.extend(super::tickle::flow_tickles(&key, &entry));
             }
         }
-        super::tickle::send_tickles(&pairs)
-            .map_err(|e| other(format!("sending tickle ACKs: {e}")))?;
+        super::tickle::send_tickles(&pairs).map_err(io_err("sending tickle ACKs"))?;
         Ok(pairs.len() / 2)
     }
 
@@ -1292,7 +1268,10 @@ impl Dataplane for BpfDataplane {
         let fd = unsafe {
             tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
         }
-        .map_err(|e| other(format!("registering the {MAP_EVENTS} ring buffer: {e}")))?;
+        .map_err(|e| DataplaneError::Io {
+            what: format!("registering the {MAP_EVENTS} ring buffer"),
+            source: io::Error::from(e),
+        })?;
         Ok(Some(Box::new(RingEvents { fd })))
     }
 }
@@ -1334,10 +1313,11 @@ impl PassiveEventSource for RingEvents {
                 if !batch.is_empty() {
                     return Ok(batch);
                 }
-                let mut guard =
-                    self.fd.readable_mut().await.map_err(|e| {
-                        other(format!("waiting on the {MAP_EVENTS} ring buffer: {e}"))
-                    })?;
+                let mut guard = self
+                    .fd
+                    .readable_mut()
+                    .await
+                    .map_err(io_err(format!("waiting on the {MAP_EVENTS} ring buffer")))?;
                 guard.clear_ready();
             }
         })

@@ -601,8 +601,9 @@ struct FakeEvents {
 impl PassiveEventSource for FakeEvents {
     fn next_batch(&mut self) -> EventBatch<'_> {
         Box::pin(async move {
-            let first = self.rx.recv().await.ok_or_else(|| {
-                DataplaneError::Other("the fake data plane's event source is closed".into())
+            let first = self.rx.recv().await.ok_or_else(|| DataplaneError::Io {
+                what: "the fake data plane's event source".into(),
+                source: std::io::Error::from(std::io::ErrorKind::BrokenPipe),
             })?;
             let mut batch = vec![first];
             while let Ok(e) = self.rx.try_recv() {

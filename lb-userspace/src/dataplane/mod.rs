@@ -8,6 +8,7 @@
 
 pub mod bpf;
 pub mod fake;
+pub mod netlink;
 pub mod sysctl;
 pub mod tickle;
 
@@ -52,8 +53,61 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    /// The kernel did not accept the eBPF object (aya's error, with the verifier log, is the
+    /// source).
+    #[error("loading the eBPF object: {source}")]
+    Load {
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    /// The embedded object lacks a program or map this build expects.
+    #[error("the eBPF object has no {kind} {name}; rebuild it with `cargo xtask build-ebpf`")]
+    MissingInObject { kind: &'static str, name: String },
+    /// A program step (type conversion, verification, test run, link handling) failed.
+    #[error("{action} {name}: {source}")]
+    Program {
+        /// What was being done ("loading program", "BPF_PROG_TEST_RUN of").
+        action: &'static str,
+        name: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    /// Attaching XDP to an interface failed in the mode(s) tried.
+    #[error("{mode} XDP attach to {iface} failed: {source}{hint}")]
+    Attach {
+        iface: String,
+        /// "native", "generic" or "native and generic".
+        mode: &'static str,
+        /// What the operator can do (may be empty).
+        hint: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    /// Pinning or re-opening a pinned XDP link failed.
+    #[error("XDP link of {iface}: {what}: {source}")]
+    Link {
+        iface: String,
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// An interface named in the configuration does not exist (or its name is invalid).
+    #[error("interface {iface:?} does not exist; fix `interfaces` in the configuration")]
+    NoInterface { iface: String },
+    /// Limits the maps cannot be built with, or that differ from the pinned maps'.
     #[error("{0}")]
-    Other(String),
+    Limits(String),
+    /// A caller asked for something the data plane cannot do (a programming error of the
+    /// caller, e.g. a test run with repeat 0).
+    #[error("{0}")]
+    Usage(String),
+    /// An I/O step of the data plane outside the maps (ring buffer, raw socket, rtnetlink).
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;
