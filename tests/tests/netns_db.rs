@@ -857,15 +857,20 @@ fn demo_db_fast_mode() {
         leftovers.is_empty(),
         "demo namespaces left behind: {leftovers:?}"
     );
-    let tmp = prefix.trim_end_matches('-');
-    let ps = std::process::Command::new("pgrep")
-        .args(["-f", &format!("/tmp/{tmp}/pg/")])
-        .output()
-        .expect("pgrep");
+    // No process of the demo's PostgreSQL (`postgres -D /tmp/<prefix>/pg/nI/data`) is left.
+    let data = format!("/tmp/{}/pg/", prefix.trim_end_matches('-'));
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .filter(|c| c.contains(&data))
+                .collect()
+        })
+        .unwrap_or_default();
     assert!(
-        ps.stdout.is_empty(),
-        "PostgreSQL of the demo left running: {}",
-        String::from_utf8_lossy(&ps.stdout)
+        left.is_empty(),
+        "PostgreSQL of the demo left running: {left:?}"
     );
 }
 
