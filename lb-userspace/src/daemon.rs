@@ -207,7 +207,10 @@ impl<D: Dataplane> Daemon<D> {
         match ctl.db_apply(name, &decision.state) {
             Ok(gates) => {
                 for g in gates {
-                    tracing::info!(cluster = name, service = %g.service, backend = %g.backend, from = g.from.map_or("none", |f| f.name()), to = g.to.name(), "database gate changed");
+                    tracing::info!(cluster = name, service = %g.service, backend = %g.backend, from = g.from.map_or("none", |f| f.name()), to = g.to.name(), reason = g.reset.unwrap_or(""), flows = g.flows, "database gate changed");
+                    if let Some(reason) = g.reset {
+                        crate::metrics::local().db_flows_reset(name, &g.service, reason, g.flows);
+                    }
                 }
             }
             Err(e) => {

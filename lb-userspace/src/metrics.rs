@@ -78,6 +78,14 @@ struct DbRoleLabels {
     role: &'static str,
 }
 
+/// Labels of `lb_db_flows_reset_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DbResetLabels {
+    cluster: String,
+    service: String,
+    reason: &'static str,
+}
+
 /// Counters of lbd itself (not of the data plane), shared by every task through [`local`].
 #[derive(Debug, Default)]
 pub struct LocalMetrics {
@@ -93,6 +101,7 @@ pub struct LocalMetrics {
     db_split_brain: Family<DbClusterLabels, Gauge>,
     db_read_fallback: Family<DbClusterLabels, Gauge>,
     db_lost_bytes: Family<DbClusterLabels, Gauge>,
+    db_flows_reset: Family<DbResetLabels, Counter>,
 }
 
 /// The process-wide [`LocalMetrics`]. One set per process: the tasks that count (accept
@@ -245,6 +254,36 @@ impl LocalMetrics {
         }
     }
 
+    /// lbd ordered the flows of a member of database cluster `cluster` reset in `service`
+    /// (its gate became reset) for `reason` ([`crate::controller::reset_reason`]); `flows`
+    /// is how many it had at the last conntrack sweep. The series is created even when
+    /// `flows` is 0, so an order is visible before it resets anything.
+    pub fn db_flows_reset(&self, cluster: &str, service: &str, reason: &'static str, flows: u64) {
+        self.db_flows_reset
+            .get_or_create(&DbResetLabels {
+                cluster: cluster.to_string(),
+                service: service.to_string(),
+                reason,
+            })
+            .inc_by(flows);
+    }
+
+    /// Current `lb_db_flows_reset_total{cluster,service,reason}` (`None`: no such order yet).
+    pub fn db_flows_reset_total(
+        &self,
+        cluster: &str,
+        service: &str,
+        reason: &'static str,
+    ) -> Option<u64> {
+        self.db_flows_reset
+            .get(&DbResetLabels {
+                cluster: cluster.to_string(),
+                service: service.to_string(),
+                reason,
+            })
+            .map(|c| c.get())
+    }
+
     /// Current `lb_db_primary_changes_total{cluster}`.
     pub fn db_primary_changes(&self, cluster: &str) -> u64 {
         self.db_primary_changes
@@ -316,6 +355,11 @@ impl LocalMetrics {
             "lb_db_lost_bytes_estimate",
             "Estimated WAL bytes the new primary never received at the last primary change (previous primary's last seen LSN minus the new primary's LSN)",
             self.db_lost_bytes.clone(),
+        );
+        registry.register(
+            "lb_db_flows_reset",
+            "Flows of database cluster members that lbd ordered reset, by service and reason (demoted: the write service's primary is in recovery now; fenced: it claims primary but lost the election or tied; down: failed fall checks; foreign: another system identifier); counted when the order is given, as the member's flows at the last conntrack sweep",
+            self.db_flows_reset.clone(),
         );
     }
 }
@@ -722,6 +766,36 @@ mod tests {
         let text = render(&snap());
         assert!(
             text.contains("lb_db_primary_changes_total{cluster=\"zero-changes\"} 0\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn db_flows_reset_counts_flows_by_reason_and_shows_zero_orders() {
+        let m = local();
+        m.db_flows_reset("resets", "pg-write", "fenced", 7);
+        m.db_flows_reset("resets", "pg-write", "fenced", 2);
+        m.db_flows_reset("resets", "pg-read", "down", 0);
+        assert_eq!(
+            m.db_flows_reset_total("resets", "pg-write", "fenced"),
+            Some(9)
+        );
+        assert_eq!(m.db_flows_reset_total("resets", "pg-write", "down"), None);
+        let text = render(&snap());
+        assert!(
+            text.contains("# TYPE lb_db_flows_reset_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "lb_db_flows_reset_total{cluster=\"resets\",service=\"pg-write\",reason=\"fenced\"} 9\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "lb_db_flows_reset_total{cluster=\"resets\",service=\"pg-read\",reason=\"down\"} 0\n"
+            ),
             "{text}"
         );
     }

@@ -171,6 +171,22 @@ fn metric_labelled(l: &PgLab, name: &str, contains: &str) -> f64 {
         .sum()
 }
 
+/// Every `lb_db_flows_reset_total` sample line (series and value), sorted.
+fn flows_reset_series(l: &PgLab) -> Vec<String> {
+    let text = run_in_netns(l.lab.balancer_path(), || async {
+        let mut c = HttpConn::connect("127.0.0.1:9560".parse().unwrap(), T).await?;
+        Ok(c.request("GET", "/metrics", b"").await?.text())
+    })
+    .unwrap();
+    let mut v: Vec<String> = text
+        .lines()
+        .filter(|x| x.starts_with("lb_db_flows_reset_total{"))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
 fn primary_changes(l: &PgLab) -> f64 {
     metrics(l)
         .get("lb_db_primary_changes_total")
@@ -593,6 +609,13 @@ fn failover(mode: Mode) {
         "rows written to the old primary"
     );
     assert_eq!(primary_changes(&l), changes_before + 1.0);
+    // lbd counted the reset it ordered for the old primary in the write service.
+    let series = flows_reset_series(&l);
+    assert!(
+        series.iter().any(|x| x.contains("service=\"pg-write\"")
+            && (x.contains("reason=\"fenced\"") || x.contains("reason=\"down\""))),
+        "no reset of the old primary in lb_db_flows_reset_total: {series:?}"
+    );
     // The failover event with its lost-bytes estimate, in the events and the log.
     let events = db_events(&l);
     let ev = events
@@ -682,6 +705,7 @@ fn check_trouble_changes_nothing(mode: Mode) {
     let l = db_lab(mode, &spec);
     let changes = primary_changes(&l);
     let resets = db_flows_reset(&l);
+    let reset_orders = flows_reset_series(&l);
     let quiet = 4 * (spec.detection() + spec.recovery());
     let hold = move |sessions: Vec<Session>,
                      _: Vec<Ipv4Addr>,
@@ -750,6 +774,7 @@ fn check_trouble_changes_nothing(mode: Mode) {
     assert_eq!(after.len(), 2);
     assert_eq!(primary_changes(&l), changes, "role changes");
     assert_eq!(db_flows_reset(&l), resets, "resets");
+    assert_eq!(flows_reset_series(&l), reset_orders, "reset orders");
     wait_roles(&l, 1, &[2, 3], Duration::from_secs(5));
 }
 
@@ -783,6 +808,70 @@ fn lbd_restart(mode: Mode) {
     let writes = client::join(h).expect("sessions across lbd restarts");
     assert!(writes > 50, "{writes} writes");
     assert_eq!(lab.pg.rows_by(1, "s8").unwrap(), writes);
+}
+
+/// `cargo xtask demo --db` (`lb-demo --db --fast`): runs to the end, narrates the phases,
+/// and leaves no namespace or PostgreSQL process behind.
+#[test]
+fn demo_db_fast_mode() {
+    let _serial = exclusive();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lb-demo"))
+        .args(["--db", "--fast"])
+        .output()
+        .expect("running lb-demo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "lb-demo --db --fast failed ({}):\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for phrase in [
+        "INSERTs via pg-write, served by: 20 connections -> n1 10.1.1.2: 20 (100%)",
+        "SELECTs via pg-read",
+        "first commit on n2",
+        "never received",
+        "lb_db_flows_reset_total",
+        "removed the namespaces",
+    ] {
+        assert!(
+            text.contains(phrase),
+            "demo output lacks {phrase:?}:\n{text}"
+        );
+    }
+    let prefix = text
+        .split("removed the namespaces ")
+        .nth(1)
+        .and_then(|r| r.split('*').next())
+        .expect("namespace prefix")
+        .to_string();
+    let leftovers: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "demo namespaces left behind: {leftovers:?}"
+    );
+    // No process of the demo's PostgreSQL (`postgres -D /tmp/<prefix>/pg/nI/data`) is left.
+    let data = format!("/tmp/{}/pg/", prefix.trim_end_matches('-'));
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .filter(|c| c.contains(&data))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "PostgreSQL of the demo left running: {left:?}"
+    );
 }
 
 /// Runs each scenario in native mode (and the first also in generic mode).

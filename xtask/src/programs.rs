@@ -104,6 +104,7 @@ const PROJECT_BINARIES: &[(&str, &str)] = &[
     ("tests/src/lab/lbd.rs", "&self.lbctl_bin"), // target/release/lbctl
     ("tests/src/lab/topology.rs", "&self.testsrv_bin"), // target/release/lb-testsrv
     ("tests/tests/netns.rs", "env!(\"CARGO_BIN_EXE_lb-demo\")"),
+    ("tests/tests/netns_db.rs", "env!(\"CARGO_BIN_EXE_lb-demo\")"),
     (
         "lb-userspace/tests/lbd_logs.rs",
         "env!(\"CARGO_BIN_EXE_lbd\")",

@@ -4,7 +4,7 @@
 use super::*;
 use crate::dataplane::fake::{FakeDataplane, Op};
 use crate::db::observation::{MemberObservation, MemberProbe};
-use crate::db::{decide, ClusterState, Now};
+use crate::db::{decide, ClusterState, MemberRole, Now};
 use std::time::Duration;
 
 const CONFIG: &str = r#"
@@ -91,7 +91,7 @@ impl Db {
         }
     }
 
-    fn round(&mut self, probes: [MemberProbe; 3]) {
+    fn round(&mut self, probes: [MemberProbe; 3]) -> Vec<GateChange> {
         self.round += 1;
         let cfg = self.ctl.config().db_cluster("pg").unwrap().clone();
         let probes: Vec<_> = [a(), b(), c()].into_iter().zip(probes).collect();
@@ -101,7 +101,15 @@ impl Db {
         };
         let d = decide(&cfg, &self.state, &probes, now);
         self.state = d.state;
-        self.ctl.db_apply("pg", &self.state).unwrap();
+        self.ctl.db_apply("pg", &self.state).unwrap()
+    }
+
+    /// Records `flows` live flows for `m` in `svc`, as a conntrack sweep would.
+    fn set_flows(&mut self, svc: &str, m: SocketAddrV4, flows: u64) {
+        let id = self.id(svc, m);
+        let mut sweep = self.ctl.last_sweep.clone().unwrap_or_default();
+        sweep.flows_by_backend.insert(id, flows);
+        self.ctl.finish_sweep(sweep, 0).unwrap();
     }
 
     fn svc(&self, name: &str) -> &ServiceState {
@@ -316,4 +324,73 @@ fn a_restart_keeps_reset_members_reset_and_holds_the_others() {
     assert_eq!(restarted.flags("pg-write", a()), RESET);
     assert_eq!(restarted.flags("pg-write", b()), 0);
     assert!(restarted.no_backend("pg-write"));
+}
+
+/// The reset orders of one round: (service, member, reason, flows at the last sweep).
+fn resets(changes: &[GateChange]) -> BTreeSet<(String, SocketAddrV4, &'static str, u64)> {
+    changes
+        .iter()
+        .filter_map(|g| {
+            assert_eq!(g.reset.is_some(), g.to == DbGate::Reset, "{g:?}");
+            g.reset.map(|r| (g.service.clone(), g.backend, r, g.flows))
+        })
+        .collect()
+}
+
+fn set(
+    items: &[(&str, SocketAddrV4, &'static str, u64)],
+) -> BTreeSet<(String, SocketAddrV4, &'static str, u64)> {
+    items
+        .iter()
+        .map(|(s, m, r, f)| (s.to_string(), *m, *r, *f))
+        .collect()
+}
+
+#[test]
+fn reset_orders_name_their_reason_and_the_flows_they_end() {
+    let mut db = Db::start();
+    // First round: the replicas are reset in the write service (they have no write flows).
+    let first = db.round([p(1, 5000), r(a(), 1, 4900), r(a(), 1, 4950)]);
+    assert_eq!(
+        resets(&first),
+        set(&[
+            ("pg-write", b(), "demoted", 0),
+            ("pg-write", c(), "demoted", 0)
+        ])
+    );
+    db.set_flows("pg-write", a(), 7);
+    db.set_flows("pg-read", b(), 3);
+    db.set_flows("pg-read", c(), 4);
+    // Replica B dies: its read flows are reset (down), once.
+    db.round([p(1, 5000), fail(), r(a(), 1, 4950)]);
+    let down = db.round([p(1, 5000), fail(), r(a(), 1, 4950)]);
+    assert_eq!(resets(&down), set(&[("pg-read", b(), "down", 3)]));
+    assert!(
+        resets(&db.round([p(1, 5000), fail(), r(a(), 1, 4950)])).is_empty(),
+        "ordered once"
+    );
+    // C is promoted on a higher timeline while A still claims primary: A is fenced in both
+    // services (its 7 write flows end), C's read flows stay (no reset order for it).
+    let fenced = db.round([p(1, 5000), fail(), p(2, 4960)]);
+    assert_eq!(
+        resets(&fenced),
+        set(&[
+            ("pg-write", a(), "fenced", 7),
+            ("pg-read", a(), "fenced", 0)
+        ])
+    );
+    // A restarts as a replica of C: no longer fenced, but still out of the write service,
+    // now as demoted (the gate stays reset: no new order).
+    db.set_flows("pg-write", a(), 0);
+    let rejoined = db.round([r(c(), 2, 4960), fail(), p(2, 4960)]);
+    assert!(resets(&rejoined).is_empty(), "{rejoined:?}");
+    assert_eq!(db.flags("pg-write", a()), RESET);
+}
+
+#[test]
+fn reset_reasons_by_role() {
+    assert_eq!(reset_reason(MemberRole::Fenced), "fenced");
+    assert_eq!(reset_reason(MemberRole::Down), "down");
+    assert_eq!(reset_reason(MemberRole::Foreign), "foreign");
+    assert_eq!(reset_reason(MemberRole::Replica), "demoted");
 }

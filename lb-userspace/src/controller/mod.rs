@@ -24,7 +24,7 @@ mod db;
 #[cfg(test)]
 mod db_tests;
 
-pub use db::GateChange;
+pub use db::{reset_reason, GateChange};
 mod journal;
 mod passive;
 pub use passive::PassiveCheck;

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The Patroni REST port the responders listen on.
-pub const RESPONDER_PORT: u16 = 8008;
+pub const RESPONDER_PORT: u16 = pg::PATRONI_PORT;
 
 /// HAProxy's write service with Patroni-style checks (the configuration Patroni's docs give).
 pub fn haproxy_config() -> String {

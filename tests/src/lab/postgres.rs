@@ -804,11 +804,15 @@ pub fn read_vip() -> SocketAddr {
     SocketAddr::from((DB_VIP, READ_PORT))
 }
 
+/// The port of a member's Patroni REST API (or of what answers like it) in the lab.
+pub const PATRONI_PORT: u16 = 8008;
+
 /// The `db_clusters` settings the lab renders (issue 11's scenarios: checks every 250 ms,
 /// fall 2, rise 2).
 #[derive(Debug, Clone)]
 pub struct DbSpec {
-    /// `postgres`, `patroni` or `both`.
+    /// `postgres`, `patroni` or `both` (the last two give every member a `patroni` address
+    /// on [`PATRONI_PORT`]).
     pub check_type: String,
     /// Check interval (ms).
     pub interval_ms: u64,
@@ -857,7 +861,23 @@ impl DbSpec {
 /// limits, no web service, the cluster `pg` of the three members, `pg-write` on
 /// `DB_VIP:5432` (role primary) and `pg-read` on `DB_VIP:5433` (role replica).
 pub fn db_lbd_yaml(lab: &Lab, pg: &PgCluster, spec: &DbSpec) -> String {
-    let mut base = lab.lbd_config(Vec::new(), super::lbd::HealthSpec::default());
+    let members: Vec<SocketAddrV4> = pg.members().iter().map(|m| m.addr).collect();
+    db_config_yaml(
+        lab.lbd_config(Vec::new(), super::lbd::HealthSpec::default()),
+        &members,
+        pg.check_password_file(),
+        spec,
+    )
+}
+
+/// The text of [`db_lbd_yaml`] from its parts: `base` (its services are dropped), the members'
+/// addresses and the check's password file.
+pub fn db_config_yaml(
+    mut base: super::lbd::LbdConfig,
+    members: &[SocketAddrV4],
+    password_file: &Path,
+    spec: &DbSpec,
+) -> String {
     base.services.clear();
     let mut y = base.to_yaml();
     // `to_yaml` ends with an empty `services:` list; the DB services are its items.
@@ -869,8 +889,12 @@ pub fn db_lbd_yaml(lab: &Lab, pg: &PgCluster, spec: &DbSpec) -> String {
     y.push_str(&format!(
         "db_clusters:\n  - name: {CLUSTER}\n    members:\n"
     ));
-    for m in pg.members() {
-        y.push_str(&format!("      - address: {}\n", m.addr));
+    for m in members {
+        y.push_str(&format!("      - address: {m}\n"));
+        // `patroni` and `both` need each member's REST address.
+        if spec.check_type != "postgres" {
+            y.push_str(&format!("        patroni: {}:{PATRONI_PORT}\n", m.ip()));
+        }
     }
     y.push_str(&format!(
         "    check:\n      type: {}\n      interval: {}ms\n      timeout: {}ms\n      rise: {}\n      fall: {}\n      user: {CHECK_USER}\n      database: postgres\n      password_file: {}\n    max_lag_bytes: {}\n",
@@ -879,7 +903,7 @@ pub fn db_lbd_yaml(lab: &Lab, pg: &PgCluster, spec: &DbSpec) -> String {
         spec.timeout_ms,
         spec.rise,
         spec.fall,
-        pg.check_password_file().display(),
+        password_file.display(),
         spec.max_lag_bytes
     ));
     if let Some((argv, after_ms)) = &spec.promote {
@@ -1163,6 +1187,68 @@ mod tests {
         assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374_D848));
         assert_eq!(parse_lsn("nonsense"), None);
         assert_eq!(parse_lsn("1/"), None);
+    }
+
+    /// Every variant of the DB lab's lbd config loads in lbd's own config loader (the bench's
+    /// lb rows once failed at start-up because lbd did not know `db_cluster` yet; this catches
+    /// any drift between the lab's YAML and the config schema without root).
+    #[test]
+    fn db_config_loads_in_lbd() {
+        use super::super::lbd::{BackendSpec, ConntrackSpec, HealthSpec, LbdConfig, ServiceSpec};
+        let base = LbdConfig {
+            interfaces: vec!["pub0".into(), "bk1".into(), "bk2".into(), "bk3".into()],
+            xdp_mode: "native".into(),
+            bpffs_root: "/sys/fs/bpf/lbtest".into(),
+            api_socket: "/tmp/lbtest/lbd.sock".into(),
+            metrics_listen: "127.0.0.1:9560".into(),
+            snat_addresses: vec![SNAT_ADDR],
+            snat_ports: (1024, 32767),
+            conntrack: ConntrackSpec::default(),
+            conntrack_flows: 65536,
+            embryonic_flows: None,
+            // Dropped by db_config_yaml.
+            services: vec![ServiceSpec {
+                name: "web".into(),
+                vip: Ipv4Addr::new(192, 0, 2, 10),
+                port: 80,
+                health: HealthSpec::default(),
+                on_backend_down: None,
+                backends: vec![BackendSpec::new("10.1.1.2:8080".parse().unwrap())],
+            }],
+        };
+        let members: Vec<SocketAddrV4> = (1..=MEMBERS).map(member_addr).collect();
+        let pass = Path::new("/tmp/lbtest/pg-check.pass");
+        let variants = [
+            DbSpec::default(),
+            DbSpec {
+                check_type: "both".into(),
+                read_fallback: "none".into(),
+                ..DbSpec::default()
+            },
+            DbSpec {
+                check_type: "patroni".into(),
+                ..DbSpec::default()
+            },
+            DbSpec {
+                promote: Some((vec!["/bin/echo".into(), "promote".into()], 2000)),
+                ..DbSpec::default()
+            },
+        ];
+        for spec in variants {
+            let y = db_config_yaml(base.clone(), &members, pass, &spec);
+            let cfg = lb::config::Config::from_yaml_str(&y, "lab.yaml")
+                .unwrap_or_else(|e| panic!("{e}\n{y}"));
+            assert_eq!(cfg.db_clusters.len(), 1, "{y}");
+            assert_eq!(cfg.db_clusters[0].members.len(), MEMBERS, "{y}");
+            let names: Vec<&str> = cfg.services.iter().map(|s| s.name.as_str()).collect();
+            assert_eq!(names, ["pg-write", "pg-read"], "{y}");
+            let patroni = cfg.db_clusters[0].members[1].patroni;
+            if spec.check_type == "postgres" {
+                assert_eq!(patroni, None, "{y}");
+            } else {
+                assert_eq!(patroni, Some("10.1.2.2:8008".parse().unwrap()), "{y}");
+            }
+        }
     }
 
     #[test]
