@@ -518,8 +518,21 @@ pub fn decide(
     }
     let sysid = st.system_identifier;
 
-    // Split brain.
-    let split = claimants.len() > 1;
+    // Split brain: two members claiming primary at the same time. A claim whose member failed
+    // this round's check (refused, timed out, not usable) is the last answer of a member that
+    // is most likely gone: it still counts in the election above (a primary is not dropped on
+    // one failed check, and the loser is fenced), but not as split brain, so a plain failover
+    // where the replica is promoted before the dead primary has failed `fall` checks raises
+    // no false alarm. Claims kept by an auth failure or an overloaded member still count, and
+    // a split brain already raised lasts while its claims are kept (no flapping alarm while a
+    // fenced member fails fewer than `fall` checks).
+    let failing = |m: &MemberState| !m.fresh && matches!(m.probe, "failed" | "not_usable");
+    let live_claimants: Vec<usize> = claimants
+        .iter()
+        .copied()
+        .filter(|&i| !failing(&st.members[i]))
+        .collect();
+    let split = live_claimants.len() > 1 || (prev.split_brain && claimants.len() > 1);
     if split && !prev.split_brain {
         events.push(DbEventKind::SplitBrain {
             claimants: claimants

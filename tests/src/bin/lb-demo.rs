@@ -647,7 +647,7 @@ fn run_db(fast: bool) -> Result<()> {
         note(&format!("  {dt:>+5} ms  {:<17} {}", e.event, e.message));
     }
     if after.iter().any(|e| e.event == "split_brain") {
-        note("(n2 answered as primary before n1 had failed fall = 2 checks, so n1's last answer still counted as a claim: the higher timeline won and n1 was fenced, its flows reset, until it was marked down)");
+        note("(split brain: two members answered as primary in the same round)");
     }
     match flows_reset_lines(&l.lab) {
         Ok(lines) if !lines.is_empty() => note(&format!(
