@@ -346,7 +346,7 @@ pub fn run(scale: Scale) -> Section {
         for (round, r) in runs.iter().enumerate() {
             for (at, err) in &r.failures {
                 sec.notes.push(format!(
-                    "{} / {}, round {}: a connection started {at:+.0} ms from the death                      failed: {err}",
+                    "{} / {}, round {}: a connection started {at:+.0} ms from the death failed: {err}",
                     death.name(),
                     b.name(),
                     round + 1
