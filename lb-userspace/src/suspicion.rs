@@ -123,7 +123,7 @@ pub struct SuspectLog {
 
 impl SuspectLog {
     fn current_or_new(&mut self, now: SystemTime) -> &mut Suspicion {
-        self.current.get_or_insert_with(|| Suspicion {
+        self.current.get_or_insert(Suspicion {
             since: now,
             passive: None,
             detections: 0,
