@@ -203,7 +203,7 @@ fn suspicion(lab: &Lab, i: usize) -> Option<String> {
     let b = list.iter().find(|b| b["address"] == addr.as_str())?;
     let why = b["suspect"]["why"].as_str()?;
     let age = b["suspect"]["age_secs"].as_u64().unwrap_or(0);
-    Some(format!("{why} (since {age}s)"))
+    Some(format!("{why} (first evidence {age}s ago)"))
 }
 
 fn run(config_path: &Path, fast: bool) -> Result<()> {
