@@ -449,6 +449,9 @@ where
                         tracing::warn!(error = %e, "stats sample failed");
                     }
                     log_stale_health(&ctl.stale_health(Instant::now()));
+                    for (service, backend) in ctl.passive_holds(monotonic_ns()) {
+                        tracing::info!(%service, %backend, "passive suspicion expired unconfirmed (no check failed)");
+                    }
                 })
                 .await;
             }

@@ -19,5 +19,6 @@ pub mod metrics;
 pub mod model;
 pub mod passive;
 pub mod stats;
+pub mod suspicion;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testutil;

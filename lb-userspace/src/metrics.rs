@@ -414,7 +414,7 @@ const SERVICE_FAMILIES: [(&str, MetricType, &str, SvcField); 7] = [
 ];
 
 /// Per-backend families: (name without `_total`, type, help, value).
-const BACKEND_FAMILIES: [(&str, MetricType, &str, BeField); 11] = [
+const BACKEND_FAMILIES: [(&str, MetricType, &str, BeField); 12] = [
     (
         "lb_backend_packets_in",
         MetricType::Counter,
@@ -481,6 +481,12 @@ const BACKEND_FAMILIES: [(&str, MetricType, &str, BeField); 11] = [
         "Seconds since the health checks last gave a verdict (passed or failed); 0 without checks.",
         |b| b.last_verdict_secs.unwrap_or(0),
     ),
+    (
+        "lb_backend_suspect",
+        MetricType::Gauge,
+        "1 while lbd holds evidence against the backend (a passive detection by the data plane or a failed check) that no passing check has cleared; lbctl backend list says why.",
+        |b| u64::from(b.suspect.is_some()),
+    ),
 ];
 
 /// Encodes one sample of a family whose type is `kind`.
@@ -543,6 +549,17 @@ fn encode_snapshot(
             &[("reason", reason.as_str())],
             *v,
         )?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "lb_connections_retried",
+        "Connections whose first backend failed the handshake and that lb balanced afresh, by reason: rst_to_syn (the backend's RST to the SYN was kept from the client, whose retransmitted SYN went to another backend; counter drop_syn_refused), syn_unanswered (the client's retransmitted SYN to a silent backend went to another backend; counter ct_syn_unanswered).",
+        None,
+        MetricType::Counter,
+    )?;
+    for (reason, counter) in crate::stats::RETRIED_CONNECTIONS {
+        if let Some(v) = snap.counters.get(counter) {
+            sample(&mut family, MetricType::Counter, &[("reason", reason)], *v)?;
+        }
     }
     for (name, kind, help, get) in SERVICE_FAMILIES {
         let mut family = encoder.encode_descriptor(name, help, None, kind)?;
@@ -731,6 +748,8 @@ mod tests {
             last_transition: None,
             last_verdict_secs: Some(42),
             health_stale: true,
+            suspect: None,
+            last_suspicion: None,
         };
         StatsSnapshot {
             timestamp_ms: 0,
@@ -824,6 +843,29 @@ mod tests {
         assert!(text.contains(
             "lb_backend_health_transitions_total{service=\"web\",backend=\"10.1.1.2:8080\"} 1\n"
         ));
+        // Retried connections are the two passive-detection counters, by reason (the test
+        // snapshot holds counter i at value i: drop_syn_refused is 32, ct_syn_unanswered 33).
+        assert_eq!(lb_common::counters::DROP_SYN_REFUSED, 32);
+        assert_eq!(lb_common::counters::CT_SYN_UNANSWERED, 33);
+        assert!(
+            text.contains("lb_connections_retried_total{reason=\"rst_to_syn\"} 32\n"),
+            "{text}"
+        );
+        assert!(text.contains("lb_connections_retried_total{reason=\"syn_unanswered\"} 33\n"));
+        assert!(text.contains("# TYPE lb_connections_retried_total counter\n"));
+        assert!(text.contains("lb_backend_suspect{service=\"web\",backend=\"10.1.1.2:8080\"} 0\n"));
+        let mut suspect = snap();
+        suspect.services[0].backends[0].suspect = Some(crate::api::proto::SuspectInfo {
+            why: "passive: RST to SYN".into(),
+            passive_reason: Some("rst_to_syn".into()),
+            detections: 1,
+            failed_checks: 0,
+            last_failure: None,
+            since_unix_ms: 1,
+            age_secs: 1,
+        });
+        assert!(render(&suspect)
+            .contains("lb_backend_suspect{service=\"web\",backend=\"10.1.1.2:8080\"} 1\n"));
         // Same HELP/TYPE lines as the hand-written encoder had (names with `_total`).
         assert!(text.contains(
             "# HELP lb_service_refused_total SYNs refused with a RST because no backend was usable.\n# TYPE lb_service_refused_total counter\n"

@@ -8,6 +8,7 @@ use std::net::SocketAddrV4;
 use std::time::{Duration, Instant, SystemTime};
 
 pub use crate::api::proto::Health;
+pub use crate::suspicion::{SuspectLog, Suspicion};
 
 /// Rise/fall state machine of one backend's health checks (pure; see [`HealthTracker::record`]).
 ///
@@ -191,18 +192,9 @@ pub struct BackendState {
     /// For a backend of a database service: what the cluster's last decision lets it do
     /// (health and drain are then not used). `None` for ordinary services.
     pub db: Option<DbGate>,
-    /// The data plane's passive suspicion of it, as lbd last saw it (`None`: not suspect).
-    pub suspect: Option<Suspicion>,
-}
-
-/// A passive suspicion raised by the data plane ([`lb_common::passive`]) and not yet cleared
-/// by lbd's immediate active check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Suspicion {
-    /// `REASON_*` of the detection.
-    pub reason: u32,
-    /// When lbd received the event.
-    pub since: SystemTime,
+    /// Why it is suspect (passive detections, failed checks) and how its last suspicion
+    /// ended; see [`crate::suspicion`].
+    pub suspect: SuspectLog,
 }
 
 impl BackendState {

@@ -3,14 +3,42 @@
 //! samples with the controller's model into the API's [`StatsSnapshot`], which the metrics
 //! endpoint renders too.
 
-use crate::api::proto::{BackendStats, ServiceStats, StatsSnapshot};
+use crate::api::proto::{BackendStats, ServiceStats, StatsSnapshot, SuspectInfo, SuspicionEndInfo};
 use crate::config::HealthCheckConfig;
 use crate::controller::Controller;
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::model::{stale_after, BackendState, ServiceState};
+use crate::suspicion::{EndedSuspicion, Suspicion};
 use lb_common::{FlowStats, NUM_COUNTERS};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Retried connections by passive-detection reason, and the data-plane counter
+/// ([`lb_common::COUNTER_NAMES`]) that counts them: `rst_to_syn` is `drop_syn_refused` (a
+/// backend's RST to a SYN kept from the client, whose retransmitted SYN is balanced afresh, away
+/// from the now suspect backend), `syn_unanswered` is `ct_syn_unanswered` (a client's SYN
+/// retransmission on a flow the backend never answered, balanced afresh at once). The metric
+/// `lb_connections_retried_total{reason}` and the demo read them through this table.
+pub const RETRIED_CONNECTIONS: [(&str, &str); 2] = [
+    (
+        lb_common::passive::reason_name(lb_common::passive::REASON_RST_TO_SYN),
+        lb_common::COUNTER_NAMES[lb_common::counters::DROP_SYN_REFUSED as usize],
+    ),
+    (
+        lb_common::passive::reason_name(lb_common::passive::REASON_SYN_UNANSWERED),
+        lb_common::COUNTER_NAMES[lb_common::counters::CT_SYN_UNANSWERED as usize],
+    ),
+];
+
+/// Connections retried over every reason of [`RETRIED_CONNECTIONS`], from counters by name
+/// (`None` when none of them is present: an lbd without passive detection).
+pub fn retried_connections(counters: &BTreeMap<String, u64>) -> Option<u64> {
+    let found: Vec<u64> = RETRIED_CONNECTIONS
+        .iter()
+        .filter_map(|(_, c)| counters.get(*c).copied())
+        .collect();
+    (!found.is_empty()).then(|| found.iter().sum())
+}
 
 /// Per-second rates over the last sampling interval.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -137,6 +165,7 @@ pub fn backend_stats(
 ) -> BackendStats {
     let (s, r) = sampler.stats(Id::Backend(b.id));
     let now = Instant::now();
+    let wall = SystemTime::now();
     BackendStats {
         address: b.cfg.address,
         id: b.id,
@@ -158,6 +187,45 @@ pub fn backend_stats(
         last_transition: describe_transition(b),
         last_verdict_secs: stale_after(hc).map(|_| b.verdicts.age(now).as_secs()),
         health_stale: b.verdicts.is_stale(hc, now),
+        suspect: b.suspect.current.as_ref().map(|x| suspect_info(x, wall)),
+        last_suspicion: b.suspect.last.as_ref().map(|x| suspicion_end_info(x, wall)),
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Whole seconds from `from` to `to` (0 when `to` is earlier: a clock step).
+fn secs_between(from: SystemTime, to: SystemTime) -> u64 {
+    to.duration_since(from).map_or(0, |d| d.as_secs())
+}
+
+/// The API view of a current suspicion at wall-clock time `now`.
+pub fn suspect_info(s: &Suspicion, now: SystemTime) -> SuspectInfo {
+    SuspectInfo {
+        why: s.why(),
+        passive_reason: s
+            .passive
+            .map(|p| lb_common::passive::reason_name(p.reason).to_string()),
+        detections: s.detections,
+        failed_checks: s.failed_checks,
+        last_failure: s.last_failure.clone(),
+        since_unix_ms: unix_ms(s.since),
+        age_secs: secs_between(s.since, now),
+    }
+}
+
+/// The API view of an ended suspicion at wall-clock time `now`.
+pub fn suspicion_end_info(e: &EndedSuspicion, now: SystemTime) -> SuspicionEndInfo {
+    SuspicionEndInfo {
+        why: e.suspicion.why(),
+        since_unix_ms: unix_ms(e.suspicion.since),
+        ended_unix_ms: unix_ms(e.ended),
+        lasted_ms: unix_ms(e.ended).saturating_sub(unix_ms(e.suspicion.since)),
+        ago_secs: secs_between(e.ended, now),
+        how: e.how.text().to_string(),
     }
 }
 

@@ -503,6 +503,52 @@ pub struct BackendStats {
     /// not run, see `lb_health_checks_not_run_total`): `health` is the last known state.
     #[serde(default)]
     pub health_stale: bool,
+    /// Why the backend is suspect now (passive detections by the data plane, failed checks);
+    /// `None` when it is not (or from an older lbd).
+    #[serde(default)]
+    pub suspect: Option<SuspectInfo>,
+    /// The last suspicion that ended, and how; `None` when there was none.
+    #[serde(default)]
+    pub last_suspicion: Option<SuspicionEndInfo>,
+}
+
+/// Why a backend is suspect (see `lb::suspicion`): the evidence gathered since the first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuspectInfo {
+    /// One line: `passive: RST to SYN`, `passive: SYN unanswered`, `active: 3 checks failed`,
+    /// or the passive reason and the failed checks joined by `; `.
+    pub why: String,
+    /// The first passive detection's reason (`rst_to_syn`, `syn_unanswered`: the `reason`
+    /// label of `lb_passive_detections_total`); `None` when only checks failed.
+    pub passive_reason: Option<String>,
+    /// Passive detections received during it.
+    pub detections: u64,
+    /// Checks (scheduled or immediate) failed during it.
+    pub failed_checks: u32,
+    /// The last failed check's message.
+    pub last_failure: Option<String>,
+    /// When the first evidence came (Unix milliseconds).
+    pub since_unix_ms: u64,
+    /// Seconds since then.
+    pub age_secs: u64,
+}
+
+/// A suspicion that ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuspicionEndInfo {
+    /// Why it was suspect, as [`SuspectInfo::why`] said when it ended.
+    pub why: String,
+    /// When it began (Unix milliseconds).
+    pub since_unix_ms: u64,
+    /// When it ended (Unix milliseconds).
+    pub ended_unix_ms: u64,
+    /// How long it lasted (milliseconds).
+    pub lasted_ms: u64,
+    /// Seconds since it ended.
+    pub ago_secs: u64,
+    /// How it ended: `cleared by a passing immediate check`, `cleared by a passing check`,
+    /// `recovered: marked up again`, `expired: the data plane's hold ran out unconfirmed`.
+    pub how: String,
 }
 
 /// An element of `backend_list`'s data: a backend with the name of its service.
@@ -544,6 +590,8 @@ mod tests {
             last_transition: Some("up 3s ago".into()),
             last_verdict_secs: Some(1),
             health_stale: false,
+            suspect: None,
+            last_suspicion: None,
         }
     }
 

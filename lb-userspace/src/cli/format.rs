@@ -129,6 +129,42 @@ pub fn last_check_cell(b: &BackendStats) -> String {
     }
 }
 
+/// A duration in milliseconds: `850ms` under a second, else as [`duration_secs`].
+pub fn duration_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        duration_secs(ms / 1000)
+    }
+}
+
+/// The `SUSPECT` cell of `lbctl stats`: why the backend is suspect and for how long
+/// (`passive: RST to SYN (4s)`), `-` when it is not.
+pub fn suspect_cell(b: &BackendStats) -> String {
+    match &b.suspect {
+        Some(s) => format!("{} ({})", s.why, duration_secs(s.age_secs)),
+        None => "-".into(),
+    }
+}
+
+/// The `SUSPECT` cell of `lbctl backend list`: the current suspicion with its age
+/// (`passive: RST to SYN (since 4s ago)`), else the last one and how it ended
+/// (`no (last: passive: RST to SYN for 120ms, cleared by a passing immediate check 40s ago)`),
+/// else `-`.
+pub fn suspicion_cell(b: &BackendStats) -> String {
+    match (&b.suspect, &b.last_suspicion) {
+        (Some(s), _) => format!("{} (since {} ago)", s.why, duration_secs(s.age_secs)),
+        (None, Some(e)) => format!(
+            "no (last: {} for {}, {} {} ago)",
+            e.why,
+            duration_ms(e.lasted_ms),
+            e.how,
+            duration_secs(e.ago_secs)
+        ),
+        (None, None) => "-".into(),
+    }
+}
+
 /// A table of left-aligned columns: cells are padded to the widest cell of their column and
 /// separated by two spaces; trailing spaces are trimmed.
 #[derive(Debug, Clone, Default)]
@@ -209,8 +245,8 @@ const SERVICE_HEADER: [&str; 8] = [
     "SERVICE", "VIP:PORT", "CHECK", "BACKENDS", "ACTIVE", "NEW/s", "PKT/s", "BYTES/s",
 ];
 
-const BACKEND_HEADER: [&str; 8] = [
-    "BACKEND", "STATE", "W", "ACTIVE", "NEW/s", "PKT/s", "BYTES/s", "FLOWS",
+const BACKEND_HEADER: [&str; 9] = [
+    "BACKEND", "STATE", "W", "ACTIVE", "NEW/s", "PKT/s", "BYTES/s", "FLOWS", "SUSPECT",
 ];
 
 fn backend_row(b: &BackendStats) -> Vec<String> {
@@ -223,6 +259,7 @@ fn backend_row(b: &BackendStats) -> Vec<String> {
         rate(b.packets_per_sec),
         byte_rate(b.bytes_per_sec),
         b.new_flows.to_string(),
+        suspect_cell(b),
     ]
 }
 
@@ -297,6 +334,7 @@ pub fn backend_list(list: &[BackendListEntry]) -> String {
         "LAST CHECK",
         "CHANGES",
         "LAST CHANGE",
+        "SUSPECT",
     ]);
     for e in list {
         let b = &e.backend;
@@ -315,6 +353,7 @@ pub fn backend_list(list: &[BackendListEntry]) -> String {
             last_check_cell(b),
             b.transitions.to_string(),
             b.last_transition.clone().unwrap_or_else(|| "-".into()),
+            suspicion_cell(b),
         ]);
     }
     t.render("")
@@ -606,6 +645,8 @@ mod tests {
             last_transition: None,
             last_verdict_secs: None,
             health_stale: false,
+            suspect: None,
+            last_suspicion: None,
         }
     }
 
@@ -618,6 +659,15 @@ mod tests {
         b2.new_flows_per_sec = 0.0;
         b2.packets_per_sec = 0.0;
         b2.bytes_per_sec = 0.0;
+        b2.suspect = Some(crate::api::proto::SuspectInfo {
+            why: "passive: RST to SYN; active: 3 checks failed".into(),
+            passive_reason: Some("rst_to_syn".into()),
+            detections: 2,
+            failed_checks: 3,
+            last_failure: Some("connect: Connection refused".into()),
+            since_unix_ms: 1_800_000_000_000,
+            age_secs: 14,
+        });
         let mut b3 = backend("10.1.3.2:8080");
         b3.backup = true;
         b3.in_table = false;
@@ -701,13 +751,13 @@ mod tests {
         let want = "\
 SERVICE       VIP:PORT        CHECK  BACKENDS  ACTIVE  NEW/s  PKT/s  BYTES/s
 web           192.0.2.10:80   http   2/3 up    1.2K    350    12.1K  9.8 MiB/s
-  BACKEND        STATE   W   ACTIVE  NEW/s  PKT/s  BYTES/s    FLOWS
-  10.1.1.2:8080  UP      1   402     117    4.0K   3.3 MiB/s  12034
-  10.1.2.2:8080  DOWN    1   0       0      0      0 B/s      310
-  10.1.3.2:8080  BACKUP  10  0       0      0      0 B/s      0
+  BACKEND        STATE   W   ACTIVE  NEW/s  PKT/s  BYTES/s    FLOWS  SUSPECT
+  10.1.1.2:8080  UP      1   402     117    4.0K   3.3 MiB/s  12034  -
+  10.1.2.2:8080  DOWN    1   0       0      0      0 B/s      310    passive: RST to SYN; active: 3 checks failed (14s)
+  10.1.3.2:8080  BACKUP  10  0       0      0      0 B/s      0      -
 api-internal  192.0.2.11:443  tcp    1/1 up    7       0      0.5    40 B/s
-  BACKEND        STATE   W   ACTIVE  NEW/s  PKT/s  BYTES/s    FLOWS
-  10.2.0.20:443  DRAIN   1   7       0      0.5    40 B/s     5
+  BACKEND        STATE   W   ACTIVE  NEW/s  PKT/s  BYTES/s    FLOWS  SUSPECT
+  10.2.0.20:443  DRAIN   1   7       0      0.5    40 B/s     5      -
 ";
         assert_eq!(got, want, "\n{got}");
     }
@@ -749,12 +799,21 @@ web      192.0.2.10:80  http   2/3 up    1.2K    350    12.1K  9.8 MiB/s
         // Checks that have not run for 3 minutes: the last state, marked stale.
         entries[2].backend.last_verdict_secs = Some(192);
         entries[2].backend.health_stale = true;
+        // A passive suspicion of b1 cleared by the immediate check 40 s ago.
+        entries[0].backend.last_suspicion = Some(crate::api::proto::SuspicionEndInfo {
+            why: "passive: SYN unanswered".into(),
+            since_unix_ms: 1_800_000_000_000,
+            ended_unix_ms: 1_800_000_000_120,
+            lasted_ms: 120,
+            ago_secs: 40,
+            how: "cleared by a passing immediate check".into(),
+        });
         let got = backend_list(&entries);
         let want = "\
-SERVICE  BACKEND        ID  STATE         W   ROLE     TABLE  ACTIVE  FLOWS  PKTS IN/OUT  BYTES IN/OUT     LAST CHECK       CHANGES  LAST CHANGE
-web      10.1.1.2:8080  1   UP            1   primary  yes    402     12.0K  2.5K/1.5K    293 KiB/3.3 MiB  1s ago           0        -
-web      10.1.2.2:8080  1   DOWN          1   primary  no     0       310    2.5K/1.5K    293 KiB/3.3 MiB  1s ago           2        down 12s ago: connection refused
-web      10.1.3.2:8080  1   BACKUP/STALE  10  backup   no     0       0      2.5K/1.5K    293 KiB/3.3 MiB  STALE 3m12s ago  0        -
+SERVICE  BACKEND        ID  STATE         W   ROLE     TABLE  ACTIVE  FLOWS  PKTS IN/OUT  BYTES IN/OUT     LAST CHECK       CHANGES  LAST CHANGE                       SUSPECT
+web      10.1.1.2:8080  1   UP            1   primary  yes    402     12.0K  2.5K/1.5K    293 KiB/3.3 MiB  1s ago           0        -                                 no (last: passive: SYN unanswered for 120ms, cleared by a passing immediate check 40s ago)
+web      10.1.2.2:8080  1   DOWN          1   primary  no     0       310    2.5K/1.5K    293 KiB/3.3 MiB  1s ago           2        down 12s ago: connection refused  passive: RST to SYN; active: 3 checks failed (since 14s ago)
+web      10.1.3.2:8080  1   BACKUP/STALE  10  backup   no     0       0      2.5K/1.5K    293 KiB/3.3 MiB  STALE 3m12s ago  0        -                                 -
 ";
         assert_eq!(got, want, "\n{got}");
         assert_eq!(backend_list(&[]), "no backends\n");

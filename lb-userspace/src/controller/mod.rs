@@ -548,7 +548,15 @@ impl<D: Dataplane> Controller<D> {
         };
         let from = b.health();
         b.verdicts.verdict(now);
-        let Some(to) = b.tracker.record(ok, hc.rise, hc.fall) else {
+        let changed = b.tracker.record(ok, hc.rise, hc.fall);
+        let wall = SystemTime::now();
+        if ok {
+            let recovered = from == Health::Down && changed == Some(Health::Up);
+            b.suspect.check_passed(b.health(), recovered, wall);
+        } else {
+            b.suspect.check_failed(reason, wall);
+        }
+        let Some(to) = changed else {
             return Ok(None);
         };
         b.transitions += 1;
@@ -614,6 +622,6 @@ fn new_backend_state(
         active_flows: 0,
         verdicts: VerdictClock::new(std::time::Instant::now()),
         db: None,
-        suspect: None,
+        suspect: crate::model::SuspectLog::default(),
     }
 }

@@ -5,7 +5,6 @@
 use super::{Controller, ControllerError, HealthChange};
 use crate::config::HealthCheckConfig;
 use crate::dataplane::Dataplane;
-use crate::model::Suspicion;
 use lb_common::passive::{BackendSuspect, PassiveEvent};
 use std::net::SocketAddrV4;
 use std::time::SystemTime;
@@ -29,12 +28,7 @@ impl<D: Dataplane> Controller<D> {
     pub fn passive_event(&mut self, event: &PassiveEvent) -> Option<PassiveCheck> {
         for svc in &mut self.services {
             if let Some(b) = svc.backends.iter_mut().find(|b| b.id == event.backend_id) {
-                if b.suspect.is_none() {
-                    b.suspect = Some(Suspicion {
-                        reason: event.reason,
-                        since: SystemTime::now(),
-                    });
-                }
+                b.suspect.passive(event.reason, SystemTime::now());
                 return Some(PassiveCheck {
                     id: b.id,
                     service: svc.cfg.name.clone(),
@@ -70,12 +64,42 @@ impl<D: Dataplane> Controller<D> {
         }
         self.dp
             .set_backend_suspect(check.id, &BackendSuspect::default())?;
+        let now = SystemTime::now();
         for svc in &mut self.services {
             if let Some(b) = svc.backends.iter_mut().find(|b| b.id == check.id) {
-                b.suspect = None;
+                let health = b.health();
+                b.suspect.immediate_check_passed(health, now);
             }
         }
         Ok(None)
+    }
+
+    /// Ends the passive suspicions whose hold in the data plane ran out by `now_ns`
+    /// (`CLOCK_MONOTONIC`, the data plane's clock) while no check failed and the backend is not
+    /// down ([`crate::suspicion::SuspectLog::hold_ran_out`]); returns them as
+    /// `(service, backend)` for the log. A backend whose entry cannot be read is left as it is.
+    pub fn passive_holds(&mut self, now_ns: u64) -> Vec<(String, SocketAddrV4)> {
+        let now = SystemTime::now();
+        let mut ended = Vec::new();
+        for svc in &mut self.services {
+            for b in &mut svc.backends {
+                let pending = b
+                    .suspect
+                    .current
+                    .as_ref()
+                    .is_some_and(|s| s.passive.is_some());
+                if !pending {
+                    continue;
+                }
+                let Ok(held) = self.dp.backend_suspect(b.id) else {
+                    continue;
+                };
+                if !held.is_active(now_ns) && b.suspect.hold_ran_out(b.health(), now) {
+                    ended.push((svc.cfg.name.clone(), b.cfg.address));
+                }
+            }
+        }
+        ended
     }
 }
 
@@ -153,17 +177,121 @@ services:
             .backend(b)
             .unwrap()
             .suspect
+            .current
             .clone()
             .unwrap();
-        assert_eq!(suspect.reason, REASON_RST_TO_SYN);
+        assert_eq!(suspect.passive.unwrap().reason, REASON_RST_TO_SYN);
         // The immediate check's failure is the second: down now, not a whole interval later.
         let change = ctl
             .passive_check_done(&check, false, "connect: refused")
             .unwrap()
             .unwrap();
         assert_eq!(change.to, Health::Down);
-        assert!(ctl.services()[0].backend(b).unwrap().suspect.is_some());
+        assert!(ctl.services()[0]
+            .backend(b)
+            .unwrap()
+            .suspect
+            .current
+            .is_some());
         assert_ne!(dp.backend_suspect(id).unwrap(), BackendSuspect::default());
+    }
+
+    fn suspect_of(ctl: &Controller<FakeDataplane>, s: &str) -> crate::model::SuspectLog {
+        ctl.services()[0].backend(a(s)).unwrap().suspect.clone()
+    }
+
+    /// A backend killed (RST to SYN): the suspicion says why from the first detection, keeps
+    /// its start time while the checks fail and the backend goes down, and ends (kept as the
+    /// last one) when the backend is marked up again.
+    #[test]
+    fn suspicion_says_why_and_since_when_through_down_and_recovery() {
+        let (mut ctl, dp) = start();
+        let b = a("10.1.1.2:8080");
+        ctl.health_result("web", b, true, "ok").unwrap();
+        assert_eq!(suspect_of(&ctl, "10.1.1.2:8080"), Default::default());
+        let id = id_of(&ctl, "10.1.1.2:8080");
+        let before = SystemTime::now();
+        let check = detect(&mut ctl, &dp, id, REASON_RST_TO_SYN).unwrap();
+        let after = SystemTime::now();
+        let s = suspect_of(&ctl, "10.1.1.2:8080").current.unwrap();
+        assert_eq!(s.why(), "passive: RST to SYN");
+        assert!(s.since >= before && s.since <= after, "{s:?}");
+        let since = s.since;
+        // The immediate check fails, then a scheduled one: down (fall 2).
+        ctl.passive_check_done(&check, false, "connect: Connection refused")
+            .unwrap();
+        let s = suspect_of(&ctl, "10.1.1.2:8080").current.unwrap();
+        assert_eq!(s.why(), "passive: RST to SYN; active: 1 check failed");
+        let change = ctl
+            .health_result("web", b, false, "connect: Connection refused")
+            .unwrap()
+            .unwrap();
+        assert_eq!(change.to, Health::Down);
+        let s = suspect_of(&ctl, "10.1.1.2:8080").current.unwrap();
+        assert_eq!(s.why(), "passive: RST to SYN; active: 2 checks failed");
+        assert_eq!(s.since, since);
+        assert_eq!(
+            s.last_failure.as_deref(),
+            Some("connect: Connection refused")
+        );
+        // Down: the data plane's hold running out changes nothing (down is why).
+        assert!(ctl.passive_holds(u64::MAX).is_empty());
+        assert!(suspect_of(&ctl, "10.1.1.2:8080").current.is_some());
+        // The other backend is not suspect.
+        assert_eq!(suspect_of(&ctl, "10.1.2.2:8080"), Default::default());
+        // Back up (rise 1): ended as "recovered", with its times.
+        let back = SystemTime::now();
+        ctl.health_result("web", b, true, "ok").unwrap().unwrap();
+        let log = suspect_of(&ctl, "10.1.1.2:8080");
+        assert_eq!(log.current, None);
+        let last = log.last.unwrap();
+        assert_eq!(last.how, crate::suspicion::SuspicionEnd::Recovered);
+        assert_eq!(last.suspicion.since, since);
+        assert!(last.ended >= back, "{last:?}");
+        assert_eq!(
+            last.suspicion.why(),
+            "passive: RST to SYN; active: 2 checks failed"
+        );
+    }
+
+    /// A passive suspicion that no check confirms ends when the data plane's hold runs out,
+    /// not before; failed checks alone end with the next passing check.
+    #[test]
+    fn unconfirmed_suspicion_expires_with_the_data_plane_hold() {
+        let (mut ctl, dp) = start();
+        let id = id_of(&ctl, "10.1.2.2:8080");
+        let t0 = event(id, REASON_SYN_UNANSWERED).time_ns;
+        detect(&mut ctl, &dp, id, REASON_SYN_UNANSWERED).unwrap();
+        // The immediate check could not run: the suspicion waits for the hold.
+        assert!(ctl.passive_holds(t0 + 1).is_empty());
+        assert!(ctl
+            .passive_holds(t0 + lb_common::passive::SUSPECT_HOLD_NS - 1)
+            .is_empty());
+        assert_eq!(
+            suspect_of(&ctl, "10.1.2.2:8080").current.unwrap().why(),
+            "passive: SYN unanswered"
+        );
+        let ended = ctl.passive_holds(t0 + lb_common::passive::SUSPECT_HOLD_NS);
+        assert_eq!(ended, vec![("web".to_string(), a("10.1.2.2:8080"))]);
+        let last = suspect_of(&ctl, "10.1.2.2:8080").last.unwrap();
+        assert_eq!(last.how, crate::suspicion::SuspicionEnd::Expired);
+        assert_eq!(last.suspicion.why(), "passive: SYN unanswered");
+        // Failed checks alone: "active: 1 check failed", ended by a pass.
+        let b = a("10.1.1.2:8080");
+        ctl.health_result("web", b, true, "ok").unwrap();
+        ctl.health_result("web", b, false, "timed out after 1s")
+            .unwrap();
+        assert_eq!(
+            suspect_of(&ctl, "10.1.1.2:8080").current.unwrap().why(),
+            "active: 1 check failed"
+        );
+        ctl.health_result("web", b, true, "ok").unwrap();
+        let log = suspect_of(&ctl, "10.1.1.2:8080");
+        assert_eq!(log.current, None);
+        assert_eq!(
+            log.last.unwrap().how,
+            crate::suspicion::SuspicionEnd::CheckPassed
+        );
     }
 
     #[test]
@@ -175,13 +303,27 @@ services:
         assert_ne!(dp.backend_suspect(id).unwrap(), BackendSuspect::default());
         assert_eq!(ctl.passive_check_done(&check, true, "ok").unwrap(), None);
         assert_eq!(dp.backend_suspect(id).unwrap(), BackendSuspect::default());
-        assert!(ctl.services()[0].backend(b).unwrap().suspect.is_none());
+        assert!(ctl.services()[0]
+            .backend(b)
+            .unwrap()
+            .suspect
+            .current
+            .is_none());
+        let last = ctl.services()[0].backend(b).unwrap().suspect.last.clone();
+        assert_eq!(
+            last.map(|l| (l.how, l.suspicion.why())),
+            Some((
+                crate::suspicion::SuspicionEnd::ImmediateCheckPassed,
+                "passive: SYN unanswered".to_string()
+            ))
+        );
         // The other backend was not touched.
         assert_eq!(
             ctl.services()[0]
                 .backend(a("10.1.1.2:8080"))
                 .unwrap()
-                .suspect,
+                .suspect
+                .current,
             None
         );
     }
@@ -194,7 +336,7 @@ services:
             .services()
             .iter()
             .flat_map(|s| &s.backends)
-            .all(|b| b.suspect.is_none()));
+            .all(|b| b.suspect.current.is_none()));
     }
 
     #[test]

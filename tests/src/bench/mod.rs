@@ -16,7 +16,9 @@
 //! - [`xdp_cost`], [`pktrate`], [`e2e`], [`control`], [`memory`]: the five sections;
 //! - [`alt`]: the balancers we compare against (nftables, HAProxy, nginx stream);
 //! - [`dbfailover`]: the database tier's write-VIP failover, lb next to HAProxy with
-//!   Patroni-style checks (issue 11).
+//!   Patroni-style checks (issue 11);
+//! - [`failover`]: failed connections and connect/answer times while a backend dies, lb next
+//!   to HAProxy with checks, `retries 3` and `option redispatch` (issue 10).
 //! - [`compare`]: section 1 of two builds side by side (`cargo xtask bench-compare REV`).
 
 pub mod alt;
@@ -24,6 +26,7 @@ pub mod compare;
 pub mod control;
 pub mod dbfailover;
 pub mod e2e;
+pub mod failover;
 pub mod machine;
 pub mod memory;
 pub mod pktrate;

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use lb_tests::bench::alt::{self, prepare as alt_prepare, Variant};
 use lb_tests::bench::{
-    control, dbfailover, e2e, machine, memory, pktrate, xdp_cost, Report, Scale,
+    control, dbfailover, e2e, failover, machine, memory, pktrate, xdp_cost, Report, Scale,
 };
 use lb_tests::lab::{Lab, LabOptions, Mode};
 use std::path::PathBuf;
@@ -35,7 +35,7 @@ struct Args {
     /// The commit being measured (`git describe --always --dirty`).
     #[arg(long, default_value = "unknown")]
     commit: String,
-    /// Run only these sections (comma separated: xdp_cost, pktrate, e2e, control, db_failover, memory).
+    /// Run only these sections (comma separated: xdp_cost, pktrate, e2e, control, db_failover, failover, memory).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Fail (after writing the outputs) when any row or target was not measured.
@@ -142,6 +142,12 @@ fn main() -> Result<()> {
     if (want("db_failover") && !args.smoke) || named("db_failover") {
         step("6. database failover (PostgreSQL, lb vs HAProxy + Patroni-style checks)");
         sections.push(dbfailover::run(scale));
+    }
+    // Backend failover: a fresh lab per round, about 25 s per round and (death, balancer), so
+    // the smoke run includes it only when asked for by name too.
+    if (want("failover") && !args.smoke) || named("failover") {
+        step("7. failover (a backend dies: lb vs HAProxy with retries and redispatch)");
+        sections.push(failover::run(scale));
     }
     if want("memory") {
         step("5. memory");

@@ -188,20 +188,22 @@ fn main() {
     }
 }
 
-/// Data-plane counters of connections lb retried on another backend after the first one
-/// refused the SYN with a RST (`drop_syn_refused`: the RST is kept from the client, whose
-/// retransmitted SYN goes elsewhere) or left it unanswered (`ct_syn_unanswered`); the failure
-/// phase prints their sum.
-const RETRY_COUNTERS: &[&str] = &["drop_syn_refused", "ct_syn_unanswered"];
-
-/// Connections lb retried so far (`None` while lbd has none of [`RETRY_COUNTERS`]).
+/// Connections lb retried on another backend after the first one refused the SYN with a RST
+/// or left it unanswered (the data-plane counters of `lb::stats::RETRIED_CONNECTIONS`, the
+/// metric `lb_connections_retried_total`); `None` while lbd has none of those counters.
 fn retried(lab: &Lab) -> Option<u64> {
     let counters = lab.lbd().ok()?.counters().ok()?;
-    let present: Vec<u64> = RETRY_COUNTERS
-        .iter()
-        .filter_map(|n| counters.get(*n).copied())
-        .collect();
-    (!present.is_empty()).then(|| present.iter().sum())
+    lb::stats::retried_connections(&counters)
+}
+
+/// Why lbd holds backend `i` suspect (`suspect.why` of `lbctl backend list`), if it does.
+fn suspicion(lab: &Lab, i: usize) -> Option<String> {
+    let addr = backend_addr(i).to_string();
+    let list = lab.lbd().ok()?.backends().ok()?;
+    let b = list.iter().find(|b| b["address"] == addr.as_str())?;
+    let why = b["suspect"]["why"].as_str()?;
+    let age = b["suspect"]["age_secs"].as_u64().unwrap_or(0);
+    Some(format!("{why} (first evidence {age}s ago)"))
 }
 
 fn run(config_path: &Path, fast: bool) -> Result<()> {
@@ -277,6 +279,9 @@ fn run(config_path: &Path, fast: bool) -> Result<()> {
         "lbd marked b2 down after {} ms",
         detected.as_millis()
     ));
+    if let Some(why) = suspicion(&lab, 2) {
+        note(&format!("why, as `lbctl backend list` says: {why}"));
+    }
     let t_detected = p.elapsed();
     nap(scale(3.0))?;
     let failing = finish(p)?;

@@ -22,6 +22,8 @@ pub struct ConnRecord {
     pub at: Duration,
     /// Time until the TCP handshake completed (`None`: it never did).
     pub connect: Option<Duration>,
+    /// Time until the answer to `GET /id` was read (`None`: there was none).
+    pub answered: Option<Duration>,
     /// The backend that answered `GET /id`, or the error.
     pub result: std::result::Result<String, String>,
 }
@@ -50,6 +52,7 @@ pub async fn open_at_rate(
             let t0 = Instant::now();
             let conn = HttpConn::connect(addr, timeout).await;
             let connect = conn.as_ref().ok().map(|_| t0.elapsed());
+            let mut answered = None;
             let result = match conn {
                 Err(e) => Err(e.to_string()),
                 Ok(mut c) => {
@@ -58,6 +61,7 @@ pub async fn open_at_rate(
                         Err(_) => Err(format!("GET /id: no answer within {timeout:?}")),
                         Ok(Err(e)) => Err(e.to_string()),
                         Ok(Ok(r)) if r.status == 200 => {
+                            answered = Some(t0.elapsed());
                             Ok(r.text().split(' ').next().unwrap_or_default().to_string())
                         }
                         Ok(Ok(r)) => Err(format!("GET /id: status {}", r.status)),
@@ -67,6 +71,7 @@ pub async fn open_at_rate(
             ConnRecord {
                 at,
                 connect,
+                answered,
                 result,
             }
         });
@@ -441,6 +446,7 @@ mod tests {
         let r = |at, c: Option<u64>, ok: bool| ConnRecord {
             at: ms(at),
             connect: c.map(ms),
+            answered: c.map(ms),
             result: if ok { Ok("b1".into()) } else { Err("x".into()) },
         };
         let recs = vec![

@@ -104,9 +104,72 @@ fn counter_line(l: &Lab) -> String {
         .join(", ")
 }
 
-/// What [`backend_death`] measured: the event window's summary, the whole run's, and every
-/// connection.
-type Death = (ConnSummary, ConnSummary, Vec<ConnRecord>);
+/// What [`backend_death`] measured: the event window's summary, the whole run's, every
+/// connection, and b2's line of `lbctl backend list` with its `backend_list` JSON object, both
+/// read after the load.
+type Death = (
+    ConnSummary,
+    ConnSummary,
+    Vec<ConnRecord>,
+    String,
+    serde_json::Value,
+);
+
+/// `lbctl backend list`'s line of backend `i` and its `backend_list` JSON object.
+fn backend_view(l: &Lab, i: usize) -> (String, serde_json::Value) {
+    let addr = backend_addr(i).to_string();
+    let text = l
+        .lbd()
+        .unwrap()
+        .lbctl(&["backend", "list"])
+        .expect("lbctl backend list");
+    let line = text
+        .lines()
+        .find(|line| line.contains(&addr))
+        .unwrap_or_else(|| panic!("{addr} not in `lbctl backend list`:\n{text}"))
+        .to_string();
+    let json = l
+        .lbd()
+        .unwrap()
+        .backends()
+        .expect("backend_list")
+        .into_iter()
+        .find(|b| b["address"] == addr.as_str())
+        .unwrap_or_else(|| panic!("{addr} not in backend_list"));
+    (line, json)
+}
+
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Asserts that lbd shows b2 suspect for `why` (`passive: RST to SYN`, ...) with
+/// `passive_reason`, and that the suspicion began within `[from_ms, to_ms]` (Unix ms).
+fn assert_suspect(
+    what: &str,
+    (line, json): (&str, &serde_json::Value),
+    why: &str,
+    passive_reason: &str,
+    (from_ms, to_ms): (u64, u64),
+) {
+    assert!(
+        line.contains(why),
+        "{what}: `lbctl backend list` does not say {why:?} for b2:\n{line}"
+    );
+    let s = &json["suspect"];
+    assert_eq!(s["passive_reason"], passive_reason, "{what}: {json}");
+    assert!(
+        s["why"].as_str().is_some_and(|w| w.starts_with(why)),
+        "{what}: {json}"
+    );
+    let since = s["since_unix_ms"].as_u64().unwrap_or(0);
+    assert!(
+        (from_ms..=to_ms).contains(&since),
+        "{what}: suspect since {since}, not between the death ({from_ms}) and detection ({to_ms}): {json}"
+    );
+}
 
 /// (a) and (b): a backend dies `EVENT_AT` into 14 s of load; `kill` does it. Returns the
 /// summary of the event window (death to detection plus 1 s) and of the whole run.
@@ -126,6 +189,7 @@ fn backend_death(mode: Mode, what: &str, kill: impl FnOnce(&mut Lab)) -> Death {
     let load = RateLoad::start(l.client_path(), vip_addr(), RATE, total, CONN_TIMEOUT);
     std::thread::sleep(EVENT_AT);
     let t_event = load.elapsed();
+    let event_ms = unix_ms_now();
     kill(&mut l);
     let bound = HealthSpec {
         kind: "tcp".into(),
@@ -137,7 +201,9 @@ fn backend_death(mode: Mode, what: &str, kill: impl FnOnce(&mut Lab)) -> Death {
     .detection_bound()
         + SLACK;
     let t_down = seen_health(&l, &load, 2, "down", bound);
+    let down_ms = unix_ms_now();
     let records = load.finish().expect("load");
+    let (line, json) = backend_view(&l, 2);
     let end = records
         .last()
         .map_or(total, |r| r.at + Duration::from_millis(1));
@@ -154,12 +220,29 @@ fn backend_death(mode: Mode, what: &str, kill: impl FnOnce(&mut Lab)) -> Death {
          {window}; whole run: {all}; {}",
         counter_line(&l)
     );
-    (window, all, records)
+    eprintln!("{what} ({mode:?}): b2 after the load: {line}");
+    let mut json = json;
+    json["bounds_unix_ms"] = serde_json::json!([event_ms, down_ms]);
+    (window, all, records, line, json)
 }
 
 /// (a) The server process of backend 2 is killed: SYNs to it are answered with RST.
 fn backend_process_killed(mode: Mode) {
-    let (window, all, records) = backend_death(mode, "process killed", |l| l.kill_backend(2));
+    let (window, all, records, line, json) =
+        backend_death(mode, "process killed", |l| l.kill_backend(2));
+    // lbd says why b2 is out: the data plane saw it refuse a SYN, after the death and no
+    // later than it was marked down (lbctl and the API).
+    let bounds = (
+        json["bounds_unix_ms"][0].as_u64().unwrap_or(0),
+        json["bounds_unix_ms"][1].as_u64().unwrap_or(0),
+    );
+    assert_suspect(
+        "process killed",
+        (&line, &json),
+        "passive: RST to SYN",
+        "rst_to_syn",
+        bounds,
+    );
     assert_eq!(
         all.failed,
         0,
@@ -175,9 +258,22 @@ fn backend_process_killed(mode: Mode) {
 
 /// (b) The link of backend 2 goes down: SYNs to it vanish.
 fn backend_link_down(mode: Mode) {
-    let (window, all, records) = backend_death(mode, "link down", |l| {
+    let (window, all, records, line, json) = backend_death(mode, "link down", |l| {
         l.set_backend_link(2, false).expect("link down")
     });
+    // The data plane saw a client retransmit a SYN b2 never answered (listed first even when
+    // a check timed out before), after the death and no later than b2 was marked down.
+    let bounds = (
+        json["bounds_unix_ms"][0].as_u64().unwrap_or(0),
+        json["bounds_unix_ms"][1].as_u64().unwrap_or(0),
+    );
+    assert_suspect(
+        "link down",
+        (&line, &json),
+        "passive: SYN unanswered",
+        "syn_unanswered",
+        bounds,
+    );
     assert_eq!(
         all.failed,
         0,
