@@ -11,6 +11,7 @@
 pub mod db;
 mod duration;
 mod locate;
+mod save;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -18,6 +19,7 @@ mod validate;
 pub use duration::{duration_str, format_duration, parse_duration};
 pub use locate::locate;
 use locate::yaml_error;
+pub use save::save_atomically;
 use validate::{check_timing, is_unicast};
 
 pub use db::{DbClusterConfig, DbRole, ReadFallback};

@@ -16,11 +16,13 @@ use crate::health::{CheckResult, HealthSupervisor};
 use crate::model::Health;
 use crate::stats::StatsSampler;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
+
+mod api;
 
 /// Interval of the stats sampler.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
@@ -556,60 +558,9 @@ where
     })
 }
 
-/// Writes `text` to `path` atomically: a temporary file in the same directory, fsynced, the
-/// previous file kept as `<path>.bak`, then a rename over `path`.
-pub fn save_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("the config path has no file name"))?
-        .to_string_lossy()
-        .to_string();
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        if path.exists() {
-            std::fs::copy(path, dir.join(format!("{name}.bak")))?;
-        }
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn save_keeps_a_backup() {
-        let dir = std::env::temp_dir().join(format!("lb-save-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("lb.yaml");
-        save_atomically(&path, "one\n").unwrap();
-        assert!(!dir.join("lb.yaml.bak").exists());
-        save_atomically(&path, "two\n").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
-        assert_eq!(
-            std::fs::read_to_string(dir.join("lb.yaml.bak")).unwrap(),
-            "one\n"
-        );
-        let leftovers = std::fs::read_dir(&dir).unwrap().count();
-        assert_eq!(leftovers, 2, "no temporary file left behind");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 
     #[test]
     fn monotonic_clock_advances() {
@@ -628,6 +579,7 @@ mod run_tests {
     use crate::testutil::{self, dead_addr, one_service_config, v4, TempDir};
     use std::net::SocketAddrV4;
     use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
     use tokio::net::TcpListener;
 
     fn call(sock: &Path, req: Request) -> serde_json::Value {
@@ -817,6 +769,7 @@ mod db_run_tests {
     use crate::db::supervisor::ProbeFuture;
     use crate::testutil;
     use std::net::SocketAddrV4;
+    use std::path::Path;
 
     /// A fake check layer: the member on port 5432 of 10.2.1.2 is the primary until
     /// `failed` is set, the others replicas of it.

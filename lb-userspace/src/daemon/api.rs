@@ -1,0 +1,89 @@
+//! The daemon as the API's [`ApiContext`]: what each request reads or changes.
+
+use super::Daemon;
+use crate::api::handlers::{ApiContext, ConfigEdit};
+use crate::api::proto::{
+    BackendListEntry, DbClusterInfo, DbEventInfo, InterfaceInfo, StatsSnapshot, StatusInfo,
+};
+use crate::config::Config;
+use crate::dataplane::Dataplane;
+use crate::model::Health;
+use std::path::PathBuf;
+
+impl<D: Dataplane> ApiContext for Daemon<D> {
+    fn status(&self) -> StatusInfo {
+        let ctl = self.controller();
+        let backends = ctl.services().iter().flat_map(|s| s.backends.iter());
+        StatusInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            config_path: self.config_path.clone(),
+            interfaces: self.interfaces.iter().map(InterfaceInfo::clone).collect(),
+            services: ctl.services().len(),
+            backends: backends.clone().count(),
+            healthy_backends: backends.filter(|b| b.health() == Health::Up).count(),
+            pin_root: self.pin_root.clone(),
+        }
+    }
+
+    fn stats(&self) -> StatsSnapshot {
+        let ctl = self.controller();
+        crate::stats::snapshot(&ctl, &self.sampler())
+    }
+
+    fn backends(&self) -> Vec<BackendListEntry> {
+        let ctl = self.controller();
+        let sampler = self.sampler();
+        ctl.services()
+            .iter()
+            .flat_map(|s| {
+                s.backends.iter().map(|b| BackendListEntry {
+                    service: s.cfg.name.clone(),
+                    backend: crate::stats::backend_stats(b, &s.cfg.health_check, &sampler),
+                })
+            })
+            .collect()
+    }
+
+    fn db_status(&self, only: Option<&str>) -> Result<Vec<DbClusterInfo>, String> {
+        let ctl = self.controller();
+        let db = self.db();
+        crate::db::supervisor::status(&ctl, &db, only)
+    }
+
+    fn db_events(&self, only: Option<&str>, limit: usize) -> Result<Vec<DbEventInfo>, String> {
+        if let Some(name) = only {
+            let ctl = self.controller();
+            if ctl.config().db_cluster(name).is_none() {
+                return Err(crate::db::supervisor::unknown_cluster(ctl.config(), name));
+            }
+        }
+        let db = self.db();
+        Ok(db
+            .events(only, limit)
+            .iter()
+            .map(crate::db::supervisor::event_info)
+            .collect())
+    }
+
+    fn running_config(&self) -> Config {
+        self.controller().config().clone()
+    }
+
+    fn edit_config(&self, edit: ConfigEdit<'_>) -> Result<String, String> {
+        Daemon::edit_config(self, edit)
+    }
+
+    fn reload(&self) -> Result<String, String> {
+        Daemon::reload(self)
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.config_path.clone()
+    }
+
+    fn request_unload(&self) {
+        self.request_stop(true);
+    }
+}
