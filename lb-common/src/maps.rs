@@ -4,6 +4,7 @@
 //! |---|---|---|---|---|
 //! | [`MAP_SERVICES`] | hash | [`ServiceKey`] | [`ServiceValue`] | lbd |
 //! | [`MAP_VIPS`] | hash | `u32` VIP (`_be`) | [`VipValue`] | lbd |
+//! | [`MAP_LOCAL_ADDRS`] | hash | `u32` address (`_be`) | `u32` `LOCAL_F_*` bits | lbd |
 //! | [`MAP_BACKENDS`] | array | `u32` backend id | [`BackendValue`] | lbd |
 //! | [`MAP_MAGLEV`] | array | `u32` slot | `u32` backend id | lbd |
 //! | [`MAP_CONNTRACK`] | LRU hash | [`FlowKey`] | [`FlowEntry`] | XDP (lbd deletes expired) |
@@ -27,8 +28,15 @@
 
 /// Services by (VIP, port, protocol).
 pub const MAP_SERVICES: &str = "LB_SERVICES";
-/// The set of VIPs, so VIP-specific verdicts (fragments, options, non-TCP) need one lookup.
+/// The set of VIPs with the number of services on each: lbd's record (read back on restart
+/// and rollback). The data plane asks [`MAP_LOCAL_ADDRS`] instead.
 pub const MAP_VIPS: &str = "LB_VIPS";
+/// Every address lb answers for: the VIPs ([`LOCAL_F_VIP`]) and the SNAT addresses
+/// ([`LOCAL_F_SNAT`]). The data plane's first lookup of an IPv4 packet: a packet to any other
+/// address is passed (`PASS_NOT_SERVICE`) without a conntrack lookup. lbd keeps it in step
+/// with [`MAP_VIPS`] and [`MAP_SNAT_ADDRS`] (the bit is set before the address is written
+/// there and cleared after it is removed there).
+pub const MAP_LOCAL_ADDRS: &str = "LB_LOCAL_ADDRS";
 /// Backends by id. Id 0 is the "unset" sentinel and is never allocated.
 pub const MAP_BACKENDS: &str = "LB_BACKENDS";
 /// All Maglev lookup tables, two per service (double buffering), each `table_size` long.
@@ -61,9 +69,10 @@ pub const MAP_EVENTS: &str = "LB_EVENTS";
 pub const EVENTS_RING_BYTES: u32 = 64 * 1024;
 
 /// Every map name, in a stable order (used for pinning and re-adoption).
-pub const ALL_MAPS: [&str; 14] = [
+pub const ALL_MAPS: [&str; 15] = [
     MAP_SERVICES,
     MAP_VIPS,
+    MAP_LOCAL_ADDRS,
     MAP_BACKENDS,
     MAP_MAGLEV,
     MAP_CONNTRACK,
@@ -106,6 +115,10 @@ pub const fn default_embryonic_flows(conntrack_flows: u32) -> u32 {
 pub const CONNTRACK_ENTRIES_PER_FLOW: u32 = 2;
 /// Maximum number of SNAT addresses.
 pub const MAX_SNAT_ADDRS: u32 = 16;
+/// Capacity of [`MAP_LOCAL_ADDRS`]: one VIP per service plus every SNAT address.
+pub const fn local_addrs_capacity(max_services: u32) -> u32 {
+    max_services + MAX_SNAT_ADDRS
+}
 /// Maximum number of interfaces in the redirect map.
 pub const MAX_TX_PORTS: u32 = 64;
 /// Entries in the config map.
@@ -188,6 +201,11 @@ pub struct VipValue {
     pub service_count: u32,
     pub flags: u32,
 }
+
+/// [`MAP_LOCAL_ADDRS`] value bit: the address is a VIP (it has an entry in [`MAP_VIPS`]).
+pub const LOCAL_F_VIP: u32 = 1 << 0;
+/// [`MAP_LOCAL_ADDRS`] value bit: the address is a SNAT address (in [`MAP_SNAT_ADDRS`]).
+pub const LOCAL_F_SNAT: u32 = 1 << 1;
 
 /// The backend failed its health check or was removed as failed: flows pinned to it by
 /// conntrack are re-balanced instead of forwarded to it.

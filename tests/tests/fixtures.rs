@@ -25,6 +25,8 @@ mod fuzz;
 mod icmp;
 #[path = "fixtures/lifecycle.rs"]
 mod lifecycle;
+#[path = "fixtures/prefilter.rs"]
+mod prefilter;
 
 // XDP actions.
 const ABORTED_ACT: u32 = 0;
@@ -1215,6 +1217,7 @@ fn packet_fixtures() {
         cases.extend(lifecycle::cases(&ifs));
         cases.extend(backend_down::cases(&ifs));
         cases.extend(failover::cases(&ifs));
+        cases.extend(prefilter::cases(&ifs));
         let mut failures = run_cases(&mut dp, cases);
         // Every verdict and event counter must have been exercised, except the one the kernel
         // cannot be made to produce on an LRU map (insert failure) and the unused placeholders.
