@@ -39,7 +39,8 @@ pub use maps::*;
 ///    small-MTU counters (32 -> 42 entries); a flow of a down backend is kept or reset
 ///    (`BACKEND_F_RESET`).
 /// 5: [`MAP_LOCAL_ADDRS`] is new (the data plane's address pre-filter; it no longer reads
-///    [`MAP_VIPS`]).
+///    [`MAP_VIPS`]); [`FlowEntry`] counts its refreshes (`refreshes`, in former padding): the
+///    partner entry is synced on every [`PARTNER_SYNC_REFRESHES`]-th refresh.
 pub const ABI_VERSION: u32 = 5;
 
 /// Name of the XDP program in the object file.

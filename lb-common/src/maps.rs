@@ -255,9 +255,13 @@ pub const FLOW_F_REPLY: u32 = 1 << 0;
 /// destination so established packets skip `bpf_fib_lookup`; the data plane fills them and
 /// drops them at every `last_seen_ns` refresh. User space writing an entry sets them to zero.
 ///
-/// Both entries of a flow carry the same `state`, `close_dir` and `last_seen_ns`: the data
-/// plane writes both whenever the state changes or the flow is refreshed (the pair invariant
-/// of docs/maps.md).
+/// Both entries of a flow carry the same `state` and `close_dir`: the data plane writes both
+/// whenever the state changes. `last_seen_ns` is each entry's own: a packet refreshes its own
+/// entry (at most every [`FLOW_TOUCH_INTERVAL_NS`]) and writes the time into the partner only
+/// on a state change and on every [`PARTNER_SYNC_REFRESHES`]-th refresh, so a flow is idle
+/// only when both entries are ([`FlowEntry::is_expired`] is one entry's view; the data plane
+/// and lbd's sweep consult the partner before treating a stale entry as expired). The pair
+/// invariant of docs/maps.md.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry {
@@ -288,13 +292,23 @@ pub struct FlowEntry {
     /// Direction of the first FIN ([`crate::tcp_state::DIR_ORIG`] or `DIR_REPLY`); meaningful
     /// from FIN_WAIT on.
     pub close_dir: u8,
-    pub _pad: [u8; 4],
+    /// Time refreshes of this entry since it last synced its partner (the data plane's
+    /// [`PARTNER_SYNC_REFRESHES`] rule); 0 for a new entry.
+    pub refreshes: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Minimum interval between `last_seen_ns` refreshes of a conntrack entry. Each refresh also
 /// drops the entry's cached next hop, so route and neighbour changes reach established flows
 /// within about this interval.
 pub const FLOW_TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// Every this many time refreshes of an entry (without a state change) the refresh also
+/// checks its partner entry (the pair invariant: repaired when missing, the flow ended when
+/// its key belongs to another flow) and writes the time into it. The other refreshes write
+/// only the packet's own entry: the partner of a flow with a packet a second or less often
+/// is usually not in the cache, and its lookup was most of a refresh's cost.
+pub const PARTNER_SYNC_REFRESHES: u8 = 4;
 
 impl FlowEntry {
     /// Idle timeout that applies to this entry under `cfg`.
@@ -422,6 +436,7 @@ mod tests {
         assert_eq!(offset_of!(FlowEntry, next_hop_src_mac), 44);
         assert_eq!(offset_of!(FlowEntry, state), 50);
         assert_eq!(offset_of!(FlowEntry, close_dir), 51);
+        assert_eq!(offset_of!(FlowEntry, refreshes), 52);
         assert_eq!(offset_of!(GlobalConfig, tcp_timeouts_ns), 8);
         assert_eq!(offset_of!(GlobalConfig, hash_seed), 72);
         assert_eq!(offset_of!(BackendValue, flags), 8);

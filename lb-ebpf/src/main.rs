@@ -369,7 +369,7 @@ fn lb4_tracked(
 ) -> Result<Option<Verdict>, ()> {
     let (table, key, entry) = flow;
     let map = table.map();
-    if entry.is_expired(now, cfg) {
+    if conntrack::flow_expired(map, key, entry, cfg, now) {
         conntrack::release(map, key, entry);
         return Ok(None);
     }
@@ -449,7 +449,7 @@ fn lb4_reply(
     let (table, key, entry) = flow;
     let cfg = LB_CONFIG.get(0).ok_or(())?;
     let now = now_ns();
-    if entry.flags & FLOW_F_REPLY == 0 || entry.is_expired(now, cfg) {
+    if entry.flags & FLOW_F_REPLY == 0 || conntrack::flow_expired(table.map(), key, entry, cfg, now) {
         return Ok(Verdict::pass(PASS_NOT_SERVICE));
     }
     if !tcp_header_ok(tcp, tot_len - hlen) {
@@ -554,7 +554,9 @@ fn lb4_reply_exception(
     let entry = unsafe { &mut *entry };
     let Some(tcp) = ptr_at::<TcpHdr>(ctx, l4_off) else {
         let cfg = LB_CONFIG.get(0).ok_or(())?;
-        if entry.flags & FLOW_F_REPLY == 0 || entry.is_expired(now_ns(), cfg) {
+        if entry.flags & FLOW_F_REPLY == 0
+            || conntrack::flow_expired(table.map(), &key, entry, cfg, now_ns())
+        {
             return Ok(Verdict::pass(PASS_NOT_SERVICE));
         }
         return Ok(Verdict::drop(DROP_MALFORMED_TCP));

@@ -967,9 +967,11 @@ struct OneMapSweeper {
 
 impl OneMapSweeper {
     fn sweep(&mut self, now_ns: u64, cfg: &GlobalConfig) -> Result<ConntrackSweep> {
-        // One pass to snapshot (key -> expired?) plus live forward flows.
-        let mut expired: HashMap<FlowKey, bool> = HashMap::new();
-        let mut sweep = ConntrackSweep::default();
+        // One pass to snapshot every entry and whether its own time expired. A flow is idle
+        // only when both of its entries are: the data plane writes the partner's time only
+        // on every PARTNER_SYNC_REFRESHES-th refresh, so one direction's entry may be stale
+        // while the other direction keeps the flow alive.
+        let mut snapshot: HashMap<FlowKey, (bool, FlowEntry)> = HashMap::new();
         for item in self.map.iter() {
             let (k, e) = match item {
                 Ok(kv) => kv,
@@ -977,39 +979,42 @@ impl OneMapSweeper {
                 Err(aya::maps::MapError::KeyNotFound) => continue,
                 Err(e) => return Err(map_err(self.name)(e)),
             };
-            let dead = e.is_expired(now_ns, cfg);
-            if !dead && e.flags & FLOW_F_REPLY == 0 {
+            snapshot.insert(k, (e.is_expired(now_ns, cfg), e));
+        }
+        let mut sweep = ConntrackSweep::default();
+        let mut doomed = Vec::new();
+        for (k, (dead, e)) in &snapshot {
+            let partner_dead = match snapshot.get(&partner_key(e)) {
+                Some((d, p)) => *d || partner_key(p) != *k,
+                None => true,
+            };
+            if *dead && partner_dead {
+                doomed.push(*k);
+            } else if e.flags & FLOW_F_REPLY == 0 {
                 *sweep.flows_by_backend.entry(e.backend_id).or_default() += 1;
                 *sweep.flows_by_service.entry(e.service_id).or_default() += 1;
             }
-            expired.insert(k, dead);
-        }
-        let mut doomed = Vec::new();
-        for (k, dead) in &expired {
-            if !*dead {
-                continue;
-            }
-            // Needs the entry again for its partner key; a vanished entry needs no delete.
-            let Ok(e) = self.map.get(k, 0) else {
-                continue;
-            };
-            let partner_dead = expired.get(&partner_key(&e)).copied().unwrap_or(true);
-            if partner_dead {
-                doomed.push(*k);
-            }
         }
         for k in doomed {
-            // Re-check right before deleting: the data plane may have refreshed it meanwhile.
-            match self.map.get(&k, 0) {
-                Ok(e) if e.is_expired(now_ns, cfg) => match self.map.remove(&k) {
-                    Ok(()) => sweep.expired_removed += 1,
-                    Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(e) => return Err(map_err(self.name)(e)),
-                },
-                _ => {}
+            // Re-check right before deleting: the data plane may have refreshed the entry or
+            // its partner meanwhile.
+            let Ok(e) = self.map.get(&k, 0) else {
+                continue;
+            };
+            let partner_live = matches!(
+                self.map.get(&partner_key(&e), 0),
+                Ok(p) if partner_key(&p) == k && !p.is_expired(now_ns, cfg)
+            );
+            if !e.is_expired(now_ns, cfg) || partner_live {
+                continue;
+            }
+            match self.map.remove(&k) {
+                Ok(()) => sweep.expired_removed += 1,
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(self.name)(e)),
             }
         }
-        sweep.entries = expired.len() as u64 - sweep.expired_removed;
+        sweep.entries = snapshot.len() as u64 - sweep.expired_removed;
         Ok(sweep)
     }
 }

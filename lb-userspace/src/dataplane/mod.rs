@@ -73,7 +73,8 @@ pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;
 /// What a conntrack sweep found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ConntrackSweep {
-    /// Live flows (forward entries that are not expired) per backend id.
+    /// Live flows (forward entries whose flow is not idle: the entry or its partner is
+    /// fresh) per backend id.
     pub flows_by_backend: HashMap<u32, u64>,
     /// Live flows per service id.
     pub flows_by_service: HashMap<u32, u64>,
