@@ -843,6 +843,13 @@ impl BpfDataplane {
             .collect()
     }
 
+    /// Adds `bit` (`LOCAL_F_*`) to `addr_be` in `LB_LOCAL_ADDRS` without touching any other
+    /// map (benches: a crafted conntrack entry keyed by an address that is not a VIP or a
+    /// SNAT address is found only once the address passes the pre-filter).
+    pub fn add_local_addr(&mut self, addr_be: u32, bit: u32) -> Result<()> {
+        self.update_local(addr_be, bit, true)
+    }
+
     /// Sets or clears `bit` of `addr_be` in `LB_LOCAL_ADDRS` ([`local_bits`]).
     fn update_local(&mut self, addr_be: u32, bit: u32, set: bool) -> Result<()> {
         let old = match self.local_addrs.get(&addr_be, 0) {
