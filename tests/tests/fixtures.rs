@@ -1844,6 +1844,11 @@ fn hot_dataplane(ifs: &Ifs, object: Option<&[u8]>, fill: u32, flows: u32) -> Bpf
     for (k, e) in pairs {
         dp.set_conntrack_entry(&k, &e).unwrap();
     }
+    // The reply ping-pong's and the real pair's reply entries are keyed by CLIENT_A and BE1:
+    // they pass the address pre-filter only when marked local, as a SNAT address is.
+    for a in [CLIENT_A, BE1] {
+        dp.add_local_addr(be(a), LOCAL_F_SNAT).unwrap();
+    }
     dp
 }
 
