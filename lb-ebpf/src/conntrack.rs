@@ -24,7 +24,8 @@ use lb_common::{
     hash::{flow_hash, snat_port_base, snat_port_candidate, SNAT_SEED_XOR},
     tcp_state::{is_embryonic, Transition, CLOSE},
     BackendValue, FlowEntry, FlowKey, GlobalConfig, CT_PAIR_REPAIRED, FLOW_F_REPLY,
-    FLOW_TOUCH_INTERVAL_NS, IPPROTO_TCP, MAX_SNAT_ADDRS, PARTNER_SYNC_REFRESHES, SNAT_PORT_ATTEMPTS,
+    FLOW_TOUCH_INTERVAL_NS, IPPROTO_TCP, MAX_SNAT_ADDRS, PARTNER_SYNC_REFRESHES,
+    SNAT_PORT_ATTEMPTS,
 };
 
 /// A conntrack map (flow key -> entry).

@@ -449,7 +449,8 @@ fn lb4_reply(
     let (table, key, entry) = flow;
     let cfg = LB_CONFIG.get(0).ok_or(())?;
     let now = now_ns();
-    if entry.flags & FLOW_F_REPLY == 0 || conntrack::flow_expired(table.map(), key, entry, cfg, now) {
+    if entry.flags & FLOW_F_REPLY == 0 || conntrack::flow_expired(table.map(), key, entry, cfg, now)
+    {
         return Ok(Verdict::pass(PASS_NOT_SERVICE));
     }
     if !tcp_header_ok(tcp, tot_len - hlen) {
