@@ -27,7 +27,7 @@ pub mod tcp_state;
 pub use counters::*;
 pub use maps::*;
 
-/// Version of the pinned map layout; part of the pin directory name (`abi4`).
+/// Version of the pinned map layout; part of the pin directory name (`abi5`).
 ///
 /// 2: [`FlowEntry`] grew the cached next hop (32 -> 56 bytes).
 /// 3: [`FlowEntry`] holds the shared TCP state (`state`, `close_dir`; the ESTABLISHED and
@@ -38,7 +38,10 @@ pub use maps::*;
 ///    are new; `LB_STATS` grew the passive-detection, backend-down, SYN_SENT-data and
 ///    small-MTU counters (32 -> 42 entries); a flow of a down backend is kept or reset
 ///    (`BACKEND_F_RESET`).
-pub const ABI_VERSION: u32 = 4;
+/// 5: [`MAP_LOCAL_ADDRS`] is new (the data plane's address pre-filter; it no longer reads
+///    [`MAP_VIPS`]); [`FlowEntry`] counts its refreshes (`refreshes`, in former padding): the
+///    partner entry is synced on every [`PARTNER_SYNC_REFRESHES`]-th refresh.
+pub const ABI_VERSION: u32 = 5;
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";

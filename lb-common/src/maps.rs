@@ -4,6 +4,7 @@
 //! |---|---|---|---|---|
 //! | [`MAP_SERVICES`] | hash | [`ServiceKey`] | [`ServiceValue`] | lbd |
 //! | [`MAP_VIPS`] | hash | `u32` VIP (`_be`) | [`VipValue`] | lbd |
+//! | [`MAP_LOCAL_ADDRS`] | hash | `u32` address (`_be`) | `u32` `LOCAL_F_*` bits | lbd |
 //! | [`MAP_BACKENDS`] | array | `u32` backend id | [`BackendValue`] | lbd |
 //! | [`MAP_MAGLEV`] | array | `u32` slot | `u32` backend id | lbd |
 //! | [`MAP_CONNTRACK`] | LRU hash | [`FlowKey`] | [`FlowEntry`] | XDP (lbd deletes expired) |
@@ -27,8 +28,15 @@
 
 /// Services by (VIP, port, protocol).
 pub const MAP_SERVICES: &str = "LB_SERVICES";
-/// The set of VIPs, so VIP-specific verdicts (fragments, options, non-TCP) need one lookup.
+/// The set of VIPs with the number of services on each: lbd's record (read back on restart
+/// and rollback). The data plane asks [`MAP_LOCAL_ADDRS`] instead.
 pub const MAP_VIPS: &str = "LB_VIPS";
+/// Every address lb answers for: the VIPs ([`LOCAL_F_VIP`]) and the SNAT addresses
+/// ([`LOCAL_F_SNAT`]). The data plane's first lookup of an IPv4 packet: a packet to any other
+/// address is passed (`PASS_NOT_SERVICE`) without a conntrack lookup. lbd keeps it in step
+/// with [`MAP_VIPS`] and [`MAP_SNAT_ADDRS`] (the bit is set before the address is written
+/// there and cleared after it is removed there).
+pub const MAP_LOCAL_ADDRS: &str = "LB_LOCAL_ADDRS";
 /// Backends by id. Id 0 is the "unset" sentinel and is never allocated.
 pub const MAP_BACKENDS: &str = "LB_BACKENDS";
 /// All Maglev lookup tables, two per service (double buffering), each `table_size` long.
@@ -61,9 +69,10 @@ pub const MAP_EVENTS: &str = "LB_EVENTS";
 pub const EVENTS_RING_BYTES: u32 = 64 * 1024;
 
 /// Every map name, in a stable order (used for pinning and re-adoption).
-pub const ALL_MAPS: [&str; 14] = [
+pub const ALL_MAPS: [&str; 15] = [
     MAP_SERVICES,
     MAP_VIPS,
+    MAP_LOCAL_ADDRS,
     MAP_BACKENDS,
     MAP_MAGLEV,
     MAP_CONNTRACK,
@@ -106,6 +115,10 @@ pub const fn default_embryonic_flows(conntrack_flows: u32) -> u32 {
 pub const CONNTRACK_ENTRIES_PER_FLOW: u32 = 2;
 /// Maximum number of SNAT addresses.
 pub const MAX_SNAT_ADDRS: u32 = 16;
+/// Capacity of [`MAP_LOCAL_ADDRS`]: one VIP per service plus every SNAT address.
+pub const fn local_addrs_capacity(max_services: u32) -> u32 {
+    max_services + MAX_SNAT_ADDRS
+}
 /// Maximum number of interfaces in the redirect map.
 pub const MAX_TX_PORTS: u32 = 64;
 /// Entries in the config map.
@@ -189,6 +202,11 @@ pub struct VipValue {
     pub flags: u32,
 }
 
+/// [`MAP_LOCAL_ADDRS`] value bit: the address is a VIP (it has an entry in [`MAP_VIPS`]).
+pub const LOCAL_F_VIP: u32 = 1 << 0;
+/// [`MAP_LOCAL_ADDRS`] value bit: the address is a SNAT address (in [`MAP_SNAT_ADDRS`]).
+pub const LOCAL_F_SNAT: u32 = 1 << 1;
+
 /// The backend failed its health check or was removed as failed: flows pinned to it by
 /// conntrack are re-balanced instead of forwarded to it.
 pub const BACKEND_F_DOWN: u32 = 1 << 0;
@@ -237,9 +255,13 @@ pub const FLOW_F_REPLY: u32 = 1 << 0;
 /// destination so established packets skip `bpf_fib_lookup`; the data plane fills them and
 /// drops them at every `last_seen_ns` refresh. User space writing an entry sets them to zero.
 ///
-/// Both entries of a flow carry the same `state`, `close_dir` and `last_seen_ns`: the data
-/// plane writes both whenever the state changes or the flow is refreshed (the pair invariant
-/// of docs/maps.md).
+/// Both entries of a flow carry the same `state` and `close_dir`: the data plane writes both
+/// whenever the state changes. `last_seen_ns` is each entry's own: a packet refreshes its own
+/// entry (at most every [`FLOW_TOUCH_INTERVAL_NS`]) and writes the time into the partner only
+/// on a state change and on every [`PARTNER_SYNC_REFRESHES`]-th refresh, so a flow is idle
+/// only when both entries are ([`FlowEntry::is_expired`] is one entry's view; the data plane
+/// and lbd's sweep consult the partner before treating a stale entry as expired). The pair
+/// invariant of docs/maps.md.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry {
@@ -270,13 +292,23 @@ pub struct FlowEntry {
     /// Direction of the first FIN ([`crate::tcp_state::DIR_ORIG`] or `DIR_REPLY`); meaningful
     /// from FIN_WAIT on.
     pub close_dir: u8,
-    pub _pad: [u8; 4],
+    /// Time refreshes of this entry since it last synced its partner (the data plane's
+    /// [`PARTNER_SYNC_REFRESHES`] rule); 0 for a new entry.
+    pub refreshes: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Minimum interval between `last_seen_ns` refreshes of a conntrack entry. Each refresh also
 /// drops the entry's cached next hop, so route and neighbour changes reach established flows
 /// within about this interval.
 pub const FLOW_TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// Every this many time refreshes of an entry (without a state change) the refresh also
+/// checks its partner entry (the pair invariant: repaired when missing, the flow ended when
+/// its key belongs to another flow) and writes the time into it. The other refreshes write
+/// only the packet's own entry: the partner of a flow with a packet a second or less often
+/// is usually not in the cache, and its lookup was most of a refresh's cost.
+pub const PARTNER_SYNC_REFRESHES: u8 = 4;
 
 impl FlowEntry {
     /// Idle timeout that applies to this entry under `cfg`.
@@ -404,6 +436,7 @@ mod tests {
         assert_eq!(offset_of!(FlowEntry, next_hop_src_mac), 44);
         assert_eq!(offset_of!(FlowEntry, state), 50);
         assert_eq!(offset_of!(FlowEntry, close_dir), 51);
+        assert_eq!(offset_of!(FlowEntry, refreshes), 52);
         assert_eq!(offset_of!(GlobalConfig, tcp_timeouts_ns), 8);
         assert_eq!(offset_of!(GlobalConfig, hash_seed), 72);
         assert_eq!(offset_of!(BackendValue, flags), 8);

@@ -24,7 +24,8 @@ use lb_common::{
     hash::{flow_hash, snat_port_base, snat_port_candidate, SNAT_SEED_XOR},
     tcp_state::{is_embryonic, Transition, CLOSE},
     BackendValue, FlowEntry, FlowKey, GlobalConfig, CT_PAIR_REPAIRED, FLOW_F_REPLY,
-    FLOW_TOUCH_INTERVAL_NS, IPPROTO_TCP, MAX_SNAT_ADDRS, SNAT_PORT_ATTEMPTS,
+    FLOW_TOUCH_INTERVAL_NS, IPPROTO_TCP, MAX_SNAT_ADDRS, PARTNER_SYNC_REFRESHES,
+    SNAT_PORT_ATTEMPTS,
 };
 
 /// A conntrack map (flow key -> entry).
@@ -181,6 +182,7 @@ fn promote(
     entry.state = t.state;
     entry.close_dir = t.close_dir;
     entry.last_seen_ns = now_ns;
+    entry.refreshes = 0;
     if LB_CONNTRACK.insert(key, &*entry, BPF_ANY as u64).is_err() {
         return Pair::Ok;
     }
@@ -226,9 +228,11 @@ fn held_by_other(
 }
 
 /// Applies transition `t` of a packet to `entry` (stored at `key` in `map`): a state change
-/// or a due refresh (at most every `FLOW_TOUCH_INTERVAL_NS`, dropping the cached next hop so
-/// the next lookup re-validates it) writes this entry and the partner ([`sync_partner`]).
-/// Any other packet costs no write and no lookup.
+/// writes this entry and the partner ([`sync_partner`]); a due refresh (at most every
+/// `FLOW_TOUCH_INTERVAL_NS`, dropping the cached next hop so the next lookup re-validates it)
+/// writes this entry, and the partner only every `PARTNER_SYNC_REFRESHES`-th time (the
+/// partner's own time may lag meanwhile: [`flow_expired`] consults it). Any other packet
+/// costs no write and no lookup.
 #[inline(always)]
 pub fn advance(
     table: Table,
@@ -249,7 +253,37 @@ pub fn advance(
     entry.last_seen_ns = now_ns;
     entry.state = t.state;
     entry.close_dir = t.close_dir;
+    if !changed {
+        entry.refreshes = entry.refreshes.saturating_add(1);
+        if entry.refreshes < PARTNER_SYNC_REFRESHES {
+            return Pair::Ok;
+        }
+    }
+    entry.refreshes = 0;
     sync_partner(table, key, entry, cfg, now_ns)
+}
+
+/// True when the flow of `entry` (stored at `key` in `map`) has been idle past its timeout:
+/// its own time is stale and so is its partner's (or the partner is gone or belongs to
+/// another flow). A refresh writes the partner's time only now and then ([`advance`]), so
+/// while one direction alone sends, the other entry's own time lags: the pair lives as long
+/// as either entry is fresh. Costs a lookup only for a stale entry.
+#[inline(always)]
+pub fn flow_expired(
+    map: &CtMap,
+    key: &FlowKey,
+    entry: &FlowEntry,
+    cfg: &GlobalConfig,
+    now_ns: u64,
+) -> bool {
+    if !entry.is_expired(now_ns, cfg) {
+        return false;
+    }
+    // SAFETY: read-only access to a map value.
+    match unsafe { map.get(&partner_key(entry)) } {
+        Some(p) => partner_key(p) != *key || p.is_expired(now_ns, cfg),
+        None => true,
+    }
 }
 
 /// Writes `entry`'s state and `last_seen_ns` into its partner. A missing partner (LRU

@@ -162,14 +162,16 @@ fn translate(
     // the direction the error travels.
     let key = tcp_key(q.dst_be, q.src_be, qports[1], qports[0]);
     // Either map: an error may well answer a handshake packet (an embryonic flow).
-    let Some((_, entry)) = conntrack::lookup(&key) else {
+    let Some((table, entry)) = conntrack::lookup(&key) else {
         return Ok(Verdict::pass(untracked));
     };
     // SAFETY: map value pointer; concurrent updates are benign (last writer wins).
     let entry = unsafe { &mut *entry };
     let cfg = LB_CONFIG.get(0).ok_or(())?;
     let is_reply = entry.flags & FLOW_F_REPLY != 0;
-    if is_reply != (dir == Direction::ToClient) || entry.is_expired(now_ns(), cfg) {
+    if is_reply != (dir == Direction::ToClient)
+        || conntrack::flow_expired(table.map(), &key, entry, cfg, now_ns())
+    {
         return Ok(Verdict::pass(untracked));
     }
     // A client-side frag-needed lowers the backend's path MTU toward the SNAT address, which

@@ -5,10 +5,12 @@
 //! (all pointer arithmetic), [`maps`], [`conntrack`], [`nat`], [`forward`], [`rst`], [`icmp`],
 //! [`stats`].
 //!
-//! The common case (unfragmented TCP without IP options) starts with one conntrack lookup of
-//! the packet's 5-tuple: a reply entry needs no other hash lookup, a forward entry one more
-//! (the service). Only a miss, or any other packet, consults `LB_VIPS`; the verdicts are those
-//! of the documented order (VIP check first) as long as no SNAT address is also a VIP.
+//! Every IPv4 packet starts with one lookup of its destination in `LB_LOCAL_ADDRS` (the VIPs
+//! and SNAT addresses): a packet to any other address is passed there, without touching
+//! conntrack. The common case (unfragmented TCP without IP options) then looks its 5-tuple up
+//! in conntrack: a reply entry needs no other hash lookup, a forward entry one more (the
+//! service). The verdicts are those of the documented order (VIP check first) as long as no
+//! SNAT address is also a VIP (the configuration refuses that).
 #![no_std]
 #![no_main]
 
@@ -35,7 +37,7 @@ use lb_common::{
     },
     BACKEND_F_DOWN, BACKEND_F_RESET, BACKEND_ID_NONE, FLOW_F_REPLY, IPPROTO_ICMP, IPPROTO_TCP, SERVICE_F_NO_BACKEND, *,
 };
-use maps::{LB_BACKENDS, LB_CONFIG, LB_MAGLEV, LB_SERVICES, LB_VIPS};
+use maps::{LB_BACKENDS, LB_CONFIG, LB_LOCAL_ADDRS, LB_MAGLEV, LB_SERVICES};
 use parse::{
     frame_len, ptr_at, EthHdr, Ipv4Hdr, TcpHdr, ETH_HLEN, ETH_P_IPV6_BE, ETH_P_IP_BE, IPV4_HLEN,
     TCP_HLEN,
@@ -90,15 +92,21 @@ fn try_lb(ctx: &XdpContext) -> Result<Verdict, ()> {
     {
         return Ok(Verdict::drop(DROP_MALFORMED));
     }
+    // The address pre-filter: neither a VIP nor a SNAT address, so no flow of ours (every
+    // conntrack key's destination is one of them) and no service.
+    // SAFETY: copy of a map value.
+    let Some(local) = (unsafe { LB_LOCAL_ADDRS.get(ip.dst_be) }).copied() else {
+        return Ok(Verdict::pass(PASS_NOT_SERVICE));
+    };
+    let is_vip = local & LOCAL_F_VIP != 0;
     if ip.proto == IPPROTO_TCP && hlen == IPV4_HLEN && !ip.is_fragment() {
         if let Some(tcp) = ptr_at::<TcpHdr>(ctx, ETH_HLEN + IPV4_HLEN) {
             // SAFETY: bounds-checked by ptr_at, disjoint from the IP header.
             let tcp = unsafe { &mut *tcp };
-            return lb4_tcp(ctx, eth, ip, tcp, tot_len);
+            return lb4_tcp(ctx, eth, ip, tcp, tot_len, is_vip);
         }
     }
-    // SAFETY: read-only presence check.
-    if unsafe { LB_VIPS.get(ip.dst_be) }.is_some() {
+    if is_vip {
         lb4_vip_exception(ctx, eth, ip)
     } else {
         lb4_reply_exception(ctx, eth, ip, hlen, tot_len)
@@ -136,8 +144,9 @@ fn service_key(ip: &Ipv4Hdr, tcp: &TcpHdr) -> ServiceKey {
     }
 }
 
-/// Unfragmented TCP without IP options and with a full TCP header: the conntrack entry of
-/// its 5-tuple decides between the reply path and the service path.
+/// Unfragmented TCP without IP options and with a full TCP header, to a VIP (`is_vip`) or a
+/// SNAT address: the conntrack entry of its 5-tuple decides between the reply path and the
+/// service path.
 #[inline(always)]
 fn lb4_tcp(
     ctx: &XdpContext,
@@ -145,11 +154,11 @@ fn lb4_tcp(
     ip: &mut Ipv4Hdr,
     tcp: &mut TcpHdr,
     tot_len: usize,
+    is_vip: bool,
 ) -> Result<Verdict, ()> {
     let key = tcp_key(ip.src_be, ip.dst_be, tcp.src_port_be, tcp.dst_port_be);
     let Some((table, entry)) = conntrack::lookup(&key) else {
-        // SAFETY: read-only presence check.
-        if unsafe { LB_VIPS.get(ip.dst_be) }.is_none() {
+        if !is_vip {
             return Ok(Verdict::pass(PASS_NOT_SERVICE));
         }
         return match vip_service(ip, tcp, tot_len) {
@@ -167,8 +176,7 @@ fn lb4_tcp(
     // SAFETY: copy of a map value.
     let svc = match unsafe { LB_SERVICES.get(service_key(ip, tcp)) } {
         Some(svc) => *svc,
-        // SAFETY: read-only presence check.
-        None if unsafe { LB_VIPS.get(ip.dst_be) }.is_some() => {
+        None if is_vip => {
             return Ok(match vip_service(ip, tcp, tot_len) {
                 Ok(_) => Verdict::pass(PASS_VIP_NO_SERVICE),
                 Err(v) => v,
@@ -361,7 +369,7 @@ fn lb4_tracked(
 ) -> Result<Option<Verdict>, ()> {
     let (table, key, entry) = flow;
     let map = table.map();
-    if entry.is_expired(now, cfg) {
+    if conntrack::flow_expired(map, key, entry, cfg, now) {
         conntrack::release(map, key, entry);
         return Ok(None);
     }
@@ -441,7 +449,8 @@ fn lb4_reply(
     let (table, key, entry) = flow;
     let cfg = LB_CONFIG.get(0).ok_or(())?;
     let now = now_ns();
-    if entry.flags & FLOW_F_REPLY == 0 || entry.is_expired(now, cfg) {
+    if entry.flags & FLOW_F_REPLY == 0 || conntrack::flow_expired(table.map(), key, entry, cfg, now)
+    {
         return Ok(Verdict::pass(PASS_NOT_SERVICE));
     }
     if !tcp_header_ok(tcp, tot_len - hlen) {
@@ -546,7 +555,9 @@ fn lb4_reply_exception(
     let entry = unsafe { &mut *entry };
     let Some(tcp) = ptr_at::<TcpHdr>(ctx, l4_off) else {
         let cfg = LB_CONFIG.get(0).ok_or(())?;
-        if entry.flags & FLOW_F_REPLY == 0 || entry.is_expired(now_ns(), cfg) {
+        if entry.flags & FLOW_F_REPLY == 0
+            || conntrack::flow_expired(table.map(), &key, entry, cfg, now_ns())
+        {
             return Ok(Verdict::pass(PASS_NOT_SERVICE));
         }
         return Ok(Verdict::drop(DROP_MALFORMED_TCP));

@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     passive::BackendSuspect, BackendValue, FlowEntry, FlowKey, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue,
-    CONFIG_ENTRIES, CONNTRACK_ENTRIES_PER_FLOW, DEFAULT_CONNTRACK_FLOWS, DEFAULT_MAGLEV_TABLE_SIZE,
+    local_addrs_capacity, CONFIG_ENTRIES, CONNTRACK_ENTRIES_PER_FLOW, DEFAULT_CONNTRACK_FLOWS, DEFAULT_MAGLEV_TABLE_SIZE,
     DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, EVENTS_RING_BYTES, MAX_SNAT_ADDRS, MAX_TX_PORTS, NUM_COUNTERS,
 };
 
@@ -20,9 +20,16 @@ use lb_common::{
 pub static LB_SERVICES: HashMap<ServiceKey, ServiceValue> =
     HashMap::pinned(DEFAULT_MAX_SERVICES, 0);
 
-/// Set of VIPs: one lookup decides whether a packet is addressed to the balancer.
+/// Set of VIPs with their service counts: lbd's record; the program never reads it (it asks
+/// `LB_LOCAL_ADDRS`), but declares it so the loader creates and pins it.
 #[map]
 pub static LB_VIPS: HashMap<u32, VipValue> = HashMap::pinned(DEFAULT_MAX_SERVICES, 0);
+
+/// Every VIP and SNAT address, with `LOCAL_F_*` bits: one lookup decides whether a packet is
+/// addressed to the balancer at all, before any conntrack lookup.
+#[map]
+pub static LB_LOCAL_ADDRS: HashMap<u32, u32> =
+    HashMap::pinned(local_addrs_capacity(DEFAULT_MAX_SERVICES), 0);
 
 /// Backends by id (id 0 = unset): address, port and `BACKEND_F_*` flags.
 #[map]
@@ -98,6 +105,7 @@ const fn same(a: &str, b: &str) -> bool {
 const _: () = {
     assert!(same(lb_common::MAP_SERVICES, "LB_SERVICES"));
     assert!(same(lb_common::MAP_VIPS, "LB_VIPS"));
+    assert!(same(lb_common::MAP_LOCAL_ADDRS, "LB_LOCAL_ADDRS"));
     assert!(same(lb_common::MAP_BACKENDS, "LB_BACKENDS"));
     assert!(same(lb_common::MAP_MAGLEV, "LB_MAGLEV"));
     assert!(same(lb_common::MAP_CONNTRACK, "LB_CONNTRACK"));

@@ -363,6 +363,73 @@ fn services_are_added_and_removed_with_their_vips() {
     assert_eq!(ctl.retired()[0].address, addr("10.2.1.2:8443"));
 }
 
+/// `LB_LOCAL_ADDRS` (the data plane's address pre-filter) as a map of addresses.
+fn local_addrs(dp: &FakeDataplane) -> BTreeMap<Ipv4Addr, u32> {
+    dp.local_addrs()
+        .unwrap()
+        .into_iter()
+        .map(|(a, bits)| (lb_common::ipv4_from_be(a), bits))
+        .collect()
+}
+
+#[test]
+fn reload_keeps_the_address_prefilter_in_step_with_vips_and_snat_addresses() {
+    use lb_common::{LOCAL_F_SNAT, LOCAL_F_VIP};
+    let (mut ctl, dp) = start(BASE);
+    let vip = Ipv4Addr::new(192, 0, 2, 10);
+    let vip2 = Ipv4Addr::new(192, 0, 2, 20);
+    let snat = Ipv4Addr::new(10, 0, 255, 1);
+    let snat2 = Ipv4Addr::new(10, 0, 255, 2);
+    assert_eq!(
+        local_addrs(&dp),
+        BTreeMap::from([(snat, LOCAL_F_SNAT), (vip, LOCAL_F_VIP)])
+    );
+    // A second VIP (api moves) and a second SNAT address.
+    let mut c = ctl.config().clone();
+    c.services[1].vip = vip2;
+    c.snat.addresses.push(snat2);
+    ctl.apply(c).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        local_addrs(&dp),
+        BTreeMap::from([
+            (snat, LOCAL_F_SNAT),
+            (snat2, LOCAL_F_SNAT),
+            (vip, LOCAL_F_VIP),
+            (vip2, LOCAL_F_VIP)
+        ])
+    );
+    // Both services on the second VIP, only the second SNAT address: the first VIP and the
+    // first SNAT address leave the filter.
+    let mut c = ctl.config().clone();
+    c.services[0].vip = vip2;
+    c.snat.addresses = vec![snat2];
+    ctl.apply(c).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        local_addrs(&dp),
+        BTreeMap::from([(snat2, LOCAL_F_SNAT), (vip2, LOCAL_F_VIP)])
+    );
+    // A change that fails half-way is rolled back, the filter with it.
+    let before = local_addrs(&dp);
+    let mut c = ctl.config().clone();
+    c.services[0].vip = vip;
+    c.services[1].vip = vip;
+    c.snat.addresses = vec![snat];
+    dp.state().fault = Some(crate::dataplane::fake::FaultPlan {
+        skip: 0,
+        times: 1,
+        matching: |op| matches!(op, Op::RemoveVip(_)),
+    });
+    let ops_before = dp.state().ops.len();
+    assert!(ctl.apply(c).is_err());
+    assert!(
+        dp.state().ops[ops_before..]
+            .iter()
+            .any(|op| matches!(op, Op::SnatAddrs(_))),
+        "the SNAT addresses were written (and restored) around the failing write"
+    );
+    assert_eq!(local_addrs(&dp), before);
+}
+
 #[test]
 fn restart_re_adopts_ids_health_and_table() {
     let (mut ctl, dp) = start(BASE);

@@ -7,8 +7,8 @@
 //! while no `lbd` runs.
 
 use super::{
-    AttachedMode, ConntrackSweep, ConntrackSweeper, Dataplane, DataplaneError, EventBatch,
-    LoadOptions, PassiveEventSource, Result, XdpMode, EBPF_OBJECT,
+    local_bits, AttachedMode, ConntrackSweep, ConntrackSweeper, Dataplane, DataplaneError,
+    EventBatch, LoadOptions, PassiveEventSource, Result, XdpMode, EBPF_OBJECT,
 };
 use aya::{
     maps::{
@@ -26,12 +26,12 @@ use lb_common::{
     passive::{BackendSuspect, PassiveEvent},
     BackendValue, FlowEntry, FlowKey, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue,
     ABI_VERSION, ALL_MAPS, CONFIG_ENTRIES, CONNTRACK_ENTRIES_PER_FLOW, EVENTS_RING_BYTES,
-    FLOW_F_REPLY, IPPROTO_TCP, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_BACKEND_SUSPECT, MAP_CONFIG,
-    MAP_CONNTRACK, MAP_CT_SYN, MAP_EVENTS, MAP_MAGLEV, MAP_SERVICES, MAP_SERVICE_STATS,
-    MAP_SNAT_ADDRS, MAP_STATS, MAP_TX_PORTS, MAP_VIPS, MAX_SNAT_ADDRS, MAX_TX_PORTS, NUM_COUNTERS,
-    PROGRAM_NAME,
+    FLOW_F_REPLY, IPPROTO_TCP, LOCAL_F_SNAT, LOCAL_F_VIP, MAP_BACKENDS, MAP_BACKEND_STATS,
+    MAP_BACKEND_SUSPECT, MAP_CONFIG, MAP_CONNTRACK, MAP_CT_SYN, MAP_EVENTS, MAP_LOCAL_ADDRS,
+    MAP_MAGLEV, MAP_SERVICES, MAP_SERVICE_STATS, MAP_SNAT_ADDRS, MAP_STATS, MAP_TX_PORTS, MAP_VIPS,
+    MAX_SNAT_ADDRS, MAX_TX_PORTS, NUM_COUNTERS, PROGRAM_NAME,
 };
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd};
@@ -80,6 +80,7 @@ pub struct BpfDataplane {
     pin_dir: Option<PathBuf>,
     services: BpfHashMap<MapData, ServiceKey, ServiceValue>,
     vips: BpfHashMap<MapData, u32, VipValue>,
+    local_addrs: BpfHashMap<MapData, u32, u32>,
     backends: Array<MapData, BackendValue>,
     maglev: Array<MapData, u32>,
     maglev_mmap: Option<MaglevMmap>,
@@ -142,6 +143,7 @@ fn expected_shape(name: &str, opts: &LoadOptions) -> (u32, u32, u32) {
             sz(size_of::<ServiceValue>()),
         ),
         MAP_VIPS => (opts.max_services, 4, sz(size_of::<VipValue>())),
+        MAP_LOCAL_ADDRS => (lb_common::local_addrs_capacity(opts.max_services), 4, 4),
         MAP_BACKENDS => (opts.max_backends, 4, sz(size_of::<BackendValue>())),
         MAP_MAGLEV => (maglev_entries(opts), 4, 4),
         MAP_CONNTRACK => (
@@ -426,6 +428,10 @@ impl BpfDataplane {
         loader
             .map_max_entries(MAP_SERVICES, opts.max_services)
             .map_max_entries(MAP_VIPS, opts.max_services)
+            .map_max_entries(
+                MAP_LOCAL_ADDRS,
+                lb_common::local_addrs_capacity(opts.max_services),
+            )
             .map_max_entries(MAP_BACKENDS, opts.max_backends)
             .map_max_entries(MAP_MAGLEV, entries)
             .map_max_entries(
@@ -460,6 +466,7 @@ impl BpfDataplane {
         Ok(Self {
             services: take(&mut ebpf, MAP_SERVICES)?,
             vips: take(&mut ebpf, MAP_VIPS)?,
+            local_addrs: take(&mut ebpf, MAP_LOCAL_ADDRS)?,
             backends: take(&mut ebpf, MAP_BACKENDS)?,
             maglev: take(&mut ebpf, MAP_MAGLEV)?,
             maglev_mmap,
@@ -813,6 +820,33 @@ impl BpfDataplane {
             .collect()
     }
 
+    /// Adds `bit` (`LOCAL_F_*`) to `addr_be` in `LB_LOCAL_ADDRS` without touching any other
+    /// map (benches: a crafted conntrack entry keyed by an address that is not a VIP or a
+    /// SNAT address is found only once the address passes the pre-filter).
+    pub fn add_local_addr(&mut self, addr_be: u32, bit: u32) -> Result<()> {
+        self.update_local(addr_be, bit, true)
+    }
+
+    /// Sets or clears `bit` of `addr_be` in `LB_LOCAL_ADDRS` ([`local_bits`]).
+    fn update_local(&mut self, addr_be: u32, bit: u32, set: bool) -> Result<()> {
+        let old = match self.local_addrs.get(&addr_be, 0) {
+            Ok(v) => Some(v),
+            Err(aya::maps::MapError::KeyNotFound) => None,
+            Err(e) => return Err(map_err(MAP_LOCAL_ADDRS)(e)),
+        };
+        match local_bits(old, bit, set) {
+            Some(v) if Some(v) == old => Ok(()),
+            Some(v) => self
+                .local_addrs
+                .insert(addr_be, v, 0)
+                .map_err(map_err(MAP_LOCAL_ADDRS)),
+            None => match self.local_addrs.remove(&addr_be) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                Err(e) => Err(map_err(MAP_LOCAL_ADDRS)(e)),
+            },
+        }
+    }
+
     /// The SNAT address array, every slot (unset slots are 0).
     pub fn snat_addr_slots(&self) -> Result<Vec<u32>> {
         self.snat_addrs
@@ -917,9 +951,11 @@ struct OneMapSweeper {
 
 impl OneMapSweeper {
     fn sweep(&mut self, now_ns: u64, cfg: &GlobalConfig) -> Result<ConntrackSweep> {
-        // One pass to snapshot (key -> expired?) plus live forward flows.
-        let mut expired: HashMap<FlowKey, bool> = HashMap::new();
-        let mut sweep = ConntrackSweep::default();
+        // One pass to snapshot every entry and whether its own time expired. A flow is idle
+        // only when both of its entries are: the data plane writes the partner's time only
+        // on every PARTNER_SYNC_REFRESHES-th refresh, so one direction's entry may be stale
+        // while the other direction keeps the flow alive.
+        let mut snapshot: HashMap<FlowKey, (bool, FlowEntry)> = HashMap::new();
         for item in self.map.iter() {
             let (k, e) = match item {
                 Ok(kv) => kv,
@@ -927,39 +963,42 @@ impl OneMapSweeper {
                 Err(aya::maps::MapError::KeyNotFound) => continue,
                 Err(e) => return Err(map_err(self.name)(e)),
             };
-            let dead = e.is_expired(now_ns, cfg);
-            if !dead && e.flags & FLOW_F_REPLY == 0 {
+            snapshot.insert(k, (e.is_expired(now_ns, cfg), e));
+        }
+        let mut sweep = ConntrackSweep::default();
+        let mut doomed = Vec::new();
+        for (k, (dead, e)) in &snapshot {
+            let partner_dead = match snapshot.get(&partner_key(e)) {
+                Some((d, p)) => *d || partner_key(p) != *k,
+                None => true,
+            };
+            if *dead && partner_dead {
+                doomed.push(*k);
+            } else if e.flags & FLOW_F_REPLY == 0 {
                 *sweep.flows_by_backend.entry(e.backend_id).or_default() += 1;
                 *sweep.flows_by_service.entry(e.service_id).or_default() += 1;
             }
-            expired.insert(k, dead);
-        }
-        let mut doomed = Vec::new();
-        for (k, dead) in &expired {
-            if !*dead {
-                continue;
-            }
-            // Needs the entry again for its partner key; a vanished entry needs no delete.
-            let Ok(e) = self.map.get(k, 0) else {
-                continue;
-            };
-            let partner_dead = expired.get(&partner_key(&e)).copied().unwrap_or(true);
-            if partner_dead {
-                doomed.push(*k);
-            }
         }
         for k in doomed {
-            // Re-check right before deleting: the data plane may have refreshed it meanwhile.
-            match self.map.get(&k, 0) {
-                Ok(e) if e.is_expired(now_ns, cfg) => match self.map.remove(&k) {
-                    Ok(()) => sweep.expired_removed += 1,
-                    Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(e) => return Err(map_err(self.name)(e)),
-                },
-                _ => {}
+            // Re-check right before deleting: the data plane may have refreshed the entry or
+            // its partner meanwhile.
+            let Ok(e) = self.map.get(&k, 0) else {
+                continue;
+            };
+            let partner_live = matches!(
+                self.map.get(&partner_key(&e), 0),
+                Ok(p) if partner_key(&p) == k && !p.is_expired(now_ns, cfg)
+            );
+            if !e.is_expired(now_ns, cfg) || partner_live {
+                continue;
+            }
+            match self.map.remove(&k) {
+                Ok(()) => sweep.expired_removed += 1,
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(self.name)(e)),
             }
         }
-        sweep.entries = expired.len() as u64 - sweep.expired_removed;
+        sweep.entries = snapshot.len() as u64 - sweep.expired_removed;
         Ok(sweep)
     }
 }
@@ -976,6 +1015,13 @@ impl Dataplane for BpfDataplane {
                 addrs.len()
             )));
         }
+        let new: Vec<u32> = addrs.iter().map(|a| lb_common::ipv4_to_be(*a)).collect();
+        let old = self.snat_addr_slots()?;
+        // Make-before-break: the new addresses pass the pre-filter before the array names
+        // them; the removed ones leave it after.
+        for a in &new {
+            self.update_local(*a, LOCAL_F_SNAT, true)?;
+        }
         for i in 0..MAX_SNAT_ADDRS {
             let v = addrs
                 .get(i as usize)
@@ -984,6 +1030,9 @@ impl Dataplane for BpfDataplane {
             self.snat_addrs
                 .set(i, v, 0)
                 .map_err(map_err(MAP_SNAT_ADDRS))?;
+        }
+        for a in old.into_iter().filter(|a| *a != 0 && !new.contains(a)) {
+            self.update_local(a, LOCAL_F_SNAT, false)?;
         }
         Ok(())
     }
@@ -1047,6 +1096,7 @@ impl Dataplane for BpfDataplane {
     }
 
     fn set_vip(&mut self, vip_be: u32, value: &VipValue) -> Result<()> {
+        self.update_local(vip_be, LOCAL_F_VIP, true)?;
         self.vips
             .insert(vip_be, value, 0)
             .map_err(map_err(MAP_VIPS))
@@ -1054,9 +1104,10 @@ impl Dataplane for BpfDataplane {
 
     fn remove_vip(&mut self, vip_be: u32) -> Result<()> {
         match self.vips.remove(&vip_be) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(MAP_VIPS)(e)),
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(MAP_VIPS)(e)),
         }
+        self.update_local(vip_be, LOCAL_F_VIP, false)
     }
 
     fn set_tx_port(&mut self, ifindex: u32) -> Result<()> {
@@ -1243,6 +1294,13 @@ impl Dataplane for BpfDataplane {
         self.vips
             .iter()
             .map(|r| r.map_err(map_err(MAP_VIPS)))
+            .collect()
+    }
+
+    fn local_addrs(&self) -> Result<BTreeMap<u32, u32>> {
+        self.local_addrs
+            .iter()
+            .map(|r| r.map_err(map_err(MAP_LOCAL_ADDRS)))
             .collect()
     }
 

@@ -10,14 +10,14 @@
 //! told to fail a chosen write ([`FaultPlan`]) so tests can check what a failure mid-way leaves.
 
 use super::{
-    ConntrackSweep, ConntrackSweeper, Dataplane, DataplaneError, EventBatch, PassiveEventSource,
-    Result,
+    local_bits, ConntrackSweep, ConntrackSweeper, Dataplane, DataplaneError, EventBatch,
+    PassiveEventSource, Result,
 };
 use lb_common::{
     passive::{BackendSuspect, PassiveEvent},
-    BackendValue, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue, MAP_BACKENDS,
-    MAP_BACKEND_STATS, MAP_BACKEND_SUSPECT, MAP_CONFIG, MAP_MAGLEV, MAP_SERVICES,
-    MAP_SERVICE_STATS, MAP_SNAT_ADDRS, MAP_TX_PORTS, MAP_VIPS, NUM_COUNTERS,
+    BackendValue, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue, LOCAL_F_SNAT,
+    LOCAL_F_VIP, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_BACKEND_SUSPECT, MAP_CONFIG, MAP_MAGLEV,
+    MAP_SERVICES, MAP_SERVICE_STATS, MAP_SNAT_ADDRS, MAP_TX_PORTS, MAP_VIPS, NUM_COUNTERS,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -118,6 +118,7 @@ pub struct FakeMaps {
     /// Sorted by (VIP, port, protocol).
     pub services: Vec<(ServiceKey, ServiceValue)>,
     pub vips: BTreeMap<u32, VipValue>,
+    pub local: BTreeMap<u32, u32>,
     pub tx_ports: Vec<u32>,
     pub counters: [u64; NUM_COUNTERS as usize],
     pub service_stats: BTreeMap<u32, FlowStats>,
@@ -139,6 +140,8 @@ pub struct FakeState {
     pub services: HashMap<ServiceKey, ServiceValue>,
     /// `LB_VIPS`.
     pub vips: BTreeMap<u32, VipValue>,
+    /// `LB_LOCAL_ADDRS`.
+    pub local: BTreeMap<u32, u32>,
     /// `LB_TX_PORTS`.
     pub tx_ports: Vec<u32>,
     /// `LB_STATS`.
@@ -177,6 +180,7 @@ impl Default for FakeState {
             maglev: HashMap::new(),
             services: HashMap::new(),
             vips: BTreeMap::new(),
+            local: BTreeMap::new(),
             tx_ports: Vec::new(),
             counters: [0; NUM_COUNTERS as usize],
             service_stats: HashMap::new(),
@@ -208,6 +212,7 @@ impl FakeState {
                 v
             },
             vips: self.vips.clone(),
+            local: self.local.clone(),
             tx_ports: self.tx_ports.clone(),
             counters: self.counters,
             service_stats: self.service_stats.iter().map(|(k, v)| (*k, *v)).collect(),
@@ -341,7 +346,14 @@ impl Dataplane for FakeDataplane {
     }
 
     fn set_snat_addrs(&mut self, addrs: &[Ipv4Addr]) -> Result<()> {
-        self.write(Op::SnatAddrs(addrs.len()))?.snat = addrs.to_vec();
+        let mut s = self.write(Op::SnatAddrs(addrs.len()))?;
+        let old = std::mem::replace(&mut s.snat, addrs.to_vec());
+        for a in addrs {
+            update_local(&mut s.local, lb_common::ipv4_to_be(*a), LOCAL_F_SNAT, true);
+        }
+        for a in old.iter().filter(|a| !addrs.contains(a)) {
+            update_local(&mut s.local, lb_common::ipv4_to_be(*a), LOCAL_F_SNAT, false);
+        }
         Ok(())
     }
 
@@ -404,16 +416,18 @@ impl Dataplane for FakeDataplane {
     }
 
     fn set_vip(&mut self, vip_be: u32, value: &VipValue) -> Result<()> {
-        self.write_checked(Op::SetVip(vip_be), |s, l| {
+        let mut s = self.write_checked(Op::SetVip(vip_be), |s, l| {
             hash_full(s.vips.contains_key(&vip_be), s.vips.len(), l.max_services)
-        })?
-        .vips
-        .insert(vip_be, *value);
+        })?;
+        update_local(&mut s.local, vip_be, LOCAL_F_VIP, true);
+        s.vips.insert(vip_be, *value);
         Ok(())
     }
 
     fn remove_vip(&mut self, vip_be: u32) -> Result<()> {
-        self.write(Op::RemoveVip(vip_be))?.vips.remove(&vip_be);
+        let mut s = self.write(Op::RemoveVip(vip_be))?;
+        s.vips.remove(&vip_be);
+        update_local(&mut s.local, vip_be, LOCAL_F_VIP, false);
         Ok(())
     }
 
@@ -555,6 +569,18 @@ impl Dataplane for FakeDataplane {
     fn vips(&self) -> Result<Vec<(u32, VipValue)>> {
         Ok(self.state().vips.iter().map(|(k, v)| (*k, *v)).collect())
     }
+
+    fn local_addrs(&self) -> Result<BTreeMap<u32, u32>> {
+        Ok(self.state().local.clone())
+    }
+}
+
+/// Sets or clears `bit` of `addr_be` in the fake's `LB_LOCAL_ADDRS`, as the real one does.
+fn update_local(local: &mut BTreeMap<u32, u32>, addr_be: u32, bit: u32, set: bool) {
+    match local_bits(local.get(&addr_be).copied(), bit, set) {
+        Some(v) => local.insert(addr_be, v),
+        None => local.remove(&addr_be),
+    };
 }
 
 /// The kernel's answer to an array write past the end (`EINVAL` with aya's bounds message).

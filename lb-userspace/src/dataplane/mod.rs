@@ -16,13 +16,25 @@ use lb_common::{
     passive::{BackendSuspect, PassiveEvent},
     BackendValue, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue, NUM_COUNTERS,
 };
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::pin::Pin;
 
 /// The eBPF object built by `cargo xtask build-ebpf` (empty when it was not built first).
 pub static EBPF_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lb-ebpf.o"));
+
+/// The [`lb_common::MAP_LOCAL_ADDRS`] value of an address after `bit` is set (`set`) or
+/// cleared in its current value `old` (`None`: no entry); `None` when no bit is left (the
+/// entry is removed).
+pub fn local_bits(old: Option<u32>, bit: u32, set: bool) -> Option<u32> {
+    let v = if set {
+        old.unwrap_or(0) | bit
+    } else {
+        old.unwrap_or(0) & !bit
+    };
+    (v != 0).then_some(v)
+}
 
 /// Errors of data-plane operations.
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +127,8 @@ pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;
 /// What a conntrack sweep found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ConntrackSweep {
-    /// Live flows (forward entries that are not expired) per backend id.
+    /// Live flows (forward entries whose flow is not idle: the entry or its partner is
+    /// fresh) per backend id.
     pub flows_by_backend: HashMap<u32, u64>,
     /// Live flows per service id.
     pub flows_by_service: HashMap<u32, u64>,
@@ -210,6 +223,11 @@ pub trait Dataplane: Send + 'static {
     fn backends(&self) -> Result<Vec<(u32, BackendValue)>>;
     /// Current VIP entries.
     fn vips(&self) -> Result<Vec<(u32, VipValue)>>;
+    /// Current [`lb_common::MAP_LOCAL_ADDRS`]: address (`_be`) -> `LOCAL_F_*` bits. Kept in
+    /// step by [`Dataplane::set_vip`], [`Dataplane::remove_vip`] and
+    /// [`Dataplane::set_snat_addrs`] (bit set before the address is written, cleared after it
+    /// is removed).
+    fn local_addrs(&self) -> Result<BTreeMap<u32, u32>>;
 
     /// Reads the passive-detection suspicion of backend `id` ([`lb_common::passive`]).
     fn backend_suspect(&self, id: u32) -> Result<BackendSuspect>;

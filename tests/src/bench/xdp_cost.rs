@@ -543,6 +543,14 @@ impl Bed {
         let per_call = (CHAIN / 2) as usize;
         let calls = calls as usize;
         let next = |f: usize| (f + stride) % n;
+        // The crafted entries are keyed by (SNAT address -> backend): the backends must pass
+        // the data plane's address pre-filter (LB_LOCAL_ADDRS) for the lookup to happen, as
+        // a real reply to a SNAT address does. Setup only; one lookup either way.
+        for b in BACKENDS {
+            self.dp
+                .add_local_addr(ipv4_to_be(b), lb_common::LOCAL_F_SNAT)
+                .map_err(|e| format!("marking backend {b} local: {e}"))?;
+        }
         // Install the crafted entries of every flow the chains will visit before timing, so
         // none is cache-hot from its own insertion.
         let visits = (calls * per_call).min(n);
