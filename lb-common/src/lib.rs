@@ -22,12 +22,13 @@ pub mod counters;
 pub mod hash;
 pub mod maps;
 pub mod passive;
+pub mod retry;
 pub mod tcp_state;
 
 pub use counters::*;
 pub use maps::*;
 
-/// Version of the pinned map layout; part of the pin directory name (`abi4`).
+/// Version of the pinned map layout; part of the pin directory name (`abi5`).
 ///
 /// 2: [`FlowEntry`] grew the cached next hop (32 -> 56 bytes).
 /// 3: [`FlowEntry`] holds the shared TCP state (`state`, `close_dir`; the ESTABLISHED and
@@ -38,7 +39,10 @@ pub use maps::*;
 ///    are new; `LB_STATS` grew the passive-detection, backend-down, SYN_SENT-data and
 ///    small-MTU counters (32 -> 42 entries); a flow of a down backend is kept or reset
 ///    (`BACKEND_F_RESET`).
-pub const ABI_VERSION: u32 = 4;
+/// 5: in-XDP SYN retry: [`FlowEntry`] has `syn_opts` (the reply entry of an embryonic flow
+///    keeps the client's SYN in its next-hop cache, [`retry`]); `LB_STATS` grew the retry
+///    counters (42 -> 48 entries).
+pub const ABI_VERSION: u32 = 5;
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";

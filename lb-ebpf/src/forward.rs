@@ -21,8 +21,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use lb_common::{
-    FlowEntry, FlowKey, DROP_FIB_FAILED, FWD_TO_BACKEND, FWD_TO_CLIENT, IPPROTO_TCP, PASS_FIB_NO_NEIGH,
-    PASS_NO_TX_PORT,
+    FlowEntry, FlowKey, DROP_FIB_FAILED, FWD_TO_BACKEND, FWD_TO_CLIENT, IPPROTO_TCP,
+    PASS_FIB_NO_NEIGH, PASS_NO_TX_PORT,
 };
 
 /// `AF_INET`.
@@ -84,6 +84,8 @@ pub fn resolve(ctx: &XdpContext, ip: &Ipv4Hdr, entry: &mut FlowEntry) -> NextHop
             entry.next_hop_dst_mac = params.dmac;
             entry.next_hop_src_mac = params.smac;
             entry.next_hop_max_len = tot_len;
+            // The cache held the client's SYN until now (lb_common::retry): no longer.
+            entry.syn_opts = 0;
             NextHop::Ready
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => {
