@@ -21,8 +21,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use lb_common::{
-    FlowEntry, FlowKey, DROP_FIB_FAILED, FWD_TO_BACKEND, FWD_TO_CLIENT, IPPROTO_TCP,
-    PASS_FIB_NO_NEIGH, PASS_NO_TX_PORT,
+    FlowEntry, FlowKey, DROP_FIB_FAILED, FWD_TO_BACKEND, FWD_TO_CLIENT, IPPROTO_TCP, PASS_FIB_NO_NEIGH,
+    PASS_NO_TX_PORT,
 };
 
 /// `AF_INET`.

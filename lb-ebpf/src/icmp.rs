@@ -36,9 +36,9 @@ use aya_ebpf::{
 use lb_common::{
     checksum::{csum_apply, csum_delta2, csum_delta4, csum_fold},
     FlowEntry, FlowKey, GlobalConfig, ABORTED, DROP_ICMP_MALFORMED, DROP_ICMP_SMALL_MTU,
-    DROP_TOO_BIG, FLOW_F_REPLY, FWD_TO_BACKEND, FWD_TO_CLIENT, ICMP_MIN_PMTU, ICMP_TO_BACKEND,
-    ICMP_TO_CLIENT, IPPROTO_ICMP, IPPROTO_TCP, MAX_SNAT_ADDRS, PASS_NOT_SERVICE, PASS_TTL_EXCEEDED,
-    PASS_VIP_NON_TCP, TX_ICMP_FRAG_NEEDED,
+    DROP_TOO_BIG, ICMP_MIN_PMTU, FLOW_F_REPLY,
+    FWD_TO_BACKEND, FWD_TO_CLIENT, ICMP_TO_BACKEND, ICMP_TO_CLIENT, IPPROTO_ICMP, IPPROTO_TCP,
+    MAX_SNAT_ADDRS, PASS_NOT_SERVICE, PASS_TTL_EXCEEDED, PASS_VIP_NON_TCP, TX_ICMP_FRAG_NEEDED,
 };
 
 /// ICMP destination unreachable.
@@ -272,7 +272,8 @@ fn build_frag_needed(
     key: &FlowKey,
     mtu: u16,
 ) -> Result<Verdict, ()> {
-    if ip.frag_off_be & IP_DF_BE == 0 || ip.header_len() != IPV4_HLEN || ip.proto != IPPROTO_TCP {
+    if ip.frag_off_be & IP_DF_BE == 0 || ip.header_len() != IPV4_HLEN || ip.proto != IPPROTO_TCP
+    {
         return Ok(Verdict::drop(DROP_TOO_BIG));
     }
     let Some(ports) = ptr_at::<[u16; 2]>(ctx, ETH_HLEN + IPV4_HLEN) else {
@@ -311,8 +312,8 @@ fn build_frag_needed(
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(())?;
     let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN).ok_or(())?;
     let icmp = ptr_at::<IcmpHdr>(ctx, ICMP_OFF).ok_or(())?;
-    let msg =
-        ptr_at::<[u16; (ICMP_HLEN + IPV4_HLEN + QUOTE_L4_LEN) / 2]>(ctx, ICMP_OFF).ok_or(())?;
+    let msg = ptr_at::<[u16; (ICMP_HLEN + IPV4_HLEN + QUOTE_L4_LEN) / 2]>(ctx, ICMP_OFF)
+        .ok_or(())?;
     // SAFETY: bounds-checked pointers into the frame; `msg` is only read after the writes.
     let (eth, ip, icmp) = unsafe { (&mut *eth, &mut *ip, &mut *icmp) };
     eth.dst = mac_a;

@@ -34,8 +34,7 @@ use lb_common::{
         tcp_next_state, Transition, CLOSE, DIR_ORIG, DIR_REPLY, EV_NEW_CONNECTION, EV_NONE,
         EV_SYN_ON_OPEN, SYN_SENT,
     },
-    BACKEND_F_DOWN, BACKEND_F_RESET, BACKEND_ID_NONE, FLOW_F_REPLY, IPPROTO_ICMP, IPPROTO_TCP,
-    SERVICE_F_NO_BACKEND, *,
+    BACKEND_F_DOWN, BACKEND_F_RESET, BACKEND_ID_NONE, FLOW_F_REPLY, IPPROTO_ICMP, IPPROTO_TCP, SERVICE_F_NO_BACKEND, *,
 };
 use maps::{LB_BACKENDS, LB_CONFIG, LB_MAGLEV, LB_SERVICES, LB_VIPS};
 use parse::{
@@ -187,7 +186,11 @@ fn lb4_tcp(
 /// A VIP packet that cannot be balanced: a fragment, IP options, not TCP (an ICMP error about
 /// a tracked flow is translated for its backend), or a truncated TCP header.
 #[inline(always)]
-fn lb4_vip_exception(ctx: &XdpContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr) -> Result<Verdict, ()> {
+fn lb4_vip_exception(
+    ctx: &XdpContext,
+    eth: &mut EthHdr,
+    ip: &mut Ipv4Hdr,
+) -> Result<Verdict, ()> {
     if ip.is_fragment() {
         return Ok(Verdict::drop(DROP_VIP_FRAGMENT));
     }

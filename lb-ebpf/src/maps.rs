@@ -10,10 +10,9 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
-    passive::BackendSuspect, BackendValue, FlowEntry, FlowKey, FlowStats, GlobalConfig, ServiceKey,
-    ServiceValue, VipValue, CONFIG_ENTRIES, CONNTRACK_ENTRIES_PER_FLOW, DEFAULT_CONNTRACK_FLOWS,
-    DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, EVENTS_RING_BYTES,
-    MAX_SNAT_ADDRS, MAX_TX_PORTS, NUM_COUNTERS,
+    passive::BackendSuspect, BackendValue, FlowEntry, FlowKey, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue,
+    CONFIG_ENTRIES, CONNTRACK_ENTRIES_PER_FLOW, DEFAULT_CONNTRACK_FLOWS, DEFAULT_MAGLEV_TABLE_SIZE,
+    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, EVENTS_RING_BYTES, MAX_SNAT_ADDRS, MAX_TX_PORTS, NUM_COUNTERS,
 };
 
 /// Services by (VIP, port, protocol): which Maglev table and stats slot a packet uses.

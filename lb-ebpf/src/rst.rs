@@ -16,8 +16,8 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext,
 };
 use lb_common::{
-    checksum::csum_fold, tcp_flags, IPPROTO_TCP, TX_RST_CT_CONFLICT, TX_RST_DOWN_BACKEND,
-    TX_RST_DOWN_CLIENT, TX_RST_NO_BACKEND,
+    checksum::csum_fold, tcp_flags, IPPROTO_TCP, TX_RST_DOWN_BACKEND,
+    TX_RST_DOWN_CLIENT, TX_RST_CT_CONFLICT, TX_RST_NO_BACKEND,
 };
 
 /// Length of the RST frame: Ethernet + IPv4 + TCP, no options.
