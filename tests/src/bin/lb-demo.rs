@@ -189,10 +189,11 @@ fn main() {
 }
 
 /// Data-plane counters of connections lb retried on another backend after the first one
-/// refused the SYN with a RST (`drop_syn_refused`: the RST is kept from the client, whose
+/// refused the SYN with a RST (`ct_syn_retried`: the RST became the client's SYN toward
+/// another backend in XDP at once; `drop_syn_refused`: the RST is kept from the client, whose
 /// retransmitted SYN goes elsewhere) or left it unanswered (`ct_syn_unanswered`); the failure
 /// phase prints their sum.
-const RETRY_COUNTERS: &[&str] = &["drop_syn_refused", "ct_syn_unanswered"];
+const RETRY_COUNTERS: &[&str] = &["ct_syn_retried", "drop_syn_refused", "ct_syn_unanswered"];
 
 /// Connections lb retried so far (`None` while lbd has none of [`RETRY_COUNTERS`]).
 fn retried(lab: &Lab) -> Option<u64> {

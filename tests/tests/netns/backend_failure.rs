@@ -2,7 +2,9 @@
 //! one `GET /id` each, per-connection connect time and outcome recorded), in both XDP modes:
 //!
 //! - (a) `backend_process_killed`: a backend's server is killed (its kernel answers SYNs with
-//!   RST). Asserts zero failed connections and p99 connect time <= 50 ms during the event.
+//!   RST). Asserts zero failed connections and p99 connect time <= 50 ms during the event,
+//!   and that every refused SYN was retried in XDP (`ct_syn_retried` > 0,
+//!   `drop_syn_refused` = 0: no client waited for its SYN retransmission).
 //! - (b) `backend_link_down`: a backend's link goes down (SYNs vanish). Asserts zero failed
 //!   connections and p99 connect time <= 1.2 s (one client SYN retransmission) during the
 //!   event.
@@ -97,6 +99,10 @@ fn counter_line(l: &Lab) -> String {
         "ct_down_kept",
         "tx_rst_down_client",
         "tx_rst_down_backend",
+        "ct_syn_retried",
+        "ct_syn_retry_exhausted",
+        "drop_syn_refused",
+        "ct_syn_unanswered",
     ];
     pick.iter()
         .map(|n| format!("{n} {}", c.get(*n).copied().unwrap_or(0)))
@@ -104,9 +110,14 @@ fn counter_line(l: &Lab) -> String {
         .join(", ")
 }
 
-/// What [`backend_death`] measured: the event window's summary, the whole run's, and every
-/// connection.
-type Death = (ConnSummary, ConnSummary, Vec<ConnRecord>);
+/// What [`backend_death`] measured: the event window's summary, the whole run's, every
+/// connection, and lbd's data-plane counters at the end.
+type Death = (
+    ConnSummary,
+    ConnSummary,
+    Vec<ConnRecord>,
+    std::collections::BTreeMap<String, u64>,
+);
 
 /// (a) and (b): a backend dies `EVENT_AT` into 14 s of load; `kill` does it. Returns the
 /// summary of the event window (death to detection plus 1 s) and of the whole run.
@@ -154,12 +165,14 @@ fn backend_death(mode: Mode, what: &str, kill: impl FnOnce(&mut Lab)) -> Death {
          {window}; whole run: {all}; {}",
         counter_line(&l)
     );
-    (window, all, records)
+    let counters = l.lbd().unwrap().counters().unwrap_or_default();
+    (window, all, records, counters)
 }
 
 /// (a) The server process of backend 2 is killed: SYNs to it are answered with RST.
 fn backend_process_killed(mode: Mode) {
-    let (window, all, records) = backend_death(mode, "process killed", |l| l.kill_backend(2));
+    let (window, all, records, counters) =
+        backend_death(mode, "process killed", |l| l.kill_backend(2));
     assert_eq!(
         all.failed,
         0,
@@ -171,11 +184,21 @@ fn backend_process_killed(mode: Mode) {
         "process killed ({mode:?}): p99 connect during the event {:?} > 50 ms ({window})",
         window.p99
     );
+    // The SYNs the dead backend refused before its suspicion were retried in XDP (its RST
+    // became the SYN toward another backend), not left to the client's retransmission.
+    // Every refusal was retried (none was left to the client's 1 s retransmission).
+    let retried = counters.get("ct_syn_retried").copied().unwrap_or(0);
+    let dropped = counters.get("drop_syn_refused").copied().unwrap_or(0);
+    assert!(
+        retried > 0 && dropped == 0,
+        "process killed ({mode:?}): ct_syn_retried {retried}, drop_syn_refused {dropped} \
+         (every refused SYN must be retried in XDP; {window})"
+    );
 }
 
 /// (b) The link of backend 2 goes down: SYNs to it vanish.
 fn backend_link_down(mode: Mode) {
-    let (window, all, records) = backend_death(mode, "link down", |l| {
+    let (window, all, records, _) = backend_death(mode, "link down", |l| {
         l.set_backend_link(2, false).expect("link down")
     });
     assert_eq!(
