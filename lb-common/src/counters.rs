@@ -140,8 +140,18 @@ pub const DROP_CT_EMBRYONIC_DATA: u32 = 40;
 /// many clients: `XDP_DROP`.
 pub const DROP_ICMP_SMALL_MTU: u32 = 41;
 
+/// A backend's RST answering a flow in SYN_SENT was turned into the client's SYN toward
+/// another usable backend in XDP ([`crate::retry`]; event: the packet's verdict is that of
+/// its transmission, `fwd_to_backend` normally). The flow now points at the new backend and
+/// the client sees only a slower handshake.
+pub const CT_SYN_RETRIED: u32 = 42;
+/// A backend's RST answering a flow in SYN_SENT found the flow's retry budget
+/// ([`crate::retry::MAX_SYN_RETRIES`]) spent (event, with verdict [`DROP_SYN_REFUSED`]): the
+/// client's own SYN retransmission is balanced afresh.
+pub const CT_SYN_RETRY_EXHAUSTED: u32 = 43;
+
 /// Number of global counters.
-pub const NUM_COUNTERS: u32 = 42;
+pub const NUM_COUNTERS: u32 = 44;
 
 /// Metric label of each counter, indexed by counter index.
 pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
@@ -187,6 +197,8 @@ pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
     "ct_down_kept",
     "drop_ct_embryonic_data",
     "drop_icmp_small_mtu",
+    "ct_syn_retried",
+    "ct_syn_retry_exhausted",
 ];
 
 #[cfg(test)]
@@ -215,6 +227,11 @@ mod tests {
         assert_eq!(
             COUNTER_NAMES[DROP_ICMP_SMALL_MTU as usize],
             "drop_icmp_small_mtu"
+        );
+        assert_eq!(COUNTER_NAMES[CT_SYN_RETRIED as usize], "ct_syn_retried");
+        assert_eq!(
+            COUNTER_NAMES[CT_SYN_RETRY_EXHAUSTED as usize],
+            "ct_syn_retry_exhausted"
         );
     }
 }

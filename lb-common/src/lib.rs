@@ -22,6 +22,7 @@ pub mod counters;
 pub mod hash;
 pub mod maps;
 pub mod passive;
+pub mod retry;
 pub mod tcp_state;
 
 pub use counters::*;
@@ -40,7 +41,10 @@ pub use maps::*;
 ///    (`BACKEND_F_RESET`).
 /// 5: [`MAP_LOCAL_ADDRS`] is new (the data plane's address pre-filter; it no longer reads
 ///    [`MAP_VIPS`]); [`FlowEntry`] counts its refreshes (`refreshes`, in former padding): the
-///    partner entry is synced on every [`PARTNER_SYNC_REFRESHES`]-th refresh.
+///    partner entry is synced on every [`PARTNER_SYNC_REFRESHES`]-th refresh. In-XDP SYN
+///    retry: [`FlowEntry`] has `syn_opts` (the reply entry of an embryonic flow keeps the
+///    client's SYN in its next-hop cache, [`retry`]); `LB_STATS` grew the retry counters
+///    (42 -> 44 entries).
 pub const ABI_VERSION: u32 = 5;
 
 /// Name of the XDP program in the object file.

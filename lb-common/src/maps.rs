@@ -254,6 +254,9 @@ pub const FLOW_F_REPLY: u32 = 1 << 0;
 /// `dst = client addr:port`. The `next_hop_*` fields cache the FIB answer for the rewritten
 /// destination so established packets skip `bpf_fib_lookup`; the data plane fills them and
 /// drops them at every `last_seen_ns` refresh. User space writing an entry sets them to zero.
+/// While a flow is in SYN_SENT its reply entry's cache is empty (nothing goes to the client
+/// before the SYN-ACK) and holds the client's SYN instead, marked by `syn_opts`
+/// ([`crate::retry`]; the first FIB answer stored there clears the mark).
 ///
 /// Both entries of a flow carry the same `state` and `close_dir`: the data plane writes both
 /// whenever the state changes. `last_seen_ns` is each entry's own: a packet refreshes its own
@@ -295,7 +298,11 @@ pub struct FlowEntry {
     /// Time refreshes of this entry since it last synced its partner (the data plane's
     /// [`PARTNER_SYNC_REFRESHES`] rule); 0 for a new entry.
     pub refreshes: u8,
-    pub _pad: [u8; 3],
+    /// `SYN_OPT_*` bits ([`crate::retry`]): non-zero only on the reply entry of a flow whose
+    /// client SYN is kept for an in-XDP retry; the `next_hop_*` fields then hold the SYN
+    /// ([`crate::retry::SynSaved`]) instead of a next hop. 0 on every other entry.
+    pub syn_opts: u8,
+    pub _pad: [u8; 2],
 }
 
 /// Minimum interval between `last_seen_ns` refreshes of a conntrack entry. Each refresh also
@@ -437,6 +444,7 @@ mod tests {
         assert_eq!(offset_of!(FlowEntry, state), 50);
         assert_eq!(offset_of!(FlowEntry, close_dir), 51);
         assert_eq!(offset_of!(FlowEntry, refreshes), 52);
+        assert_eq!(offset_of!(FlowEntry, syn_opts), 53);
         assert_eq!(offset_of!(GlobalConfig, tcp_timeouts_ns), 8);
         assert_eq!(offset_of!(GlobalConfig, hash_seed), 72);
         assert_eq!(offset_of!(BackendValue, flags), 8);

@@ -84,6 +84,8 @@ pub fn resolve(ctx: &XdpContext, ip: &Ipv4Hdr, entry: &mut FlowEntry) -> NextHop
             entry.next_hop_dst_mac = params.dmac;
             entry.next_hop_src_mac = params.smac;
             entry.next_hop_max_len = tot_len;
+            // The cache held the client's SYN until now (lb_common::retry): no longer.
+            entry.syn_opts = 0;
             NextHop::Ready
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => {

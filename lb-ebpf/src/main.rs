@@ -21,6 +21,7 @@ mod maps;
 mod nat;
 mod parse;
 mod passive;
+mod retry;
 mod rst;
 mod stats;
 
@@ -29,7 +30,7 @@ use conntrack::{now_ns, tcp_key, AllocError, Pair, Table};
 use forward::Direction;
 use lb_common::{
     hash::flow_hash,
-    passive::{select, REASON_RST_TO_SYN, REASON_SYN_UNANSWERED, SYN_RETRANSMIT_MIN_NS},
+    passive::{select, REASON_SYN_UNANSWERED, SYN_RETRANSMIT_MIN_NS},
     tcp_flags,
     tcp_state::{
         tcp_next_state, Transition, CLOSE, DIR_ORIG, DIR_REPLY, EV_NEW_CONNECTION, EV_NONE,
@@ -295,15 +296,9 @@ fn lb4_service(
     }
     stats::count(NEW_FLOW);
     stats::new_flow(svc.service_id, backend_id);
-    Ok(forward::transmit(
-        ctx,
-        eth,
-        ip,
-        key,
-        &entry,
-        hop,
-        Direction::ToBackend,
-    ))
+    let v = forward::transmit(ctx, eth, ip, key, &entry, hop, Direction::ToBackend);
+    retry::keep_syn(ctx, &rkey, v.counter);
+    Ok(v)
 }
 
 /// What becomes of a packet of a tracked flow pinned to a backend, by the backend's flags.
@@ -471,11 +466,9 @@ fn lb4_reply(
     }
     if entry.state == SYN_SENT && tcp.flags & tcp_flags::RST != 0 {
         // The backend refused the SYN (its host is up, the service is not): the client does
-        // not see the RST; its SYN retransmission finds no flow and is balanced away from
-        // the now suspect backend.
-        passive::raise(entry.backend_id, entry.service_id, REASON_RST_TO_SYN, now);
-        conntrack::release(table.map(), key, entry);
-        return Ok(Verdict::drop(DROP_SYN_REFUSED));
+        // not see the RST, which becomes its SYN toward another backend when it can; else
+        // its SYN retransmission finds no flow and is balanced away from the suspect backend.
+        return retry::refused(ctx, (table, key, entry), hlen, cfg, now);
     }
     if entry.state == SYN_SENT && !syn_sent_reply_ok(tcp, tot_len - hlen) {
         return Ok(Verdict::drop(DROP_CT_EMBRYONIC_DATA));

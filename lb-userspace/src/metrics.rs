@@ -552,7 +552,7 @@ fn encode_snapshot(
     }
     let mut family = encoder.encode_descriptor(
         "lb_connections_retried",
-        "Connections whose first backend failed the handshake and that lb balanced afresh, by reason: rst_to_syn (the backend's RST to the SYN was kept from the client, whose retransmitted SYN went to another backend; counter drop_syn_refused), syn_unanswered (the client's retransmitted SYN to a silent backend went to another backend; counter ct_syn_unanswered).",
+        "Connections whose first backend failed the handshake and that lb balanced afresh, by reason: rst_to_syn_in_xdp (the backend's RST to the SYN became the client's SYN toward another backend in XDP; counter ct_syn_retried), rst_to_syn (a RST to a SYN that could not be retried in XDP was kept from the client, whose retransmitted SYN went to another backend; counter drop_syn_refused), syn_unanswered (the client's retransmitted SYN to a silent backend went to another backend; counter ct_syn_unanswered).",
         None,
         MetricType::Counter,
     )?;

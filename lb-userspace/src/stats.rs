@@ -13,13 +13,20 @@ use lb_common::{FlowStats, NUM_COUNTERS};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-/// Retried connections by passive-detection reason, and the data-plane counter
-/// ([`lb_common::COUNTER_NAMES`]) that counts them: `rst_to_syn` is `drop_syn_refused` (a
-/// backend's RST to a SYN kept from the client, whose retransmitted SYN is balanced afresh, away
-/// from the now suspect backend), `syn_unanswered` is `ct_syn_unanswered` (a client's SYN
-/// retransmission on a flow the backend never answered, balanced afresh at once). The metric
-/// `lb_connections_retried_total{reason}` and the demo read them through this table.
-pub const RETRIED_CONNECTIONS: [(&str, &str); 2] = [
+/// Retried connections by reason, and the data-plane counter ([`lb_common::COUNTER_NAMES`])
+/// that counts them: `rst_to_syn_in_xdp` is `ct_syn_retried` (a backend's RST to a SYN turned
+/// into the client's SYN toward another backend in XDP at once), `rst_to_syn` is
+/// `drop_syn_refused` (a backend's RST to a SYN that could not be retried in XDP, kept from the
+/// client, whose retransmitted SYN is balanced afresh, away from the now suspect backend),
+/// `syn_unanswered` is `ct_syn_unanswered` (a client's SYN retransmission on a flow the backend
+/// never answered, balanced afresh at once). A connection refused again after a retry counts
+/// once per retry. The metric `lb_connections_retried_total{reason}` and the demo read them
+/// through this table.
+pub const RETRIED_CONNECTIONS: [(&str, &str); 3] = [
+    (
+        "rst_to_syn_in_xdp",
+        lb_common::COUNTER_NAMES[lb_common::counters::CT_SYN_RETRIED as usize],
+    ),
     (
         lb_common::passive::reason_name(lb_common::passive::REASON_RST_TO_SYN),
         lb_common::COUNTER_NAMES[lb_common::counters::DROP_SYN_REFUSED as usize],

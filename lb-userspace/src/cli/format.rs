@@ -899,8 +899,8 @@ backends    4 (3 up, 1 not up)
         );
         assert!(
             got.ends_with(
-                "\ndrop_ct_embryonic_data  0      0\n\
-                 drop_icmp_small_mtu     0      0\nfrom_the_future         1      -\n"
+                "\nct_syn_retried          0      0\n\
+                 ct_syn_retry_exhausted  0      0\nfrom_the_future         1      -\n"
             ),
             "\n{got}"
         );

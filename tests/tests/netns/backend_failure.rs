@@ -2,7 +2,9 @@
 //! one `GET /id` each, per-connection connect time and outcome recorded), in both XDP modes:
 //!
 //! - (a) `backend_process_killed`: a backend's server is killed (its kernel answers SYNs with
-//!   RST). Asserts zero failed connections and p99 connect time <= 50 ms during the event.
+//!   RST). Asserts zero failed connections and p99 connect time <= 50 ms during the event,
+//!   and that every refused SYN was retried in XDP (`ct_syn_retried` > 0,
+//!   `drop_syn_refused` = 0: no client waited for its SYN retransmission).
 //! - (b) `backend_link_down`: a backend's link goes down (SYNs vanish). Asserts zero failed
 //!   connections and p99 connect time <= 1.2 s (one client SYN retransmission) during the
 //!   event.
@@ -97,6 +99,10 @@ fn counter_line(l: &Lab) -> String {
         "ct_down_kept",
         "tx_rst_down_client",
         "tx_rst_down_backend",
+        "ct_syn_retried",
+        "ct_syn_retry_exhausted",
+        "drop_syn_refused",
+        "ct_syn_unanswered",
     ];
     pick.iter()
         .map(|n| format!("{n} {}", c.get(*n).copied().unwrap_or(0)))
@@ -106,13 +112,14 @@ fn counter_line(l: &Lab) -> String {
 
 /// What [`backend_death`] measured: the event window's summary, the whole run's, every
 /// connection, and b2's line of `lbctl backend list` with its `backend_list` JSON object, both
-/// read after the load.
+/// read after the load, and lbd's data-plane counters at the end.
 type Death = (
     ConnSummary,
     ConnSummary,
     Vec<ConnRecord>,
     String,
     serde_json::Value,
+    std::collections::BTreeMap<String, u64>,
 );
 
 /// `lbctl backend list`'s line of backend `i` and its `backend_list` JSON object.
@@ -223,12 +230,13 @@ fn backend_death(mode: Mode, what: &str, kill: impl FnOnce(&mut Lab)) -> Death {
     eprintln!("{what} ({mode:?}): b2 after the load: {line}");
     let mut json = json;
     json["bounds_unix_ms"] = serde_json::json!([event_ms, down_ms]);
-    (window, all, records, line, json)
+    let counters = l.lbd().unwrap().counters().unwrap_or_default();
+    (window, all, records, line, json, counters)
 }
 
 /// (a) The server process of backend 2 is killed: SYNs to it are answered with RST.
 fn backend_process_killed(mode: Mode) {
-    let (window, all, records, line, json) =
+    let (window, all, records, line, json, counters) =
         backend_death(mode, "process killed", |l| l.kill_backend(2));
     // lbd says why b2 is out: the data plane saw it refuse a SYN, after the death and no
     // later than it was marked down (lbctl and the API).
@@ -254,11 +262,21 @@ fn backend_process_killed(mode: Mode) {
         "process killed ({mode:?}): p99 connect during the event {:?} > 50 ms ({window})",
         window.p99
     );
+    // The SYNs the dead backend refused before its suspicion were retried in XDP (its RST
+    // became the SYN toward another backend), not left to the client's retransmission.
+    // Every refusal was retried (none was left to the client's 1 s retransmission).
+    let retried = counters.get("ct_syn_retried").copied().unwrap_or(0);
+    let dropped = counters.get("drop_syn_refused").copied().unwrap_or(0);
+    assert!(
+        retried > 0 && dropped == 0,
+        "process killed ({mode:?}): ct_syn_retried {retried}, drop_syn_refused {dropped} \
+         (every refused SYN must be retried in XDP; {window})"
+    );
 }
 
 /// (b) The link of backend 2 goes down: SYNs to it vanish.
 fn backend_link_down(mode: Mode) {
-    let (window, all, records, line, json) = backend_death(mode, "link down", |l| {
+    let (window, all, records, line, json, _) = backend_death(mode, "link down", |l| {
         l.set_backend_link(2, false).expect("link down")
     });
     // The data plane saw a client retransmit a SYN b2 never answered (listed first even when
