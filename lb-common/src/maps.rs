@@ -115,9 +115,11 @@ pub const fn default_embryonic_flows(conntrack_flows: u32) -> u32 {
 pub const CONNTRACK_ENTRIES_PER_FLOW: u32 = 2;
 /// Maximum number of SNAT addresses.
 pub const MAX_SNAT_ADDRS: u32 = 16;
-/// Capacity of [`MAP_LOCAL_ADDRS`]: one VIP per service plus every SNAT address.
+/// Capacity of [`MAP_LOCAL_ADDRS`]: one VIP per service plus every SNAT address, twice, since
+/// lbd adds new addresses before it removes old ones (a reload replacing every SNAT address or
+/// every VIP holds both sets for a moment).
 pub const fn local_addrs_capacity(max_services: u32) -> u32 {
-    max_services + MAX_SNAT_ADDRS
+    2 * (max_services + MAX_SNAT_ADDRS)
 }
 /// Maximum number of interfaces in the redirect map.
 pub const MAX_TX_PORTS: u32 = 64;

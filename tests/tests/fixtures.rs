@@ -1247,6 +1247,45 @@ fn packet_fixtures() {
     );
 }
 
+/// `LB_LOCAL_ADDRS` keeps room for a reload that replaces every SNAT address while every
+/// service has its own VIP: `set_snat_addrs` adds the new addresses before it removes the old
+/// ones (make-before-break), so for a moment the map holds old and new. Sized for
+/// `max_services + MAX_SNAT_ADDRS` the second call failed (map full) and the reload was
+/// rolled back.
+#[test]
+fn local_addrs_hold_a_full_snat_replacement() {
+    require_root();
+    let ns = FixtureNetns::create();
+    ns.run_inside(|| {
+        let opts = LoadOptions {
+            max_services: 2,
+            max_backends: 8,
+            maglev_table_size: TABLE,
+            conntrack_flows: 64,
+            embryonic_flows: 64,
+            pin_root: None,
+        };
+        let mut dp = BpfDataplane::load(&opts).unwrap();
+        for last in [10u8, 11] {
+            dp.set_vip(
+                be(Ipv4Addr::new(192, 0, 2, last)),
+                &VipValue {
+                    service_count: 1,
+                    flags: 0,
+                },
+            )
+            .unwrap();
+        }
+        let n = lb_common::MAX_SNAT_ADDRS as u8;
+        let old: Vec<Ipv4Addr> = (1..=n).map(|i| Ipv4Addr::new(10, 1, 0, i)).collect();
+        let new: Vec<Ipv4Addr> = (1..=n).map(|i| Ipv4Addr::new(10, 2, 0, i)).collect();
+        dp.set_snat_addrs(&old).unwrap();
+        dp.set_snat_addrs(&new)
+            .expect("replacing every SNAT address must fit in LB_LOCAL_ADDRS");
+        assert_eq!(dp.local_addrs().unwrap().len(), 2 + usize::from(n));
+    });
+}
+
 #[test]
 fn test_run_reports_duration_and_repeats() {
     require_root();
