@@ -600,6 +600,13 @@ impl PgCluster {
             .ok_or_else(|| LabError::Api(format!("pg_last_wal_replay_lsn() on n{i}: {v:?}")))
     }
 
+    /// The last WAL position replica `i` received and flushed (`pg_last_wal_receive_lsn()`;
+    /// 0 when it has not streamed since it started).
+    pub fn receive_lsn(&self, i: usize) -> Result<u64> {
+        let v = self.sql_one(i, "SELECT pg_last_wal_receive_lsn()")?;
+        Ok(v.as_deref().and_then(parse_lsn).unwrap_or(0))
+    }
+
     /// Replay lag of replica `replica` behind primary `primary` in bytes (read back to back).
     pub fn lag_bytes(&self, primary: usize, replica: usize) -> Result<u64> {
         let p = self.current_lsn(primary)?;
