@@ -1286,6 +1286,65 @@ fn local_addrs_hold_a_full_snat_replacement() {
     });
 }
 
+static SIGNALS_HANDLED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+extern "C" fn count_signal(_: libc::c_int) {
+    SIGNALS_HANDLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The verifier gives up with `EAGAIN` when a signal is pending for the loading thread, and
+/// lb_xdp takes about a second to verify; aya does not retry that. A process that handles
+/// signals (lbd handles SIGHUP and SIGTERM, the test harness's tokio runtimes SIGCHLD) could
+/// fail to start on a busy host: CI once failed building the lab this way. Here a burst of
+/// handled signals hits the loading thread during its first attempts; the load must still
+/// succeed (`dataplane::transient` retries EAGAIN with a back-off).
+#[test]
+fn load_survives_signals_during_verification() {
+    require_root();
+    let ns = FixtureNetns::create();
+    ns.run_inside(|| {
+        // SAFETY: installs a handler that only bumps an atomic counter (async-signal-safe).
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = count_signal as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
+        }
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let burst = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let start = std::time::Instant::now();
+                while start.elapsed() < std::time::Duration::from_millis(150)
+                    && !stop.load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    // SAFETY: `me` is alive: the loading thread waits for this thread's join.
+                    unsafe { libc::pthread_kill(me, libc::SIGUSR1) };
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            })
+        };
+        let opts = LoadOptions {
+            max_services: 1,
+            max_backends: 2,
+            maglev_table_size: TABLE,
+            conntrack_flows: 16,
+            embryonic_flows: 16,
+            pin_root: None,
+        };
+        let loaded = BpfDataplane::load(&opts);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        burst.join().unwrap();
+        let handled = SIGNALS_HANDLED.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(handled > 0, "no signal reached the loading thread");
+        if let Err(e) = loaded {
+            panic!("loading under {handled} handled signals failed: {e}");
+        }
+    });
+}
+
 #[test]
 fn test_run_reports_duration_and_repeats() {
     require_root();

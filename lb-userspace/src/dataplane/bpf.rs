@@ -114,6 +114,36 @@ fn program_err<'a>(
     }
 }
 
+/// Loads `prog`, retrying a refusal that looks transient (see [`super::transient`]).
+fn load_program(prog: &mut Xdp, name: &str) -> Result<(), DataplaneError> {
+    use super::transient::{is_transient, retry_transient, ATTEMPTS};
+    use aya::programs::ProgramError;
+    let errno = |e: &ProgramError| match e {
+        ProgramError::LoadError { io_error, .. } => Some(io_error.to_string()),
+        _ => None,
+    };
+    retry_transient(
+        ATTEMPTS,
+        || prog.load(),
+        |e| matches!(e, ProgramError::LoadError { io_error, .. } if is_transient(io_error)),
+        |attempt, e| {
+            tracing::warn!(
+                program = name,
+                attempt,
+                error = errno(e).unwrap_or_default(),
+                "the kernel refused the program transiently; retrying"
+            )
+        },
+        std::thread::sleep,
+    )
+    .map_err(|(attempts, e)| DataplaneError::ProgramLoad {
+        name: name.into(),
+        attempts,
+        errno: errno(&e).unwrap_or_else(|| "no errno".into()),
+        source: Box::new(e),
+    })
+}
+
 fn link_err<'a, E: std::error::Error + Send + Sync + 'static>(
     iface: &'a str,
     what: &'static str,
@@ -459,8 +489,7 @@ impl BpfDataplane {
                 })?
                 .try_into()
                 .map_err(program_err("converting program", name))?;
-            prog.load()
-                .map_err(program_err("the kernel rejected program", name))?;
+            load_program(prog, name)?;
         }
         let maglev_mmap = mmap_maglev(&ebpf, entries);
         Ok(Self {

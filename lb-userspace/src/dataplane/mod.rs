@@ -11,6 +11,7 @@ pub mod fake;
 pub mod netlink;
 pub mod sysctl;
 pub mod tickle;
+pub mod transient;
 
 use lb_common::{
     passive::{BackendSuspect, PassiveEvent},
@@ -81,6 +82,20 @@ pub enum DataplaneError {
         /// What was being done ("loading program", "BPF_PROG_TEST_RUN of").
         action: &'static str,
         name: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    /// The kernel refused a program (after [`transient::ATTEMPTS`] attempts at most when the
+    /// refusal looked transient). The verifier log comes first; the errno is repeated at the
+    /// end, because a log can be long and only its tail may be shown.
+    #[error(
+        "the kernel rejected program {name} ({attempts} attempt(s)): {source} [{name}: {errno}]"
+    )]
+    ProgramLoad {
+        name: String,
+        attempts: usize,
+        /// The errno of the last attempt.
+        errno: String,
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
