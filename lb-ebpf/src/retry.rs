@@ -8,7 +8,7 @@
 
 use crate::{
     conntrack::{self, partner_key, Table},
-    forward::{self, Direction},
+    forward::{self, Direction, NextHop},
     maps::{LB_BACKENDS, LB_CT_SYN, LB_MAGLEV, LB_SERVICES},
     parse::{
         frame_len, ptr_at, EthHdr, Ipv4Hdr, TcpHdr, ETH_HLEN, ETH_P_IP_BE, IPV4_HLEN, TCP_HLEN,
@@ -120,8 +120,8 @@ pub fn refused(
 /// The retry of [`refused`] (`key`/`reply`: the refused flow's reply entry, in `LB_CT_SYN`):
 /// `None`, with nothing changed, when the entry keeps no SYN, the RST does not acknowledge
 /// it (no ACK, or an acknowledgment other than ISN + 1), the retries are spent
-/// (`CT_SYN_RETRY_EXHAUSTED`), the forward entry is gone, no other backend is usable, or no
-/// SNAT port is free for it. On success the forward entry points at the new backend, its new
+/// (`CT_SYN_RETRY_EXHAUSTED`), the forward entry is gone, no other backend is usable, no
+/// SNAT port is free for it, or no route leads to it (the frame may then already be rebuilt). On success the forward entry points at the new backend, its new
 /// reply entry keeps the SYN (one more retry counted), the old reply entry is gone and the
 /// packet is the SYN, transmitted.
 #[inline(always)]
@@ -210,6 +210,14 @@ fn retry(
     // SAFETY: bounds-checked pointers into the rebuilt frame, disjoint.
     let (eth, ip) = unsafe { (&mut *eth, &mut *ip) };
     let hop = forward::resolve(ctx, ip, &mut fwd_new);
+    if matches!(hop, NextHop::Failed | NextHop::FragNeeded(_)) {
+        // No way to the new backend: committing would count a retry whose SYN is dropped,
+        // and the client's retransmitted SYN would then find a flow "unanswered" by a
+        // backend it never reached (a false suspicion). Release the new reservation; the
+        // caller ends the old flow and the client's retransmission starts afresh.
+        let _ = LB_CT_SYN.remove(&rkey);
+        return None;
+    }
     // Same key: the forward entry now rewrites to the new backend (commit releases the new
     // reservation if this fails, and the caller releases the old flow).
     conntrack::commit(&fkey, &fwd_new, &rkey).ok()?;
