@@ -98,8 +98,8 @@ pub const TX_RST_CT_CONFLICT: u32 = 30;
 /// another live flow: the stale reply entry is removed and the packet dropped.
 pub const DROP_CT_CONFLICT: u32 = 31;
 
-/// A RST from the backend answered a flow still in SYN_SENT (passive detection): the RST is
-/// not forwarded, both entries are released, the backend is marked suspect and lbd is told
+/// A RST from the backend acknowledging the SYN of a flow still in SYN_SENT (passive detection,
+/// not retried in XDP): the RST is not forwarded, both entries are released, the backend is marked suspect and lbd is told
 /// (`XDP_DROP`; the client's SYN retransmission is balanced to another backend).
 pub const DROP_SYN_REFUSED: u32 = 32;
 /// A client SYN retransmitted on a flow in SYN_SENT whose last packet is at least
@@ -130,7 +130,8 @@ pub const TX_RST_DOWN_BACKEND: u32 = 38;
 pub const CT_DOWN_KEPT: u32 = 39;
 
 /// A backend packet on a flow in SYN_SENT (its SYN sent, no SYN-ACK seen) that is neither a
-/// SYN-ACK nor a pure ACK without payload or FIN (a RST is [`DROP_SYN_REFUSED`]): data of an
+/// SYN-ACK nor a pure ACK without payload or FIN, or a RST that does not acknowledge the SYN
+/// ([`crate::retry::rst_answers_syn`]; one that does is [`DROP_SYN_REFUSED`]): a packet of an
 /// older connection on the same backend 4-tuple (an evicted flow whose SNAT port the new flow reserved), which
 /// must not reach the new client: `XDP_DROP`. See docs/architecture.md, "SNAT port reuse".
 pub const DROP_CT_EMBRYONIC_DATA: u32 = 40;

@@ -41,6 +41,23 @@ pub const MAX_SYN_RETRIES: u8 = 2;
 /// TCP flag bits kept from the SYN besides SYN itself (ECN negotiation, RFC 3168).
 pub const SYN_KEPT_FLAGS: u8 = 0x40 | 0x80;
 
+/// Whether a RST from the backend on a flow in SYN_SENT answers the SYN lb sent (RFC 793,
+/// SYN-SENT: a RST is acceptable only with an ACK that acknowledges the SYN; any other is
+/// dropped and the connection attempt goes on). `flags` and `ack` (host order) are the RST's;
+/// `kept_isn` the ISN kept in the reply entry ([`SynSaved::kept_isn`]; `None` when the SYN
+/// was not kept, e.g. it carried an option lb cannot rebuild: then any ACK is taken as
+/// acceptable). A RST that fails this belongs to an older connection on the backend 4-tuple
+/// (a stale RST on a re-used SNAT port) and must neither end the new flow nor make the
+/// backend suspect.
+#[inline(always)]
+pub fn rst_answers_syn(flags: u8, ack: u32, kept_isn: Option<u32>) -> bool {
+    flags & crate::tcp_flags::ACK != 0
+        && match kept_isn {
+            Some(isn) => ack == isn.wrapping_add(1),
+            None => true,
+        }
+}
+
 /// The client's SYN as kept for a retry. Sizes are host order; `opts` is `FlowEntry::syn_opts`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SynSaved {
@@ -75,6 +92,17 @@ impl SynSaved {
         e.next_hop_dst_mac = [m0, m1, w0, w1, self.wscale, self.tos];
         e.next_hop_src_mac = [i0, i1, i2, i3, self.retries, self.flags];
         e.syn_opts = self.opts;
+    }
+
+    /// The ISN of the SYN kept in `e`, if its overlay holds one ([`SynSaved::read_from`]'s
+    /// condition, without building the rest).
+    #[inline(always)]
+    pub fn kept_isn(e: &FlowEntry) -> Option<u32> {
+        if e.syn_opts & SYN_OPT_SAVED == 0 || e.next_hop_max_len != 0 {
+            return None;
+        }
+        let s = e.next_hop_src_mac;
+        Some(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
     }
 
     /// The SYN kept in `e`, if its overlay holds one (marked and the cache empty).
@@ -223,6 +251,42 @@ mod tests {
     }
 
     const ALL: u8 = SYN_OPT_MSS | SYN_OPT_SACK_PERM | SYN_OPT_TIMESTAMP | SYN_OPT_WSCALE;
+
+    #[test]
+    fn only_a_rst_acknowledging_the_syn_answers_it() {
+        use crate::tcp_flags::{ACK, RST};
+        let isn = u32::MAX; // ISN + 1 wraps to 0
+        assert!(rst_answers_syn(RST | ACK, 0, Some(isn)));
+        assert!(!rst_answers_syn(RST | ACK, 1, Some(isn)), "ISN + 2");
+        assert!(!rst_answers_syn(RST | ACK, isn, Some(isn)), "ISN itself");
+        assert!(!rst_answers_syn(RST, 0, Some(isn)), "no ACK");
+        assert!(!rst_answers_syn(RST, 0, None), "no ACK, SYN not kept");
+        assert!(
+            rst_answers_syn(RST | ACK, 12345, None),
+            "SYN not kept: any ACK"
+        );
+    }
+
+    #[test]
+    fn kept_isn_matches_read_from() {
+        let mut e = FlowEntry::default();
+        assert_eq!(SynSaved::kept_isn(&e), None);
+        let s = SynSaved {
+            opts: SYN_OPT_SAVED | SYN_OPT_MSS,
+            isn: 0xdead_beef,
+            mss: 1460,
+            retries: 1,
+            ..SynSaved::default()
+        };
+        s.write_to(&mut e);
+        assert_eq!(SynSaved::kept_isn(&e), Some(0xdead_beef));
+        assert_eq!(
+            SynSaved::read_from(&e).map(|r| r.isn),
+            SynSaved::kept_isn(&e)
+        );
+        e.next_hop_max_len = 60; // the cache now holds a next hop, not the SYN
+        assert_eq!(SynSaved::kept_isn(&e), None);
+    }
 
     #[test]
     fn linux_syn_options_parse_and_rebuild_identically() {

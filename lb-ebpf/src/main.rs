@@ -31,6 +31,7 @@ use forward::Direction;
 use lb_common::{
     hash::flow_hash,
     passive::{select, REASON_SYN_UNANSWERED, SYN_RETRANSMIT_MIN_NS},
+    retry::{rst_answers_syn, SynSaved},
     tcp_flags,
     tcp_state::{
         tcp_next_state, Transition, CLOSE, DIR_ORIG, DIR_REPLY, EV_NEW_CONNECTION, EV_NONE,
@@ -465,6 +466,12 @@ fn lb4_reply(
         Fate::Reset => {}
     }
     if entry.state == SYN_SENT && tcp.flags & tcp_flags::RST != 0 {
+        // A RST that does not acknowledge the SYN belongs to an older connection on this
+        // backend 4-tuple (a re-used SNAT port): dropped, the attempt goes on, no suspicion.
+        let ack = u32::from_be(tcp.ack_seq_be);
+        if !rst_answers_syn(tcp.flags, ack, SynSaved::kept_isn(entry)) {
+            return Ok(Verdict::drop(DROP_CT_EMBRYONIC_DATA));
+        }
         // The backend refused the SYN (its host is up, the service is not): the client does
         // not see the RST, which becomes its SYN toward another backend when it can; else
         // its SYN retransmission finds no flow and is balanced away from the suspect backend.
