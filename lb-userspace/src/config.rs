@@ -8,6 +8,7 @@
 //! [`locate`], a small indentation-based walker over the block-style YAML, so they carry a line
 //! number like parse errors do.
 
+mod advice;
 pub mod db;
 mod duration;
 mod locate;
@@ -16,6 +17,7 @@ mod save;
 mod tests;
 mod validate;
 
+pub use advice::Advice;
 pub use duration::{duration_str, format_duration, parse_duration};
 pub use locate::locate;
 use locate::yaml_error;

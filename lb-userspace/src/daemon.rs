@@ -251,6 +251,9 @@ impl<D: Dataplane> Daemon<D> {
         self.sync_health();
         self.sync_db();
         tracing::info!(summary = %summary, "configuration applied");
+        for w in &summary.warnings {
+            tracing::warn!("{w}");
+        }
         Ok(summary.to_string())
     }
 

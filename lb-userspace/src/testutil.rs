@@ -68,6 +68,7 @@ metrics_listen: {metrics_listen}
 snat:
   addresses: [10.0.255.1]
 limits:
+  conntrack_flows: 32768
   maglev_table_size: 1009
 services:
   - name: web

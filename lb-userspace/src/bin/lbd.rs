@@ -133,7 +133,13 @@ fn real_main(args: Args) -> Result<()> {
                 .map(|s| s.backends.len())
                 .sum::<usize>()
         );
+        for a in config.advice() {
+            println!("warning: {a}");
+        }
         return Ok(());
+    }
+    for a in config.advice() {
+        tracing::warn!(field = %a.field, "{}", a.message);
     }
     check_bpffs(&config.bpffs_root)?;
     let opts = config.load_options();

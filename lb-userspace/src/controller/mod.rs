@@ -143,6 +143,8 @@ pub struct ApplySummary {
     pub tables_rewritten: Vec<String>,
     /// Global settings (SNAT, timeouts) rewritten.
     pub globals_changed: bool,
+    /// Advice on the applied configuration ([`crate::config::Config::advice`]).
+    pub warnings: Vec<String>,
 }
 
 impl std::fmt::Display for ApplySummary {
@@ -164,10 +166,12 @@ impl std::fmt::Display for ApplySummary {
             parts.push("global settings rewritten".into());
         }
         if parts.is_empty() {
-            f.write_str("no changes")
-        } else {
-            f.write_str(&parts.join("; "))
+            parts.push("no changes".into());
         }
+        for w in &self.warnings {
+            parts.push(format!("warning: {w}"));
+        }
+        f.write_str(&parts.join("; "))
     }
 }
 

@@ -161,7 +161,10 @@ impl<D: Dataplane> Controller<D> {
                     .any(|s| s.name == r.cfg.name && service_key(s) == r.key)
             })
             .collect();
-        let mut summary = ApplySummary::default();
+        let mut summary = ApplySummary {
+            warnings: new.advice().iter().map(|a| a.to_string()).collect(),
+            ..ApplySummary::default()
+        };
         if !self.globals_written || old.snat != new.snat || old.conntrack != new.conntrack {
             self.config.snat = new.snat.clone();
             self.config.conntrack = new.conntrack.clone();

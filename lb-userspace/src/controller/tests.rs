@@ -8,6 +8,7 @@ interfaces: [eth0]
 snat:
   addresses: [10.0.255.1]
 limits:
+  conntrack_flows: 65536
   maglev_table_size: 1009
 services:
   - name: web
