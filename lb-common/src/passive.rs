@@ -24,6 +24,21 @@ pub const SUSPECT_HOLD_NS: u64 = 10_000_000_000;
 /// Maglev slots probed for a new flow: the flow's own slot and up to this many minus one more.
 pub const SELECT_PROBES: u32 = 8;
 
+/// Consecutive Maglev slots [`select`] scans, from the one after the flow's own slot, for the
+/// first two backends other than the own slot's, when none of the [`SELECT_PROBES`] probes
+/// found a usable backend; the first usable of the two is taken. The probes alone leave a
+/// flow of a suspect backend on it with probability `f^(SELECT_PROBES - 1)` (`f` = the
+/// unusable share of the table): with one of 3 backends suspect, (1/3)^7 = 1 in 2187 of its
+/// flows (found by the failover bench: a connection whose retransmitted SYN went back to the
+/// dead backend). With one or two unusable backends the scan finds a usable one whenever the
+/// window holds one: a Maglev table interleaves its backends' slots, so it misses only about
+/// `f^SELECT_SCAN` of those flows ((1/3)^16, 2e-8; (2/3)^16, 1.5e-3). With three or more
+/// unusable backends both candidates may be unusable and the flow falls back. The scan runs
+/// only for the flows the probes failed, so it does not change how evenly the others spread.
+/// Its cost: 16 slots and two candidates add about 67k instructions (11%) to what the
+/// verifier processes for `lb_xdp` (586k before; 32 slots would add 94k).
+pub const SELECT_SCAN: u32 = 16;
+
 /// Reason of a suspicion or event: the backend answered a SYN with a RST.
 pub const REASON_RST_TO_SYN: u32 = 1;
 /// Reason of a suspicion or event: the client retransmitted a SYN the backend never answered.
@@ -99,12 +114,23 @@ pub fn probe_slot(h: u32, probe: u32, table_size: u32) -> u32 {
     x % table_size
 }
 
+/// Slot (relative to the table's start) `i` places after slot `own` of a table of
+/// `table_size` slots, wrapping around; 0 for an empty table.
+#[inline(always)]
+pub fn scan_slot(own: u32, i: u32, table_size: u32) -> u32 {
+    if table_size == 0 {
+        return 0;
+    }
+    own.wrapping_add(i) % table_size
+}
+
 /// Outcome of [`select`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Selection {
     /// The chosen backend id ([`crate::BACKEND_ID_NONE`] if the flow's own slot is empty).
     pub backend_id: u32,
-    /// Probe that found it: 0 = the flow's own slot.
+    /// Probe that found it: 0 = the flow's own slot, 1 to `SELECT_PROBES - 1` the hashed
+    /// probes, `SELECT_PROBES` the scan of the slots after the own one.
     pub probe: u32,
     /// True when no probe found a usable backend and the flow's own slot's backend was taken
     /// anyway (better a suspect backend than none).
@@ -112,9 +138,11 @@ pub struct Selection {
 }
 
 /// The backend of a new flow of hash `h`: the first usable backend among [`SELECT_PROBES`]
-/// probes ([`probe_slot`]), where `slot_backend(slot)` reads a slot of the table and
-/// `usable(id)` says whether a backend may take new flows. `None` only when `slot_backend`
-/// fails. The data plane and the host tests call this same function.
+/// probes ([`probe_slot`]), then among the [`SELECT_SCAN`] slots after the flow's own slot,
+/// where `slot_backend(slot)` reads a slot of the table and `usable(id)` says whether a
+/// backend may take new flows; the own slot's backend, flagged `fallback`, when none is.
+/// `None` only when `slot_backend` fails. The data plane and the host tests call this same
+/// function.
 #[inline(always)]
 pub fn select(
     h: u32,
@@ -141,6 +169,34 @@ pub fn select(
             });
         }
         probe += 1;
+    }
+    // The scan: the first two backends other than the own slot's in the slots after it, the
+    // first usable of them taken. The loop only compares ids, and what follows it does not
+    // depend on where the scan stopped, so the verifier checks `usable` once per candidate,
+    // not once per scanned slot.
+    let own = probe_slot(h, 0, table_size);
+    let (mut other, mut second) = (crate::BACKEND_ID_NONE, crate::BACKEND_ID_NONE);
+    let mut i = 1;
+    while i <= SELECT_SCAN {
+        let id = slot_backend(scan_slot(own, i, table_size))?;
+        if id != crate::BACKEND_ID_NONE && id != first {
+            if other == crate::BACKEND_ID_NONE {
+                other = id;
+            } else if id != other {
+                second = id;
+                break;
+            }
+        }
+        i += 1;
+    }
+    for id in [other, second] {
+        if id != crate::BACKEND_ID_NONE && usable(id) {
+            return Some(Selection {
+                backend_id: id,
+                probe: SELECT_PROBES,
+                fallback: false,
+            });
+        }
     }
     Some(Selection {
         backend_id: first,
@@ -214,6 +270,48 @@ mod tests {
         assert_eq!(s.backend_id, crate::BACKEND_ID_NONE);
         // A failing read is None.
         assert_eq!(select(5, 13, |_| None, |_| true), None);
+    }
+
+    /// The failover bench's slow connection: every probe of a flow landed on the suspect
+    /// backend and the walk fell back to it, although another backend was usable. The scan
+    /// after the probes finds it (here in the slot after the flow's own).
+    #[test]
+    fn select_scans_past_the_probes_before_falling_back() {
+        const SIZE: u32 = 251;
+        for h in 0..2000u32 {
+            let h = h.wrapping_mul(0x9e37_79b9);
+            // Backend 2 in the own slot and every probed slot, backend 1 only right after
+            // the own slot, 2 everywhere else.
+            let own = probe_slot(h, 0, SIZE);
+            let mut table = [2u32; SIZE as usize];
+            let next = scan_slot(own, 1, SIZE);
+            if (0..SELECT_PROBES).any(|p| probe_slot(h, p, SIZE) == next) {
+                continue;
+            }
+            table[next as usize] = 1;
+            let pick = |t: &[u32]| select(h, SIZE, |s| t.get(s as usize).copied(), |id| id != 2);
+            let s = pick(&table).unwrap();
+            assert_eq!(
+                (s.backend_id, s.probe, s.fallback),
+                (1, SELECT_PROBES, false),
+                "h {h:#x}"
+            );
+            // The last scanned slot is found too; one further is not.
+            table[next as usize] = 2;
+            table[scan_slot(own, SELECT_SCAN, SIZE) as usize] = 1;
+            let s = pick(&table).unwrap();
+            assert_eq!((s.backend_id, s.fallback), (1, false), "h {h:#x}");
+            table[scan_slot(own, SELECT_SCAN, SIZE) as usize] = 2;
+            table[scan_slot(own, SELECT_SCAN + 1, SIZE) as usize] = 1;
+            let s = pick(&table).unwrap();
+            if s.probe == 0 {
+                assert_eq!((s.backend_id, s.fallback), (2, true), "h {h:#x}");
+            }
+        }
+        // The scan wraps around a table shorter than itself.
+        assert_eq!(scan_slot(12, 1, 13), 0);
+        assert_eq!(scan_slot(12, 30, 13), 3);
+        assert_eq!(scan_slot(5, 1, 0), 0);
     }
 
     #[test]

@@ -217,9 +217,6 @@ mod tests {
                 let sel =
                     select(h, M, |s| table.get(s as usize).copied(), |id| id != suspect).unwrap();
                 if sel.fallback {
-                    // All probes landed on the suspect's slots ((1/5)^7 of its flows): the
-                    // suspect backend is taken anyway.
-                    assert_eq!(sel.backend_id, suspect);
                     fallbacks += 1;
                     continue;
                 }
@@ -255,15 +252,56 @@ mod tests {
                     "suspect {suspect}: moved flows to {b}: {moved_to:?}"
                 );
             }
-            assert!(
-                fallbacks * 10_000 <= u64::from(flows),
-                "{fallbacks} fallbacks"
-            );
+            assert_eq!(fallbacks, 0, "suspect {suspect}: flows left on it");
             eprintln!(
                 "suspect {suspect}: worst share deviation {:.2}%, {moved_flows} flows moved, worst deviation among them {:.2}%, {fallbacks} fallbacks",
                 worst * 100.0,
                 worst_moved * 100.0
             );
+        }
+    }
+
+    /// The walk leaves no flow on an unusable backend while another is usable: with 3
+    /// backends and one of them suspect, no flow falls back; with two, at most 1 in 10,000
+    /// (the scan window of 16 slots may hold only the two). The probes alone left (1/3)^7 of
+    /// a suspect backend's flows on it (the failover bench's connection whose retransmitted
+    /// SYN went back to the dead backend), and (2/3)^7 with two suspect.
+    #[test]
+    fn selection_walk_leaves_no_flow_on_an_unusable_backend_while_one_is_usable() {
+        use lb_common::hash::flow_hash;
+        use lb_common::passive::select;
+        let bs = backends(3, |_| 1);
+        let table = build_table(&bs, M).unwrap();
+        for unusable in [vec![2u32], vec![1, 3]] {
+            let mut fallbacks = 0u32;
+            for i in 0..200_000u32 {
+                let port = (1024 + i % 50_000) as u16;
+                let h = flow_hash(
+                    0x0a00_0000 | (i / 50_000),
+                    0xc000_020a,
+                    port.to_be(),
+                    80u16.to_be(),
+                    0x5eed_1b01,
+                );
+                let sel = select(
+                    h,
+                    M,
+                    |s| table.get(s as usize).copied(),
+                    |id| !unusable.contains(&id),
+                )
+                .unwrap();
+                if sel.fallback {
+                    fallbacks += 1;
+                } else {
+                    assert!(!unusable.contains(&sel.backend_id));
+                }
+            }
+            let allowed = if unusable.len() == 1 { 0 } else { 20 };
+            assert!(
+                fallbacks <= allowed,
+                "unusable {unusable:?}: {fallbacks} of 200000 flows left on them"
+            );
+            eprintln!("unusable {unusable:?}: {fallbacks} of 200000 flows fell back");
         }
     }
 

@@ -118,7 +118,9 @@ pub struct RoundResult {
     /// counts as the timeout).
     pub answer_ms: [f64; 3],
     /// Each failed connection: when it started relative to the death (negative: before it),
-    /// in ms, and its error.
+    /// in ms, and its error with its connect time (a connection whose handshake completed
+    /// before the death and whose request was then lost is told apart from one that never
+    /// connected).
     pub failures: Vec<(f64, String)>,
 }
 
@@ -153,7 +155,14 @@ pub fn summarise(records: &[ConnRecord], event: Duration, timeout: Duration) -> 
             .iter()
             .filter_map(|r| {
                 let at = ms(r.at) - ms(event);
-                r.result.as_ref().err().map(|e| (at, e.clone()))
+                let connect = match r.connect {
+                    Some(c) => format!("connected in {:.1} ms", ms(c)),
+                    None => "never connected".to_string(),
+                };
+                r.result
+                    .as_ref()
+                    .err()
+                    .map(|e| (at, format!("{e} ({connect})")))
             })
             .collect(),
         answer_ms: spread_ms(
@@ -408,7 +417,10 @@ mod tests {
         assert_eq!(s.answer_ms, [1001.0, 15000.0, 15000.0]);
         assert_eq!(
             s.failures,
-            vec![(-2900.0, "reset".to_string()), (40.0, "reset".to_string())]
+            vec![
+                (-2900.0, "reset (connected in 1.0 ms)".to_string()),
+                (40.0, "reset (never connected)".to_string())
+            ]
         );
     }
 }
