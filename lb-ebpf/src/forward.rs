@@ -5,7 +5,7 @@
 //! needed ([`crate::icmp::frag_needed`]).
 
 use crate::{
-    icmp,
+    ablate, icmp,
     maps::LB_TX_PORTS,
     nat::decrement_ttl,
     parse::{frame_len, EthHdr, Ipv4Hdr},
@@ -58,6 +58,11 @@ pub enum NextHop {
 pub fn resolve(ctx: &XdpContext, ip: &Ipv4Hdr, entry: &mut FlowEntry) -> NextHop {
     let tot_len = u16::from_be(ip.tot_len_be);
     if entry.next_hop_max_len >= tot_len {
+        return NextHop::Ready;
+    }
+    if ablate::NO_FIB {
+        entry.next_hop_ifindex = ctx.ingress_ifindex() as u32;
+        entry.next_hop_max_len = tot_len;
         return NextHop::Ready;
     }
     // SAFETY: plain-old-data struct of the kernel ABI; all zeroes is a valid request.
@@ -141,7 +146,7 @@ pub fn transmit(
         FWD_TO_CLIENT
     };
     let egress = entry.next_hop_ifindex;
-    let action = if egress == ctx.ingress_ifindex() as u32 {
+    let action = if ablate::NO_REDIRECT || egress == ctx.ingress_ifindex() as u32 {
         xdp_action::XDP_TX
     } else {
         // One devmap lookup: the redirect answers XDP_PASS (the flags' low bits) when the
@@ -155,8 +160,7 @@ pub fn transmit(
         }
     };
     decrement_ttl(ip);
-    eth.dst = entry.next_hop_dst_mac;
-    eth.src = entry.next_hop_src_mac;
+    eth.set_macs(&entry.next_hop_dst_mac, &entry.next_hop_src_mac);
     stats::forwarded(service_id, backend_id, bytes, to_backend);
     Verdict::new(action, fwd_counter)
 }

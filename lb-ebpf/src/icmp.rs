@@ -170,7 +170,7 @@ fn translate(
     let cfg = LB_CONFIG.get(0).ok_or(())?;
     let is_reply = entry.flags & FLOW_F_REPLY != 0;
     if is_reply != (dir == Direction::ToClient)
-        || conntrack::flow_expired(table.map(), &key, entry, cfg, now_ns())
+        || conntrack::flow_expired(table, &key, entry, cfg, now_ns())
     {
         return Ok(Verdict::pass(untracked));
     }

@@ -13,7 +13,9 @@
 //! SNAT address is also a VIP (the configuration refuses that).
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 
+mod ablate;
 mod conntrack;
 mod forward;
 mod icmp;
@@ -97,7 +99,12 @@ fn try_lb(ctx: &XdpContext) -> Result<Verdict, ()> {
     // The address pre-filter: neither a VIP nor a SNAT address, so no flow of ours (every
     // conntrack key's destination is one of them) and no service.
     // SAFETY: copy of a map value.
-    let Some(local) = (unsafe { LB_LOCAL_ADDRS.get(ip.dst_be) }).copied() else {
+    let local = if ablate::NO_PREFILTER {
+        Some(LOCAL_F_VIP)
+    } else {
+        (unsafe { LB_LOCAL_ADDRS.get(ip.dst_be) }).copied()
+    };
+    let Some(local) = local else {
         return Ok(Verdict::pass(PASS_NOT_SERVICE));
     };
     let is_vip = local & LOCAL_F_VIP != 0;
@@ -159,7 +166,13 @@ fn lb4_tcp(
     is_vip: bool,
 ) -> Result<Verdict, ()> {
     let key = tcp_key(ip.src_be, ip.dst_be, tcp.src_port_be, tcp.dst_port_be);
-    let Some((table, entry)) = conntrack::lookup(&key) else {
+    let found =
+        if ablate::NO_CT_MISS && tcp.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN {
+            None
+        } else {
+            conntrack::lookup(&key)
+        };
+    let Some((table, entry)) = found else {
         if !is_vip {
             return Ok(Verdict::pass(PASS_NOT_SERVICE));
         }
@@ -253,23 +266,31 @@ fn lb4_service(
     if svc.flags & SERVICE_F_NO_BACKEND != 0 || svc.table_size == 0 {
         return rst::reply_rst(ctx, svc.service_id);
     }
-    let h = flow_hash(
-        key.src_addr_be,
-        key.dst_addr_be,
-        key.src_port_be,
-        key.dst_port_be,
-        cfg.hash_seed,
-    );
-    // The flow's own Maglev slot, or the first later probe with a usable backend when its
-    // backend is suspect or down (lb_common::passive::select).
     let table_offset = svc.table_offset;
-    let sel = select(
-        h,
-        svc.table_size,
-        |slot| LB_MAGLEV.get(table_offset.wrapping_add(slot)).copied(),
-        |id| passive::usable(id, now),
-    )
-    .ok_or(())?;
+    let sel = if ablate::NO_MAGLEV {
+        lb_common::passive::Selection {
+            backend_id: LB_MAGLEV.get(table_offset).copied().ok_or(())?,
+            probe: 0,
+            fallback: false,
+        }
+    } else {
+        let h = flow_hash(
+            key.src_addr_be,
+            key.dst_addr_be,
+            key.src_port_be,
+            key.dst_port_be,
+            cfg.hash_seed,
+        );
+        // The flow's own Maglev slot, or the first later probe with a usable backend when its
+        // backend is suspect or down (lb_common::passive::select).
+        select(
+            h,
+            svc.table_size,
+            |slot| LB_MAGLEV.get(table_offset.wrapping_add(slot)).copied(),
+            |id| passive::usable(id, now),
+        )
+        .ok_or(())?
+    };
     let backend_id = sel.backend_id;
     if backend_id == BACKEND_ID_NONE {
         return rst::reply_rst(ctx, svc.service_id);
@@ -298,7 +319,9 @@ fn lb4_service(
     stats::count(NEW_FLOW);
     stats::new_flow(svc.service_id, backend_id);
     let v = forward::transmit(ctx, eth, ip, key, &entry, hop, Direction::ToBackend);
-    retry::keep_syn(ctx, &rkey, v.counter);
+    if !ablate::NO_KEEP_SYN {
+        retry::keep_syn(ctx, &rkey, v.counter);
+    }
     Ok(v)
 }
 
@@ -342,7 +365,7 @@ fn end_flow(flow: (Table, &FlowKey, &mut FlowEntry), cfg: &GlobalConfig, now: u6
         event: EV_NONE,
     };
     if conntrack::step(table, key, entry, &t, cfg, now) == Pair::Conflict {
-        let _ = table.map().remove(key);
+        table.remove(key);
     }
 }
 
@@ -364,15 +387,14 @@ fn lb4_tracked(
     now: u64,
 ) -> Result<Option<Verdict>, ()> {
     let (table, key, entry) = flow;
-    let map = table.map();
-    if conntrack::flow_expired(map, key, entry, cfg, now) {
-        conntrack::release(map, key, entry);
+    if conntrack::flow_expired(table, key, entry, cfg, now) {
+        conntrack::release(table, key, entry);
         return Ok(None);
     }
     let t = tcp_next_state(entry.state, entry.close_dir, DIR_ORIG, tcp.flags);
     if t.event == EV_NEW_CONNECTION {
         stats::count(CT_SYN_REUSE);
-        conntrack::release(map, key, entry);
+        conntrack::release(table, key, entry);
         return Ok(None);
     }
     if entry.state == SYN_SENT
@@ -388,7 +410,7 @@ fn lb4_tracked(
             REASON_SYN_UNANSWERED,
             now,
         );
-        conntrack::release(map, key, entry);
+        conntrack::release(table, key, entry);
         return Ok(None);
     }
     match backend_fate(entry.backend_id) {
@@ -396,7 +418,7 @@ fn lb4_tracked(
         // A SYN whose backend never answered opens nothing there: it is re-balanced.
         _ if entry.state == SYN_SENT && tcp.flags & OPEN_MASK == tcp_flags::SYN => {
             stats::count(CT_BACKEND_DOWN);
-            conntrack::release(map, key, entry);
+            conntrack::release(table, key, entry);
             return Ok(None);
         }
         Fate::Keep => stats::count(CT_DOWN_KEPT),
@@ -411,7 +433,7 @@ fn lb4_tracked(
         stats::count(CT_SYN_ON_OPEN);
     }
     if conntrack::step(table, key, entry, &t, cfg, now) == Pair::Conflict {
-        let _ = map.remove(key);
+        table.remove(key);
         return rst::reset_flow(ctx).map(Some);
     }
     nat::rewrite(ip, tcp, entry);
@@ -445,8 +467,7 @@ fn lb4_reply(
     let (table, key, entry) = flow;
     let cfg = LB_CONFIG.get(0).ok_or(())?;
     let now = now_ns();
-    if entry.flags & FLOW_F_REPLY == 0 || conntrack::flow_expired(table.map(), key, entry, cfg, now)
-    {
+    if entry.flags & FLOW_F_REPLY == 0 || conntrack::flow_expired(table, key, entry, cfg, now) {
         return Ok(Verdict::pass(PASS_NOT_SERVICE));
     }
     if !tcp_header_ok(tcp, tot_len - hlen) {
@@ -482,7 +503,7 @@ fn lb4_reply(
     }
     let t = tcp_next_state(entry.state, entry.close_dir, DIR_REPLY, tcp.flags);
     if conntrack::step(table, key, entry, &t, cfg, now) == Pair::Conflict {
-        let _ = table.map().remove(key);
+        table.remove(key);
         return Ok(Verdict::drop(DROP_CT_CONFLICT));
     }
     nat::rewrite(ip, tcp, entry);
@@ -556,7 +577,7 @@ fn lb4_reply_exception(
     let Some(tcp) = ptr_at::<TcpHdr>(ctx, l4_off) else {
         let cfg = LB_CONFIG.get(0).ok_or(())?;
         if entry.flags & FLOW_F_REPLY == 0
-            || conntrack::flow_expired(table.map(), &key, entry, cfg, now_ns())
+            || conntrack::flow_expired(table, &key, entry, cfg, now_ns())
         {
             return Ok(Verdict::pass(PASS_NOT_SERVICE));
         }

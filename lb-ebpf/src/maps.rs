@@ -5,7 +5,7 @@
 //! object-file defaults; the loader overrides the configurable ones at load time.
 
 use aya_ebpf::{
-    bindings::BPF_F_MMAPABLE,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -43,15 +43,27 @@ pub static LB_MAGLEV: Array<u32> = Array::pinned(
     BPF_F_MMAPABLE,
 );
 
+/// Creation flags of the conntrack maps: none in the shipped build (one LRU list shared by
+/// all CPUs); `BPF_F_NO_COMMON_LRU` in the `lru_percpu` ablation build.
+const CT_FLAGS: u32 = if crate::ablate::LRU_PERCPU {
+    BPF_F_NO_COMMON_LRU
+} else {
+    0
+};
+
 /// Connection tracking: forward (client -> VIP) and reply (backend -> SNAT) entries.
 #[map]
-pub static LB_CONNTRACK: LruHashMap<FlowKey, FlowEntry> =
-    LruHashMap::pinned(DEFAULT_CONNTRACK_FLOWS * CONNTRACK_ENTRIES_PER_FLOW, 0);
+pub static LB_CONNTRACK: LruHashMap<FlowKey, FlowEntry> = LruHashMap::pinned(
+    DEFAULT_CONNTRACK_FLOWS * CONNTRACK_ENTRIES_PER_FLOW,
+    CT_FLAGS,
+);
 
 /// Embryonic flows (handshake not completed), laid out like `LB_CONNTRACK`.
 #[map]
-pub static LB_CT_SYN: LruHashMap<FlowKey, FlowEntry> =
-    LruHashMap::pinned(DEFAULT_CONNTRACK_FLOWS / 8 * CONNTRACK_ENTRIES_PER_FLOW, 0);
+pub static LB_CT_SYN: LruHashMap<FlowKey, FlowEntry> = LruHashMap::pinned(
+    DEFAULT_CONNTRACK_FLOWS / 8 * CONNTRACK_ENTRIES_PER_FLOW,
+    CT_FLAGS,
+);
 
 /// Global run-time settings in slot 0 (SNAT range, timeouts, hash seed).
 #[map]

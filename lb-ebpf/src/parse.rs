@@ -27,6 +27,31 @@ pub struct EthHdr {
     pub ether_type_be: u16,
 }
 
+impl EthHdr {
+    /// Sets both MAC addresses. Copied as 16-bit words: a plain `self.dst = dst` of the
+    /// 6-byte arrays becomes a call of the `memmove` subprogram (a BPF-to-BPF call and a byte
+    /// loop per forwarded packet; LLVM turns the copy through a temporary into a `memmove`,
+    /// which the BPF backend does not expand inline).
+    #[inline(always)]
+    pub fn set_macs(&mut self, dst: &[u8; 6], src: &[u8; 6]) {
+        let w = |m: &[u8; 6], i: usize| u16::from_ne_bytes([m[2 * i], m[2 * i + 1]]);
+        let words = [
+            w(dst, 0),
+            w(dst, 1),
+            w(dst, 2),
+            w(src, 0),
+            w(src, 1),
+            w(src, 2),
+        ];
+        let p = (self as *mut EthHdr).cast::<u16>();
+        for (i, v) in words.into_iter().enumerate() {
+            // SAFETY: EthHdr is repr(C) with a u16 field, so 2-aligned; its first 12 bytes
+            // are the two addresses, i.e. words 0..6.
+            unsafe { p.add(i).write(v) };
+        }
+    }
+}
+
 /// IPv4 header (without options).
 #[repr(C)]
 pub struct Ipv4Hdr {

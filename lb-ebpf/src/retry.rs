@@ -113,7 +113,7 @@ pub fn refused(
             return Ok(v);
         }
     }
-    conntrack::release(table.map(), key, entry);
+    conntrack::release(table, key, entry);
     Ok(Verdict::drop(DROP_SYN_REFUSED))
 }
 
@@ -267,8 +267,7 @@ fn build_syn(ctx: &XdpContext, fwd: &FlowEntry, syn: &SynSaved) -> Result<(), ()
     let tcp = ptr_at::<TcpHdr>(ctx, ETH_HLEN + IPV4_HLEN).ok_or(())?;
     // SAFETY: bounds-checked pointers into the frame, disjoint.
     let (eth, ip, tcp) = unsafe { (&mut *eth, &mut *ip, &mut *tcp) };
-    eth.dst = dst_mac;
-    eth.src = src_mac;
+    eth.set_macs(&dst_mac, &src_mac);
     eth.ether_type_be = ETH_P_IP_BE;
 
     let (src, dst) = (fwd.new_src_addr_be, fwd.new_dst_addr_be);

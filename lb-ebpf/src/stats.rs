@@ -1,7 +1,10 @@
 //! Per-CPU counters: the verdict of every packet, events, and per-service/backend traffic.
 //! Per-CPU slots need no atomics; user space sums them.
 
-use crate::maps::{LB_BE_STATS, LB_STATS, LB_SVC_STATS};
+use crate::{
+    ablate,
+    maps::{LB_BE_STATS, LB_STATS, LB_SVC_STATS},
+};
 use lb_common::FlowStats;
 
 /// What happens to a packet: the XDP action and the one verdict counter it increments.
@@ -32,6 +35,9 @@ impl Verdict {
 /// Increments global counter `index` (a verdict or an event).
 #[inline(always)]
 pub fn count(index: u32) {
+    if ablate::NO_STATS {
+        return;
+    }
     if let Some(slot) = LB_STATS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
         unsafe { *slot += 1 };
@@ -40,6 +46,9 @@ pub fn count(index: u32) {
 
 #[inline(always)]
 fn update(service_id: u32, backend_id: u32, f: impl Fn(&mut FlowStats)) {
+    if ablate::NO_STATS {
+        return;
+    }
     if let Some(s) = LB_SVC_STATS.get_ptr_mut(service_id) {
         // SAFETY: per-CPU slot.
         f(unsafe { &mut *s });

@@ -1727,7 +1727,9 @@ fn unpinned_attach_native_auto_and_pass_program() {
 // Env: LB_HOT_FILL=<conntrack entries to pre-fill, default 0>, LB_HOT_ROUNDS=<default 5>,
 // LB_HOT_FLOWS=<conntrack size in flows, default DEFAULT_CONNTRACK_FLOWS>,
 // LB_HOT_OBJECT=<comma-separated paths of lb-ebpf builds to compare instead of the embedded
-// one>, LB_HOT_NOCHECK=1 (skip the counter checks: for scratch builds that cut a path short).
+// one>, LB_HOT_NOCHECK=1 (skip the counter checks: for scratch builds that cut a path short),
+// LB_HOT_CASES=<comma-separated substrings of case names: measure only those cases, e.g.
+// "SYN chain" for the ablation builds of lb-ebpf/src/ablate.rs>.
 // ---------------------------------------------------------------------------------------------
 
 /// Runs per test-run call (TTL 255 leaves 254 forwarded runs on one buffer).
@@ -2061,6 +2063,14 @@ fn hot_path_cost() {
                 )
             },
         ];
+        let cases: Vec<HotCase> = match std::env::var("LB_HOT_CASES") {
+            Ok(want) => cases
+                .into_iter()
+                .filter(|c| want.split(',').any(|w| c.name.contains(w)))
+                .collect(),
+            Err(_) => cases.into_iter().collect(),
+        };
+        assert!(!cases.is_empty(), "LB_HOT_CASES matches no case");
         // results[object][case] = one value per round; objects and cases interleaved.
         let mut results = vec![vec![Vec::new(); cases.len()]; dps.len()];
         for _ in 0..rounds {
@@ -2100,4 +2110,38 @@ fn hot_path_cost() {
             }
         }
     });
+}
+
+/// Every map helper call of `lb_xdp` names its map at verification time, so the verifier
+/// inlines the lookup or calls the map type's function directly. A map pointer chosen at run
+/// time (e.g. `LB_CONNTRACK` or `LB_CT_SYN` by the table a flow was found in) leaves the call
+/// with the generic helper and an indirect call per use; there were 25 such calls (10
+/// lookups, 14 deletes, 1 update, all on the conntrack maps) before `conntrack::Table`
+/// named each map at its own call site.
+#[test]
+fn map_calls_are_direct() {
+    use lb_tests::fixture::xlated::{helper_calls, GENERIC_MAP_HELPERS};
+    require_root();
+    let opts = LoadOptions {
+        max_services: 16,
+        max_backends: 32,
+        maglev_table_size: TABLE,
+        conntrack_flows: 1024,
+        embryonic_flows: 1024,
+        pin_root: None,
+    };
+    let dp = BpfDataplane::load(&opts).unwrap();
+    let id = dp.xdp_program_id().unwrap();
+    // The reader must see helper calls at all: the FIB lookup is one.
+    let fib = helper_calls(id, &["bpf_xdp_fib_lookup"]).unwrap();
+    assert!(
+        !fib.is_empty(),
+        "no bpf_xdp_fib_lookup call found in lb_xdp (id {id})"
+    );
+    let generic = helper_calls(id, &GENERIC_MAP_HELPERS).unwrap();
+    assert!(
+        generic.is_empty(),
+        "lb_xdp (id {id}) calls generic map helpers (poisoned map pointers) at xlated \
+         instructions {generic:?}; `bpftool prog dump xlated id {id}` shows where"
+    );
 }

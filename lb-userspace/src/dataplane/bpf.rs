@@ -525,6 +525,16 @@ impl BpfDataplane {
             .map_err(program_err("converting program", name))
     }
 
+    /// The kernel's id of the loaded `lb_xdp` program (for inspecting it, e.g. its
+    /// verifier-rewritten instructions: `bpftool prog dump xlated id ID`).
+    pub fn xdp_program_id(&self) -> Result<u32> {
+        let info = self
+            .program("lb_xdp")?
+            .info()
+            .map_err(program_err("reading the program info of", "lb_xdp"))?;
+        Ok(info.id())
+    }
+
     fn program(&self, name: &str) -> Result<&Xdp> {
         self.ebpf
             .program(name)
