@@ -151,8 +151,22 @@ pub const CT_SYN_RETRIED: u32 = 42;
 /// client's own SYN retransmission is balanced afresh.
 pub const CT_SYN_RETRY_EXHAUSTED: u32 = 43;
 
-/// Number of global counters.
-pub const NUM_COUNTERS: u32 = 44;
+/// A packet of a DSR service ([`crate::FORWARDING_DSR`]) was encapsulated unchanged in an
+/// outer IPv4 header (IPIP) toward its Maglev backend and sent with `XDP_TX` or
+/// `XDP_REDIRECT`.
+pub const FWD_DSR: u32 = 50;
+/// A packet other than a SYN to a DSR service whose Maglev slot has no usable backend (the
+/// service has none, the slot is empty, or the backend entry is cleared): `XDP_DROP` (a SYN is
+/// answered [`TX_RST_NO_BACKEND`]).
+pub const DROP_DSR_NO_BACKEND: u32 = 51;
+
+/// Number of global counters. Indices 44-49 and 52-55 are placeholders (`reserved_*`) kept
+/// free for counters being added on other branches.
+pub const NUM_COUNTERS: u32 = 56;
+
+/// Name prefix of the placeholders in [`COUNTER_NAMES`] (indices no counter uses yet): never
+/// shown by `lbctl stats` nor exported as metrics, and always 0.
+pub const RESERVED_PREFIX: &str = "reserved_";
 
 /// Metric label of each counter, indexed by counter index.
 pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
@@ -200,6 +214,18 @@ pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
     "drop_icmp_small_mtu",
     "ct_syn_retried",
     "ct_syn_retry_exhausted",
+    "reserved_44",
+    "reserved_45",
+    "reserved_46",
+    "reserved_47",
+    "reserved_48",
+    "reserved_49",
+    "fwd_dsr",
+    "drop_dsr_no_backend",
+    "reserved_52",
+    "reserved_53",
+    "reserved_54",
+    "reserved_55",
 ];
 
 #[cfg(test)]
@@ -230,6 +256,11 @@ mod tests {
             "drop_icmp_small_mtu"
         );
         assert_eq!(COUNTER_NAMES[CT_SYN_RETRIED as usize], "ct_syn_retried");
+        assert_eq!(COUNTER_NAMES[FWD_DSR as usize], "fwd_dsr");
+        assert_eq!(
+            COUNTER_NAMES[DROP_DSR_NO_BACKEND as usize],
+            "drop_dsr_no_backend"
+        );
         assert_eq!(
             COUNTER_NAMES[CT_SYN_RETRY_EXHAUSTED as usize],
             "ct_syn_retry_exhausted"

@@ -28,7 +28,7 @@ pub mod tcp_state;
 pub use counters::*;
 pub use maps::*;
 
-/// Version of the pinned map layout; part of the pin directory name (`abi5`).
+/// Version of the pinned map layout; part of the pin directory name (`abi6`).
 ///
 /// 2: [`FlowEntry`] grew the cached next hop (32 -> 56 bytes).
 /// 3: [`FlowEntry`] holds the shared TCP state (`state`, `close_dir`; the ESTABLISHED and
@@ -45,7 +45,10 @@ pub use maps::*;
 ///    retry: [`FlowEntry`] has `syn_opts` (the reply entry of an embryonic flow keeps the
 ///    client's SYN in its next-hop cache, [`retry`]); `LB_STATS` grew the retry counters
 ///    (42 -> 44 entries).
-pub const ABI_VERSION: u32 = 5;
+/// 6: DSR: [`ServiceValue`] carries the forwarding mode and the outer source address
+///    (`forwarding`, `dsr_src_be`; 16 -> 24 bytes); `LB_STATS` grew to 56 entries (the DSR
+///    counters at 50-51).
+pub const ABI_VERSION: u32 = 6;
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";
@@ -54,6 +57,8 @@ pub const PROGRAM_NAME: &str = "lb_xdp";
 pub const IPPROTO_TCP: u8 = 6;
 /// IANA protocol number of ICMP.
 pub const IPPROTO_ICMP: u8 = 1;
+/// IANA protocol number of IPv4-in-IPv4 encapsulation (the outer header of a DSR packet).
+pub const IPPROTO_IPIP: u8 = 4;
 
 /// Smallest MTU an ICMP fragmentation-needed error from the client side may announce to be
 /// translated for the backend: Linux's default `net.ipv4.route.min_pmtu` (512 + 20 + 20).

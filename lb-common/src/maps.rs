@@ -187,7 +187,22 @@ pub struct ServiceValue {
     pub table_size: u32,
     /// `SERVICE_F_*` bits.
     pub flags: u32,
+    /// How packets of the service reach their backend: [`FORWARDING_NAT`] (0, full NAT with
+    /// connection tracking) or [`FORWARDING_DSR`] (IPIP encapsulation, the backend answers the
+    /// client directly).
+    pub forwarding: u32,
+    /// With [`FORWARDING_DSR`]: source address of the outer IPv4 header (this node's address
+    /// toward the backends). 0 with [`FORWARDING_NAT`].
+    pub dsr_src_be: u32,
 }
+
+/// [`ServiceValue::forwarding`]: full NAT (SNAT + DNAT, both directions through lb). The
+/// default: an all-zero value is a full-NAT service.
+pub const FORWARDING_NAT: u32 = 0;
+/// [`ServiceValue::forwarding`]: direct server return. The client's packet is encapsulated
+/// unchanged in an outer IPv4 header (IPIP) toward the backend, chosen by Maglev for every
+/// packet (no conntrack); the backend decapsulates and answers the client directly.
+pub const FORWARDING_DSR: u32 = 1;
 
 /// Offset in [`MAP_MAGLEV`] of table `slot` (0 or 1) of a service.
 #[inline(always)]
@@ -408,7 +423,7 @@ mod pod {
 const _: () = {
     use core::mem::{align_of, size_of};
     assert!(size_of::<ServiceKey>() == 8);
-    assert!(size_of::<ServiceValue>() == 16);
+    assert!(size_of::<ServiceValue>() == 24);
     assert!(size_of::<VipValue>() == 8);
     assert!(size_of::<BackendValue>() == 16);
     assert!(size_of::<FlowKey>() == 16);
@@ -434,6 +449,8 @@ mod tests {
     fn field_offsets_are_stable() {
         assert_eq!(offset_of!(ServiceKey, port_be), 4);
         assert_eq!(offset_of!(ServiceKey, proto), 6);
+        assert_eq!(offset_of!(ServiceValue, forwarding), 16);
+        assert_eq!(offset_of!(ServiceValue, dsr_src_be), 20);
         assert_eq!(offset_of!(FlowKey, src_port_be), 8);
         assert_eq!(offset_of!(FlowKey, proto), 12);
         assert_eq!(offset_of!(FlowEntry, new_src_addr_be), 8);

@@ -17,7 +17,9 @@
 
 mod ablate;
 mod conntrack;
+mod dsr;
 mod forward;
+mod fwd_mode;
 mod icmp;
 mod maps;
 mod nat;
@@ -30,6 +32,7 @@ mod stats;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use conntrack::{now_ns, tcp_key, AllocError, Pair, Table};
 use forward::Direction;
+use fwd_mode::Forwarding;
 use lb_common::{
     hash::flow_hash,
     passive::{select, REASON_SYN_UNANSWERED, SYN_RETRANSMIT_MIN_NS},
@@ -177,7 +180,13 @@ fn lb4_tcp(
             return Ok(Verdict::pass(PASS_NOT_SERVICE));
         }
         return match vip_service(ip, tcp, tot_len) {
-            Ok(svc) => lb4_service(ctx, eth, ip, tcp, &key, &svc, None),
+            // DSR flows have no conntrack entry: their packets always come here.
+            Ok(svc) => match Forwarding::of(&svc) {
+                Forwarding::Nat => lb4_service(ctx, eth, ip, tcp, &key, &svc, None),
+                Forwarding::Dsr { src_be } => {
+                    dsr::lb4_dsr(ctx, eth, ip, tcp, &key, &svc, src_be)
+                }
+            },
             Err(v) => Ok(v),
         };
     };

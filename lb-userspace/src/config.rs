@@ -107,6 +107,9 @@ pub struct Config {
     pub metrics_listen: SocketAddr,
     /// Source NAT toward the backends.
     pub snat: SnatConfig,
+    /// Settings of services with `forwarding: dsr` (docs/scale-out.md, "DSR").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsr: Option<DsrConfig>,
     /// Conntrack idle timeouts.
     #[serde(default)]
     pub conntrack: ConntrackConfig,
@@ -143,6 +146,16 @@ pub struct SnatConfig {
     /// Highest SNAT port (inclusive).
     #[serde(default = "default_port_max")]
     pub port_max: u16,
+}
+
+/// Settings shared by the services with `forwarding: dsr`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DsrConfig {
+    /// Source address of the outer (IPIP) header: this node's address toward the backends.
+    /// A service's `dsr_source` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Ipv4Addr>,
 }
 
 fn default_port_min() -> u16 {
@@ -332,6 +345,14 @@ pub struct ServiceConfig {
     /// Transport protocol.
     #[serde(default)]
     pub protocol: Protocol,
+    /// How packets reach the backends: `nat` (full NAT, the default) or `dsr` (IPIP
+    /// encapsulation; the backends answer the clients directly, docs/scale-out.md).
+    #[serde(default, skip_serializing_if = "Forwarding::is_nat")]
+    pub forwarding: Forwarding,
+    /// With `forwarding: dsr`: the outer source address for this service (default
+    /// `dsr.source`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsr_source: Option<Ipv4Addr>,
     /// How backends are checked.
     #[serde(default)]
     pub health_check: HealthCheckConfig,
@@ -363,6 +384,36 @@ impl ServiceConfig {
     /// The read fallback of a database read service (default `primary`).
     pub fn read_fallback(&self) -> ReadFallback {
         self.fallback.unwrap_or_default()
+    }
+}
+
+/// How a service's packets reach its backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    /// Full NAT: lb rewrites both addresses and ports, tracks every flow and forwards the
+    /// backends' answers.
+    #[default]
+    Nat,
+    /// Direct server return: lb encapsulates the client's packet unchanged in IPIP toward the
+    /// backend, which answers the client directly. Stateless per packet (Maglev only), so any
+    /// node with the same configuration forwards any packet of a flow alike.
+    Dsr,
+}
+
+impl Forwarding {
+    /// True for the default, full NAT.
+    pub fn is_nat(&self) -> bool {
+        *self == Forwarding::Nat
+    }
+}
+
+impl fmt::Display for Forwarding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Forwarding::Nat => "nat",
+            Forwarding::Dsr => "dsr",
+        })
     }
 }
 
@@ -540,6 +591,21 @@ impl Config {
             maglev_table_size: self.limits.maglev_table_size,
             conntrack_flows: self.limits.conntrack_flows,
             embryonic_flows: self.limits.embryonic_flows(),
+        }
+    }
+
+    /// `ServiceValue::forwarding` and `dsr_src_be` of service `svc` (validated: a DSR service
+    /// has a source, its own or `dsr.source`).
+    pub fn forwarding_value(&self, svc: &ServiceConfig) -> (u32, u32) {
+        match svc.forwarding {
+            Forwarding::Nat => (lb_common::FORWARDING_NAT, 0),
+            Forwarding::Dsr => {
+                let src = svc
+                    .dsr_source
+                    .or_else(|| self.dsr.as_ref().and_then(|d| d.source))
+                    .map_or(0, lb_common::ipv4_to_be);
+                (lb_common::FORWARDING_DSR, src)
+            }
         }
     }
 

@@ -228,6 +228,8 @@ pub struct ServiceState {
     pub table_inputs: Option<Vec<(String, u32, u32)>>,
     /// `SERVICE_F_*` flags last written (`None`: not written yet, or unknown).
     pub flags: Option<u32>,
+    /// `ServiceValue::forwarding` and `dsr_src_be` last written (`None`: not written yet).
+    pub forwarding: Option<(u32, u32)>,
     /// Backends in configuration order.
     pub backends: Vec<BackendState>,
     /// Live flows at the last conntrack sweep.

@@ -17,6 +17,8 @@ use std::net::Ipv4Addr;
 
 #[path = "fixtures/backend_down.rs"]
 mod backend_down;
+#[path = "fixtures/dsr.rs"]
+mod dsr;
 #[path = "fixtures/failover.rs"]
 mod failover;
 #[path = "fixtures/fuzz.rs"]
@@ -249,6 +251,8 @@ fn service(dp: &mut BpfDataplane, id: u32, port: u16, flags: u32, offset: Option
         table_offset: offset.unwrap_or(maglev_table_offset(id, 0, TABLE)),
         table_size: TABLE,
         flags,
+        forwarding: FORWARDING_NAT,
+        dsr_src_be: 0,
     };
     dp.set_service(&key, &value).unwrap();
 }
@@ -1224,6 +1228,7 @@ fn packet_fixtures() {
         cases.extend(prefilter::cases(&ifs));
         cases.extend(refresh::cases(&ifs));
         cases.extend(retry::cases(&ifs));
+        cases.extend(dsr::cases(&ifs));
         let mut failures = run_cases(&mut dp, cases);
         // Every verdict and event counter must have been exercised, except the one the kernel
         // cannot be made to produce on an LRU map (insert failure) and the unused placeholders.
@@ -1583,6 +1588,8 @@ fn pinned_maps_and_links_survive_reload_and_unload_removes_them() {
                 table_offset: 0,
                 table_size: TABLE,
                 flags: 0,
+                forwarding: FORWARDING_NAT,
+                dsr_src_be: 0,
             },
         )
         .unwrap();
@@ -1613,7 +1620,9 @@ fn pinned_maps_and_links_survive_reload_and_unload_removes_them() {
                     service_id: 1,
                     table_offset: 0,
                     table_size: TABLE,
-                    flags: 0
+                    flags: 0,
+                    forwarding: FORWARDING_NAT,
+                    dsr_src_be: 0,
                 }
             )]
         );

@@ -511,7 +511,7 @@ pub fn stats(snap: &StatsSnapshot, previous: Option<&StatsSnapshot>, rates: bool
     let mut names: Vec<&str> = lb_common::COUNTER_NAMES
         .iter()
         .copied()
-        .filter(|n| snap.counters.contains_key(*n))
+        .filter(|n| snap.counters.contains_key(*n) && !n.starts_with(lb_common::RESERVED_PREFIX))
         .collect();
     names.extend(
         snap.counters
@@ -900,7 +900,8 @@ backends    4 (3 up, 1 not up)
         assert!(
             got.ends_with(
                 "\nct_syn_retried          0      0\n\
-                 ct_syn_retry_exhausted  0      0\nfrom_the_future         1      -\n"
+                 ct_syn_retry_exhausted  0      0\nfwd_dsr                 0      0\n\
+                 drop_dsr_no_backend     0      0\nfrom_the_future         1      -\n"
             ),
             "\n{got}"
         );

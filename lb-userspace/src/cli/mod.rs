@@ -5,6 +5,7 @@
 //! [`format`], JSON output is the response data as lbd sent it. This module is the CLI's edge,
 //! so it reports errors with `anyhow` (one line, printed by the binary with `{:#}`).
 
+pub mod backend_setup;
 pub mod format;
 
 use crate::api::client::Client;
@@ -73,6 +74,17 @@ pub enum Command {
     /// Database clusters: roles, lag, events.
     #[command(subcommand)]
     Db(DbCommand),
+    /// Print the commands a backend needs (run them on the backend; lbd is not contacted).
+    BackendSetup(BackendSetupArgs),
+}
+
+/// Arguments of `lbctl backend-setup`.
+#[derive(Debug, Args)]
+pub struct BackendSetupArgs {
+    /// A backend of the DSR service(s) on this VIP (`forwarding: dsr`): IPIP decapsulation on
+    /// tunl0, the VIP on lo, rp_filter off, arp_ignore=1 and arp_announce=2.
+    #[arg(long, value_name = "VIP", required = true)]
+    pub dsr: Ipv4Addr,
 }
 
 /// `lbctl db ...`
@@ -362,6 +374,10 @@ pub fn run_to(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         Command::Stats(args) if args.watch => {
             return watch_stats(&cli.socket, cli.output, args.interval, args.count, out)
         }
+        Command::BackendSetup(args) => {
+            out.write_all(backend_setup::dsr_script(args.dsr).as_bytes())?;
+            return Ok(out.flush()?);
+        }
         command => request_for(command)?,
     };
     let mut client = Client::connect(&cli.socket)?;
@@ -432,6 +448,7 @@ pub fn request_for(command: &Command) -> Result<Request> {
         Command::Config(ConfigCommand::Dump) => Request::ConfigDump,
         Command::Config(ConfigCommand::Save) => Request::ConfigSave,
         Command::Unload => Request::Unload,
+        Command::BackendSetup(_) => bail!("backend-setup prints commands; it sends no request"),
         Command::Db(DbCommand::Status { cluster }) => Request::DbStatus {
             cluster: cluster.clone(),
         },

@@ -103,3 +103,26 @@ fn primes() {
     assert!(!is_prime(65536));
     assert_eq!(next_prime(100), 101);
 }
+
+#[test]
+fn forwarding_values_of_the_dsr_example() {
+    let f = testdata().join("valid/dsr.yaml");
+    let text = std::fs::read_to_string(&f).unwrap();
+    let cfg = Config::from_yaml_str(&text, "dsr.yaml").unwrap_or_else(|e| panic!("{e}"));
+    let be = |s: &str| lb_common::ipv4_to_be(s.parse().unwrap());
+    let got: Vec<(u32, u32)> = cfg
+        .services
+        .iter()
+        .map(|s| cfg.forwarding_value(s))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (lb_common::FORWARDING_DSR, be("10.0.255.2")), // dsr.source
+            (lb_common::FORWARDING_DSR, be("10.0.255.3")), // its own dsr_source
+            (lb_common::FORWARDING_NAT, 0),
+        ]
+    );
+    // `forwarding: nat` is the default and not dumped: existing configs dump as before.
+    assert!(!cfg.to_yaml().contains("forwarding: nat"));
+}

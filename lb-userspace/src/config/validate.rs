@@ -14,6 +14,7 @@ impl Config {
         for (i, svc) in self.services.iter().enumerate() {
             let p = format!("services[{i}]");
             validate_service(svc, &p)?;
+            self.validate_forwarding(svc, &p)?;
             db::validate_db_service(svc, &p, &self.db_clusters)?;
             if let Some(first) = names.insert(svc.name.as_str(), i) {
                 return Err(ConfigError::new(
@@ -76,6 +77,76 @@ impl Config {
                     self.limits.max_backends - 1
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// The `forwarding` rules of service `svc` (key path `p`): a DSR service needs an outer
+    /// source address and backends on the service port, and cannot use what needs per-flow
+    /// state (`db_cluster`, `on_backend_down: reset`); `dsr_source` only with DSR.
+    fn validate_forwarding(&self, svc: &ServiceConfig, p: &str) -> Result<(), ConfigError> {
+        if svc.forwarding == Forwarding::Nat {
+            if svc.dsr_source.is_some() {
+                return Err(ConfigError::new(
+                    format!("{p}.dsr_source"),
+                    "dsr_source is only used with forwarding: dsr; remove it or set forwarding: dsr",
+                ));
+            }
+            return Ok(());
+        }
+        let global = self.dsr.as_ref().and_then(|d| d.source);
+        let (source, sp) = match (svc.dsr_source, global) {
+            (Some(a), _) => (a, format!("{p}.dsr_source")),
+            (None, Some(a)) => (a, "dsr.source".to_string()),
+            (None, None) => {
+                return Err(ConfigError::new(
+                    format!("{p}.forwarding"),
+                    format!(
+                        "forwarding: dsr needs the source address of the outer (IPIP) header: set dsr.source (this node's address toward the backends) or {p}.dsr_source"
+                    ),
+                ))
+            }
+        };
+        if !is_unicast(source) || source.is_loopback() {
+            return Err(ConfigError::new(
+                sp,
+                format!("{source} is not a unicast address; expected this node's address toward the backends"),
+            ));
+        }
+        if let Some(other) = self.services.iter().find(|s| s.vip == source) {
+            return Err(ConfigError::new(
+                sp,
+                format!(
+                    "{source} is the VIP of service \"{}\"; the outer source must be this node's own address, which the backends can answer",
+                    other.name
+                ),
+            ));
+        }
+        if svc.db_cluster.is_some() {
+            return Err(ConfigError::new(
+                format!("{p}.forwarding"),
+                "forwarding: dsr cannot be used with db_cluster: a role change ends flows through connection tracking, which DSR services do not have; use forwarding: nat",
+            ));
+        }
+        if svc.on_backend_down == OnBackendDown::Reset {
+            return Err(ConfigError::new(
+                format!("{p}.on_backend_down"),
+                "on_backend_down: reset needs connection tracking, which forwarding: dsr does not keep (a backend that leaves the table loses its flows either way); remove on_backend_down",
+            ));
+        }
+        for (j, b) in svc.backends.iter().enumerate() {
+            if b.address.port() != svc.port {
+                return Err(ConfigError::new(
+                    format!("{p}.backends[{j}].address"),
+                    format!(
+                        "with forwarding: dsr the backend receives the client's packet unchanged (to {}:{}), so it must listen on the service port: use {}:{}",
+                        svc.vip,
+                        svc.port,
+                        b.address.ip(),
+                        svc.port
+                    ),
+                ));
+            }
         }
         Ok(())
     }

@@ -422,6 +422,7 @@ impl<D: Dataplane> Controller<D> {
                 active_slot,
                 table_inputs: None,
                 flags: None,
+                forwarding: None,
                 backends,
                 active_flows: 0,
             });

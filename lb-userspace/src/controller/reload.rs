@@ -203,6 +203,7 @@ impl<D: Dataplane> Controller<D> {
                         active_slot: 1,
                         table_inputs: None,
                         flags: None,
+                        forwarding: None,
                         backends: Vec::new(),
                         active_flows: 0,
                     };

@@ -88,7 +88,10 @@ impl<D: Dataplane> Controller<D> {
 
         // Phase 2: table and service entry.
         let svc = &self.services[i];
-        let rewrite = svc.table_inputs.as_ref() != Some(&inputs) || svc.flags != Some(flags);
+        let forwarding = self.config.forwarding_value(&svc.cfg);
+        let rewrite = svc.table_inputs.as_ref() != Some(&inputs)
+            || svc.flags != Some(flags)
+            || svc.forwarding != Some(forwarding);
         let (key, active_slot) = (svc.key, svc.active_slot);
         if rewrite {
             let mut value = ServiceValue {
@@ -96,6 +99,8 @@ impl<D: Dataplane> Controller<D> {
                 table_offset: lb_common::maglev_table_offset(service_id, active_slot, m),
                 table_size: m,
                 flags,
+                forwarding: forwarding.0,
+                dsr_src_be: forwarding.1,
             };
             let mut slot = active_slot;
             if !inputs.is_empty() {
@@ -116,6 +121,7 @@ impl<D: Dataplane> Controller<D> {
             let svc = &mut self.services[i];
             svc.active_slot = slot;
             svc.flags = Some(flags);
+            svc.forwarding = Some(forwarding);
             svc.table_inputs = Some(inputs);
         }
         for b in &mut self.services[i].backends {

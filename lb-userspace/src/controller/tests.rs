@@ -882,3 +882,46 @@ fn checks_that_never_run_leave_health_alone_but_stale() {
     assert_eq!(fresh.len(), 1, "{fresh:?}");
     assert_eq!((fresh[0].backend, fresh[0].stale), (p2, false));
 }
+
+/// The forwarding mode reaches the service entry: full NAT is the all-zero default, DSR
+/// carries the outer source (the service's own or `dsr.source`), and a reload that only
+/// switches the mode or the source rewrites the entry.
+#[test]
+fn forwarding_mode_and_source_are_written_and_reloaded() {
+    let (mut ctl, dp) = start(BASE);
+    let key = ctl.services()[0].key;
+    let v = dp.state().services[&key];
+    assert_eq!((v.forwarding, v.dsr_src_be), (lb_common::FORWARDING_NAT, 0));
+
+    let mut c = ctl.config().clone();
+    c.dsr = Some(crate::config::DsrConfig {
+        source: Some("10.0.255.2".parse().unwrap()),
+    });
+    c.services[1].forwarding = crate::config::Forwarding::Dsr;
+    c.services[1].backends[0].address = addr("10.2.1.2:443");
+    let summary = ctl.apply(c).unwrap();
+    assert!(summary.tables_rewritten.contains(&"api".to_string()));
+    let api = ctl.services()[1].key;
+    let v = dp.state().services[&api];
+    assert_eq!(
+        (v.forwarding, v.dsr_src_be),
+        (
+            lb_common::FORWARDING_DSR,
+            lb_common::ipv4_to_be("10.0.255.2".parse().unwrap())
+        )
+    );
+    assert_eq!(
+        dp.state().services[&key].forwarding,
+        lb_common::FORWARDING_NAT
+    );
+
+    // Only the source changes: the entry is rewritten with it.
+    let mut c = ctl.config().clone();
+    c.services[1].dsr_source = Some("10.0.255.3".parse().unwrap());
+    let summary = ctl.apply(c).unwrap();
+    assert_eq!(summary.tables_rewritten, vec!["api".to_string()]);
+    assert_eq!(
+        dp.state().services[&api].dsr_src_be,
+        lb_common::ipv4_to_be("10.0.255.3".parse().unwrap())
+    );
+}

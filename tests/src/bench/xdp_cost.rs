@@ -32,7 +32,7 @@ use crate::lab::sys::{ip, ns_run, Netns};
 use lb::dataplane::{Dataplane, LoadOptions};
 use lb_common::{
     ipv4_to_be, maglev_table_offset, port_to_be, tcp_flags, BackendValue, FlowEntry, FlowKey,
-    GlobalConfig, ServiceKey, ServiceValue, VipValue, FLOW_F_REPLY, IPPROTO_TCP,
+    GlobalConfig, ServiceKey, ServiceValue, VipValue, FLOW_F_REPLY, FORWARDING_NAT, IPPROTO_TCP,
 };
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -373,6 +373,8 @@ impl Bed {
                 table_offset: maglev_table_offset(0, 0, m),
                 table_size: m,
                 flags: 0,
+                forwarding: FORWARDING_NAT,
+                dsr_src_be: 0,
             },
         )
         .map_err(e)?;
@@ -661,6 +663,8 @@ impl Bed {
                         table_offset: maglev_table_offset(0, 0, m),
                         table_size: m,
                         flags: 0,
+                        forwarding: FORWARDING_NAT,
+                        dsr_src_be: 0,
                     },
                 )
                 .map_err(e)?;

@@ -1,0 +1,238 @@
+//! DSR forwarding (direct server return, docs/architecture.md "DSR"): the client's packet is
+//! encapsulated unchanged in an outer IPv4 header (IPIP, protocol 4) toward the backend; the
+//! backend decapsulates it on its `tunl0` device, owns the VIP on its loopback and answers the
+//! client directly, so lb sees only the client -> VIP direction.
+//!
+//! No connection tracking: every packet of a DSR service picks its backend from the flow's
+//! own Maglev slot (`flow_hash` of the 5-tuple with the global seed, slot `h % table_size`).
+//! Any node with the same configuration and seed therefore sends any packet of a flow to the
+//! same backend, whether or not it saw the SYN. Passive suspicion and the selection walk are
+//! not used (they are per node, and DSR never sees the backend's answers): the table lbd
+//! writes is the only input. The price: a flow follows its slot, so a table change (a backend
+//! added, removed, down or drained) moves the flows of the changed slots.
+//!
+//! The outer header: version 4, IHL 5, TOS and identification copied from the inner header,
+//! DF copied from the inner header, TTL 64, protocol IPIP, source the service's configured
+//! node address, destination the backend; only its checksum is computed (the inner packet,
+//! TTL included, is byte-identical). The next hop comes from `bpf_fib_lookup` for the outer
+//! packet; a packet whose outer length exceeds the route's MTU is answered with ICMP
+//! fragmentation needed carrying the MTU minus the 20 bytes of encapsulation
+//! ([`crate::icmp::frag_needed`]).
+
+use crate::{
+    icmp,
+    maps::{LB_BACKENDS, LB_CONFIG, LB_MAGLEV, LB_TX_PORTS},
+    parse::{frame_len, ptr_at, EthHdr, Ipv4Hdr, TcpHdr, ETH_HLEN, ETH_P_IP_BE, IPV4_HLEN},
+    rst::{self, sum_words},
+    stats::{self, Verdict},
+};
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS,
+    },
+    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_xdp_adjust_head},
+    programs::XdpContext,
+    EbpfContext,
+};
+use lb_common::{
+    checksum::csum_fold, hash::flow_hash, passive::probe_slot, tcp_flags, FlowKey, ServiceValue,
+    BACKEND_ID_NONE, DROP_DSR_NO_BACKEND, DROP_FIB_FAILED, DROP_TOO_BIG, FWD_DSR, IPPROTO_IPIP,
+    PASS_FIB_NO_NEIGH, PASS_NO_TX_PORT, SERVICE_F_NO_BACKEND,
+};
+
+/// Bytes the encapsulation adds: the outer IPv4 header.
+pub const DSR_ENCAP_LEN: usize = IPV4_HLEN;
+/// TTL of the outer header.
+const OUTER_TTL: u8 = 64;
+/// IPv4 "don't fragment", network order.
+const IP_DF_BE: u16 = 0x4000u16.to_be();
+/// `AF_INET`.
+const AF_INET: u8 = 2;
+
+/// Where the encapsulated packet goes (the answer of `bpf_fib_lookup`).
+enum Hop {
+    /// Out of `ifindex` from MAC `src` to MAC `dst`.
+    Ready {
+        ifindex: u32,
+        dst: [u8; 6],
+        src: [u8; 6],
+    },
+    /// Route known, neighbour not resolved: the kernel forwards it (and resolves).
+    NoNeigh,
+    /// Longer than the route's MTU (which this holds, host order).
+    FragNeeded(u16),
+    /// No route, forwarding disabled, ...
+    Failed,
+}
+
+/// A TCP packet to the DSR service `svc` (IPv4 without options, full TCP header; `key` its
+/// 5-tuple), outer source `src_be`. Returns `FWD_DSR` (sent), `PASS_FIB_NO_NEIGH` or
+/// `PASS_NO_TX_PORT` (the encapsulated packet is passed to the kernel, which forwards it),
+/// `TX_ICMP_FRAG_NEEDED` / `DROP_TOO_BIG` (too big once encapsulated), `DROP_FIB_FAILED`,
+/// and without a backend `TX_RST_NO_BACKEND` for a SYN, `DROP_DSR_NO_BACKEND` otherwise.
+#[inline(always)]
+pub fn lb4_dsr(
+    ctx: &XdpContext,
+    eth: &mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    tcp: &TcpHdr,
+    key: &FlowKey,
+    svc: &ServiceValue,
+    src_be: u32,
+) -> Result<Verdict, ()> {
+    let is_syn = tcp.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
+    let Some((backend_id, backend_addr)) = backend(svc, key)? else {
+        if is_syn {
+            return rst::reply_rst(ctx, svc.service_id);
+        }
+        return Ok(Verdict::drop(DROP_DSR_NO_BACKEND));
+    };
+    let outer_len = ip.tot_len() + DSR_ENCAP_LEN;
+    if outer_len > u16::MAX as usize {
+        return Ok(Verdict::drop(DROP_TOO_BIG));
+    }
+    let hop = route(ctx, ip.tos, src_be, backend_addr, outer_len as u16);
+    match hop {
+        Hop::FragNeeded(mtu) => {
+            // The packet is still the client's: the quote is what it sent.
+            let inner_mtu = mtu.saturating_sub(DSR_ENCAP_LEN as u16);
+            return Ok(icmp::frag_needed(ctx, eth, ip, key, inner_mtu));
+        }
+        Hop::Failed => return Ok(Verdict::drop(DROP_FIB_FAILED)),
+        Hop::Ready { .. } | Hop::NoNeigh => {}
+    }
+    if is_syn {
+        stats::new_flow(svc.service_id, backend_id);
+    }
+    // Read before the head moves: the frame's MACs (kept for a packet passed to the kernel)
+    // and the inner fields the outer header copies.
+    let (mac_dst, mac_src) = (eth.dst, eth.src);
+    let tos_id = (ip.tos, ip.id_be);
+    let df_be = ip.frag_off_be & IP_DF_BE;
+    let bytes = (frame_len(ctx) + DSR_ENCAP_LEN) as u64;
+    let outer = encapsulate(ctx)?;
+    // SAFETY: bounds-checked pointers into the frame after the adjustment.
+    let (eth, ip) = unsafe { (&mut *outer.0, &mut *outer.1) };
+    eth.dst = mac_dst;
+    eth.src = mac_src;
+    eth.ether_type_be = ETH_P_IP_BE;
+    ip.version_ihl = 0x45;
+    ip.tos = tos_id.0;
+    ip.tot_len_be = (outer_len as u16).to_be();
+    ip.id_be = tos_id.1;
+    ip.frag_off_be = df_be;
+    ip.ttl = OUTER_TTL;
+    ip.proto = IPPROTO_IPIP;
+    ip.check = 0;
+    ip.src_be = src_be;
+    ip.dst_be = backend_addr;
+    ip.check = !csum_fold(sum_words(
+        ip as *const Ipv4Hdr as *const [u16; IPV4_HLEN / 2],
+    ));
+    stats::forwarded(svc.service_id, backend_id, bytes, true);
+    transmit(ctx, hop)
+}
+
+/// The backend of `key`'s own Maglev slot in `svc`'s active table, with its address; `None`
+/// when the service has no backend, the slot is empty or the backend entry is cleared.
+#[inline(always)]
+fn backend(svc: &ServiceValue, key: &FlowKey) -> Result<Option<(u32, u32)>, ()> {
+    if svc.flags & SERVICE_F_NO_BACKEND != 0 || svc.table_size == 0 {
+        return Ok(None);
+    }
+    let cfg = LB_CONFIG.get(0).ok_or(())?;
+    let h = flow_hash(
+        key.src_addr_be,
+        key.dst_addr_be,
+        key.src_port_be,
+        key.dst_port_be,
+        cfg.hash_seed,
+    );
+    let slot = svc
+        .table_offset
+        .wrapping_add(probe_slot(h, 0, svc.table_size));
+    let id = *LB_MAGLEV.get(slot).ok_or(())?;
+    if id == BACKEND_ID_NONE {
+        return Ok(None);
+    }
+    match LB_BACKENDS.get(id) {
+        Some(b) if b.addr_be != 0 => Ok(Some((id, b.addr_be))),
+        _ => Ok(None),
+    }
+}
+
+/// `bpf_fib_lookup` for an outer packet `src_be` -> `dst_be` of `tot_len` bytes.
+#[inline(always)]
+fn route(ctx: &XdpContext, tos: u8, src_be: u32, dst_be: u32, tot_len: u16) -> Hop {
+    // SAFETY: plain-old-data struct of the kernel ABI; all zeroes is a valid request.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = IPPROTO_IPIP;
+    params.__bindgen_anon_1.tot_len = tot_len;
+    params.ifindex = ctx.ingress_ifindex() as u32;
+    params.__bindgen_anon_2.tos = tos;
+    params.__bindgen_anon_3.ipv4_src = src_be;
+    params.__bindgen_anon_4.ipv4_dst = dst_be;
+    // SAFETY: helper call with a valid context and a stack buffer of the declared size.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &mut params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => Hop::Ready {
+            ifindex: params.ifindex,
+            dst: params.dmac,
+            src: params.smac,
+        },
+        BPF_FIB_LKUP_RET_NO_NEIGH => Hop::NoNeigh,
+        // SAFETY: on FRAG_NEEDED the kernel stores the egress MTU in this union member.
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            Hop::FragNeeded(unsafe { params.__bindgen_anon_1.mtu_result })
+        }
+        _ => Hop::Failed,
+    }
+}
+
+/// Grows the frame's front by the outer header's 20 bytes and returns the (re-fetched)
+/// Ethernet and outer IPv4 header pointers, to be filled in by the caller; the inner IPv4
+/// packet now follows the outer header untouched.
+#[inline(always)]
+fn encapsulate(ctx: &XdpContext) -> Result<(*mut EthHdr, *mut Ipv4Hdr), ()> {
+    // SAFETY: helper call on the program's own context.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(DSR_ENCAP_LEN as i32)) } != 0 {
+        return Err(());
+    }
+    // Pointers are invalid after the adjustment: fetch them again.
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(())?;
+    let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN).ok_or(())?;
+    Ok((eth, ip))
+}
+
+/// Sends the encapsulated frame to `hop` (`XDP_TX` when the egress is the ingress, else a
+/// redirect through `LB_TX_PORTS`), or passes it to the kernel (`PASS_FIB_NO_NEIGH`,
+/// `PASS_NO_TX_PORT`) with its Ethernet header as it arrived.
+#[inline(always)]
+fn transmit(ctx: &XdpContext, hop: Hop) -> Result<Verdict, ()> {
+    let Hop::Ready { ifindex, dst, src } = hop else {
+        return Ok(Verdict::pass(PASS_FIB_NO_NEIGH));
+    };
+    let action = if ifindex == ctx.ingress_ifindex() as u32 {
+        xdp_action::XDP_TX
+    } else {
+        match LB_TX_PORTS.redirect(ifindex, u64::from(xdp_action::XDP_PASS)) {
+            Ok(action) => action,
+            Err(_) => return Ok(Verdict::pass(PASS_NO_TX_PORT)),
+        }
+    };
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(())?;
+    // SAFETY: bounds-checked by ptr_at.
+    let eth = unsafe { &mut *eth };
+    eth.dst = dst;
+    eth.src = src;
+    Ok(Verdict::new(action, FWD_DSR))
+}
