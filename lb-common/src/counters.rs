@@ -154,18 +154,18 @@ pub const CT_SYN_RETRY_EXHAUSTED: u32 = 43;
 /// A packet of a DSR service ([`crate::FORWARDING_DSR`]) was encapsulated unchanged in an
 /// outer IPv4 header (IPIP) toward its Maglev backend and sent with `XDP_TX` or
 /// `XDP_REDIRECT`.
-pub const FWD_DSR: u32 = 50;
+pub const FWD_DSR: u32 = 44;
 /// A packet other than a SYN to a DSR service whose Maglev slot has no usable backend (the
 /// service has none, the slot is empty, or the backend entry is cleared): `XDP_DROP` (a SYN is
 /// answered [`TX_RST_NO_BACKEND`]).
-pub const DROP_DSR_NO_BACKEND: u32 = 51;
+pub const DROP_DSR_NO_BACKEND: u32 = 45;
 
-/// Number of global counters. Indices 44-49 and 52-55 are placeholders (`reserved_*`) kept
-/// free for counters being added on other branches.
-pub const NUM_COUNTERS: u32 = 56;
+/// Number of global counters.
+pub const NUM_COUNTERS: u32 = 46;
 
-/// Name prefix of the placeholders in [`COUNTER_NAMES`] (indices no counter uses yet): never
-/// shown by `lbctl stats` nor exported as metrics, and always 0.
+/// Name prefix of placeholders in [`COUNTER_NAMES`] (indices no counter uses yet, none today;
+/// a branch adding counters may reserve some): never shown by `lbctl stats` nor exported as
+/// metrics, and always 0.
 pub const RESERVED_PREFIX: &str = "reserved_";
 
 /// Metric label of each counter, indexed by counter index.
@@ -214,18 +214,8 @@ pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
     "drop_icmp_small_mtu",
     "ct_syn_retried",
     "ct_syn_retry_exhausted",
-    "reserved_44",
-    "reserved_45",
-    "reserved_46",
-    "reserved_47",
-    "reserved_48",
-    "reserved_49",
     "fwd_dsr",
     "drop_dsr_no_backend",
-    "reserved_52",
-    "reserved_53",
-    "reserved_54",
-    "reserved_55",
 ];
 
 #[cfg(test)]

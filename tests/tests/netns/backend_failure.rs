@@ -2,11 +2,12 @@
 //! one `GET /id` each, per-connection connect time and outcome recorded), in both XDP modes:
 //!
 //! - (a) `backend_process_killed`: a backend's server is killed (its kernel answers SYNs with
-//!   RST). Asserts zero failed connections and p99 connect time <= 50 ms during the event,
+//!   RST). Asserts zero lost connections (a connection established with the backend in the
+//!   moment it died is in flight, not lost: at most 3, see `in_flight_or_lost`) and p99 connect time <= 50 ms during the event,
 //!   and that every refused SYN was retried in XDP (`ct_syn_retried` > 0,
 //!   `drop_syn_refused` = 0: no client waited for its SYN retransmission).
-//! - (b) `backend_link_down`: a backend's link goes down (SYNs vanish). Asserts zero failed
-//!   connections and p99 connect time <= 1.2 s (one client SYN retransmission) during the
+//! - (b) `backend_link_down`: a backend's link goes down (SYNs vanish). Asserts zero lost
+//!   connections (as in (a)) and p99 connect time <= 1.2 s (one client SYN retransmission) during the
 //!   event.
 //! - (c) `health_flap_keep` / `health_flap_reset`: the health endpoint of a backend fails for
 //!   `fall` rounds while it keeps serving, with 100 long transfers running. Under `keep` not
@@ -76,6 +77,34 @@ fn seen_health(
 }
 
 /// The failed connections of `records`, one line each (for messages).
+/// The failed connections of a death scenario, split: (in flight at the death, lost). In
+/// flight: its handshake completed between 100 ms before the event and the moment the kill
+/// command returned (`json["death_window_ms"]`), so it may have been established with the
+/// dying backend, which then died holding it (its request unanswered, or reset by the
+/// killed server's kernel). No L4 balancer can save such a connection (its state is on the
+/// dead host); HAProxy loses them the same way in the failover bench. Every other failure is
+/// lost to lb and must not happen.
+fn in_flight_or_lost(
+    records: &[ConnRecord],
+    json: &serde_json::Value,
+) -> (Vec<String>, Vec<String>) {
+    let w = &json["death_window_ms"];
+    let from = Duration::from_millis(w[0].as_u64().unwrap_or(0))
+        .saturating_sub(Duration::from_millis(100));
+    let to = Duration::from_millis(w[1].as_u64().unwrap_or(0));
+    let mut in_flight = Vec::new();
+    let mut lost = Vec::new();
+    for r in records {
+        let Err(e) = &r.result else { continue };
+        let line = format!("  started {:?}, connect {:?}: {e}", r.at, r.connect);
+        match r.connect {
+            Some(c) if (from..=to).contains(&(r.at + c)) => in_flight.push(line),
+            _ => lost.push(line),
+        }
+    }
+    (in_flight, lost)
+}
+
 fn failed_lines(records: &[ConnRecord]) -> String {
     records
         .iter()
@@ -198,6 +227,9 @@ fn backend_death(mode: Mode, what: &str, kill: impl FnOnce(&mut Lab)) -> Death {
     let t_event = load.elapsed();
     let event_ms = unix_ms_now();
     kill(&mut l);
+    // The backend is dead once the command returned: a connection whose handshake completed
+    // with it before then was in flight at the death (see `in_flight_or_lost`).
+    let t_dead = load.elapsed();
     let bound = HealthSpec {
         kind: "tcp".into(),
         interval_ms: 2000,
@@ -230,6 +262,8 @@ fn backend_death(mode: Mode, what: &str, kill: impl FnOnce(&mut Lab)) -> Death {
     eprintln!("{what} ({mode:?}): b2 after the load: {line}");
     let mut json = json;
     json["bounds_unix_ms"] = serde_json::json!([event_ms, down_ms]);
+    json["death_window_ms"] =
+        serde_json::json!([t_event.as_millis() as u64, t_dead.as_millis() as u64]);
     let counters = l.lbd().unwrap().counters().unwrap_or_default();
     (window, all, records, line, json, counters)
 }
@@ -251,10 +285,15 @@ fn backend_process_killed(mode: Mode) {
         "rst_to_syn",
         bounds,
     );
-    assert_eq!(
-        all.failed,
-        0,
-        "process killed ({mode:?}): {all}; failures:\n{}",
+    let (in_flight, lost) = in_flight_or_lost(&records, &json);
+    assert!(
+        lost.is_empty() && in_flight.len() <= 3,
+        "process killed ({mode:?}): {all}; {} lost (must be 0), {} in flight at the death \
+         (at most 3 at 50/s):\n{}\n{}\nall failures:\n{}",
+        lost.len(),
+        in_flight.len(),
+        lost.join("\n"),
+        in_flight.join("\n"),
         failed_lines(&records)
     );
     assert!(
@@ -292,10 +331,15 @@ fn backend_link_down(mode: Mode) {
         "syn_unanswered",
         bounds,
     );
-    assert_eq!(
-        all.failed,
-        0,
-        "link down ({mode:?}): {all}; failures:\n{}",
+    let (in_flight, lost) = in_flight_or_lost(&records, &json);
+    assert!(
+        lost.is_empty() && in_flight.len() <= 3,
+        "link down ({mode:?}): {all}; {} lost (must be 0), {} in flight at the death \
+         (at most 3 at 50/s):\n{}\n{}\nall failures:\n{}",
+        lost.len(),
+        in_flight.len(),
+        lost.join("\n"),
+        in_flight.join("\n"),
         failed_lines(&records)
     );
     assert!(
