@@ -20,21 +20,14 @@
 //! ([`crate::icmp::frag_needed`]).
 
 use crate::{
+    forward::{egress_action, fib_v4, Fib},
     icmp,
-    maps::{LB_BACKENDS, LB_CONFIG, LB_MAGLEV, LB_TX_PORTS},
+    maps::{LB_BACKENDS, LB_CONFIG, LB_MAGLEV},
     parse::{frame_len, ptr_at, EthHdr, Ipv4Hdr, TcpHdr, ETH_HLEN, ETH_P_IP_BE, IPV4_HLEN},
     rst::{self, sum_words},
     stats::{self, Verdict},
 };
-use aya_ebpf::{
-    bindings::{
-        bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS,
-    },
-    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_xdp_adjust_head},
-    programs::XdpContext,
-    EbpfContext,
-};
+use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{
     checksum::csum_fold, hash::flow_hash, passive::probe_slot, tcp_flags, FlowKey, ServiceValue,
     BACKEND_ID_NONE, DROP_DSR_NO_BACKEND, DROP_FIB_FAILED, DROP_TOO_BIG, FWD_DSR, IPPROTO_IPIP,
@@ -47,24 +40,6 @@ pub const DSR_ENCAP_LEN: usize = IPV4_HLEN;
 const OUTER_TTL: u8 = 64;
 /// IPv4 "don't fragment", network order.
 const IP_DF_BE: u16 = 0x4000u16.to_be();
-/// `AF_INET`.
-const AF_INET: u8 = 2;
-
-/// Where the encapsulated packet goes (the answer of `bpf_fib_lookup`).
-enum Hop {
-    /// Out of `ifindex` from MAC `src` to MAC `dst`.
-    Ready {
-        ifindex: u32,
-        dst: [u8; 6],
-        src: [u8; 6],
-    },
-    /// Route known, neighbour not resolved: the kernel forwards it (and resolves).
-    NoNeigh,
-    /// Longer than the route's MTU (which this holds, host order).
-    FragNeeded(u16),
-    /// No route, forwarding disabled, ...
-    Failed,
-}
 
 /// A TCP packet to the DSR service `svc` (IPv4 without options, full TCP header; `key` its
 /// 5-tuple), outer source `src_be`. Returns `FWD_DSR` (sent), `PASS_FIB_NO_NEIGH` or
@@ -92,15 +67,22 @@ pub fn lb4_dsr(
     if outer_len > u16::MAX as usize {
         return Ok(Verdict::drop(DROP_TOO_BIG));
     }
-    let hop = route(ctx, ip.tos, src_be, backend_addr, outer_len as u16);
+    let hop = fib_v4(
+        ctx,
+        IPPROTO_IPIP,
+        ip.tos,
+        src_be,
+        backend_addr,
+        outer_len as u16,
+    );
     match hop {
-        Hop::FragNeeded(mtu) => {
+        Fib::FragNeeded(mtu) => {
             // The packet is still the client's: the quote is what it sent.
             let inner_mtu = mtu.saturating_sub(DSR_ENCAP_LEN as u16);
             return Ok(icmp::frag_needed(ctx, eth, ip, key, inner_mtu));
         }
-        Hop::Failed => return Ok(Verdict::drop(DROP_FIB_FAILED)),
-        Hop::Ready { .. } | Hop::NoNeigh => {}
+        Fib::Failed => return Ok(Verdict::drop(DROP_FIB_FAILED)),
+        Fib::Ready { .. } | Fib::NoNeigh => {}
     }
     if is_syn {
         stats::new_flow(svc.service_id, backend_id);
@@ -162,42 +144,6 @@ fn backend(svc: &ServiceValue, key: &FlowKey) -> Result<Option<(u32, u32)>, ()> 
     }
 }
 
-/// `bpf_fib_lookup` for an outer packet `src_be` -> `dst_be` of `tot_len` bytes.
-#[inline(always)]
-fn route(ctx: &XdpContext, tos: u8, src_be: u32, dst_be: u32, tot_len: u16) -> Hop {
-    // SAFETY: plain-old-data struct of the kernel ABI; all zeroes is a valid request.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = IPPROTO_IPIP;
-    params.__bindgen_anon_1.tot_len = tot_len;
-    params.ifindex = ctx.ingress_ifindex() as u32;
-    params.__bindgen_anon_2.tos = tos;
-    params.__bindgen_anon_3.ipv4_src = src_be;
-    params.__bindgen_anon_4.ipv4_dst = dst_be;
-    // SAFETY: helper call with a valid context and a stack buffer of the declared size.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.as_ptr(),
-            &mut params,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
-    match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => Hop::Ready {
-            ifindex: params.ifindex,
-            dst: params.dmac,
-            src: params.smac,
-        },
-        BPF_FIB_LKUP_RET_NO_NEIGH => Hop::NoNeigh,
-        // SAFETY: on FRAG_NEEDED the kernel stores the egress MTU in this union member.
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
-            Hop::FragNeeded(unsafe { params.__bindgen_anon_1.mtu_result })
-        }
-        _ => Hop::Failed,
-    }
-}
-
 /// Grows the frame's front by the outer header's 20 bytes and returns the (re-fetched)
 /// Ethernet and outer IPv4 header pointers, to be filled in by the caller; the inner IPv4
 /// packet now follows the outer header untouched.
@@ -217,17 +163,12 @@ fn encapsulate(ctx: &XdpContext) -> Result<(*mut EthHdr, *mut Ipv4Hdr), ()> {
 /// redirect through `LB_TX_PORTS`), or passes it to the kernel (`PASS_FIB_NO_NEIGH`,
 /// `PASS_NO_TX_PORT`) with its Ethernet header as it arrived.
 #[inline(always)]
-fn transmit(ctx: &XdpContext, hop: Hop) -> Result<Verdict, ()> {
-    let Hop::Ready { ifindex, dst, src } = hop else {
+fn transmit(ctx: &XdpContext, hop: Fib) -> Result<Verdict, ()> {
+    let Fib::Ready { ifindex, dst, src } = hop else {
         return Ok(Verdict::pass(PASS_FIB_NO_NEIGH));
     };
-    let action = if ifindex == ctx.ingress_ifindex() as u32 {
-        xdp_action::XDP_TX
-    } else {
-        match LB_TX_PORTS.redirect(ifindex, u64::from(xdp_action::XDP_PASS)) {
-            Ok(action) => action,
-            Err(_) => return Ok(Verdict::pass(PASS_NO_TX_PORT)),
-        }
+    let Some(action) = egress_action(ctx, ifindex) else {
+        return Ok(Verdict::pass(PASS_NO_TX_PORT));
     };
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(())?;
     // SAFETY: bounds-checked by ptr_at.

@@ -21,8 +21,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use lb_common::{
-    FlowEntry, FlowKey, DROP_FIB_FAILED, FWD_TO_BACKEND, FWD_TO_CLIENT, IPPROTO_TCP, PASS_FIB_NO_NEIGH,
-    PASS_NO_TX_PORT,
+    FlowEntry, FlowKey, DROP_FIB_FAILED, FWD_TO_BACKEND, FWD_TO_CLIENT, IPPROTO_TCP,
+    PASS_FIB_NO_NEIGH, PASS_NO_TX_PORT,
 };
 
 /// `AF_INET`.
@@ -65,15 +65,62 @@ pub fn resolve(ctx: &XdpContext, ip: &Ipv4Hdr, entry: &mut FlowEntry) -> NextHop
         entry.next_hop_max_len = tot_len;
         return NextHop::Ready;
     }
+    match fib_v4(ctx, IPPROTO_TCP, ip.tos, ip.src_be, ip.dst_be, tot_len) {
+        Fib::Ready { ifindex, dst, src } => {
+            entry.next_hop_ifindex = ifindex;
+            entry.next_hop_dst_mac = dst;
+            entry.next_hop_src_mac = src;
+            entry.next_hop_max_len = tot_len;
+            // The cache held the client's SYN until now (lb_common::retry): no longer.
+            entry.syn_opts = 0;
+            NextHop::Ready
+        }
+        Fib::NoNeigh => {
+            entry.next_hop_max_len = 0;
+            NextHop::NoNeigh
+        }
+        Fib::FragNeeded(mtu) => {
+            entry.next_hop_max_len = 0;
+            NextHop::FragNeeded(mtu)
+        }
+        Fib::Failed => {
+            entry.next_hop_max_len = 0;
+            NextHop::Failed
+        }
+    }
+}
+
+/// The answer of [`fib_v4`].
+pub enum Fib {
+    /// Out of `ifindex` from MAC `src` to MAC `dst`.
+    Ready {
+        ifindex: u32,
+        dst: [u8; 6],
+        src: [u8; 6],
+    },
+    /// Route known, neighbour not resolved (`BPF_FIB_LKUP_RET_NO_NEIGH`).
+    NoNeigh,
+    /// Longer than the route's MTU (`BPF_FIB_LKUP_RET_FRAG_NEEDED`), which this holds (host
+    /// order).
+    FragNeeded(u16),
+    /// No route, forwarding disabled, ...
+    Failed,
+}
+
+/// `bpf_fib_lookup` for an IPv4 packet `src_be` -> `dst_be` of protocol `proto` and
+/// `tot_len` bytes that arrived on the program's ingress interface: the one route lookup of
+/// the NAT path ([`resolve`]) and of DSR's outer packet (`crate::dsr`).
+#[inline(always)]
+pub fn fib_v4(ctx: &XdpContext, proto: u8, tos: u8, src_be: u32, dst_be: u32, tot_len: u16) -> Fib {
     // SAFETY: plain-old-data struct of the kernel ABI; all zeroes is a valid request.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
-    params.l4_protocol = IPPROTO_TCP;
+    params.l4_protocol = proto;
     params.__bindgen_anon_1.tot_len = tot_len;
     params.ifindex = ctx.ingress_ifindex() as u32;
-    params.__bindgen_anon_2.tos = ip.tos;
-    params.__bindgen_anon_3.ipv4_src = ip.src_be;
-    params.__bindgen_anon_4.ipv4_dst = ip.dst_be;
+    params.__bindgen_anon_2.tos = tos;
+    params.__bindgen_anon_3.ipv4_src = src_be;
+    params.__bindgen_anon_4.ipv4_dst = dst_be;
     // SAFETY: helper call with a valid context and a stack buffer of the declared size.
     let rc = unsafe {
         fib_lookup(
@@ -84,29 +131,33 @@ pub fn resolve(ctx: &XdpContext, ip: &Ipv4Hdr, entry: &mut FlowEntry) -> NextHop
         )
     };
     match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => {
-            entry.next_hop_ifindex = params.ifindex;
-            entry.next_hop_dst_mac = params.dmac;
-            entry.next_hop_src_mac = params.smac;
-            entry.next_hop_max_len = tot_len;
-            // The cache held the client's SYN until now (lb_common::retry): no longer.
-            entry.syn_opts = 0;
-            NextHop::Ready
-        }
-        BPF_FIB_LKUP_RET_NO_NEIGH => {
-            entry.next_hop_max_len = 0;
-            NextHop::NoNeigh
-        }
+        BPF_FIB_LKUP_RET_SUCCESS => Fib::Ready {
+            ifindex: params.ifindex,
+            dst: params.dmac,
+            src: params.smac,
+        },
+        BPF_FIB_LKUP_RET_NO_NEIGH => Fib::NoNeigh,
+        // SAFETY: on FRAG_NEEDED the kernel stores the egress MTU in this union member.
         BPF_FIB_LKUP_RET_FRAG_NEEDED => {
-            entry.next_hop_max_len = 0;
-            // SAFETY: on FRAG_NEEDED the kernel stores the egress MTU in this union member.
-            NextHop::FragNeeded(unsafe { params.__bindgen_anon_1.mtu_result })
+            Fib::FragNeeded(unsafe { params.__bindgen_anon_1.mtu_result })
         }
-        _ => {
-            entry.next_hop_max_len = 0;
-            NextHop::Failed
-        }
+        _ => Fib::Failed,
     }
+}
+
+/// The XDP action that sends a frame out of `egress`: `XDP_TX` when it is the ingress
+/// interface, else a redirect through `LB_TX_PORTS`; `None` when `egress` is not a redirect
+/// target (the caller passes the packet to the kernel, `PASS_NO_TX_PORT`).
+#[inline(always)]
+pub fn egress_action(ctx: &XdpContext, egress: u32) -> Option<u32> {
+    if ablate::NO_REDIRECT || egress == ctx.ingress_ifindex() as u32 {
+        return Some(xdp_action::XDP_TX);
+    }
+    // One devmap lookup: the redirect answers XDP_PASS (the flags' low bits) when the egress
+    // is not a redirect target.
+    LB_TX_PORTS
+        .redirect(egress, u64::from(xdp_action::XDP_PASS))
+        .ok()
 }
 
 /// Sends the rewritten packet to `hop` (resolved for `entry`, the flow's entry at `key`, the
@@ -145,19 +196,10 @@ pub fn transmit(
     } else {
         FWD_TO_CLIENT
     };
-    let egress = entry.next_hop_ifindex;
-    let action = if ablate::NO_REDIRECT || egress == ctx.ingress_ifindex() as u32 {
-        xdp_action::XDP_TX
-    } else {
-        // One devmap lookup: the redirect answers XDP_PASS (the flags' low bits) when the
-        // egress is not a redirect target; the packet is then left as the NAT made it.
-        match LB_TX_PORTS.redirect(egress, u64::from(xdp_action::XDP_PASS)) {
-            Ok(action) => action,
-            Err(_) => {
-                stats::forwarded(service_id, backend_id, bytes, to_backend);
-                return Verdict::pass(PASS_NO_TX_PORT);
-            }
-        }
+    // Not a redirect target: the packet is left as the NAT made it.
+    let Some(action) = egress_action(ctx, entry.next_hop_ifindex) else {
+        stats::forwarded(service_id, backend_id, bytes, to_backend);
+        return Verdict::pass(PASS_NO_TX_PORT);
     };
     decrement_ttl(ip);
     eth.set_macs(&entry.next_hop_dst_mac, &entry.next_hop_src_mac);
