@@ -349,12 +349,25 @@ fn vip_local(lab: &Lab, add: bool) -> Result<(), String> {
 /// program accepts XDP frames only with GRO on, and SYNs are never merged), otherwise off for
 /// lb generic only (generic XDP must see wire-sized packets, not GRO super-packets).
 pub fn up(lab: &mut Lab, v: Variant, gro_all: bool) -> Result<Active, String> {
+    let n = lab.backend_count();
+    up_with_backends(lab, v, gro_all, n)
+}
+
+/// [`up`] with only the lab's first `n` backends behind the balancer (the direct variant
+/// always talks to backend 1).
+pub fn up_with_backends(
+    lab: &mut Lab,
+    v: Variant,
+    gro_all: bool,
+    n: usize,
+) -> Result<Active, String> {
     let e = |e: crate::lab::LabError| e.to_string();
     let mut active = Active {
         variant: v,
         procs: Vec::new(),
     };
-    let be = backends(lab);
+    let mut be = backends(lab);
+    be.truncate(n.max(1));
     let dir = lab.dir().to_path_buf();
     reset_host_state(lab)?;
     set_balancer_gro(lab, gro_all || v != Variant::LbGeneric)?;
@@ -368,6 +381,7 @@ pub fn up(lab: &mut Lab, v: Variant, gro_all: bool) -> Result<Active, String> {
             }
             .into();
             cfg.conntrack_flows = lb_common::DEFAULT_CONNTRACK_FLOWS;
+            cfg.services[0].backends.truncate(be.len());
             // No health checks: the bench must not depend on (or compete with) them, and the
             // packet-rate section drops everything at the backends.
             cfg.services[0].health = HealthSpec {

@@ -156,6 +156,198 @@ fn load_average() -> Result<f64, String> {
         .ok_or_else(|| format!("/proc/loadavg: unexpected {text:?}"))
 }
 
+/// The variants of the CPU rows (issue 12): lb, nftables and HAProxy against direct routing,
+/// each with the lab's first backend only, so backend fan-out does not enter the comparison.
+pub const CPU_VARIANTS: [Variant; 4] = [
+    Variant::LbNative,
+    Variant::Nftables,
+    Variant::Haproxy,
+    Variant::Direct,
+];
+const CPU_NEW: &str = "CPU per new connection (1 backend)";
+const CPU_KA: &str = "CPU per keep-alive request (1 backend)";
+/// Clock ticks per second of `/proc/<pid>/stat` (`USER_HZ`, 100 on every Linux architecture).
+const USER_HZ: u64 = 100;
+
+/// CPU time so far, in microseconds, of everything that works for the lab's traffic: every
+/// process in one of the lab's network namespaces (balancer daemons, backend servers;
+/// `utime` + `stime` of `/proc/<pid>/stat`), the kernel's `ksoftirqd` threads, and the
+/// reaped children of this process (`wrk`, run and waited for in between; `getrusage`).
+/// Packet work in softirq (XDP, forwarding, nftables) is charged to the task it interrupted
+/// (this kernel has tick accounting without `IRQ_TIME_ACCOUNTING`), so it lands in the
+/// sending or receiving lab process or in `ksoftirqd`. Work of other processes on the machine
+/// does not count.
+fn lab_cpu_us(lab: &Lab) -> Result<u64, String> {
+    let mut nets = Vec::new();
+    for ns in alt::connecting_namespaces(lab)
+        .into_iter()
+        .chain(alt::backend_namespaces(lab))
+    {
+        let path = format!("/run/netns/{ns}");
+        let meta = std::fs::metadata(&path).map_err(|e| format!("{path}: {e}"))?;
+        nets.push(std::os::unix::fs::MetadataExt::ino(&meta));
+    }
+    let mut ticks = 0u64;
+    let dir = std::fs::read_dir("/proc").map_err(|e| format!("reading /proc: {e}"))?;
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        // Processes come and go: any read error skips the process.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((comm, t)) = parse_pid_stat(&stat) else {
+            continue;
+        };
+        let in_lab = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .map(|m| nets.contains(&std::os::unix::fs::MetadataExt::ino(&m)))
+            .unwrap_or(false);
+        if in_lab || comm.starts_with("ksoftirqd/") {
+            ticks += t;
+        }
+    }
+    // SAFETY: getrusage fills the struct it is given.
+    let children = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) != 0 {
+            return Err(format!("getrusage: {}", std::io::Error::last_os_error()));
+        }
+        let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+        us(ru.ru_utime) + us(ru.ru_stime)
+    };
+    Ok(ticks * (1_000_000 / USER_HZ) + children)
+}
+
+/// The command name and `utime + stime` (ticks) of a `/proc/<pid>/stat` line.
+fn parse_pid_stat(stat: &str) -> Option<(&str, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?;
+    // After the command: state (field 3) ... utime (14) and stime (15).
+    let f: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((comm, utime + stime))
+}
+
+/// One wrk run and the lab's CPU microseconds per completed request during it
+/// ([`lab_cpu_us`]).
+fn wrk_cpu(lab: &Lab, args: &[String]) -> Result<f64, String> {
+    let before = lab_cpu_us(lab)?;
+    let r = wrk(lab, args)?;
+    let us = lab_cpu_us(lab)?.saturating_sub(before);
+    Ok(us as f64 / r.requests as f64)
+}
+
+/// Values of one CPU round: CPU us per new connection, per keep-alive request, load before.
+type CpuValues = [f64; 3];
+
+/// One CPU round of `v` with one backend: the new-connection and keep-alive loads of the
+/// main rows, each with the machine's busy CPU per completed request.
+fn cpu_round(lab: &mut Lab, v: Variant, secs: u64) -> Result<CpuValues, String> {
+    let load = load_average()?;
+    let active = alt::up_with_backends(lab, v, false, 1)?;
+    let t = v.target();
+    let common = || {
+        vec![
+            "-t1".to_string(),
+            format!("-c{CONNECTIONS}"),
+            format!("-d{secs}s"),
+            "--timeout".into(),
+            "2s".into(),
+        ]
+    };
+    let run = || -> Result<CpuValues, String> {
+        let mut a = common();
+        a.extend([
+            "-H".into(),
+            "Connection: close".into(),
+            format!("http://{t}/id"),
+        ]);
+        let nc = wrk_cpu(lab, &a)?;
+        let mut a = common();
+        a.push(format!("http://{t}/id"));
+        let ka = wrk_cpu(lab, &a)?;
+        Ok([nc, ka, load])
+    };
+    let r = run();
+    let d = active.down(lab);
+    let r = r?;
+    d?;
+    Ok(r)
+}
+
+/// The CPU rows: per variant the CPU per connection and per request, and for each balancer
+/// the extra CPU over direct routing, from the differences within each interleaved round.
+fn cpu_rows(sec: &mut Section, lab: Result<&mut Lab, String>, secs: u64, rounds: usize) {
+    let metrics = [
+        (CPU_NEW, "CPU us per connection"),
+        (CPU_KA, "CPU us per request"),
+        (CPU_NEW, "machine load (1 min) before the round"),
+    ];
+    let extra = [
+        (CPU_NEW, "extra CPU us per connection over direct"),
+        (CPU_KA, "extra CPU us per request over direct"),
+    ];
+    let lab = match lab {
+        Ok(lab) => lab,
+        Err(e) => {
+            for v in CPU_VARIANTS {
+                for (case, m) in metrics.iter().chain(&extra) {
+                    sec.push(case, v.name(), m, Measurement::not_measured(e.clone()));
+                }
+            }
+            return;
+        }
+    };
+    let names: Vec<&str> = CPU_VARIANTS.iter().map(|v| v.name()).collect();
+    // per[variant][round]: None when that round of the variant failed.
+    let mut per: Vec<Vec<Option<CpuValues>>> = vec![Vec::new(); CPU_VARIANTS.len()];
+    let runs = interleave(&names, rounds, |i, round| {
+        let r = cpu_round(lab, CPU_VARIANTS[i], secs);
+        per[i].resize(round + 1, None);
+        per[i][round] = r.as_ref().ok().copied();
+        r.map(|r| r[0])
+    });
+    let direct = CPU_VARIANTS.len() - 1;
+    for (i, v) in CPU_VARIANTS.iter().enumerate() {
+        for (k, (case, m)) in metrics.iter().enumerate() {
+            let values: Vec<f64> = per[i].iter().flatten().map(|r| r[k]).collect();
+            let meas = if values.is_empty() {
+                Measurement::from_variant(&runs[i])
+            } else {
+                Measurement::from_runs(values)
+            };
+            sec.push(case, v.name(), m, meas);
+        }
+        if i == direct {
+            continue;
+        }
+        for (k, (case, m)) in extra.iter().enumerate() {
+            let diffs: Vec<f64> = per[i]
+                .iter()
+                .zip(&per[direct])
+                .filter_map(|(a, d)| Some(a.as_ref()?[k] - d.as_ref()?[k]))
+                .collect();
+            let meas = if diffs.is_empty() {
+                Measurement::not_measured(format!(
+                    "no round measured both {} and {}",
+                    v.name(),
+                    CPU_VARIANTS[direct].name()
+                ))
+            } else {
+                Measurement::from_runs(diffs)
+            };
+            sec.push(case, v.name(), m, meas);
+        }
+    }
+}
+
 /// Values of one round, in the order of the section's metric rows.
 type RoundValues = [f64; 8];
 
@@ -251,7 +443,18 @@ pub fn run(lab: Result<&mut Lab, String>, scale: Scale) -> (Section, Vec<Target>
              load stands out shared the 2 cores with other work. \
              Within a run a variant keeps its own TIME_WAIT sockets, as it would in \
              production. Client, balancer and backends share 2 cores. A run with more than 1% \
-             failed requests is not counted.",
+             failed requests is not counted. The CPU rows (issue 12) run after the others, \
+             interleaved over lb native, nftables, HAProxy and direct with the lab's first \
+             backend only (so backend fan-out does not enter the comparison): the same \
+             new-connection and keep-alive loads, each with the lab's CPU time during the \
+             wrk run divided by the completed requests: user and system time of every \
+             process in the lab's namespaces (balancer daemons, backend servers), of wrk and \
+             of the kernel's ksoftirqd threads (this kernel charges softirq work, XDP and \
+             forwarding included, to the task it interrupts: tick accounting without \
+             IRQ_TIME_ACCOUNTING); the extra rows are each balancer's value minus direct's \
+             within the same round, so what the balancer costs on top of the same client \
+             and backend work. Other processes on the machine do not count (ksoftirqd \
+             aside), but they slow the lab's processes through shared caches.",
             scale.rounds(),
             bulk
         ),
@@ -273,6 +476,7 @@ pub fn run(lab: Result<&mut Lab, String>, scale: Scale) -> (Section, Vec<Target>
                     sec.push(case, v.name(), m, Measurement::not_measured(e.clone()));
                 }
             }
+            cpu_rows(&mut sec, Err(e), secs, scale.rounds());
         }
         Ok(lab) => {
             let names: Vec<&str> = VARIANTS.iter().map(|v| v.name()).collect();
@@ -296,6 +500,7 @@ pub fn run(lab: Result<&mut Lab, String>, scale: Scale) -> (Section, Vec<Target>
                     sec.push(case, v.name(), m, meas);
                 }
             }
+            cpu_rows(&mut sec, Ok(lab), secs, scale.rounds());
         }
     }
     let n = |v: Variant| v.name();
@@ -411,6 +616,15 @@ mod tests {
 Requests/sec:  43210.00
 Transfer/sec:      3.50MB
 ";
+
+    #[test]
+    fn pid_stat_gives_command_and_cpu_ticks() {
+        let stat = "4242 (lb-testsrv (x)) S 1 4242 4242 0 -1 4194560 100 0 0 0 17 23 0 0 20 0 \
+                    2 0 123 1000 10 18446744073709551615";
+        assert_eq!(parse_pid_stat(stat), Some(("lb-testsrv (x)", 17 + 23)));
+        assert_eq!(parse_pid_stat("4242 (wrk) S 1 2"), None);
+        assert_eq!(parse_pid_stat("garbage"), None);
+    }
 
     #[test]
     fn wrk_output_parses() {
