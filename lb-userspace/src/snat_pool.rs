@@ -4,11 +4,12 @@
 //! SNAT port) pair, reserved by the flow's reply entry. An endpoint's pool is
 //! `snat.addresses x (port_max - port_min + 1)` ports, shared by every full-NAT service that
 //! has the endpoint. The data plane picks a new flow's SNAT address by hash and searches
-//! [`lb_common::SNAT_PORT_ATTEMPTS`] hashed ports on that address only, so a pool runs dry
-//! address by address, and new flows start to be dropped (`drop_snat_exhausted`) before the
-//! busiest address is full: with a fraction `f` of its ports taken, a new flow hashed to it
-//! finds none of its 16 candidates free with probability about `f^16` (3% at 80%, 18.5% at
-//! 90%).
+//! [`lb_common::SNAT_PORT_ATTEMPTS`] consecutive ports on that address only, so a pool runs
+//! dry address by address, and new flows start to be dropped (`drop_snat_exhausted`) before
+//! the busiest address is full: with a fraction `f` of its ports taken at random, a new flow
+//! hashed to it would find none of its 16 candidates free with probability `f^16` (3% at 80%,
+//! 18.5% at 90%); taken ports come in runs (one client's consecutive source ports take
+//! consecutive SNAT ports), which makes it worse. Hence a warning at 80%.
 //!
 //! The conntrack sweep counts the ports in use ([`crate::dataplane::ConntrackSweep`]); the
 //! controller keeps a [`SnatPool`] per backend; `lbctl stats` and the metrics show it; the
