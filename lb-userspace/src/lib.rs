@@ -18,6 +18,7 @@ pub mod maglev;
 pub mod metrics;
 pub mod model;
 pub mod passive;
+pub mod snat_pool;
 pub mod stats;
 pub mod suspicion;
 #[cfg(any(test, feature = "test-util"))]

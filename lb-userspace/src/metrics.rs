@@ -12,7 +12,7 @@
 //! reader of the response is cut off too); at most [`crate::limits::METRICS_MAX_CONNECTIONS`]
 //! are open at a time.
 
-use crate::api::proto::{BackendStats, Health, ServiceStats, StatsSnapshot};
+use crate::api::proto::{BackendStats, Health, ServiceStats, SnatPortsInfo, StatsSnapshot};
 use crate::limits::{accept_loop, METRICS_MAX_CONNECTIONS};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -489,6 +489,34 @@ const BACKEND_FAMILIES: [(&str, MetricType, &str, BeField); 12] = [
     ),
 ];
 
+type SnatField = fn(&SnatPortsInfo) -> u64;
+
+/// Per-backend gauges of the SNAT port pool (only for backends that have one: see
+/// [`BackendStats::snat_ports`]): (name, help, value). The pool size is not named `_total`:
+/// Prometheus keeps that suffix for counters.
+const SNAT_FAMILIES: [(&str, &str, SnatField); 4] = [
+    (
+        "lb_backend_snat_ports_in_use",
+        "SNAT ports held by flows to the backend endpoint (address:port) at the last conntrack sweep, over every SNAT address (embryonic flows included). Services sharing an endpoint share its pool.",
+        |p| p.in_use,
+    ),
+    (
+        "lb_backend_snat_ports_pool",
+        "SNAT ports the backend endpoint can use: snat.addresses x (port_max - port_min + 1).",
+        |p| p.total,
+    ),
+    (
+        "lb_backend_snat_ports_in_use_busiest_address",
+        "SNAT ports held by flows to the backend endpoint on the SNAT address that holds the most (last conntrack sweep). New flows are dropped (drop_snat_exhausted) as this address fills: compare with lb_backend_snat_ports_per_address.",
+        |p| p.busiest_address_in_use,
+    ),
+    (
+        "lb_backend_snat_ports_per_address",
+        "SNAT ports per SNAT address: port_max - port_min + 1.",
+        |p| p.ports_per_address,
+    ),
+];
+
 /// Encodes one sample of a family whose type is `kind`.
 fn sample(
     family: &mut prometheus_client::encoding::MetricEncoder<'_>,
@@ -581,6 +609,19 @@ fn encode_snapshot(
                     ("backend", b.address.to_string()),
                 ];
                 sample(&mut family, kind, &labels, get(b))?;
+            }
+        }
+    }
+    for (name, help, get) in SNAT_FAMILIES {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for s in &snap.services {
+            for b in &s.backends {
+                let Some(p) = &b.snat_ports else { continue };
+                let labels = [
+                    ("service", s.name.clone()),
+                    ("backend", b.address.to_string()),
+                ];
+                sample(&mut family, MetricType::Gauge, &labels, get(p))?;
             }
         }
     }
@@ -750,6 +791,13 @@ mod tests {
             health_stale: true,
             suspect: None,
             last_suspicion: None,
+            snat_ports: Some(SnatPortsInfo {
+                in_use: 7,
+                total: 2000,
+                busiest_address_in_use: 5,
+                ports_per_address: 1000,
+                addresses: 2,
+            }),
         };
         StatsSnapshot {
             timestamp_ms: 0,
@@ -871,6 +919,24 @@ mod tests {
             "# HELP lb_service_refused_total SYNs refused with a RST because no backend was usable.\n# TYPE lb_service_refused_total counter\n"
         ));
         assert!(text.contains("# TYPE lb_backend_active_flows gauge\n"));
+        for (name, v) in [
+            ("lb_backend_snat_ports_in_use", 7),
+            ("lb_backend_snat_ports_pool", 2000),
+            ("lb_backend_snat_ports_in_use_busiest_address", 5),
+            ("lb_backend_snat_ports_per_address", 1000),
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} gauge\n")), "{name}");
+            assert!(
+                text.contains(&format!(
+                    "{name}{{service=\"web\",backend=\"10.1.1.2:8080\"}} {v}\n"
+                )),
+                "{name}\n{text}"
+            );
+        }
+        // A backend without a pool (DSR service, no sweep yet) has no SNAT samples.
+        let mut dsr = snap();
+        dsr.services[0].backends[0].snat_ports = None;
+        assert!(!render(&dsr).contains("lb_backend_snat_ports_pool{"));
         assert!(text.contains("# TYPE lb_health_checks_not_run_total counter\n"));
         assert!(text.contains("# TYPE lb_control_connections_rejected_total counter\n"));
         // Label values are escaped.

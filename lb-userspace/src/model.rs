@@ -187,6 +187,10 @@ pub struct BackendState {
     pub written_flags: Option<u32>,
     /// Live flows at the last conntrack sweep.
     pub active_flows: u64,
+    /// Its endpoint's SNAT port pool at the last conntrack sweep (shared with every full-NAT
+    /// service that has the same endpoint); `None` before the first sweep and for a backend
+    /// of a `forwarding: dsr` service (no SNAT).
+    pub snat_pool: Option<crate::snat_pool::SnatPool>,
     /// When its health checks last gave a verdict (staleness of `tracker`).
     pub verdicts: VerdictClock,
     /// For a backend of a database service: what the cluster's last decision lets it do

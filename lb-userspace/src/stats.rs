@@ -3,7 +3,9 @@
 //! samples with the controller's model into the API's [`StatsSnapshot`], which the metrics
 //! endpoint renders too.
 
-use crate::api::proto::{BackendStats, ServiceStats, StatsSnapshot, SuspectInfo, SuspicionEndInfo};
+use crate::api::proto::{
+    BackendStats, ServiceStats, SnatPortsInfo, StatsSnapshot, SuspectInfo, SuspicionEndInfo,
+};
 use crate::config::HealthCheckConfig;
 use crate::controller::Controller;
 use crate::dataplane::{Dataplane, DataplaneError};
@@ -197,6 +199,13 @@ pub fn backend_stats(
         health_stale: b.verdicts.is_stale(hc, now),
         suspect: b.suspect.current.as_ref().map(|x| suspect_info(x, wall)),
         last_suspicion: b.suspect.last.as_ref().map(|x| suspicion_end_info(x, wall)),
+        snat_ports: b.snat_pool.map(|p| SnatPortsInfo {
+            in_use: p.in_use,
+            total: p.total(),
+            busiest_address_in_use: p.busiest_address,
+            ports_per_address: p.ports_per_address,
+            addresses: p.addresses,
+        }),
     }
 }
 
@@ -344,5 +353,52 @@ mod tests {
         assert_eq!((b.packets_in, b.new_flows, b.weight), (7, 2, 3));
         assert!(b.in_table);
         assert_eq!(snap.services[0].health_check, "tcp");
+        assert_eq!(b.snat_ports, None, "no conntrack sweep yet");
+    }
+
+    /// SNAT ports counted by the sweep reach the API, `lbctl stats` and the metrics.
+    #[test]
+    fn snat_pool_use_reaches_stats_cli_and_metrics() {
+        let cfg = Config::from_yaml_str(
+            "interfaces: [eth0]\nsnat: {addresses: [10.0.0.1], port_min: 1024, port_max: 1123}\nlimits: {maglev_table_size: 101, conntrack_flows: 1024}\nservices:\n  - name: web\n    vip: 192.0.2.1\n    port: 80\n    backends: [{address: 10.1.0.1:80}]\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let dp = FakeDataplane::new();
+        let mut ctl = Controller::new(dp.clone(), cfg).unwrap();
+        dp.state().snat_ports.insert(
+            ("10.1.0.1:80".parse().unwrap(), "10.0.0.1".parse().unwrap()),
+            85,
+        );
+        ctl.sweep(0).unwrap();
+        let mut sampler = StatsSampler::new();
+        sampler.sample(&ctl).unwrap();
+        let snap = snapshot(&ctl, &sampler);
+        assert_eq!(
+            snap.services[0].backends[0].snat_ports,
+            Some(SnatPortsInfo {
+                in_use: 85,
+                total: 100,
+                busiest_address_in_use: 85,
+                ports_per_address: 100,
+                addresses: 1,
+            })
+        );
+        let table = crate::cli::format::services_with_backends(&snap.services);
+        assert!(table.contains("SNAT PORTS"), "{table}");
+        assert!(table.contains("  85/100 85%  "), "{table}");
+        let text = crate::metrics::render(&snap);
+        assert!(
+            text.contains(
+                "lb_backend_snat_ports_in_use{service=\"web\",backend=\"10.1.0.1:80\"} 85\n"
+            ),
+            "{text}"
+        );
+        assert!(text
+            .contains("lb_backend_snat_ports_pool{service=\"web\",backend=\"10.1.0.1:80\"} 100\n"));
+        assert_eq!(
+            ctl.snat_pools_in_warning(),
+            vec!["10.1.0.1:80".parse().unwrap()]
+        );
     }
 }

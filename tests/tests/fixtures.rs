@@ -1466,6 +1466,92 @@ fn conntrack_sweep_counts_and_expires_pairs() {
     });
 }
 
+/// The sweep counts one SNAT port per live reply entry for its backend endpoint
+/// (address:port), in both maps: established pairs in `LB_CONNTRACK` and handshakes in
+/// progress in `LB_CT_SYN` (the reservation holds the port); expired pairs free theirs.
+#[test]
+fn conntrack_sweep_counts_snat_ports_per_backend_endpoint() {
+    require_root();
+    let ns = FixtureNetns::create();
+    setup_network(&ns);
+    let ifs = Ifs {
+        pub0: ns.ifindex("pub0"),
+        priv0: ns.ifindex("priv0"),
+    };
+    ns.run_inside(move || {
+        let opts = LoadOptions {
+            max_services: 16,
+            max_backends: 32,
+            maglev_table_size: TABLE,
+            conntrack_flows: 1024,
+            embryonic_flows: 1024,
+            pin_root: None,
+        };
+        let mut dp = BpfDataplane::load(&opts).unwrap();
+        populate(&mut dp, &ifs);
+        let cfg = base_config();
+        // An established flow CLIENT_C:53000 -> BE1:8080 from SNAT port PORT_MAX, written
+        // first so that no SYN below can pick its port.
+        let fwd_key = tcp_key(CLIENT_C, 53000, VIP, 80);
+        let reply_key = tcp_key(BE1, BE_PORT, SNAT, PORT_MAX);
+        dp.set_conntrack_entry(&fwd_key, &hot_entry(SNAT, PORT_MAX, BE1, BE_PORT, 0))
+            .unwrap();
+        dp.set_conntrack_entry(
+            &reply_key,
+            &hot_entry(VIP, 80, CLIENT_C, 53000, FLOW_F_REPLY),
+        )
+        .unwrap();
+        let mut want: std::collections::HashMap<std::net::SocketAddrV4, u64> =
+            [(std::net::SocketAddrV4::new(BE1, BE_PORT), 1)].into();
+        // Seven SYNs to service 0 (BE1:8080 or BE2:8080 by Maglev) and one to service 8
+        // (BE2:9000: same address, another endpoint).
+        for sport in 51000u16..51007 {
+            let r = dp
+                .test_run(&syn(CLIENT_A, sport, 80).build(), Some(ifs.pub0), 1)
+                .unwrap();
+            assert_eq!(r.verdict, REDIRECT);
+            let (addr, _) = backend_of(maglev_pick(&WEB_TABLE, CLIENT_A, sport, 80));
+            *want
+                .entry(std::net::SocketAddrV4::new(addr, BE_PORT))
+                .or_default() += 1;
+        }
+        let r = dp
+            .test_run(&syn(CLIENT_B, 52000, 88).build(), Some(ifs.pub0), 1)
+            .unwrap();
+        assert_eq!(r.verdict, REDIRECT);
+        want.insert(std::net::SocketAddrV4::new(BE2, 9000), 1);
+        let live = dp.sweep_conntrack(monotonic_ns(), &cfg).unwrap();
+        assert_eq!(live.entries, 18, "{live:?}");
+        let got: std::collections::HashMap<_, u64> = live
+            .snat_ports()
+            .into_iter()
+            .map(|(e, c)| {
+                // One SNAT address: its count is the whole count.
+                assert_eq!(c.busiest_address, c.in_use, "{e}");
+                (e, c.in_use)
+            })
+            .collect();
+        assert_eq!(got, want, "{live:?}");
+        assert!(
+            live.snat_ports_by_address.keys().all(|(_, a)| *a == SNAT),
+            "{live:?}"
+        );
+        // Past the SYN timeout the handshakes expire and free their ports; the established
+        // flow keeps its one.
+        let syn_timeout = cfg.tcp_timeouts_ns[tcp_state::SYN_SENT as usize];
+        let later = monotonic_ns() + syn_timeout + 1_000_000_000;
+        assert!(cfg.tcp_timeouts_ns[tcp_state::ESTABLISHED as usize] > syn_timeout + 2_000_000_000);
+        let after = dp.sweep_conntrack(later, &cfg).unwrap();
+        assert_eq!(after.expired_removed, 16, "{after:?}");
+        let left: Vec<_> = after
+            .snat_ports()
+            .into_iter()
+            .map(|(e, c)| (e, c.in_use))
+            .collect();
+        assert_eq!(left, vec![(std::net::SocketAddrV4::new(BE1, BE_PORT), 1)]);
+    });
+}
+
 /// A SYN flood from spoofed sources fills only the embryonic map: an established flow in a
 /// conntrack map that the flood would have overflowed many times keeps both entries and its
 /// backend. (Before LB_CT_SYN, SYN-only and established flows shared one LRU.)

@@ -85,6 +85,7 @@ macro_rules! both_modes {
 
 both_modes!(
     rst_close_storm_frees_snat_ports,
+    snat_pool_use_counts_open_connections,
     spoofed_syn_leaves_connection_intact,
     half_close_outlives_fin_wait_timeout,
     idle_keepalive_outlives_short_timeouts,
@@ -968,6 +969,102 @@ fn rst_close_storm_frees_snat_ports(mode: Mode) {
     assert_eq!(
         exhausted, 0,
         "SYNs dropped for want of a SNAT port: {counters:?}"
+    );
+}
+
+/// The backend's `snat_ports` of `lbctl stats --output json` (`None` while absent).
+fn snat_in_use(l: &Lab) -> Option<(u64, u64)> {
+    let stats = l.lbd().ok()?.stats().ok()?;
+    let p = &stats["services"][0]["backends"][0]["snat_ports"];
+    Some((p["in_use"].as_u64()?, p["total"].as_u64()?))
+}
+
+/// Waits (sweeps run every 5 s) until the backend shows `want` SNAT ports in use of 10.
+fn wait_snat_in_use(l: &Lab, want: u64, what: &str) {
+    lb_tests::lab::sys::wait_for(
+        what,
+        Duration::from_secs(20),
+        Duration::from_millis(250),
+        || (snat_in_use(l) == Some((want, 10))).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}; last seen {:?}", snat_in_use(l)));
+}
+
+/// Issue 12: SNAT pool use per backend. With a 10-port pool (one SNAT address), 8 open
+/// connections show exactly 8 ports in use in `lbctl stats` (JSON and table) and in the
+/// metrics, lbd logs one warning at 80% naming the backend, and once they are closed the
+/// ports come back (0 in use) with one notice.
+fn snat_pool_use_counts_open_connections(mode: Mode) {
+    const OPEN: usize = 8;
+    let mut l = lab(1, mode);
+    let cfg = with_config(&l, |c| {
+        c.snat_ports = (20000, 20009);
+        let mut ct = c.conntrack.clone().with_closing_ms(2000);
+        ct.fin_wait_ms = 2000;
+        ct.close_wait_ms = 2000;
+        c.conntrack = ct;
+    });
+    l.start_lbd(&cfg)
+        .unwrap_or_else(|e| panic!("starting lbd: {e}"));
+    l.wait_vip(Duration::from_secs(10)).expect("VIP reachable");
+    // The VIP probe's flows end (closing timeouts of 2 s) and a sweep says so.
+    wait_snat_in_use(&l, 0, "the VIP probe's SNAT ports to be free");
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel::<()>();
+    let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
+    let conns = l.spawn_in_client(move || async move {
+        let mut open = Vec::new();
+        for _ in 0..OPEN {
+            let mut c = HttpConn::connect(vip_addr(), PROBE_TIMEOUT).await?;
+            client::bounded("GET /id", PROBE_TIMEOUT, c.request("GET", "/id", b"")).await?;
+            open.push(c);
+        }
+        let _ = opened_tx.send(());
+        // Bounded: closes by itself if the test side has gone.
+        let _ = tokio::task::spawn_blocking(move || close_rx.recv_timeout(Duration::from_secs(60)))
+            .await;
+        drop(open);
+        Ok(())
+    });
+    if opened_rx.recv_timeout(Duration::from_secs(20)).is_err() {
+        client::join(conns).unwrap_or_else(|e| panic!("opening {OPEN} connections: {e}"));
+        panic!("the connections did not open");
+    }
+    wait_snat_in_use(
+        &l,
+        OPEN as u64,
+        "the open connections' SNAT ports to be counted",
+    );
+    let backend = lb_tests::lab::backend_addr(1).to_string();
+    let table = l.lbd().unwrap().lbctl(&["stats"]).expect("lbctl stats");
+    assert!(table.contains(" 8/10 80% "), "{table}");
+    let metrics = client::run_in_netns(l.balancer_path(), || async {
+        let mut c = HttpConn::connect("127.0.0.1:9560".parse().unwrap(), PROBE_TIMEOUT).await?;
+        Ok(c.request("GET", "/metrics", b"").await?.text())
+    })
+    .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
+    for (name, v) in [
+        ("lb_backend_snat_ports_in_use", 8),
+        ("lb_backend_snat_ports_pool", 10),
+        ("lb_backend_snat_ports_in_use_busiest_address", 8),
+    ] {
+        let series = format!("{name}{{service=\"web\",backend=\"{backend}\"}} {v}\n");
+        assert!(metrics.contains(&series), "{series} missing:\n{metrics}");
+    }
+    let log = || std::fs::read_to_string(l.lbd().unwrap().log_path()).unwrap_or_default();
+    let warning = format!("SNAT ports to backend {backend} are running out: 8 of 10 in use");
+    assert!(
+        log().contains(&warning),
+        "no {warning:?} in the log:\n{}",
+        log()
+    );
+    close_tx.send(()).unwrap();
+    client::join(conns).unwrap_or_else(|e| panic!("the connections: {e}"));
+    wait_snat_in_use(&l, 0, "the closed connections' SNAT ports to be free");
+    let log = log();
+    assert_eq!(log.matches("are running out").count(), 1, "{log}");
+    assert!(
+        log.contains(&format!("SNAT ports to backend {backend} back below 70%")),
+        "{log}"
     );
 }
 

@@ -510,6 +510,28 @@ pub struct BackendStats {
     /// The last suspicion that ended, and how; `None` when there was none.
     #[serde(default)]
     pub last_suspicion: Option<SuspicionEndInfo>,
+    /// Its endpoint's SNAT port pool at the last conntrack sweep; `None` before the first
+    /// sweep, for a backend of a `forwarding: dsr` service, or from an older lbd.
+    #[serde(default)]
+    pub snat_ports: Option<SnatPortsInfo>,
+}
+
+/// SNAT ports held by the flows to one backend endpoint (address:port), counted by the
+/// conntrack sweep. The pool belongs to the endpoint: services sharing an endpoint share it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnatPortsInfo {
+    /// Ports in use over every SNAT address (live reply entries, embryonic ones included).
+    pub in_use: u64,
+    /// Ports in the pool: `addresses x ports_per_address`.
+    pub total: u64,
+    /// Ports in use on the SNAT address that holds the most. A flow's SNAT address is picked
+    /// by hash, so new flows are dropped (`drop_snat_exhausted`) as this address fills, even
+    /// while others have room.
+    pub busiest_address_in_use: u64,
+    /// Ports per SNAT address (`snat.port_max - snat.port_min + 1`).
+    pub ports_per_address: u64,
+    /// SNAT addresses configured.
+    pub addresses: u64,
 }
 
 /// Why a backend is suspect (see `lb::suspicion`): the evidence gathered since the first.
@@ -592,6 +614,13 @@ mod tests {
             health_stale: false,
             suspect: None,
             last_suspicion: None,
+            snat_ports: Some(SnatPortsInfo {
+                in_use: 5,
+                total: 2048,
+                busiest_address_in_use: 3,
+                ports_per_address: 1024,
+                addresses: 2,
+            }),
         }
     }
 
@@ -877,6 +906,15 @@ mod tests {
         v["added_in_a_later_version"] = json!(1);
         let b: BackendStats = serde_json::from_value(v).unwrap();
         assert_eq!(b, backend("10.1.1.2:8080"));
+    }
+
+    #[test]
+    fn backend_from_an_older_lbd_has_no_snat_ports() {
+        let mut v = serde_json::to_value(backend("10.1.1.2:8080")).unwrap();
+        assert_eq!(v["snat_ports"]["busiest_address_in_use"], 3);
+        v.as_object_mut().unwrap().remove("snat_ports");
+        let b: BackendStats = serde_json::from_value(v).unwrap();
+        assert_eq!(b.snat_ports, None);
     }
 
     #[test]

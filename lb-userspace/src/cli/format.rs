@@ -165,6 +165,49 @@ pub fn suspicion_cell(b: &BackendStats) -> String {
     }
 }
 
+/// `part` of `whole` as a percentage: one decimal below 10% (`0.2%`, `9.5%`), none above
+/// (`82%`, `100%`); `<0.1%` for a non-zero part that would round to zero; `-` for an empty
+/// whole.
+pub fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        return "-".into();
+    }
+    let p = part as f64 * 100.0 / whole as f64;
+    if part == 0 {
+        "0%".into()
+    } else if p < 0.05 {
+        "<0.1%".into()
+    } else if p < 9.95 {
+        format!("{p:.1}%")
+    } else {
+        format!("{p:.0}%")
+    }
+}
+
+/// The `SNAT PORTS` cell: SNAT ports in use by the backend's flows / its pool, and the
+/// percentage (`402/256K 0.2%`). With more than one SNAT address, the use of the busiest
+/// address follows (`402/256K 0.2% (busiest addr 0.3%)`): new flows are dropped as that
+/// address fills. `-` when unknown (no sweep yet, a DSR service, an older lbd).
+pub fn snat_ports_cell(b: &BackendStats) -> String {
+    let Some(p) = &b.snat_ports else {
+        return "-".into();
+    };
+    let mut cell = format!(
+        "{}/{} {}",
+        count(p.in_use),
+        count(p.total),
+        percent(p.in_use, p.total)
+    );
+    if p.addresses > 1 {
+        let _ = write!(
+            cell,
+            " (busiest addr {})",
+            percent(p.busiest_address_in_use, p.ports_per_address)
+        );
+    }
+    cell
+}
+
 /// A table of left-aligned columns: cells are padded to the widest cell of their column and
 /// separated by two spaces; trailing spaces are trimmed.
 #[derive(Debug, Clone, Default)]
@@ -245,8 +288,17 @@ const SERVICE_HEADER: [&str; 8] = [
     "SERVICE", "VIP:PORT", "CHECK", "BACKENDS", "ACTIVE", "NEW/s", "PKT/s", "BYTES/s",
 ];
 
-const BACKEND_HEADER: [&str; 9] = [
-    "BACKEND", "STATE", "W", "ACTIVE", "NEW/s", "PKT/s", "BYTES/s", "FLOWS", "SUSPECT",
+const BACKEND_HEADER: [&str; 10] = [
+    "BACKEND",
+    "STATE",
+    "W",
+    "ACTIVE",
+    "NEW/s",
+    "PKT/s",
+    "BYTES/s",
+    "FLOWS",
+    "SNAT PORTS",
+    "SUSPECT",
 ];
 
 fn backend_row(b: &BackendStats) -> Vec<String> {
@@ -259,6 +311,7 @@ fn backend_row(b: &BackendStats) -> Vec<String> {
         rate(b.packets_per_sec),
         byte_rate(b.bytes_per_sec),
         b.new_flows.to_string(),
+        snat_ports_cell(b),
         suspect_cell(b),
     ]
 }
@@ -647,6 +700,13 @@ mod tests {
             health_stale: false,
             suspect: None,
             last_suspicion: None,
+            snat_ports: Some(crate::api::proto::SnatPortsInfo {
+                in_use: 402,
+                total: 4 * 64_512,
+                busiest_address_in_use: 700,
+                ports_per_address: 64_512,
+                addresses: 4,
+            }),
         }
     }
 
@@ -677,6 +737,11 @@ mod tests {
         b3.new_flows_per_sec = 0.0;
         b3.packets_per_sec = 0.0;
         b3.bytes_per_sec = 0.0;
+        b3.snat_ports = None;
+        if let Some(p) = &mut b2.snat_ports {
+            p.in_use = 0;
+            p.busiest_address_in_use = 0;
+        }
         ServiceStats {
             name: "web".into(),
             vip: Ipv4Addr::new(192, 0, 2, 10),
@@ -705,6 +770,10 @@ mod tests {
         b.packets_per_sec = 0.5;
         b.bytes_per_sec = 40.0;
         b.new_flows = 5;
+        if let Some(p) = &mut b.snat_ports {
+            p.in_use = 52_000;
+            p.busiest_address_in_use = 54_000;
+        }
         ServiceStats {
             name: "api-internal".into(),
             vip: Ipv4Addr::new(192, 0, 2, 11),
@@ -751,15 +820,39 @@ mod tests {
         let want = "\
 SERVICE       VIP:PORT        CHECK  BACKENDS  ACTIVE  NEW/s  PKT/s  BYTES/s
 web           192.0.2.10:80   http   2/3 up    1.2K    350    12.1K  9.8 MiB/s
-  BACKEND        STATE   W   ACTIVE  NEW/s  PKT/s  BYTES/s    FLOWS  SUSPECT
-  10.1.1.2:8080  UP      1   402     117    4.0K   3.3 MiB/s  12034  -
-  10.1.2.2:8080  DOWN    1   0       0      0      0 B/s      310    passive: RST to SYN; active: 3 checks failed (14s)
-  10.1.3.2:8080  BACKUP  10  0       0      0      0 B/s      0      -
+  BACKEND        STATE   W   ACTIVE  NEW/s  PKT/s  BYTES/s    FLOWS  SNAT PORTS                         SUSPECT
+  10.1.1.2:8080  UP      1   402     117    4.0K   3.3 MiB/s  12034  402/258K 0.2% (busiest addr 1.1%)  -
+  10.1.2.2:8080  DOWN    1   0       0      0      0 B/s      310    0/258K 0% (busiest addr 0%)        passive: RST to SYN; active: 3 checks failed (14s)
+  10.1.3.2:8080  BACKUP  10  0       0      0      0 B/s      0      -                                  -
 api-internal  192.0.2.11:443  tcp    1/1 up    7       0      0.5    40 B/s
-  BACKEND        STATE   W   ACTIVE  NEW/s  PKT/s  BYTES/s    FLOWS  SUSPECT
-  10.2.0.20:443  DRAIN   1   7       0      0.5    40 B/s     5      -
+  BACKEND        STATE   W   ACTIVE  NEW/s  PKT/s  BYTES/s    FLOWS  SNAT PORTS                         SUSPECT
+  10.2.0.20:443  DRAIN   1   7       0      0.5    40 B/s     5      52.0K/258K 20% (busiest addr 84%)  -
 ";
         assert_eq!(got, want, "\n{got}");
+    }
+
+    #[test]
+    fn percent_and_snat_ports_cell() {
+        assert_eq!(percent(0, 100), "0%");
+        assert_eq!(percent(1, 100_000), "<0.1%");
+        assert_eq!(percent(2, 1000), "0.2%");
+        assert_eq!(percent(99, 1000), "9.9%");
+        assert_eq!(percent(998, 10_000), "10%");
+        assert_eq!(percent(85, 100), "85%");
+        assert_eq!(percent(100, 100), "100%");
+        assert_eq!(percent(1, 0), "-");
+        let mut b = backend("10.0.0.1:80");
+        b.snat_ports = Some(crate::api::proto::SnatPortsInfo {
+            in_use: 900,
+            total: 1000,
+            busiest_address_in_use: 900,
+            ports_per_address: 1000,
+            addresses: 1,
+        });
+        // One SNAT address: the busiest address is the whole pool, said once.
+        assert_eq!(snat_ports_cell(&b), "900/1.0K 90%");
+        b.snat_ports = None;
+        assert_eq!(snat_ports_cell(&b), "-");
     }
 
     #[test]

@@ -221,6 +221,8 @@ pub struct Controller<D: Dataplane> {
     journal: Option<Vec<journal::Undo>>,
     sweep_generation: u64,
     last_sweep: Option<ConntrackSweep>,
+    /// SNAT pool warnings per backend endpoint (see [`crate::snat_pool::Alarm`]).
+    snat_alarms: BTreeMap<SocketAddrV4, crate::snat_pool::Alarm>,
 }
 
 /// The `BACKEND_F_*` flags of `b`; `reset_on_down` is its service's `on_backend_down: reset`.
@@ -298,6 +300,7 @@ impl<D: Dataplane> Controller<D> {
             journal: None,
             sweep_generation: 0,
             last_sweep: None,
+            snat_alarms: BTreeMap::new(),
         };
         // All or nothing: a failure restores the pinned state as it was.
         ctl.transaction(|ctl| ctl.adopt(&config, pinned_services, pinned_backends, pinned_vips))?;
@@ -468,6 +471,17 @@ impl<D: Dataplane> Controller<D> {
         self.last_sweep.as_ref()
     }
 
+    /// Backend endpoints whose SNAT pool is in warning (crossed
+    /// [`crate::snat_pool::WARN_PERCENT`] and not yet back below
+    /// [`crate::snat_pool::CLEAR_PERCENT`]).
+    pub fn snat_pools_in_warning(&self) -> Vec<SocketAddrV4> {
+        self.snat_alarms
+            .iter()
+            .filter(|(_, a)| a.raised)
+            .map(|(e, _)| *e)
+            .collect()
+    }
+
     /// Consumes the controller, returning the data plane.
     pub fn into_dataplane(self) -> D {
         self.dp
@@ -625,6 +639,7 @@ fn new_backend_state(
         in_table: false,
         written_flags,
         active_flows: 0,
+        snat_pool: None,
         verdicts: VerdictClock::new(std::time::Instant::now()),
         db: None,
         suspect: crate::model::SuspectLog::default(),

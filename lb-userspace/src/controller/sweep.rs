@@ -1,6 +1,8 @@
-//! Conntrack sweeps: live-flow counts and the release of retired backend ids.
+//! Conntrack sweeps: live-flow counts, SNAT pool use per backend endpoint (and its warning),
+//! and the release of retired backend ids.
 
 use super::*;
+use crate::snat_pool::{self, Crossing, SnatPool};
 
 impl<D: Dataplane> Controller<D> {
     /// Sweeps conntrack, records live flows per service/backend, and clears retired backends
@@ -31,10 +33,43 @@ impl<D: Dataplane> Controller<D> {
         sweep: ConntrackSweep,
         generation: u64,
     ) -> Result<(), ControllerError> {
+        let ports = sweep.snat_ports();
+        let mut pools = BTreeMap::new();
         for svc in &mut self.services {
             svc.active_flows = sweep.flows_by_service.get(&svc.id).copied().unwrap_or(0);
+            let full_nat = svc.cfg.forwarding != crate::config::Forwarding::Dsr;
             for b in &mut svc.backends {
                 b.active_flows = sweep.flows_by_backend.get(&b.id).copied().unwrap_or(0);
+                b.snat_pool = full_nat.then(|| {
+                    let count = ports.get(&b.cfg.address).copied().unwrap_or_default();
+                    SnatPool::new(count, &self.config.snat)
+                });
+                if let Some(pool) = b.snat_pool {
+                    pools.insert(b.cfg.address, pool);
+                }
+            }
+        }
+        self.snat_alarms.retain(|e, _| pools.contains_key(e));
+        for (endpoint, pool) in pools {
+            match self.snat_alarms.entry(endpoint).or_default().observe(&pool) {
+                Some(Crossing::Warn) => tracing::warn!(
+                    backend = %endpoint,
+                    in_use = pool.in_use,
+                    total = pool.total(),
+                    busiest_address = pool.busiest_address,
+                    ports_per_address = pool.ports_per_address,
+                    "{}",
+                    snat_pool::warning(endpoint, &pool)
+                ),
+                Some(Crossing::Clear) => tracing::info!(
+                    backend = %endpoint,
+                    in_use = pool.in_use,
+                    total = pool.total(),
+                    busiest_address = pool.busiest_address,
+                    "SNAT ports to backend {endpoint} back below {}% on every SNAT address",
+                    snat_pool::CLEAR_PERCENT
+                ),
+                None => {}
             }
         }
         let mut keep = Vec::new();

@@ -925,3 +925,133 @@ fn forwarding_mode_and_source_are_written_and_reloaded() {
         lb_common::ipv4_to_be("10.0.255.3".parse().unwrap())
     );
 }
+
+/// Two SNAT addresses of 100 ports each; endpoint 10.1.1.2:8080 is shared by two full-NAT
+/// services; a DSR service uses no SNAT.
+const SNAT_POOL: &str = r#"
+interfaces: [eth0]
+snat:
+  addresses: [10.0.255.1, 10.0.255.2]
+  port_min: 1024
+  port_max: 1123
+dsr:
+  source: 10.0.255.9
+limits:
+  conntrack_flows: 1024
+  maglev_table_size: 1009
+services:
+  - name: web
+    vip: 192.0.2.10
+    port: 80
+    backends:
+      - address: 10.1.1.2:8080
+      - address: 10.1.2.2:8080
+  - name: alt
+    vip: 192.0.2.10
+    port: 81
+    backends:
+      - address: 10.1.1.2:8080
+  - name: direct
+    vip: 192.0.2.10
+    port: 82
+    forwarding: dsr
+    backends:
+      - address: 10.1.3.2:82
+"#;
+
+fn snat_pool_of(
+    ctl: &Controller<FakeDataplane>,
+    svc: &str,
+    a: &str,
+) -> Option<crate::snat_pool::SnatPool> {
+    ctl.services()
+        .iter()
+        .find(|s| s.cfg.name == svc)
+        .unwrap()
+        .backend(addr(a))
+        .unwrap()
+        .snat_pool
+}
+
+#[test]
+fn sweep_reports_snat_pool_use_per_endpoint_and_warns_once_per_crossing() {
+    let (mut ctl, dp) = start(SNAT_POOL);
+    assert_eq!(
+        snat_pool_of(&ctl, "web", "10.1.1.2:8080"),
+        None,
+        "no sweep yet"
+    );
+    let (a1, a2): (Ipv4Addr, Ipv4Addr) =
+        ("10.0.255.1".parse().unwrap(), "10.0.255.2".parse().unwrap());
+    let set = |e: &str, a: Ipv4Addr, n: u64| {
+        dp.state().snat_ports.insert((addr(e), a), n);
+    };
+    set("10.1.1.2:8080", a1, 60);
+    set("10.1.1.2:8080", a2, 20);
+    set("10.1.2.2:8080", a2, 3);
+    ctl.sweep(0).unwrap();
+    let shared = snat_pool_of(&ctl, "web", "10.1.1.2:8080").unwrap();
+    assert_eq!(
+        (shared.in_use, shared.busiest_address, shared.total()),
+        (80, 60, 200)
+    );
+    assert_eq!((shared.addresses, shared.ports_per_address), (2, 100));
+    // The pool is the endpoint's: the other service with the same endpoint sees the same.
+    assert_eq!(snat_pool_of(&ctl, "alt", "10.1.1.2:8080"), Some(shared));
+    let other = snat_pool_of(&ctl, "web", "10.1.2.2:8080").unwrap();
+    assert_eq!((other.in_use, other.busiest_address), (3, 3));
+    assert_eq!(
+        snat_pool_of(&ctl, "direct", "10.1.3.2:82"),
+        None,
+        "DSR: no SNAT"
+    );
+    assert!(ctl.snat_pools_in_warning().is_empty());
+    // 80 of 100 on one address (120 of 200 overall): warned, whatever the average says.
+    set("10.1.1.2:8080", a1, 80);
+    set("10.1.1.2:8080", a2, 40);
+    ctl.sweep(0).unwrap();
+    assert_eq!(ctl.snat_pools_in_warning(), vec![addr("10.1.1.2:8080")]);
+    // Hysteresis: still in warning between 70% and 80%, cleared below 70%.
+    set("10.1.1.2:8080", a1, 75);
+    ctl.sweep(0).unwrap();
+    assert_eq!(ctl.snat_pools_in_warning(), vec![addr("10.1.1.2:8080")]);
+    set("10.1.1.2:8080", a1, 69);
+    ctl.sweep(0).unwrap();
+    assert!(ctl.snat_pools_in_warning().is_empty());
+    // Flows gone: the pool reads empty, not stale.
+    dp.state().snat_ports.clear();
+    ctl.sweep(0).unwrap();
+    let empty = snat_pool_of(&ctl, "web", "10.1.1.2:8080").unwrap();
+    assert_eq!(
+        (empty.in_use, empty.busiest_address, empty.total()),
+        (0, 0, 200)
+    );
+    // A warned endpoint removed from the configuration leaves the warning list.
+    set("10.1.2.2:8080", a1, 100);
+    ctl.sweep(0).unwrap();
+    assert_eq!(ctl.snat_pools_in_warning(), vec![addr("10.1.2.2:8080")]);
+    let mut c = ctl.config().clone();
+    c.services[0].backends.remove(1);
+    ctl.apply(c).unwrap();
+    ctl.sweep(0).unwrap();
+    assert!(ctl.snat_pools_in_warning().is_empty());
+}
+
+#[test]
+fn snat_pool_follows_a_reloaded_port_range() {
+    let (mut ctl, dp) = start(SNAT_POOL);
+    dp.state()
+        .snat_ports
+        .insert((addr("10.1.2.2:8080"), "10.0.255.1".parse().unwrap()), 50);
+    ctl.sweep(0).unwrap();
+    assert_eq!(
+        snat_pool_of(&ctl, "web", "10.1.2.2:8080").unwrap().total(),
+        200
+    );
+    let mut c = ctl.config().clone();
+    c.snat.port_max = 1223;
+    ctl.apply(c).unwrap();
+    ctl.sweep(0).unwrap();
+    let p = snat_pool_of(&ctl, "web", "10.1.2.2:8080").unwrap();
+    assert_eq!((p.in_use, p.ports_per_address, p.total()), (50, 200, 400));
+}

@@ -968,15 +968,7 @@ impl ConntrackSweeper for BpfConntrackSweeper {
     fn sweep(&mut self, now_ns: u64, cfg: &GlobalConfig) -> Result<ConntrackSweep> {
         let mut total = ConntrackSweep::default();
         for m in &mut self.maps {
-            let s = m.sweep(now_ns, cfg)?;
-            for (k, n) in s.flows_by_backend {
-                *total.flows_by_backend.entry(k).or_default() += n;
-            }
-            for (k, n) in s.flows_by_service {
-                *total.flows_by_service.entry(k).or_default() += n;
-            }
-            total.expired_removed += s.expired_removed;
-            total.entries += s.entries;
+            total.merge(m.sweep(now_ns, cfg)?);
         }
         Ok(total)
     }
@@ -1016,6 +1008,9 @@ impl OneMapSweeper {
             } else if e.flags & FLOW_F_REPLY == 0 {
                 *sweep.flows_by_backend.entry(e.backend_id).or_default() += 1;
                 *sweep.flows_by_service.entry(e.service_id).or_default() += 1;
+            } else {
+                // A live reply entry is the reservation of its SNAT port.
+                sweep.count_snat_port(k);
             }
         }
         for k in doomed {

@@ -21,7 +21,7 @@ use lb_common::{
 };
 use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// One recorded write.
@@ -160,6 +160,9 @@ pub struct FakeState {
     pub events_taken: bool,
     /// Live flows per backend id that the next sweep reports (set by tests).
     pub live_flows: HashMap<u32, (u32, u64)>,
+    /// SNAT ports held per (backend endpoint, SNAT address) that the next sweep reports
+    /// (set by tests; [`ConntrackSweep::snat_ports_by_address`]).
+    pub snat_ports: HashMap<(SocketAddrV4, Ipv4Addr), u64>,
     /// Every write, in order.
     pub ops: Vec<Op>,
     /// Backend ids passed to `reset_backend_flows`, in order (not a map write).
@@ -190,6 +193,7 @@ impl Default for FakeState {
             events_pending: Vec::new(),
             events_taken: false,
             live_flows: HashMap::new(),
+            snat_ports: HashMap::new(),
             ops: Vec::new(),
             flow_resets: Vec::new(),
             limits: None,
@@ -598,7 +602,7 @@ fn hash_full(exists: bool, len: usize, max: u32) -> Option<io::Error> {
     (!exists && len >= max as usize).then(|| io::Error::from_raw_os_error(libc::E2BIG))
 }
 
-/// The fake's sweeper: reports [`FakeState::live_flows`].
+/// The fake's sweeper: reports [`FakeState::live_flows`] and [`FakeState::snat_ports`].
 struct FakeSweeper {
     state: Arc<Mutex<FakeState>>,
 }
@@ -615,6 +619,12 @@ impl ConntrackSweeper for FakeSweeper {
             *sweep.flows_by_service.entry(service).or_insert(0) += flows;
             sweep.entries += 2 * flows;
         }
+        sweep.snat_ports_by_address = s
+            .snat_ports
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| (*k, *n))
+            .collect();
         Ok(sweep)
     }
 }

@@ -15,11 +15,12 @@ pub mod transient;
 
 use lb_common::{
     passive::{BackendSuspect, PassiveEvent},
-    BackendValue, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue, NUM_COUNTERS,
+    BackendValue, FlowKey, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue,
+    NUM_COUNTERS,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::pin::Pin;
 
 /// The eBPF object built by `cargo xtask build-ebpf` (empty when it was not built first).
@@ -151,6 +152,64 @@ pub struct ConntrackSweep {
     pub expired_removed: u64,
     /// Entries present after the sweep.
     pub entries: u64,
+    /// SNAT ports held per backend endpoint and SNAT address: the live reply entries
+    /// (`FLOW_F_REPLY`, keyed by backend address, SNAT address, backend port, SNAT port) of
+    /// both conntrack maps (an embryonic flow's reservation holds its port too). Each holds
+    /// one port of that endpoint's pool on that address. See [`ConntrackSweep::snat_ports`].
+    pub snat_ports_by_address: HashMap<(SocketAddrV4, Ipv4Addr), u64>,
+}
+
+/// SNAT ports one backend endpoint holds (from a [`ConntrackSweep`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SnatPortCount {
+    /// Over every SNAT address.
+    pub in_use: u64,
+    /// On the SNAT address that holds the most. The data plane picks a flow's SNAT address
+    /// by hash and searches ports only on it, so a pool runs dry address by address: this,
+    /// against the ports of one address, is how close new flows are to
+    /// `drop_snat_exhausted` when the addresses are unevenly used.
+    pub busiest_address: u64,
+}
+
+impl ConntrackSweep {
+    /// Counts the SNAT port held by the live reply entry `key` (`FLOW_F_REPLY` set).
+    pub fn count_snat_port(&mut self, key: &FlowKey) {
+        let endpoint = SocketAddrV4::new(
+            lb_common::ipv4_from_be(key.src_addr_be),
+            lb_common::port_from_be(key.src_port_be),
+        );
+        let snat = lb_common::ipv4_from_be(key.dst_addr_be);
+        *self
+            .snat_ports_by_address
+            .entry((endpoint, snat))
+            .or_default() += 1;
+    }
+
+    /// Adds the counts of `other` (the sweep of the other conntrack map).
+    pub fn merge(&mut self, other: ConntrackSweep) {
+        for (k, n) in other.flows_by_backend {
+            *self.flows_by_backend.entry(k).or_default() += n;
+        }
+        for (k, n) in other.flows_by_service {
+            *self.flows_by_service.entry(k).or_default() += n;
+        }
+        for (k, n) in other.snat_ports_by_address {
+            *self.snat_ports_by_address.entry(k).or_default() += n;
+        }
+        self.expired_removed += other.expired_removed;
+        self.entries += other.entries;
+    }
+
+    /// SNAT ports held per backend endpoint (endpoints holding none are absent).
+    pub fn snat_ports(&self) -> HashMap<SocketAddrV4, SnatPortCount> {
+        let mut out: HashMap<SocketAddrV4, SnatPortCount> = HashMap::new();
+        for (&(endpoint, _), &n) in &self.snat_ports_by_address {
+            let c = out.entry(endpoint).or_default();
+            c.in_use += n;
+            c.busiest_address = c.busiest_address.max(n);
+        }
+        out
+    }
 }
 
 /// Walks the conntrack map: deletes flows whose both entries expired (as of `now_ns`, on the
