@@ -12,7 +12,7 @@
 
 use super::*;
 use lb_tests::lab::lbd::BackendSpec;
-use lb_tests::lab::sys::{ns_run, wait_for};
+use lb_tests::lab::sys::wait_for;
 use lb_tests::lab::{backend_ip, balancer_private_ip};
 use std::net::SocketAddrV4;
 
