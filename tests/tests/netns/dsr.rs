@@ -163,8 +163,9 @@ fn assert_no_full_nat(what: &str, c: &BTreeMap<String, u64>) {
     }
 }
 
-fn dsr_end_to_end(mode: Mode) {
-    let _serial = exclusive();
+/// A lab with the DSR service up: two backends set up with the printed commands, servers on
+/// `*:80`, lbd with one `forwarding: dsr` service, both backends healthy, the VIP answering.
+fn dsr_lab(mode: Mode) -> Lab {
     let mut opts = LabOptions::new(2, mode);
     opts.backends_xdp_pass = false;
     let mut l = Lab::new(opts).unwrap_or_else(|e| panic!("building the lab: {e}"));
@@ -230,6 +231,13 @@ fn dsr_end_to_end(mode: Mode) {
         .unwrap_or_else(|e| panic!("DSR backends healthy: {e}"));
     l.wait_vip(Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("a connection through the DSR VIP: {e}"));
+
+    l
+}
+
+fn dsr_end_to_end(mode: Mode) {
+    let _serial = exclusive();
+    let l = dsr_lab(mode);
 
     // 1. N connections: correct answers from both backends, which see the client itself.
     let mut probes = Vec::new();
@@ -357,4 +365,62 @@ fn dsr_end_to_end(mode: Mode) {
         m.decapsulated,
         after_route.split_whitespace().collect::<Vec<_>>().join(" ")
     );
+}
+
+/// A measurement, not a check (run by hand: `cargo test --release -p lb-tests --test netns --
+/// --ignored dsr::throughput_dsr_vs_nat --nocapture`): through the DSR service and through the lab's default
+/// full-NAT service, native mode, alternating fresh labs for `ROUNDS` rounds: `CONNS`
+/// sequential connections (one `GET /id` each; connections per second), a 64 MiB upload
+/// (`POST /sha256`, checked) and a 64 MiB download (`GET /bulk`, checked), in MB/s. Fails
+/// only when a transfer fails or its SHA-256 differs.
+#[test]
+#[ignore = "a measurement (prints numbers); run by hand"]
+fn throughput_dsr_vs_nat() {
+    const ROUNDS: usize = 3;
+    const CONNS: usize = 500;
+    const LEN: u64 = 64 << 20;
+    let _serial = exclusive();
+    for round in 1..=ROUNDS {
+        for dsr in [true, false] {
+            let l = if dsr {
+                dsr_lab(Mode::Native)
+            } else {
+                started(2, Mode::Native)
+            };
+            let (conns, up, down) = l
+                .in_client(|| async {
+                    let t = std::time::Instant::now();
+                    for _ in 0..CONNS {
+                        probe(vip_addr(), PROBE_TIMEOUT).await?;
+                    }
+                    let conns = CONNS as f64 / t.elapsed().as_secs_f64();
+                    let timeout = Duration::from_secs(60);
+                    let mut conn = HttpConn::connect(vip_addr(), PROBE_TIMEOUT).await?;
+                    let t = std::time::Instant::now();
+                    let r = tokio::time::timeout(timeout, conn.post_pattern("/sha256", LEN))
+                        .await
+                        .map_err(|_| lb_tests::lab::LabError::Timeout("upload".into()))??;
+                    let up = LEN as f64 / t.elapsed().as_secs_f64();
+                    assert_eq!(r.text(), pattern_sha256(LEN), "upload SHA-256");
+                    let t = std::time::Instant::now();
+                    let (status, len, sha) = tokio::time::timeout(
+                        timeout,
+                        conn.get_hashed(&format!("/bulk?bytes={LEN}"), |_| {}),
+                    )
+                    .await
+                    .map_err(|_| lb_tests::lab::LabError::Timeout("download".into()))??;
+                    let down = LEN as f64 / t.elapsed().as_secs_f64();
+                    assert_eq!((status, len), (200, LEN));
+                    assert_eq!(sha, pattern_sha256(LEN), "download SHA-256");
+                    Ok((conns, up, down))
+                })
+                .unwrap_or_else(|e| panic!("measuring: {e}"));
+            eprintln!(
+                "round {round} {}: {conns:.0} sequential connections/s; upload {:.0} MB/s; download {:.0} MB/s",
+                if dsr { "DSR (lb_decap)" } else { "full NAT" },
+                up / 1e6,
+                down / 1e6
+            );
+        }
+    }
 }
