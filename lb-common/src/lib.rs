@@ -19,6 +19,7 @@
 
 pub mod checksum;
 pub mod counters;
+pub mod decap;
 pub mod hash;
 pub mod maps;
 pub mod passive;
@@ -28,7 +29,7 @@ pub mod tcp_state;
 pub use counters::*;
 pub use maps::*;
 
-/// Version of the pinned map layout; part of the pin directory name (`abi6`).
+/// Version of the pinned map layout; part of the pin directory name (`abi7`).
 ///
 /// 2: [`FlowEntry`] grew the cached next hop (32 -> 56 bytes).
 /// 3: [`FlowEntry`] holds the shared TCP state (`state`, `close_dir`; the ESTABLISHED and
@@ -48,7 +49,9 @@ pub use maps::*;
 /// 6: DSR: [`ServiceValue`] carries the forwarding mode and the outer source address
 ///    (`forwarding`, `dsr_src_be`; 16 -> 24 bytes); `LB_STATS` grew to 56 entries (the DSR
 ///    counters at 50-51).
-pub const ABI_VERSION: u32 = 6;
+/// 7: the object holds the backend-side decapsulator `lb_decap` and its two maps
+///    ([`decap`]; lbd creates them unpinned and never uses them, `lbctl decap` pins its own).
+pub const ABI_VERSION: u32 = 7;
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";

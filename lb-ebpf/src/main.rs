@@ -17,6 +17,7 @@
 
 mod ablate;
 mod conntrack;
+mod decap;
 mod dsr;
 mod forward;
 mod fwd_mode;
@@ -67,6 +68,16 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn lb_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// The backend side of DSR without the kernel's `ipip` module: strips the outer header of IPIP
+/// packets to this host ([`decap`]). Not part of the balancer: `lbctl decap attach` puts it
+/// on a backend's interface. Every frame increments exactly one of its own counters.
+#[xdp]
+pub fn lb_decap(ctx: XdpContext) -> u32 {
+    let verdict = decap::try_decap(&ctx).unwrap_or(decap::ABORTED);
+    decap::count(verdict.counter);
+    verdict.action
 }
 
 /// Ethernet and IPv4 validation, then the tracked fast path, the new-flow path, or the

@@ -10,6 +10,7 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
+    decap::{DECAP_MAX_ADDRS, DECAP_NUM_COUNTERS},
     passive::BackendSuspect, BackendValue, FlowEntry, FlowKey, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue,
     local_addrs_capacity, CONFIG_ENTRIES, CONNTRACK_ENTRIES_PER_FLOW, DEFAULT_CONNTRACK_FLOWS, DEFAULT_MAGLEV_TABLE_SIZE,
     DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, EVENTS_RING_BYTES, MAX_SNAT_ADDRS, MAX_TX_PORTS, NUM_COUNTERS,
@@ -98,6 +99,14 @@ pub static LB_BE_SUSPECT: Array<BackendSuspect> = Array::pinned(DEFAULT_MAX_BACK
 #[map]
 pub static LB_EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 
+/// `lb_decap`'s decapsulation addresses (`lb_common::decap`); `lb_xdp` never reads it.
+#[map]
+pub static LB_DECAP_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(DECAP_MAX_ADDRS, 0);
+
+/// `lb_decap`'s per-CPU counters (`lb_common::decap`).
+#[map]
+pub static LB_DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DECAP_NUM_COUNTERS, 0);
+
 /// Compile-time string equality (the map symbols must be the lb-common names).
 const fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -130,4 +139,6 @@ const _: () = {
     assert!(same(lb_common::MAP_BACKEND_STATS, "LB_BE_STATS"));
     assert!(same(lb_common::MAP_BACKEND_SUSPECT, "LB_BE_SUSPECT"));
     assert!(same(lb_common::MAP_EVENTS, "LB_EVENTS"));
+    assert!(same(lb_common::decap::MAP_DECAP_ADDRS, "LB_DECAP_ADDRS"));
+    assert!(same(lb_common::decap::MAP_DECAP_STATS, "LB_DECAP_STATS"));
 };

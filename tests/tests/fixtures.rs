@@ -17,6 +17,8 @@ use std::net::Ipv4Addr;
 
 #[path = "fixtures/backend_down.rs"]
 mod backend_down;
+#[path = "fixtures/decap.rs"]
+mod decap;
 #[path = "fixtures/dsr.rs"]
 mod dsr;
 #[path = "fixtures/failover.rs"]

@@ -105,6 +105,10 @@ both_modes!(
     path_mtu,
 );
 
+/// Issue 13's DSR end to end, backends decapsulating with lb_decap.
+#[path = "netns/dsr.rs"]
+mod dsr;
+
 /// Issue 10's failover scenarios (backend death, health-check flap).
 #[path = "netns/backend_failure.rs"]
 mod backend_failure;

@@ -10,8 +10,72 @@
 //! would steal the VIP from the balancer on a shared segment): `arp_ignore=1` answers only for
 //! addresses on the receiving interface, `arp_announce=2` never uses the VIP as the source of
 //! its own ARP requests.
+//!
+//! Without the `ipip` module (`CONFIG_NET_IPIP` unset: no `tunl0`, `modprobe ipip` fails),
+//! lb's own XDP decapsulator does `tunl0`'s job ([`Decap::Xdp`], [`dsr_xdp_commands`]):
+//! `lbctl decap attach IFACE` puts `lb_decap` on the interface the encapsulated packets
+//! arrive on and pins it; the inner packet then arrives on that interface, so its
+//! reverse-path filter is turned off instead of `tunl0`'s.
 
+use crate::dataplane::XdpMode;
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+/// How a DSR backend strips lb's IPIP header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Decap {
+    /// The kernel's `tunl0` device (the `ipip` module).
+    #[default]
+    Ipip,
+    /// lb's XDP program `lb_decap` on the receiving interface (`lbctl decap attach`): no
+    /// kernel module needed.
+    Xdp,
+}
+
+/// Where and how `lbctl decap attach` puts the XDP decapsulator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdpDecap {
+    /// The interface the encapsulated packets arrive on.
+    pub iface: String,
+    /// `--xdp-mode` to pass (`None`: the default, auto).
+    pub mode: Option<XdpMode>,
+    /// `--pin-root` to pass (`None`: the default).
+    pub pin_root: Option<PathBuf>,
+    /// How to invoke lbctl on the backend (`lbctl` for the printed script).
+    pub lbctl: String,
+}
+
+/// The sysctl name of `key` under `net.ipv4.conf.<iface>`: the slash form when the interface
+/// name has a dot (`eth0.100`), which the dotted form would split.
+fn conf_sysctl(iface: &str, key: &str) -> String {
+    if iface.contains('.') {
+        format!("net/ipv4/conf/{iface}/{key}")
+    } else {
+        format!("net.ipv4.conf.{iface}.{key}")
+    }
+}
+
+/// The commands, in order, for a backend that decapsulates with `lb_decap` on `decap.iface`.
+/// Idempotent like [`dsr_commands`] (`lbctl decap attach` replaces an earlier attachment).
+pub fn dsr_xdp_commands(vip: Ipv4Addr, decap: &XdpDecap) -> Vec<String> {
+    let mut attach = format!("{} decap attach {}", decap.lbctl, decap.iface);
+    match decap.mode {
+        Some(XdpMode::Native) => attach.push_str(" --xdp-mode native"),
+        Some(XdpMode::Generic) => attach.push_str(" --xdp-mode generic"),
+        Some(XdpMode::Auto) | None => {}
+    }
+    if let Some(root) = &decap.pin_root {
+        attach.push_str(&format!(" --pin-root {}", root.display()));
+    }
+    vec![
+        format!("ip addr replace {vip}/32 dev lo"),
+        format!("sysctl -w {}=0", conf_sysctl(&decap.iface, "rp_filter")),
+        "sysctl -w net.ipv4.conf.all.rp_filter=0".to_string(),
+        "sysctl -w net.ipv4.conf.all.arp_ignore=1".to_string(),
+        "sysctl -w net.ipv4.conf.all.arp_announce=2".to_string(),
+        attach,
+    ]
+}
 
 /// The commands, in order, each one line for `sh -c`. Idempotent: running them twice is
 /// harmless (`ip addr replace`, `sysctl -w`).
@@ -35,21 +99,48 @@ pub fn dsr_script(vip: Ipv4Addr) -> String {
          # Backend setup for the DSR service(s) on VIP {vip} (lb, docs/scale-out.md \"DSR\").\n\
          # Run as root on every backend. lb encapsulates the client's packets in IPIP; the\n\
          # backend decapsulates them on tunl0, owns the VIP on lo and answers the client directly.\n\
+         # Without the ipip module (CONFIG_NET_IPIP unset: modprobe ipip fails, no tunl0), use\n\
+         # lb's XDP decapsulator instead: lbctl backend-setup --dsr {vip} --decap xdp --iface IFACE\n\
          set -e\n"
     );
     for c in dsr_commands(vip) {
         s.push_str(&c);
         s.push('\n');
     }
-    s.push_str(
+    s.push_str(MTU_ADVICE);
+    s
+}
+
+/// The text `lbctl backend-setup --dsr VIP --decap xdp --iface IFACE` prints: a shell script
+/// of [`dsr_xdp_commands`] with comments.
+pub fn dsr_xdp_script(vip: Ipv4Addr, decap: &XdpDecap) -> String {
+    let iface = &decap.iface;
+    let mut s = format!(
+        "#!/bin/sh\n\
+         # Backend setup for the DSR service(s) on VIP {vip} (lb, docs/scale-out.md \"DSR\").\n\
+         # Run as root on every backend. lb encapsulates the client's packets in IPIP; lb's XDP\n\
+         # program lb_decap strips the outer header on {iface} (no ipip module needed); the\n\
+         # backend owns the VIP on lo and answers the client directly.\n\
+         # The attachment is pinned (it outlives lbctl) but not kept across a reboot or the\n\
+         # interface being recreated: run this again then. `lbctl decap stats {iface}` shows\n\
+         # its counters, `lbctl decap detach {iface}` removes it.\n\
+         set -e\n"
+    );
+    for c in dsr_xdp_commands(vip, decap) {
+        s.push_str(&c);
+        s.push('\n');
+    }
+    s.push_str(MTU_ADVICE);
+    s
+}
+
+/// The MTU and listening advice at the end of both scripts.
+const MTU_ADVICE: &str =
         "# MTU: the balancer adds 20 bytes toward this backend. Advertise an MSS that leaves room\n\
          # for them, e.g. on the route to the clients (MTU 1500: 1500 - 20 - 40 = 1440):\n\
          #   ip route change default via <gateway> advmss 1440\n\
          # Larger client segments are answered by lb with ICMP fragmentation needed.\n\
-         # The service's backends must listen on the VIP's port (on the VIP or on all addresses).\n",
-    );
-    s
-}
+         # The service's backends must listen on the VIP's port (on the VIP or on all addresses).\n";
 
 #[cfg(test)]
 mod tests {
@@ -77,5 +168,42 @@ mod tests {
         assert_eq!(lines[0], "set -e");
         assert_eq!(&lines[1..], dsr_commands(vip).as_slice());
         assert!(script.contains("advmss 1440"));
+        assert!(script.contains("--decap xdp --iface IFACE"));
+    }
+
+    #[test]
+    fn xdp_commands_for_a_vip() {
+        let vip = Ipv4Addr::new(192, 0, 2, 10);
+        let mut decap = XdpDecap {
+            iface: "eth0".into(),
+            mode: None,
+            pin_root: None,
+            lbctl: "lbctl".into(),
+        };
+        assert_eq!(
+            dsr_xdp_commands(vip, &decap),
+            [
+                "ip addr replace 192.0.2.10/32 dev lo",
+                "sysctl -w net.ipv4.conf.eth0.rp_filter=0",
+                "sysctl -w net.ipv4.conf.all.rp_filter=0",
+                "sysctl -w net.ipv4.conf.all.arp_ignore=1",
+                "sysctl -w net.ipv4.conf.all.arp_announce=2",
+                "lbctl decap attach eth0",
+            ]
+        );
+        let script = dsr_xdp_script(vip, &decap);
+        let lines: Vec<&str> = script.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(lines[0], "set -e");
+        assert_eq!(&lines[1..], dsr_xdp_commands(vip, &decap).as_slice());
+        assert!(!script.contains("modprobe"));
+        decap.iface = "eth0.100".into();
+        decap.mode = Some(XdpMode::Generic);
+        decap.pin_root = Some("/sys/fs/bpf/x".into());
+        let c = dsr_xdp_commands(vip, &decap);
+        assert_eq!(c[1], "sysctl -w net/ipv4/conf/eth0.100/rp_filter=0");
+        assert_eq!(
+            c[5],
+            "lbctl decap attach eth0.100 --xdp-mode generic --pin-root /sys/fs/bpf/x"
+        );
     }
 }

@@ -13,7 +13,10 @@ use crate::api::proto::{
     BackendListEntry, Request, ServiceStats, StatsSnapshot, StatusInfo, DEFAULT_SOCKET_PATH,
 };
 use crate::config::{BackendConfig, ServiceConfig};
+use crate::dataplane::decap::{self, DEFAULT_DECAP_PIN_ROOT};
+use crate::dataplane::XdpMode;
 use anyhow::{anyhow, bail, Context as _, Result};
+use backend_setup::Decap;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Map, Value};
 use std::io::{ErrorKind, Write};
@@ -76,15 +79,155 @@ pub enum Command {
     Db(DbCommand),
     /// Print the commands a backend needs (run them on the backend; lbd is not contacted).
     BackendSetup(BackendSetupArgs),
+    /// DSR backends without the ipip module: lb's XDP decapsulator on this host's interface
+    /// (lbd is not contacted).
+    #[command(subcommand)]
+    Decap(DecapCommand),
+}
+
+/// `lbctl decap ...`: the XDP program `lb_decap`, which strips lb's IPIP header on a DSR
+/// backend (docs/scale-out.md, "Backend setup").
+#[derive(Debug, Subcommand)]
+pub enum DecapCommand {
+    /// Attach lb_decap to IFACE and pin it, so it keeps working after lbctl exits (replaces an
+    /// earlier attachment to IFACE).
+    Attach {
+        /// The interface lb's encapsulated packets arrive on.
+        iface: String,
+        /// XDP mode: native (driver), generic (skb) or auto (native, else generic).
+        #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
+        xdp_mode: XdpMode,
+        /// bpffs directory for the pins (`<DIR>/abiN/net<netns>/<IFACE>/`).
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_DECAP_PIN_ROOT)]
+        pin_root: PathBuf,
+        /// Decapsulate IPIP addressed to ADDR (repeatable); default: IFACE's IPv4 addresses now.
+        #[arg(long = "address", value_name = "ADDR")]
+        addresses: Vec<Ipv4Addr>,
+    },
+    /// Detach lb_decap from IFACE and remove its pins.
+    Detach {
+        /// The interface.
+        iface: String,
+        /// bpffs directory of the pins.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_DECAP_PIN_ROOT)]
+        pin_root: PathBuf,
+    },
+    /// Show lb_decap's counters on IFACE (decapsulated, passed, dropped).
+    Stats {
+        /// The interface.
+        iface: String,
+        /// bpffs directory of the pins.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_DECAP_PIN_ROOT)]
+        pin_root: PathBuf,
+    },
 }
 
 /// Arguments of `lbctl backend-setup`.
 #[derive(Debug, Args)]
 pub struct BackendSetupArgs {
-    /// A backend of the DSR service(s) on this VIP (`forwarding: dsr`): IPIP decapsulation on
-    /// tunl0, the VIP on lo, rp_filter off, arp_ignore=1 and arp_announce=2.
+    /// A backend of the DSR service(s) on this VIP (`forwarding: dsr`): IPIP decapsulation,
+    /// the VIP on lo, rp_filter off, arp_ignore=1 and arp_announce=2.
     #[arg(long, value_name = "VIP", required = true)]
     pub dsr: Ipv4Addr,
+    /// How the backend strips the IPIP header: the kernel's tunl0 (ipip module) or lb's XDP
+    /// program (`lbctl decap attach`; for kernels without the ipip module).
+    #[arg(long, value_enum, default_value_t = Decap::Ipip)]
+    pub decap: Decap,
+    /// With `--decap xdp`: the backend interface lb's packets arrive on.
+    #[arg(long, value_name = "IFACE")]
+    pub iface: Option<String>,
+    /// With `--decap xdp`: the XDP mode to attach in (default auto).
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpMode>,
+    /// With `--decap xdp`: the bpffs directory for the pins (default /sys/fs/bpf/lb-decap).
+    #[arg(long, value_name = "DIR")]
+    pub pin_root: Option<PathBuf>,
+}
+
+/// The script `lbctl backend-setup` prints for `args`.
+pub fn backend_setup_script(args: &BackendSetupArgs) -> Result<String> {
+    match args.decap {
+        Decap::Ipip => {
+            if args.iface.is_some() || args.xdp_mode.is_some() || args.pin_root.is_some() {
+                bail!("--iface, --xdp-mode and --pin-root apply only to --decap xdp");
+            }
+            Ok(backend_setup::dsr_script(args.dsr))
+        }
+        Decap::Xdp => {
+            let Some(iface) = args.iface.clone() else {
+                bail!("--iface: required with --decap xdp (the interface lb's packets arrive on)");
+            };
+            let decap = backend_setup::XdpDecap {
+                iface,
+                mode: args.xdp_mode,
+                pin_root: args.pin_root.clone(),
+                lbctl: "lbctl".into(),
+            };
+            Ok(backend_setup::dsr_xdp_script(args.dsr, &decap))
+        }
+    }
+}
+
+/// Runs `lbctl decap ...` on this host.
+fn run_decap(command: &DecapCommand, output: Output, out: &mut dyn Write) -> Result<()> {
+    match command {
+        DecapCommand::Attach {
+            iface,
+            xdp_mode,
+            pin_root,
+            addresses,
+        } => {
+            let a = decap::attach(iface, *xdp_mode, pin_root, addresses)
+                .with_context(|| format!("attaching lb_decap to {iface}"))?;
+            let addrs: Vec<String> = a.addresses.iter().map(ToString::to_string).collect();
+            if output == Output::Json {
+                let v = json!({
+                    "iface": iface,
+                    "mode": a.mode,
+                    "addresses": addrs,
+                    "pin_dir": a.dir.display().to_string(),
+                });
+                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "lb_decap attached to {iface} ({} mode), decapsulating IPIP to {}; pinned at {}",
+                    match a.mode {
+                        crate::dataplane::AttachedMode::Native => "native",
+                        crate::dataplane::AttachedMode::Generic => "generic",
+                    },
+                    addrs.join(", "),
+                    a.dir.display()
+                )?;
+            }
+        }
+        DecapCommand::Detach { iface, pin_root } => {
+            let removed = decap::detach(pin_root, iface)
+                .with_context(|| format!("detaching lb_decap from {iface}"))?;
+            if removed {
+                writeln!(out, "lb_decap detached from {iface}")?;
+            } else {
+                writeln!(out, "no lb_decap attachment on {iface} here; nothing to do")?;
+            }
+        }
+        DecapCommand::Stats { iface, pin_root } => {
+            let c = decap::read_counters(pin_root, iface)
+                .with_context(|| format!("reading lb_decap's counters on {iface}"))?;
+            if output == Output::Json {
+                let m: Map<String, Value> = lb_common::decap::DECAP_COUNTER_NAMES
+                    .iter()
+                    .zip(c)
+                    .map(|(n, v)| ((*n).to_string(), json!(v)))
+                    .collect();
+                writeln!(out, "{}", serde_json::to_string_pretty(&Value::Object(m))?)?;
+            } else {
+                for (n, v) in lb_common::decap::DECAP_COUNTER_NAMES.iter().zip(c) {
+                    writeln!(out, "{n:<18} {v:>12}")?;
+                }
+            }
+        }
+    }
+    Ok(out.flush()?)
 }
 
 /// `lbctl db ...`
@@ -375,9 +518,10 @@ pub fn run_to(cli: &Cli, out: &mut dyn Write) -> Result<()> {
             return watch_stats(&cli.socket, cli.output, args.interval, args.count, out)
         }
         Command::BackendSetup(args) => {
-            out.write_all(backend_setup::dsr_script(args.dsr).as_bytes())?;
+            out.write_all(backend_setup_script(args)?.as_bytes())?;
             return Ok(out.flush()?);
         }
+        Command::Decap(command) => return run_decap(command, cli.output, out),
         command => request_for(command)?,
     };
     let mut client = Client::connect(&cli.socket)?;
@@ -449,6 +593,7 @@ pub fn request_for(command: &Command) -> Result<Request> {
         Command::Config(ConfigCommand::Save) => Request::ConfigSave,
         Command::Unload => Request::Unload,
         Command::BackendSetup(_) => bail!("backend-setup prints commands; it sends no request"),
+        Command::Decap(_) => bail!("decap acts on this host; it sends no request"),
         Command::Db(DbCommand::Status { cluster }) => Request::DbStatus {
             cluster: cluster.clone(),
         },

@@ -98,12 +98,12 @@ pub struct BpfDataplane {
     events: std::sync::Mutex<Option<RingBuf<MapData>>>,
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DataplaneError {
+pub(super) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DataplaneError {
     let what = what.into();
     move |source| DataplaneError::Io { what, source }
 }
 
-fn program_err<'a>(
+pub(super) fn program_err<'a>(
     action: &'static str,
     name: &'a str,
 ) -> impl FnOnce(aya::programs::ProgramError) -> DataplaneError + 'a {
@@ -115,7 +115,7 @@ fn program_err<'a>(
 }
 
 /// Loads `prog`, retrying a refusal that looks transient (see [`super::transient`]).
-fn load_program(prog: &mut Xdp, name: &str) -> Result<(), DataplaneError> {
+pub(super) fn load_program(prog: &mut Xdp, name: &str) -> Result<(), DataplaneError> {
     use super::transient::{is_transient, retry_transient, ATTEMPTS};
     use aya::programs::ProgramError;
     let errno = |e: &ProgramError| match e {
@@ -144,7 +144,7 @@ fn load_program(prog: &mut Xdp, name: &str) -> Result<(), DataplaneError> {
     })
 }
 
-fn link_err<'a, E: std::error::Error + Send + Sync + 'static>(
+pub(super) fn link_err<'a, E: std::error::Error + Send + Sync + 'static>(
     iface: &'a str,
     what: &'static str,
 ) -> impl FnOnce(E) -> DataplaneError + 'a {
@@ -155,7 +155,7 @@ fn link_err<'a, E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
-fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+pub(super) fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
     move |e| DataplaneError::Map {
         map,
         source: io::Error::other(e),
@@ -235,7 +235,7 @@ fn check_pinned(dir: &Path, opts: &LoadOptions) -> Result<()> {
     Ok(())
 }
 
-fn is_bpffs(path: &Path) -> bool {
+pub(super) fn is_bpffs(path: &Path) -> bool {
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
         return false;
@@ -331,7 +331,7 @@ fn remove_empty_root(root: &Path) -> Result<()> {
 }
 
 /// `BPF_LINK_DETACH` of a link fd (forces the detach even if other fds refer to the link).
-fn link_detach(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+pub(super) fn link_detach(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     const BPF_LINK_DETACH: libc::c_long = 34;
     let attr: [u32; 4] = [fd.as_raw_fd() as u32, 0, 0, 0];
     // SAFETY: bpf(2) with a zero-padded attr of the declared size.
@@ -351,7 +351,7 @@ fn link_detach(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// `BPF_OBJ_GET` of a pinned object.
-fn obj_get(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+pub(super) fn obj_get(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     const BPF_OBJ_GET: libc::c_long = 7;
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
@@ -375,7 +375,7 @@ fn obj_get(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(rc as i32) })
 }
 
-fn ifindex(iface: &str) -> Result<u32> {
+pub(super) fn ifindex(iface: &str) -> Result<u32> {
     let c = std::ffi::CString::new(iface).map_err(|_| DataplaneError::NoInterface {
         iface: iface.into(),
     })?;
@@ -563,7 +563,7 @@ impl BpfDataplane {
         Self::attach_fresh(prog, iface, idx, mode).map(|(_, m)| m)
     }
 
-    fn attach_fresh(
+    pub(super) fn attach_fresh(
         prog: &mut Xdp,
         iface: &str,
         idx: u32,
@@ -742,45 +742,7 @@ impl BpfDataplane {
         ingress_ifindex: Option<u32>,
         repeat: u32,
     ) -> Result<TestRunResult> {
-        if repeat == 0 {
-            return Err(DataplaneError::Usage(
-                "test_run: repeat must be >= 1".into(),
-            ));
-        }
-        if frame.len() < 14 {
-            return Err(DataplaneError::Usage(format!(
-                "test_run: a {}-byte frame is shorter than an Ethernet header; BPF_PROG_TEST_RUN refuses it",
-                frame.len()
-            )));
-        }
-        let data_in = frame;
-        // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
-        let ctx_words: [u32; 6] = [
-            0,
-            data_in.len() as u32,
-            0,
-            ingress_ifindex.unwrap_or(0),
-            0,
-            0,
-        ];
-        let ctx_in: Vec<u8> = ctx_words.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        let mut data_out = vec![0u8; data_in.len() + 256];
-        let prog = self.program(name)?;
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(data_in);
-        opts.data_out = Some(&mut data_out);
-        opts.ctx_in = Some(&ctx_in);
-        opts.repeat = repeat;
-        let res = prog
-            .test_run(opts)
-            .map_err(program_err("BPF_PROG_TEST_RUN of", name))?;
-        let out_len = (res.data_size_out as usize).min(data_out.len());
-        data_out.truncate(out_len);
-        Ok(TestRunResult {
-            verdict: res.return_value,
-            output: data_out,
-            duration_ns: res.duration.as_nanos() as u64,
-        })
+        test_run_xdp(self.program(name)?, name, frame, ingress_ifindex, repeat)
     }
 
     /// Number of possible CPUs (length of per-CPU values).
@@ -1430,4 +1392,53 @@ impl BpfDataplane {
         }
         Some(out)
     }
+}
+
+/// `BPF_PROG_TEST_RUN` of the loaded XDP program `prog` (named `name` in errors) on `frame`
+/// (see [`BpfDataplane::test_run`]).
+pub(super) fn test_run_xdp(
+    prog: &Xdp,
+    name: &str,
+    frame: &[u8],
+    ingress_ifindex: Option<u32>,
+    repeat: u32,
+) -> Result<TestRunResult> {
+    if repeat == 0 {
+        return Err(DataplaneError::Usage(
+            "test_run: repeat must be >= 1".into(),
+        ));
+    }
+    if frame.len() < 14 {
+        return Err(DataplaneError::Usage(format!(
+                "test_run: a {}-byte frame is shorter than an Ethernet header; BPF_PROG_TEST_RUN refuses it",
+                frame.len()
+            )));
+    }
+    let data_in = frame;
+    // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
+    let ctx_words: [u32; 6] = [
+        0,
+        data_in.len() as u32,
+        0,
+        ingress_ifindex.unwrap_or(0),
+        0,
+        0,
+    ];
+    let ctx_in: Vec<u8> = ctx_words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let mut data_out = vec![0u8; data_in.len() + 256];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(data_in);
+    opts.data_out = Some(&mut data_out);
+    opts.ctx_in = Some(&ctx_in);
+    opts.repeat = repeat;
+    let res = prog
+        .test_run(opts)
+        .map_err(program_err("BPF_PROG_TEST_RUN of", name))?;
+    let out_len = (res.data_size_out as usize).min(data_out.len());
+    data_out.truncate(out_len);
+    Ok(TestRunResult {
+        verdict: res.return_value,
+        output: data_out,
+        duration_ns: res.duration.as_nanos() as u64,
+    })
 }

@@ -7,6 +7,7 @@
 //! without a kernel.
 
 pub mod bpf;
+pub mod decap;
 pub mod fake;
 pub mod netlink;
 pub mod sysctl;
@@ -313,7 +314,17 @@ pub trait Dataplane: Send + 'static {
 }
 
 /// How the XDP program is attached to an interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     /// Driver mode: fastest; needs driver support (veth, most 10G+ NICs).

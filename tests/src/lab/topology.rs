@@ -15,6 +15,7 @@ use super::{
 use lb::dataplane::{bpf::BpfDataplane, LoadOptions, XdpMode};
 use std::future::Future;
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::thread::JoinHandle;
@@ -58,6 +59,10 @@ pub struct LabOptions {
     /// answers are delivered (default true). The bench turns it off: its packet-rate
     /// section attaches its own counting program (which passes every packet) to `e0`.
     pub host_xdp_pass: bool,
+    /// With `host_xdp_pass`: also on every backend's `e0` (default true). The DSR scenarios
+    /// turn it off: the backend's own XDP program (`lb_decap`, attached by the commands
+    /// `lbctl backend-setup` prints) takes `e0`'s XDP slot and serves the same purpose.
+    pub backends_xdp_pass: bool,
 }
 
 impl LabOptions {
@@ -70,6 +75,7 @@ impl LabOptions {
             pub0_mtu: None,
             backend_link_mtu: None,
             host_xdp_pass: true,
+            backends_xdp_pass: true,
         }
     }
 }
@@ -143,7 +149,7 @@ impl Lab {
             }
         }
         if opts.mode == Mode::Native && opts.host_xdp_pass {
-            lab.host_xdp = Some(lab.attach_host_xdp_pass()?);
+            lab.host_xdp = Some(lab.attach_host_xdp_pass(opts.backends_xdp_pass)?);
         }
         for i in 1..=opts.backends {
             lab.start_backend(i)?;
@@ -248,7 +254,8 @@ impl Lab {
     /// its own: `veth_xdp_flush` wakes the receiver only then, and GRO alone (enough for
     /// `XDP_REDIRECT`, whose flush always wakes it) leaves those frames queued until some
     /// redirected frame happens to arrive. On a NIC `XDP_TX` needs nothing of the kind.
-    fn attach_host_xdp_pass(&self) -> Result<BpfDataplane> {
+    /// Without `backends`, only `c0`.
+    fn attach_host_xdp_pass(&self, backends: bool) -> Result<BpfDataplane> {
         let opts = LoadOptions {
             pin_root: None,
             max_services: 1,
@@ -260,7 +267,12 @@ impl Lab {
         let mut dp = BpfDataplane::load(&opts)
             .map_err(|e| LabError::Unavailable(format!("loading lb_xdp_pass: {e}")))?;
         let hosts: Vec<PathBuf> = std::iter::once(self.client.path())
-            .chain(self.backends.iter().map(|b| b.ns.path()))
+            .chain(
+                self.backends
+                    .iter()
+                    .filter(|_| backends)
+                    .map(|b| b.ns.path()),
+            )
             .collect();
         for (ns, dev) in hosts
             .iter()
@@ -324,6 +336,12 @@ impl Lab {
     /// Starts (or restarts) the test server of backend `i` (1-based) and waits until it
     /// listens.
     pub fn start_backend(&mut self, i: usize) -> Result<()> {
+        self.start_backend_on(i, backend_addr(i))
+    }
+
+    /// [`Lab::start_backend`] with the server listening on `listen` (e.g. `0.0.0.0:80` for a
+    /// DSR backend, which receives the client's packets to the VIP unchanged).
+    pub fn start_backend_on(&mut self, i: usize, listen: SocketAddrV4) -> Result<()> {
         self.kill_backend(i);
         let ns = self.backends[i - 1].ns.name().to_string();
         let log = self.tmp.path().join(format!("b{i}.log"));
@@ -331,7 +349,7 @@ impl Lab {
         let health_file = self.health_file(i);
         cmd.args([
             "--listen",
-            &backend_addr(i).to_string(),
+            &listen.to_string(),
             "--name",
             &backend_name(i),
             "--health-file",
@@ -402,6 +420,64 @@ impl Lab {
             ns_run(&ns, "ip", &["route", "replace", "default", "via", &gw])?;
         }
         Ok(())
+    }
+
+    /// Where the DSR backends' `lbctl decap attach` pins (under the lab's bpffs root, so
+    /// dropping the lab removes it).
+    pub fn decap_pin_root(&self) -> PathBuf {
+        self.bpffs_root.join("decap")
+    }
+
+    /// Configures backend `i` for the DSR service(s) on `vip` with lb's XDP decapsulator on
+    /// `e0` (this kernel has no `ipip` module): runs `lbctl backend-setup --dsr VIP --decap xdp
+    /// --iface e0 --xdp-mode <the lab's mode> --pin-root <[`Lab::decap_pin_root`]>` and then
+    /// exactly the script it printed, with `sh` in the backend's namespace (`lbctl` on its
+    /// `PATH`). Returns the script.
+    pub fn setup_dsr_backend(&self, i: usize, vip: std::net::Ipv4Addr) -> Result<String> {
+        let lbctl = release_binary("lbctl")?;
+        let root = self.decap_pin_root();
+        let script = sys::run(std::process::Command::new(&lbctl).args([
+            "backend-setup",
+            "--dsr",
+            &vip.to_string(),
+            "--decap",
+            "xdp",
+            "--iface",
+            "e0",
+            "--xdp-mode",
+            self.mode.as_str(),
+            "--pin-root",
+            &root.display().to_string(),
+        ]))?;
+        let bin_dir = lbctl.parent().unwrap_or(Path::new("/"));
+        let path = format!(
+            "{}:{}",
+            bin_dir.display(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+        );
+        let mut cmd = ns_command(self.backends[i - 1].ns.name(), "sh");
+        cmd.arg("-s").env("PATH", path);
+        sys::run_with_input(&mut cmd, &script)?;
+        Ok(script)
+    }
+
+    /// `lbctl decap stats e0` on backend `i` (set up by [`Lab::setup_dsr_backend`]): counter
+    /// name -> value.
+    pub fn decap_counters(&self, i: usize) -> Result<std::collections::BTreeMap<String, u64>> {
+        let lbctl = release_binary("lbctl")?;
+        let root = self.decap_pin_root().display().to_string();
+        let out = sys::run(ns_command(self.backends[i - 1].ns.name(), &lbctl).args([
+            "decap",
+            "stats",
+            "e0",
+            "--pin-root",
+            &root,
+            "--output",
+            "json",
+        ]))?;
+        serde_json::from_str(&out).map_err(|e| {
+            LabError::Api(format!("`lbctl decap stats` printed non-JSON ({e}): {out}"))
+        })
     }
 
     /// Runs `program args` in backend `i`'s namespace; returns its standard output.
