@@ -12,6 +12,7 @@ pub mod controller;
 pub mod daemon;
 pub mod dataplane;
 pub mod db;
+pub mod digest;
 pub mod health;
 pub mod limits;
 pub mod maglev;
