@@ -5,6 +5,7 @@
 //! (ids, health, Maglev tables via [`maglev`]) -> [`dataplane`] (typed map writers) -> BPF
 //! maps; counters flow back through [`stats`] to the API and [`metrics`].
 
+pub mod announce;
 pub mod api;
 pub mod cli;
 pub mod config;

@@ -3,12 +3,42 @@
 use super::Daemon;
 use crate::api::handlers::{ApiContext, ConfigEdit};
 use crate::api::proto::{
-    BackendListEntry, DbClusterInfo, DbEventInfo, InterfaceInfo, StatsSnapshot, StatusInfo,
+    AnnounceInfo, BackendListEntry, DbClusterInfo, DbEventInfo, InterfaceInfo, MaglevInfo,
+    StatsSnapshot, StatusInfo, VipAnnounceInfo,
 };
 use crate::config::Config;
 use crate::dataplane::Dataplane;
 use crate::model::Health;
 use std::path::PathBuf;
+
+impl<D: Dataplane> Daemon<D> {
+    fn announce_info(&self) -> Option<AnnounceInfo> {
+        let cfg = self.controller().config().announce.clone()?;
+        let s = self
+            .announce
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let announced = s.announced.unwrap_or_default();
+        Some(AnnounceInfo {
+            bird_socket: cfg.bird_socket,
+            include_file: cfg.include_file,
+            device: cfg.device,
+            device_up: s.device_up,
+            last_error: s.last_error,
+            vips: s
+                .decisions
+                .iter()
+                .map(|d| VipAnnounceInfo {
+                    vip: d.vip,
+                    wanted: d.announce,
+                    announced: announced.contains(&d.vip),
+                    reason: d.reason.clone(),
+                })
+                .collect(),
+        })
+    }
+}
 
 impl<D: Dataplane> ApiContext for Daemon<D> {
     fn status(&self) -> StatusInfo {
@@ -24,6 +54,25 @@ impl<D: Dataplane> ApiContext for Daemon<D> {
             backends: backends.clone().count(),
             healthy_backends: backends.filter(|b| b.health() == Health::Up).count(),
             pin_root: self.pin_root.clone(),
+            maglev: Some(MaglevInfo {
+                seed: ctl.config().maglev.seed,
+                configured_digest: {
+                    drop(ctl);
+                    match self.configured_digest() {
+                        Ok(d) => crate::digest::format(d),
+                        Err(e) => format!("error: {e}"),
+                    }
+                },
+                live_digest: {
+                    let ctl = self.controller();
+                    match crate::digest::live(ctl.config(), ctl.services()) {
+                        Ok(d) => crate::digest::format(d),
+                        Err(e) => format!("error: {e}"),
+                    }
+                },
+                expected_digest: self.controller().config().maglev.expected_digest.clone(),
+            }),
+            announce: self.announce_info(),
         }
     }
 
