@@ -42,8 +42,19 @@ impl<D: Dataplane> Daemon<D> {
 
 impl<D: Dataplane> ApiContext for Daemon<D> {
     fn status(&self) -> StatusInfo {
+        // Every lock is taken and released in its own statement: a guard in a field of the
+        // struct literal below would live to its end and deadlock the next one.
+        let configured_digest = match self.configured_digest() {
+            Ok(d) => crate::digest::format(d),
+            Err(e) => format!("error: {e}"),
+        };
+        let announce = self.announce_info();
         let ctl = self.controller();
         let backends = ctl.services().iter().flat_map(|s| s.backends.iter());
+        let live_digest = match crate::digest::live(ctl.config(), ctl.services()) {
+            Ok(d) => crate::digest::format(d),
+            Err(e) => format!("error: {e}"),
+        };
         StatusInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
@@ -56,23 +67,11 @@ impl<D: Dataplane> ApiContext for Daemon<D> {
             pin_root: self.pin_root.clone(),
             maglev: Some(MaglevInfo {
                 seed: ctl.config().maglev.seed,
-                configured_digest: {
-                    drop(ctl);
-                    match self.configured_digest() {
-                        Ok(d) => crate::digest::format(d),
-                        Err(e) => format!("error: {e}"),
-                    }
-                },
-                live_digest: {
-                    let ctl = self.controller();
-                    match crate::digest::live(ctl.config(), ctl.services()) {
-                        Ok(d) => crate::digest::format(d),
-                        Err(e) => format!("error: {e}"),
-                    }
-                },
-                expected_digest: self.controller().config().maglev.expected_digest.clone(),
+                configured_digest,
+                live_digest,
+                expected_digest: ctl.config().maglev.expected_digest.clone(),
             }),
-            announce: self.announce_info(),
+            announce,
         }
     }
 
