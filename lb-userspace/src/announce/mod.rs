@@ -271,16 +271,27 @@ pub async fn run(
             digest: inp.digest,
         };
         let decisions = decide(&ready, &inp.services);
+        // The digest is the reason only when everything before it in the rule holds.
+        let digest_blocks =
+            ready.dataplane.is_ok() && ready.device.is_ok() && ready.digest.is_err();
+        let starting = device.is_none() && device_error.is_none();
         for d in &decisions {
             let before = last.iter().find(|l| l.vip == d.vip);
-            if before.map(|b| b.announce) != Some(d.announce) || before.is_none() {
-                if d.announce {
-                    tracing::info!(vip = %d.vip, reason = %d.reason, "VIP to be announced");
-                } else if ready.digest.is_err() {
-                    tracing::error!(vip = %d.vip, reason = %d.reason, "VIP not announced");
-                } else {
-                    tracing::warn!(vip = %d.vip, reason = %d.reason, "VIP not announced");
-                }
+            let changed = match before {
+                None => true,
+                Some(b) => b.announce != d.announce || (!d.announce && b.reason != d.reason),
+            };
+            if !changed {
+                continue;
+            }
+            if d.announce {
+                tracing::info!(vip = %d.vip, reason = %d.reason, "VIP to be announced");
+            } else if digest_blocks {
+                tracing::error!(vip = %d.vip, reason = %d.reason, "VIP not announced");
+            } else if starting {
+                tracing::info!(vip = %d.vip, reason = %d.reason, "VIP not announced yet");
+            } else {
+                tracing::warn!(vip = %d.vip, reason = %d.reason, "VIP not announced");
             }
         }
         let wanted: Vec<Ipv4Addr> = if applied.is_none() {
