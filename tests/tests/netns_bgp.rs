@@ -88,7 +88,11 @@ fn announce_lifecycle(mode: Mode) {
         "withdrawal after SIGKILL took {kill_withdraw:?}, bound {KILL_BOUND:?}"
     );
 
-    // Restart: re-adopts the pinned state (health included) and announces again.
+    // Restart: re-adopts the pinned state (health included) and announces again. The killed
+    // lbd's include file still lists the VIP: the new one must configure BIRD with an empty
+    // file before its device exists, or that stale file would announce at once.
+    let log_path = lab.lbd().unwrap().log_path().to_path_buf();
+    let before = std::fs::read_to_string(&log_path).unwrap_or_default().len();
     let t = Instant::now();
     lab.lbd_mut().unwrap().start().unwrap();
     router
@@ -97,6 +101,14 @@ fn announce_lifecycle(mode: Mode) {
     println!(
         "{mode:?}: restart -> re-announced {:?} after starting lbd",
         t.elapsed()
+    );
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let new = &log[before.min(log.len())..];
+    let empty = new.find("announced=[] ");
+    let device = new.find("dead-man device up");
+    assert!(
+        matches!((empty, device), (Some(e), Some(d)) if e < d),
+        "the restarted lbd did not configure an empty file before creating its device:\n{new}"
     );
 
     // Every backend of the only service unhealthy: withdrawn within interval x fall + 1 s.
