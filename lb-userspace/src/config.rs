@@ -9,6 +9,7 @@
 //! number like parse errors do.
 
 mod advice;
+mod announce;
 pub mod db;
 mod duration;
 mod locate;
@@ -18,6 +19,7 @@ mod tests;
 mod validate;
 
 pub use advice::Advice;
+pub use announce::{AnnounceConfig, MaglevConfig, MAX_DRAIN};
 pub use duration::{duration_str, format_duration, parse_duration};
 pub use locate::locate;
 use locate::yaml_error;
@@ -113,6 +115,13 @@ pub struct Config {
     /// Conntrack idle timeouts.
     #[serde(default)]
     pub conntrack: ConntrackConfig,
+    /// Maglev determinism across nodes: the flow-hash seed and the expected table digest.
+    #[serde(default, skip_serializing_if = "MaglevConfig::is_default")]
+    pub maglev: MaglevConfig,
+    /// Announcing the VIPs through BIRD (docs/scale-out.md, "Several nodes"); absent: lbd
+    /// announces nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<AnnounceConfig>,
     /// Capacities fixed at first load.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -609,13 +618,14 @@ impl Config {
         }
     }
 
-    /// The [`lb_common::GlobalConfig`] these settings describe (hash seed left at default).
+    /// The [`lb_common::GlobalConfig`] these settings describe.
     pub fn global_config(&self) -> lb_common::GlobalConfig {
         lb_common::GlobalConfig {
             snat_port_min: self.snat.port_min,
             snat_port_max: self.snat.port_max,
             snat_addr_count: self.snat.addresses.len() as u32,
             tcp_timeouts_ns: self.conntrack.by_state().map(|(_, d)| duration_ns(d)),
+            hash_seed: self.maglev.seed,
             ..lb_common::GlobalConfig::default()
         }
     }

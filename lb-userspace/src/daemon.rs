@@ -93,6 +93,10 @@ pub struct Daemon<D: Dataplane> {
     pub pin_root: Option<PathBuf>,
     stop: Notify,
     unload: AtomicBool,
+    /// The announcer's state (default while no `announce` section is configured).
+    pub announce: Arc<Mutex<crate::announce::AnnounceStatus>>,
+    /// The configured Maglev digest of the configuration it was computed for.
+    digest_cache: Mutex<Option<(Config, Result<u64, String>)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -108,6 +112,53 @@ impl<D: Dataplane> Daemon<D> {
     /// The stats sampler, locked.
     pub fn sampler(&self) -> MutexGuard<'_, StatsSampler> {
         lock(&self.sampler)
+    }
+
+    /// The configured Maglev digest of the running configuration ([`crate::digest::configured`]),
+    /// recomputed only when the configuration changed.
+    pub fn configured_digest(&self) -> Result<u64, String> {
+        let config = self.controller().config().clone();
+        let mut cache = lock(&self.digest_cache);
+        if let Some((c, d)) = cache.as_ref() {
+            if *c == config {
+                return d.clone();
+            }
+        }
+        let d = crate::digest::configured(&config).map_err(|e| e.to_string());
+        *cache = Some((config, d.clone()));
+        d
+    }
+
+    /// What the announcer decides on: the data plane attached, the digest checked, the
+    /// services' usable backends.
+    pub fn announce_inputs(&self) -> crate::announce::Inputs {
+        let dataplane = if self.interfaces.is_empty() {
+            Err("the XDP program is attached to no interface".to_string())
+        } else {
+            self.interfaces.iter().try_for_each(
+                |i| match crate::dataplane::netlink::query_xdp_mode(i.ifindex) {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => Err(format!("no XDP program attached to {}", i.name)),
+                    Err(e) => Err(format!("cannot query the XDP program of {}: {e}", i.name)),
+                },
+            )
+        };
+        let expected = self.controller().config().maglev.expected();
+        let digest = match (self.configured_digest(), expected) {
+            (Err(e), _) => Err(format!("maglev digest: {e}")),
+            (Ok(_), None) => Ok(()),
+            (Ok(d), Some(want)) if d == want => Ok(()),
+            (Ok(d), Some(want)) => Err(format!(
+                "maglev digest {} differs from maglev.expected_digest {}: this node would send flows to other backends than its peers (check maglev.seed, limits.maglev_table_size and the services' backends and weights)",
+                crate::digest::format(d),
+                crate::digest::format(want)
+            )),
+        };
+        crate::announce::Inputs {
+            dataplane,
+            digest,
+            services: crate::announce::service_inputs(self.controller().services()),
+        }
     }
 
     /// Asks lbd to stop; with `unload`, [`run`] returns [`Outcome::UnloadRequested`].
@@ -398,6 +449,8 @@ where
         pin_root: opts.pin_root.clone(),
         stop: Notify::new(),
         unload: AtomicBool::new(false),
+        announce: Arc::default(),
+        digest_cache: Mutex::new(None),
     });
     daemon.sync_health();
     daemon.sync_db();
@@ -519,6 +572,21 @@ where
         });
     }
 
+    let (announce_stop_tx, announce_stop_rx) = tokio::sync::watch::channel(false);
+    let announcer = opts.config.announce.clone().map(|cfg| {
+        let d = daemon.clone();
+        let inputs: Arc<dyn Fn() -> crate::announce::Inputs + Send + Sync> =
+            Arc::new(move || d.announce_inputs());
+        let drain = cfg.drain;
+        let task = tokio::spawn(crate::announce::run(
+            cfg,
+            daemon.announce.clone(),
+            inputs,
+            announce_stop_rx,
+        ));
+        (task, drain)
+    });
+
     use tokio::signal::unix::{signal, SignalKind};
     let sig = |k: SignalKind| {
         signal(k).map_err(|source| DaemonError::Io {
@@ -544,6 +612,20 @@ where
                     Err(e) => tracing::error!(error = %e, "SIGHUP: reload task failed"),
                 }
             }
+        }
+    }
+    if let Some((task, drain)) = announcer {
+        // Withdraw first, keep forwarding and checking for the drain period, then stop.
+        let _ = announce_stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        tracing::info!(
+            drain_ms = drain.as_millis() as u64,
+            "VIPs withdrawn; draining before stopping (SIGTERM or SIGINT again stops at once)"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(drain) => {}
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
     }
     let _ = stop_tx.send(true);

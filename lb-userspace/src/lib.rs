@@ -5,6 +5,7 @@
 //! (ids, health, Maglev tables via [`maglev`]) -> [`dataplane`] (typed map writers) -> BPF
 //! maps; counters flow back through [`stats`] to the API and [`metrics`].
 
+pub mod announce;
 pub mod api;
 pub mod cli;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod controller;
 pub mod daemon;
 pub mod dataplane;
 pub mod db;
+pub mod digest;
 pub mod health;
 pub mod limits;
 pub mod maglev;

@@ -121,6 +121,9 @@ const PROJECT_BINARIES: &[(&str, &str)] = &[
     // The operator's own `db_clusters[].promote.command` (docs/database.md); setup installs
     // nothing for it.
     ("lb-userspace/src/db/supervisor.rs", "program"),
+    // `announce.birdc` (docs/configuration.md): `birdc` by default, from bird2 (base set);
+    // the netns BGP scenarios run that default.
+    ("lb-userspace/src/announce/bird.rs", "birdc"),
 ];
 
 /// Files that may run programs of the bench set: the bench itself. Everything else (the lab,

@@ -134,6 +134,16 @@ pub const PACKAGES: &[Package] = &[
               the programs live in /usr/lib/postgresql/15/bin",
     },
     Package {
+        name: "bird2",
+        set: Set::Base,
+        programs: &["bird", "birdc"],
+        service: Some("bird"),
+        why: "lbd announces its VIPs through BIRD 2 (docs/scale-out.md); the netns BGP scenarios \
+              run a router and a balancer BIRD in their own namespaces. The package's own `bird` \
+              service would run a routing daemon in the root namespace: policy-rc.d keeps it from \
+              starting during the install and setup disables it afterwards",
+    },
+    Package {
         name: "haproxy",
         set: Set::Bench,
         programs: &["haproxy"],

@@ -55,6 +55,15 @@ pub fn run(args: TestArgs) -> Result<()> {
             "--",
             "--test-threads=1",
         ])?;
+        tier("BGP scenarios (lbd announcing through BIRD 2, issue 13)");
+        cargo_test(&[
+            "-p",
+            "lb-tests",
+            "--test",
+            "netns_bgp",
+            "--",
+            "--test-threads=1",
+        ])?;
         tier("bench smoke (cargo xtask bench --smoke)");
         bench::run_built(&bench::BenchArgs {
             smoke: true,

@@ -383,6 +383,59 @@ pub struct StatusInfo {
     pub healthy_backends: usize,
     /// bpffs directory the maps and links are pinned under (`None`: not pinned).
     pub pin_root: Option<PathBuf>,
+    /// The flow-hash seed and the Maglev table digests (absent from lbd before 0.1 of
+    /// issue 13).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev: Option<MaglevInfo>,
+    /// The VIP announcement through BIRD (`None`: no `announce` section).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<AnnounceInfo>,
+}
+
+/// Maglev determinism across nodes (docs/scale-out.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaglevInfo {
+    /// The flow-hash seed (`maglev.seed`).
+    pub seed: u32,
+    /// Digest of the tables with every backend healthy (16 hex digits); what
+    /// `maglev.expected_digest` is compared with. An error text when it cannot be computed.
+    pub configured_digest: String,
+    /// Digest of the tables as written now (after health checks).
+    pub live_digest: String,
+    /// `maglev.expected_digest`, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_digest: Option<String>,
+}
+
+/// The announcer's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnounceInfo {
+    /// BIRD's control socket.
+    pub bird_socket: PathBuf,
+    /// The include file lbd writes.
+    pub include_file: PathBuf,
+    /// The dead-man device and whether it exists.
+    pub device: String,
+    /// Whether the dead-man device is up.
+    pub device_up: bool,
+    /// The last failure (birdc, device), until the next success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Per VIP.
+    pub vips: Vec<VipAnnounceInfo>,
+}
+
+/// One VIP's announcement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipAnnounceInfo {
+    /// The VIP.
+    pub vip: std::net::Ipv4Addr,
+    /// Whether the rule wants it announced.
+    pub wanted: bool,
+    /// Whether BIRD was last configured with its route.
+    pub announced: bool,
+    /// Why (the rule's reason).
+    pub reason: String,
 }
 
 /// One interface the XDP program is attached to.
@@ -842,6 +895,8 @@ mod tests {
             backends: 3,
             healthy_backends: 2,
             pin_root: Some("/sys/fs/bpf/lb".into()),
+            maglev: None,
+            announce: None,
         };
         let line = Response::success(&status).to_line();
         let back: StatusInfo = Response::from_line(&line)

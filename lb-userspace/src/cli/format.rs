@@ -451,7 +451,53 @@ pub fn status(s: &StatusInfo) -> String {
         "backends".into(),
         format!("{} ({} up, {down} not up)", s.backends, s.healthy_backends),
     ]);
+    if let Some(m) = &s.maglev {
+        t.push(vec![
+            "maglev seed".into(),
+            format!("{} ({:#010x})", m.seed, m.seed),
+        ]);
+        let check = match &m.expected_digest {
+            None => String::new(),
+            Some(e) if *e == m.configured_digest => "  (= maglev.expected_digest)".into(),
+            Some(e) => format!("  (MISMATCH: maglev.expected_digest is {e}; not announcing)"),
+        };
+        t.push(vec![
+            "maglev digest".into(),
+            format!("{}{check}", m.configured_digest),
+        ]);
+        t.push(vec!["live digest".into(), m.live_digest.clone()]);
+    }
+    if let Some(a) = &s.announce {
+        let device = if a.device_up { "up" } else { "DOWN" };
+        t.push(vec![
+            "announce".into(),
+            format!(
+                "BIRD {} via {}, dead-man device {} {device}",
+                a.bird_socket.display(),
+                a.include_file.display(),
+                a.device
+            ),
+        ]);
+        if let Some(e) = &a.last_error {
+            t.push(vec!["last error".into(), e.clone()]);
+        }
+    }
     out.push_str(&t.render(""));
+    if let Some(a) = &s.announce {
+        let mut v = Table::default();
+        v.push(vec!["VIP".into(), "ANNOUNCED".into(), "WHY".into()]);
+        for x in &a.vips {
+            let state = match (x.announced, x.wanted) {
+                (true, true) => "yes",
+                (false, false) => "no",
+                (false, true) => "pending",
+                (true, false) => "withdrawing",
+            };
+            v.push(vec![x.vip.to_string(), state.into(), x.reason.clone()]);
+        }
+        out.push('\n');
+        out.push_str(&v.render(""));
+    }
     out
 }
 
@@ -935,6 +981,8 @@ web      10.1.3.2:8080  1   BACKUP/STALE  10  backup   no     0       0      2.5
             backends: 4,
             healthy_backends: 3,
             pin_root: Some("/sys/fs/bpf/lb".into()),
+            maglev: None,
+            announce: None,
         };
         let want = "\
 lbd 0.1.0  pid 4242  up 2h03m
@@ -943,6 +991,44 @@ pinned at   /sys/fs/bpf/lb
 interfaces  eth0 (ifindex 2, native), eth1 (ifindex 3, generic)
 services    2
 backends    4 (3 up, 1 not up)
+";
+        assert_eq!(status(&s), want, "\n{}", status(&s));
+        let s = StatusInfo {
+            maglev: Some(crate::api::proto::MaglevInfo {
+                seed: 12345,
+                configured_digest: "2b446bc2ef4f2593".into(),
+                live_digest: "0123456789abcdef".into(),
+                expected_digest: Some("2b446bc2ef4f2594".into()),
+            }),
+            announce: Some(crate::api::proto::AnnounceInfo {
+                bird_socket: "/run/bird/bird.ctl".into(),
+                include_file: "/etc/bird/lb-vips.conf".into(),
+                device: "lbvip0".into(),
+                device_up: true,
+                last_error: None,
+                vips: vec![crate::api::proto::VipAnnounceInfo {
+                    vip: "192.0.2.10".parse().unwrap(),
+                    wanted: false,
+                    announced: false,
+                    reason: "maglev digest differs".into(),
+                }],
+            }),
+            ..s
+        };
+        let want = "\
+lbd 0.1.0  pid 4242  up 2h03m
+config         /etc/lb/lb.yaml
+pinned at      /sys/fs/bpf/lb
+interfaces     eth0 (ifindex 2, native), eth1 (ifindex 3, generic)
+services       2
+backends       4 (3 up, 1 not up)
+maglev seed    12345 (0x00003039)
+maglev digest  2b446bc2ef4f2593  (MISMATCH: maglev.expected_digest is 2b446bc2ef4f2594; not announcing)
+live digest    0123456789abcdef
+announce       BIRD /run/bird/bird.ctl via /etc/bird/lb-vips.conf, dead-man device lbvip0 up
+
+VIP         ANNOUNCED  WHY
+192.0.2.10  no         maglev digest differs
 ";
         assert_eq!(status(&s), want, "\n{}", status(&s));
     }

@@ -7,6 +7,7 @@ impl Config {
     /// Checks everything serde cannot: the returned error has a key path but no file/line.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_globals()?;
+        self.validate_announce()?;
         db::validate_clusters(&self.db_clusters)?;
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut keys: HashMap<(Ipv4Addr, u16), usize> = HashMap::new();

@@ -52,6 +52,7 @@ impl<D: Dataplane> Controller<D> {
             ("api_socket", old.api_socket == new.api_socket),
             ("metrics_listen", old.metrics_listen == new.metrics_listen),
             ("limits", old.limits == new.limits),
+            ("announce", old.announce == new.announce),
         ] {
             if !same {
                 return Err(ControllerError::Rejected(format!(
@@ -165,9 +166,14 @@ impl<D: Dataplane> Controller<D> {
             warnings: new.advice().iter().map(|a| a.to_string()).collect(),
             ..ApplySummary::default()
         };
-        if !self.globals_written || old.snat != new.snat || old.conntrack != new.conntrack {
+        if !self.globals_written
+            || old.snat != new.snat
+            || old.conntrack != new.conntrack
+            || old.maglev.seed != new.maglev.seed
+        {
             self.config.snat = new.snat.clone();
             self.config.conntrack = new.conntrack.clone();
+            self.config.maglev.seed = new.maglev.seed;
             self.write_globals()?;
             summary.globals_changed = true;
         }

@@ -3,17 +3,58 @@
 use super::Daemon;
 use crate::api::handlers::{ApiContext, ConfigEdit};
 use crate::api::proto::{
-    BackendListEntry, DbClusterInfo, DbEventInfo, InterfaceInfo, StatsSnapshot, StatusInfo,
+    AnnounceInfo, BackendListEntry, DbClusterInfo, DbEventInfo, InterfaceInfo, MaglevInfo,
+    StatsSnapshot, StatusInfo, VipAnnounceInfo,
 };
 use crate::config::Config;
 use crate::dataplane::Dataplane;
 use crate::model::Health;
 use std::path::PathBuf;
 
+impl<D: Dataplane> Daemon<D> {
+    fn announce_info(&self) -> Option<AnnounceInfo> {
+        let cfg = self.controller().config().announce.clone()?;
+        let s = self
+            .announce
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let announced = s.announced.unwrap_or_default();
+        Some(AnnounceInfo {
+            bird_socket: cfg.bird_socket,
+            include_file: cfg.include_file,
+            device: cfg.device,
+            device_up: s.device_up,
+            last_error: s.last_error,
+            vips: s
+                .decisions
+                .iter()
+                .map(|d| VipAnnounceInfo {
+                    vip: d.vip,
+                    wanted: d.announce,
+                    announced: announced.contains(&d.vip),
+                    reason: d.reason.clone(),
+                })
+                .collect(),
+        })
+    }
+}
+
 impl<D: Dataplane> ApiContext for Daemon<D> {
     fn status(&self) -> StatusInfo {
+        // Every lock is taken and released in its own statement: a guard in a field of the
+        // struct literal below would live to its end and deadlock the next one.
+        let configured_digest = match self.configured_digest() {
+            Ok(d) => crate::digest::format(d),
+            Err(e) => format!("error: {e}"),
+        };
+        let announce = self.announce_info();
         let ctl = self.controller();
         let backends = ctl.services().iter().flat_map(|s| s.backends.iter());
+        let live_digest = match crate::digest::live(ctl.config(), ctl.services()) {
+            Ok(d) => crate::digest::format(d),
+            Err(e) => format!("error: {e}"),
+        };
         StatusInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
@@ -24,6 +65,13 @@ impl<D: Dataplane> ApiContext for Daemon<D> {
             backends: backends.clone().count(),
             healthy_backends: backends.filter(|b| b.health() == Health::Up).count(),
             pin_root: self.pin_root.clone(),
+            maglev: Some(MaglevInfo {
+                seed: ctl.config().maglev.seed,
+                configured_digest,
+                live_digest,
+                expected_digest: ctl.config().maglev.expected_digest.clone(),
+            }),
+            announce,
         }
     }
 

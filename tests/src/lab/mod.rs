@@ -23,6 +23,7 @@
 //! Nothing is ever created in the root namespace: veth pairs are created with both ends
 //! directly in their namespaces (`ip -n A link add X type veth peer name Y netns B`).
 
+pub mod bgp;
 pub mod client;
 pub mod failover;
 pub mod http;

@@ -1,0 +1,184 @@
+//! BIRD 2 as lbd drives it: the include file (one static protocol, a /32 route per
+//! announced VIP via the dead-man device's peer), written atomically, and `birdc configure`.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+/// How long one `birdc configure` may take before it counts as failed.
+pub const BIRDC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors of one announcement attempt.
+#[derive(Debug, thiserror::Error)]
+pub enum BirdError {
+    /// The include file could not be written.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The include file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `birdc` could not be started.
+    #[error("running {program}: {source}")]
+    Spawn {
+        /// The birdc program.
+        program: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `birdc` did not finish in time.
+    #[error("`birdc configure` did not answer within {0:?}")]
+    Timeout(Duration),
+    /// BIRD refused the configuration, or birdc could not reach it.
+    #[error("`birdc configure` failed ({status}): {output}")]
+    Refused {
+        /// birdc's exit status.
+        status: String,
+        /// What birdc printed (both streams, trimmed).
+        output: String,
+    },
+}
+
+/// The include file announcing `vips` (sorted and deduplicated here) through static protocol
+/// `protocol` with next hop `peer`. With no VIP the protocol stays, with no route: BIRD then
+/// withdraws what it announced and the BGP export filter naming the protocol stays valid.
+pub fn include_text(protocol: &str, peer: Ipv4Addr, vips: &[Ipv4Addr]) -> String {
+    let mut vips = vips.to_vec();
+    vips.sort();
+    vips.dedup();
+    let mut s = String::from(
+        "# Written by lbd (lb): the VIPs this node announces. lbd rewrites this file; do not edit.\n",
+    );
+    s.push_str(&format!("protocol static {protocol} {{\n  ipv4;\n"));
+    for v in vips {
+        s.push_str(&format!("  route {v}/32 via {peer};\n"));
+    }
+    s.push_str("}\n");
+    s
+}
+
+/// Writes `text` to `path` atomically: a temporary file in the same directory, synced, then
+/// renamed over `path` (BIRD never reads half a file).
+pub fn write_atomically(path: &Path, text: &str) -> Result<(), BirdError> {
+    let err = |source| BirdError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| err(std::io::Error::other("no file name")))?
+        .to_string_lossy()
+        .to_string();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(err)
+}
+
+/// Runs `birdc -s SOCKET configure`; success is exit status 0 with "Reconfigur..." in the
+/// answer (BIRD prints the parse error and birdc exits 1 when the file is refused).
+pub async fn configure(birdc: &Path, socket: &Path) -> Result<String, BirdError> {
+    let child = tokio::process::Command::new(birdc)
+        .arg("-s")
+        .arg(socket)
+        .arg("configure")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(BIRDC_TIMEOUT, child)
+        .await
+        .map_err(|_| BirdError::Timeout(BIRDC_TIMEOUT))?
+        .map_err(|source| BirdError::Spawn {
+            program: birdc.display().to_string(),
+            source,
+        })?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = text
+        .lines()
+        .filter(|l| !l.starts_with("BIRD ") || !l.ends_with("ready."))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if out.status.success() && text.contains("Reconfigur") {
+        Ok(text)
+    } else {
+        Err(BirdError::Refused {
+            status: out.status.to_string(),
+            output: text,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn include_file_golden() {
+        let vips = [
+            Ipv4Addr::new(192, 0, 2, 11),
+            Ipv4Addr::new(192, 0, 2, 10),
+            Ipv4Addr::new(192, 0, 2, 11),
+        ];
+        assert_eq!(
+            include_text("vips", Ipv4Addr::new(169, 254, 77, 2), &vips),
+            "# Written by lbd (lb): the VIPs this node announces. lbd rewrites this file; do not edit.\n\
+             protocol static vips {\n  ipv4;\n  route 192.0.2.10/32 via 169.254.77.2;\n  route 192.0.2.11/32 via 169.254.77.2;\n}\n"
+        );
+        assert_eq!(
+            include_text("lb_vips", Ipv4Addr::new(169, 254, 77, 6), &[]),
+            "# Written by lbd (lb): the VIPs this node announces. lbd rewrites this file; do not edit.\n\
+             protocol static lb_vips {\n  ipv4;\n}\n"
+        );
+    }
+
+    #[test]
+    fn write_replaces_the_file_and_leaves_no_temporary() {
+        let dir = crate::testutil::TempDir::new("bird-include");
+        let path = dir.path().join("vips.conf");
+        write_atomically(&path, "one\n").unwrap();
+        write_atomically(&path, "two\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("vips.conf")]);
+        let err = write_atomically(&dir.path().join("no/such/dir/f"), "x").unwrap_err();
+        assert!(err.to_string().contains("no/such/dir/f"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_failing_birdc_is_an_error_with_its_output() {
+        // `false` exits 1 like birdc does when BIRD refuses the file or is not running.
+        let err = configure(Path::new("false"), Path::new("/nonexistent.ctl"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BirdError::Refused { .. }), "{err}");
+        let err = configure(Path::new("/nonexistent/birdc"), Path::new("/x"))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("running /nonexistent/birdc"),
+            "{err}"
+        );
+    }
+}

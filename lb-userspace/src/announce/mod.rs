@@ -1,0 +1,464 @@
+//! Announcing this node's VIPs through BIRD 2 (docs/scale-out.md, "Several nodes").
+//!
+//! - [`decide`] is the rule, a pure function: a VIP is announced when lbd is not stopping,
+//!   the XDP program is attached to every configured interface (the maps are loaded: the
+//!   controller runs), the dead-man device exists, the configured Maglev digest equals
+//!   `maglev.expected_digest` (when set), and **at least one** service of the VIP has a
+//!   backend that is in its Maglev table with a confirmed `up` health (a backend not yet
+//!   checked, `unknown`, gets traffic but does not make lbd announce).
+//! - [`bird`] writes the include file and runs `birdc configure`.
+//! - [`tun`] is the dead-man switch: the routes go via the peer of a tun device that dies
+//!   with lbd.
+//! - [`run`] is the task: it re-decides every [`TICK`], rewrites the include file only when
+//!   the announced set changes, retries failures with a backoff, and on stop withdraws
+//!   everything. It runs beside the controller and takes the controller's lock only to read
+//!   the inputs, never while `birdc` runs.
+//!
+//! Several ports on one VIP: the route is per VIP, so a VIP is announced while any of its
+//! services can serve. Requiring every service would let one port without backends take the
+//! healthy ports of the VIP off this node, and since every node usually sees the same
+//! backends, off every node at once: the whole VIP would vanish for one broken port. A port
+//! without a usable backend is answered with a RST by every node alike.
+
+pub mod bird;
+pub mod tun;
+
+use crate::config::AnnounceConfig;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often the announcer re-decides.
+pub const TICK: Duration = Duration::from_millis(100);
+/// First retry delay after a failed `birdc configure` or device creation; doubles per
+/// failure up to [`MAX_BACKOFF`].
+pub const MIN_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest retry delay.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// One service as the rule sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInput {
+    /// Service name.
+    pub name: String,
+    /// Its VIP.
+    pub vip: Ipv4Addr,
+    /// Backends in its table whose health is confirmed up.
+    pub usable: usize,
+    /// All its backends.
+    pub backends: usize,
+}
+
+/// The node-wide conditions of the rule; `Err` carries the reason for the log and status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// lbd is stopping (the drain period runs).
+    pub stopping: bool,
+    /// The XDP program is attached to every interface and the maps are loaded.
+    pub dataplane: Result<(), String>,
+    /// The dead-man device exists.
+    pub device: Result<(), String>,
+    /// The configured Maglev digest matches `maglev.expected_digest` (or none is set).
+    pub digest: Result<(), String>,
+}
+
+/// The decision for one VIP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipDecision {
+    /// The VIP.
+    pub vip: Ipv4Addr,
+    /// Whether it should be announced.
+    pub announce: bool,
+    /// Why, for the log and `lbctl status`.
+    pub reason: String,
+}
+
+/// Applies the rule (module documentation) to every VIP of `services`, in VIP order.
+pub fn decide(ready: &Readiness, services: &[ServiceInput]) -> Vec<VipDecision> {
+    let mut vips: Vec<Ipv4Addr> = services.iter().map(|s| s.vip).collect();
+    vips.sort();
+    vips.dedup();
+    let node_wide = if ready.stopping {
+        Some("lbd is stopping (withdrawn before the drain period)".to_string())
+    } else if let Err(e) = &ready.dataplane {
+        Some(format!("data plane not ready: {e}"))
+    } else if let Err(e) = &ready.device {
+        Some(format!("dead-man device not up: {e}"))
+    } else if let Err(e) = &ready.digest {
+        Some(e.clone())
+    } else {
+        None
+    };
+    vips.into_iter()
+        .map(|vip| {
+            if let Some(reason) = &node_wide {
+                return VipDecision {
+                    vip,
+                    announce: false,
+                    reason: reason.clone(),
+                };
+            }
+            let of_vip: Vec<&ServiceInput> = services.iter().filter(|s| s.vip == vip).collect();
+            let list = of_vip
+                .iter()
+                .map(|s| format!("{}: {} of {} up", s.name, s.usable, s.backends))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let serving = of_vip.iter().filter(|s| s.usable > 0).count();
+            if serving > 0 {
+                VipDecision {
+                    vip,
+                    announce: true,
+                    reason: format!("{serving} of {} services can serve ({list})", of_vip.len()),
+                }
+            } else {
+                VipDecision {
+                    vip,
+                    announce: false,
+                    reason: format!("no service of the VIP has a healthy backend ({list})"),
+                }
+            }
+        })
+        .collect()
+}
+
+/// The service inputs of the running services.
+pub fn service_inputs(services: &[crate::model::ServiceState]) -> Vec<ServiceInput> {
+    services
+        .iter()
+        .map(|s| ServiceInput {
+            name: s.cfg.name.clone(),
+            vip: s.cfg.vip,
+            usable: s
+                .backends
+                .iter()
+                .filter(|b| b.in_table && b.health() == crate::model::Health::Up)
+                .count(),
+            backends: s.backends.len(),
+        })
+        .collect()
+}
+
+/// What the announcer reads each tick (taken by the daemon under its locks).
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    /// Node-wide conditions; `device` and `stopping` are filled in by the announcer.
+    pub dataplane: Result<(), String>,
+    /// See [`Readiness::digest`].
+    pub digest: Result<(), String>,
+    /// The services.
+    pub services: Vec<ServiceInput>,
+}
+
+/// The announcer's state, shown by `lbctl status`.
+#[derive(Debug, Clone, Default)]
+pub struct AnnounceStatus {
+    /// The last decision per VIP.
+    pub decisions: Vec<VipDecision>,
+    /// The VIPs BIRD was last configured with (`None`: not configured yet).
+    pub announced: Option<Vec<Ipv4Addr>>,
+    /// Whether the dead-man device exists.
+    pub device_up: bool,
+    /// The last failure, until the next success.
+    pub last_error: Option<String>,
+}
+
+/// Exponential retry delay.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+    failures: u32,
+    not_before: Instant,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff {
+            next: MIN_BACKOFF,
+            failures: 0,
+            not_before: Instant::now(),
+        }
+    }
+    fn ready(&self) -> bool {
+        Instant::now() >= self.not_before
+    }
+    fn failed(&mut self) -> Duration {
+        let d = self.next;
+        self.failures += 1;
+        self.not_before = Instant::now() + d;
+        self.next = (self.next * 2).min(MAX_BACKOFF);
+        d
+    }
+    fn succeeded(&mut self) {
+        *self = Backoff::new();
+    }
+}
+
+/// Writes the include file for `vips` and reconfigures BIRD.
+async fn apply(cfg: &AnnounceConfig, vips: &[Ipv4Addr]) -> Result<String, bird::BirdError> {
+    let text = bird::include_text(&cfg.protocol, cfg.peer, vips);
+    let path = cfg.include_file.clone();
+    tokio::task::spawn_blocking(move || bird::write_atomically(&path, &text))
+        .await
+        .unwrap_or_else(|e| {
+            Err(bird::BirdError::Write {
+                path: cfg.include_file.display().to_string(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        })?;
+    bird::configure(&cfg.birdc, &cfg.bird_socket).await
+}
+
+/// The announcer task: runs until `stop` turns true, then withdraws every VIP (and returns;
+/// the dead-man device goes with it).
+///
+/// At start it first configures BIRD with no route (a previous lbd's file may still list
+/// VIPs, which BIRD would announce again as soon as the device reappears), and only then
+/// creates the device.
+pub async fn run(
+    cfg: AnnounceConfig,
+    status: Arc<Mutex<AnnounceStatus>>,
+    inputs: Arc<dyn Fn() -> Inputs + Send + Sync>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut device: Option<tun::DeadMan> = None;
+    let mut device_error: Option<String> = None;
+    let mut device_backoff = Backoff::new();
+    let mut applied: Option<Vec<Ipv4Addr>> = None;
+    let mut backoff = Backoff::new();
+    let mut last: Vec<VipDecision> = Vec::new();
+    let mut last_error: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        // The first successful (empty) configure comes before the device.
+        if applied.is_some() && device.is_none() && device_backoff.ready() {
+            match tun::DeadMan::open(&cfg.device, cfg.address, cfg.peer) {
+                Ok(d) => {
+                    tracing::info!(device = %cfg.device, address = %cfg.address, peer = %cfg.peer, "dead-man device up: the announced routes go via its peer and vanish with lbd");
+                    device = Some(d);
+                    device_error = None;
+                    device_backoff.succeeded();
+                }
+                Err(e) => {
+                    let retry = device_backoff.failed();
+                    tracing::error!(device = %cfg.device, error = %e, retry_in_ms = retry.as_millis() as u64, "cannot create the dead-man device; announcing nothing");
+                    device_error = Some(e.to_string());
+                }
+            }
+        }
+        let f = inputs.clone();
+        let Ok(inp) = tokio::task::spawn_blocking(move || f()).await else {
+            continue;
+        };
+        let device_state = match &device {
+            Some(d) if d.exists() => Ok(()),
+            Some(d) => Err(format!("{} vanished", d.name())),
+            None => Err(device_error.clone().unwrap_or_else(|| {
+                format!("{} not created yet (BIRD not configured yet)", cfg.device)
+            })),
+        };
+        if device.as_ref().is_some_and(|d| !d.exists()) {
+            tracing::error!(device = %cfg.device, "the dead-man device vanished (deleted by hand?); recreating it");
+            device = None;
+        }
+        let ready = Readiness {
+            stopping: false,
+            dataplane: inp.dataplane,
+            device: device_state,
+            digest: inp.digest,
+        };
+        let decisions = decide(&ready, &inp.services);
+        // The digest is the reason only when everything before it in the rule holds.
+        let digest_blocks =
+            ready.dataplane.is_ok() && ready.device.is_ok() && ready.digest.is_err();
+        let starting = device.is_none() && device_error.is_none();
+        for d in &decisions {
+            let before = last.iter().find(|l| l.vip == d.vip);
+            let changed = match before {
+                None => true,
+                Some(b) => b.announce != d.announce || (!d.announce && b.reason != d.reason),
+            };
+            if !changed {
+                continue;
+            }
+            if d.announce {
+                tracing::info!(vip = %d.vip, reason = %d.reason, "VIP to be announced");
+            } else if digest_blocks {
+                tracing::error!(vip = %d.vip, reason = %d.reason, "VIP not announced");
+            } else if starting {
+                tracing::info!(vip = %d.vip, reason = %d.reason, "VIP not announced yet");
+            } else {
+                tracing::warn!(vip = %d.vip, reason = %d.reason, "VIP not announced");
+            }
+        }
+        let wanted: Vec<Ipv4Addr> = if applied.is_none() {
+            Vec::new()
+        } else {
+            decisions
+                .iter()
+                .filter(|d| d.announce)
+                .map(|d| d.vip)
+                .collect()
+        };
+        last = decisions;
+        if applied.as_ref() != Some(&wanted) && backoff.ready() {
+            let started = Instant::now();
+            match apply(&cfg, &wanted).await {
+                Ok(answer) => {
+                    tracing::info!(announced = ?wanted, took_ms = started.elapsed().as_millis() as u64, birdc = %answer, "BIRD reconfigured");
+                    applied = Some(wanted);
+                    backoff.succeeded();
+                    last_error = None;
+                }
+                Err(e) => {
+                    let retry = backoff.failed();
+                    tracing::error!(error = %e, attempt = backoff.failures, retry_in_ms = retry.as_millis() as u64, socket = %cfg.bird_socket.display(), "announcing through BIRD failed; retrying");
+                    last_error = Some(e.to_string());
+                }
+            }
+        }
+        let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+        s.decisions = last.clone();
+        s.announced = applied.clone();
+        s.device_up = device.is_some();
+        s.last_error = last_error.clone().or_else(|| device_error.clone());
+    }
+    // Stopping: withdraw everything, then let the device go.
+    let started = Instant::now();
+    let result = apply(&cfg, &[]).await;
+    let took_ms = started.elapsed().as_millis() as u64;
+    match &result {
+        Ok(_) => tracing::info!(took_ms, "withdrew every VIP from BIRD"),
+        Err(e) => {
+            tracing::error!(error = %e, "withdrawing through BIRD failed; the dead-man device goes now, which withdraws the routes too")
+        }
+    }
+    let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+    for d in &mut s.decisions {
+        d.announce = false;
+        d.reason = "lbd is stopping (withdrawn before the drain period)".into();
+    }
+    if result.is_ok() {
+        s.announced = Some(Vec::new());
+    }
+    drop(device);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(name: &str, vip: [u8; 4], usable: usize, backends: usize) -> ServiceInput {
+        ServiceInput {
+            name: name.into(),
+            vip: Ipv4Addr::from(vip),
+            usable,
+            backends,
+        }
+    }
+
+    fn ready() -> Readiness {
+        Readiness {
+            stopping: false,
+            dataplane: Ok(()),
+            device: Ok(()),
+            digest: Ok(()),
+        }
+    }
+
+    /// The decision table: each row changes one input from "everything fine".
+    #[test]
+    fn decision_table() {
+        let services = vec![
+            svc("web", [192, 0, 2, 10], 2, 2),
+            svc("web-tls", [192, 0, 2, 10], 0, 2),
+            svc("api", [192, 0, 2, 11], 0, 3),
+            svc("empty", [192, 0, 2, 12], 0, 0),
+        ];
+        let rows: Vec<(&str, Readiness, [bool; 3], &str)> = vec![
+            (
+                "all ready",
+                ready(),
+                [true, false, false],
+                "1 of 2 services can serve (web: 2 of 2 up, web-tls: 0 of 2 up)",
+            ),
+            (
+                "stopping",
+                Readiness {
+                    stopping: true,
+                    ..ready()
+                },
+                [false; 3],
+                "lbd is stopping",
+            ),
+            (
+                "xdp detached",
+                Readiness {
+                    dataplane: Err("no XDP program on eth0".into()),
+                    ..ready()
+                },
+                [false; 3],
+                "data plane not ready: no XDP program on eth0",
+            ),
+            (
+                "device gone",
+                Readiness {
+                    device: Err("lbvip0 vanished".into()),
+                    ..ready()
+                },
+                [false; 3],
+                "dead-man device not up: lbvip0 vanished",
+            ),
+            (
+                "digest mismatch",
+                Readiness {
+                    digest: Err("maglev digest 1 differs".into()),
+                    ..ready()
+                },
+                [false; 3],
+                "maglev digest 1 differs",
+            ),
+        ];
+        for (what, r, want, reason0) in rows {
+            let got = decide(&r, &services);
+            assert_eq!(
+                got.iter().map(|d| d.vip.to_string()).collect::<Vec<_>>(),
+                ["192.0.2.10", "192.0.2.11", "192.0.2.12"],
+                "{what}"
+            );
+            let announce: Vec<bool> = got.iter().map(|d| d.announce).collect();
+            assert_eq!(announce, want, "{what}: {got:?}");
+            assert!(
+                got[0].reason.starts_with(reason0),
+                "{what}: {}",
+                got[0].reason
+            );
+        }
+        let got = decide(&ready(), &services);
+        assert_eq!(
+            got[1].reason,
+            "no service of the VIP has a healthy backend (api: 0 of 3 up)"
+        );
+        // The VIP goes when its last serving service loses its last backend.
+        let mut down = services.clone();
+        down[0].usable = 0;
+        assert!(!decide(&ready(), &down)[0].announce);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_resets() {
+        let mut b = Backoff::new();
+        let delays: Vec<Duration> = (0..7).map(|_| b.failed()).collect();
+        assert_eq!(
+            delays,
+            [500, 1000, 2000, 4000, 8000, 10000, 10000].map(Duration::from_millis)
+        );
+        assert!(!b.ready());
+        b.succeeded();
+        assert!(b.ready());
+        assert_eq!(b.failed(), MIN_BACKOFF);
+    }
+}
