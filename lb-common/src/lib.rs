@@ -48,7 +48,10 @@ pub use maps::*;
 /// 6: DSR: [`ServiceValue`] carries the forwarding mode and the outer source address
 ///    (`forwarding`, `dsr_src_be`; 16 -> 24 bytes); `LB_STATS` grew to 56 entries (the DSR
 ///    counters at 50-51).
-pub const ABI_VERSION: u32 = 6;
+/// 7: [`MAP_SNAT_FULL`] is new (per backend id, until when a new flow's SNAT port search is
+///    cut short after a full search found the pool full); `LB_STATS` grew the SNAT pool
+///    counters.
+pub const ABI_VERSION: u32 = 7;
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";

@@ -98,6 +98,11 @@ pub static LB_BE_SUSPECT: Array<BackendSuspect> = Array::pinned(DEFAULT_MAX_BACK
 #[map]
 pub static LB_EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 
+/// Per backend id: until when (coarse-clock ns) new flows to it search only
+/// `SNAT_PORT_ATTEMPTS_SHORT` SNAT port candidates (a full search found its pool full).
+#[map]
+pub static LB_SNAT_FULL: Array<u64> = Array::pinned(DEFAULT_MAX_BACKENDS, 0);
+
 /// Compile-time string equality (the map symbols must be the lb-common names).
 const fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -130,4 +135,5 @@ const _: () = {
     assert!(same(lb_common::MAP_BACKEND_STATS, "LB_BE_STATS"));
     assert!(same(lb_common::MAP_BACKEND_SUSPECT, "LB_BE_SUSPECT"));
     assert!(same(lb_common::MAP_EVENTS, "LB_EVENTS"));
+    assert!(same(lb_common::MAP_SNAT_FULL, "LB_SNAT_FULL"));
 };
