@@ -744,9 +744,9 @@ pub fn pool_level_name(pct: u32) -> String {
     format!("pool {pct}% used")
 }
 
-/// A data plane (default sizes) whose one service has one backend (`BACKENDS[0]`) and one
-/// SNAT address with `pool` ports (1024 ..), `pct`% of them held by live established flows
-/// (both entries in `LB_CONNTRACK`, ports picked at random).
+/// A data plane (default sizes) whose one service has one backend (`BACKENDS[0]`) and
+/// `addrs` SNAT addresses with `ports` ports each (1024 ..), `pct`% of these (address, port)
+/// pairs held by live established flows (both entries in `LB_CONNTRACK`, picked at random).
 struct PoolBed {
     dp: PrivateDataplane,
     a0: u32,
@@ -754,23 +754,26 @@ struct PoolBed {
 }
 
 impl PoolBed {
-    fn new(pool: u32, pct: u32) -> Result<PoolBed, String> {
-        let mut pdp = PrivateDataplane::load(&LoadOptions::default())?;
+    fn new(addrs: u32, ports: u32, pct: u32, object: Option<&[u8]>) -> Result<PoolBed, String> {
+        let mut pdp = PrivateDataplane::load_object(&LoadOptions::default(), object)?;
         let dp = pdp.get_mut();
         let a0 = ifindex("a0")?;
         let b0 = ifindex("b0")?;
         let e = |e: lb::dataplane::DataplaneError| e.to_string();
         let port_min = 1024u16;
-        let port_max = u16::try_from(u32::from(port_min) + pool - 1)
-            .map_err(|_| format!("a pool of {pool} ports does not fit above {port_min}"))?;
+        let port_max = u16::try_from(u32::from(port_min) + ports - 1)
+            .map_err(|_| format!("{ports} ports do not fit above {port_min}"))?;
         dp.set_global_config(&GlobalConfig {
-            snat_addr_count: 1,
+            snat_addr_count: addrs,
             snat_port_min: port_min,
             snat_port_max: port_max,
             ..GlobalConfig::default()
         })
         .map_err(e)?;
-        dp.set_snat_addrs(&[SNAT]).map_err(e)?;
+        let snat: Vec<Ipv4Addr> = (0..addrs)
+            .map(|i| Ipv4Addr::from(u32::from(SNAT) + i))
+            .collect();
+        dp.set_snat_addrs(&snat).map_err(e)?;
         let backend = BACKENDS[0];
         dp.set_backend(
             1,
@@ -812,24 +815,27 @@ impl PoolBed {
         .map_err(e)?;
         dp.set_tx_port(a0).map_err(e)?;
         dp.set_tx_port(b0).map_err(e)?;
-        // The held ports: a random `pct`% of the range (Fisher-Yates with a fixed seed).
-        let mut ports: Vec<u16> = (port_min..=port_max).collect();
+        // The held ports: a random `pct`% of the pool (Fisher-Yates with a fixed seed).
+        let mut pool: Vec<(Ipv4Addr, u16)> = snat
+            .iter()
+            .flat_map(|a| (port_min..=port_max).map(move |p| (*a, p)))
+            .collect();
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        for i in (1..ports.len()).rev() {
+        for i in (1..pool.len()).rev() {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            ports.swap(i, (x % (i as u64 + 1)) as usize);
+            pool.swap(i, (x % (i as u64 + 1)) as usize);
         }
-        let held = (u64::from(pool) * u64::from(pct) / 100) as usize;
+        let held = pool.len() * pct as usize / 100;
         let now = monotonic_ns();
-        for (i, &port) in ports[..held].iter().enumerate() {
+        for (i, &(addr, port)) in pool[..held].iter().enumerate() {
             // Filler clients in 100.64.0.0/10, never a measured client.
             let client = Ipv4Addr::from(0x6440_0000 + (i as u32 >> 10));
             let cport = 20_000 + (i & 1023) as u16;
             let fwd = FlowEntry {
                 last_seen_ns: now,
-                new_src_addr_be: ipv4_to_be(SNAT),
+                new_src_addr_be: ipv4_to_be(addr),
                 new_dst_addr_be: ipv4_to_be(backend),
                 new_src_port_be: port_to_be(port),
                 new_dst_port_be: port_to_be(BACKEND_PORT),
@@ -848,7 +854,7 @@ impl PoolBed {
             };
             dp.set_conntrack_entry(&flow_key(client, cport, VIP, VIP_PORT), &fwd)
                 .map_err(|e| format!("filling the pool: {e}"))?;
-            dp.set_conntrack_entry(&flow_key(backend, BACKEND_PORT, SNAT, port), &reply)
+            dp.set_conntrack_entry(&flow_key(backend, BACKEND_PORT, addr, port), &reply)
                 .map_err(|e| format!("filling the pool: {e}"))?;
         }
         Ok(PoolBed {
@@ -914,37 +920,71 @@ impl PoolBed {
 
 /// The pool rows: per level (interleaved over rounds, a fresh data plane per level and
 /// round), the mean ns per SYN and the share of SYNs that got a port. Runs in the thread
-/// that entered the namespace.
-fn pool_rows(sec: &mut Section, pool: u32, syns: u32, rounds: usize) {
-    let names: Vec<String> = POOL_LEVELS.iter().map(|l| pool_level_name(*l)).collect();
+/// that entered the namespace. `LB_BENCH_POOL_OBJECTS` (comma-separated paths of lb-ebpf
+/// builds, e.g. the `snat_window` ablation build of lb-ebpf/src/ablate.rs) measures those
+/// builds side by side instead of the embedded one, each row's level labelled with the
+/// file name.
+fn pool_rows(sec: &mut Section, (addrs, ports): (u32, u32), syns: u32, rounds: usize) {
+    let mut objects: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+    match std::env::var("LB_BENCH_POOL_OBJECTS") {
+        Ok(list) => {
+            for path in list.split(',') {
+                match std::fs::read(path) {
+                    Ok(obj) => {
+                        let name = path.rsplit('/').next().unwrap_or(path);
+                        objects.push((format!(" ({name})"), Some(obj)));
+                    }
+                    Err(e) => {
+                        sec.notes
+                            .push(format!("LB_BENCH_POOL_OBJECTS: cannot read {path}: {e}"));
+                        return;
+                    }
+                }
+            }
+        }
+        Err(_) => objects.push((String::new(), None)),
+    }
+    let level = |pct: u32, label: &str| format!("{}{label}", pool_level_name(pct));
+    // Variants: every level of every object, the objects adjacent in time.
+    let variants: Vec<(u32, usize)> = POOL_LEVELS
+        .iter()
+        .flat_map(|&pct| (0..objects.len()).map(move |o| (pct, o)))
+        .collect();
+    let names: Vec<String> = variants
+        .iter()
+        .map(|&(pct, o)| level(pct, &objects[o].0))
+        .collect();
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut got: HashMap<usize, Vec<f64>> = HashMap::new();
-    let ns = interleave(&name_refs, rounds, |li, _| {
-        let mut bed = PoolBed::new(pool, POOL_LEVELS[li])?;
+    let ns = interleave(&name_refs, rounds, |vi, _| {
+        let (pct, o) = variants[vi];
+        let mut bed = PoolBed::new(addrs, ports, pct, objects[o].1.as_deref())?;
         let (ns, share) = bed.measure(syns)?;
-        got.entry(li).or_default().push(share);
+        got.entry(vi).or_default().push(share);
         Ok(ns)
     });
-    for (li, r) in ns.iter().enumerate() {
+    for (vi, r) in ns.iter().enumerate() {
         sec.push(
             CASE_POOL,
-            &names[li],
+            &names[vi],
             "ns/packet",
             Measurement::from_variant(r),
         );
-        let share = match got.remove(&li) {
+        let share = match got.remove(&vi) {
             Some(v) => Measurement::from_runs(v),
             None => Measurement::not_measured(r.error.clone().unwrap_or_default()),
         };
-        sec.push(CASE_POOL, &names[li], POOL_GOT, share);
+        sec.push(CASE_POOL, &names[vi], POOL_GOT, share);
     }
-    for pct in [50, 90, 99, 100] {
-        sec.add_ratio(
-            &format!("new flow at {pct}% SNAT pool use / at 0%"),
-            "ns/packet",
-            (CASE_POOL, &pool_level_name(pct)),
-            (CASE_POOL, &pool_level_name(0)),
-        );
+    for (label, _) in &objects {
+        for pct in [50, 90, 99, 100] {
+            sec.add_ratio(
+                &format!("new flow at {pct}% SNAT pool use / at 0%{label}"),
+                "ns/packet",
+                (CASE_POOL, &level(pct, label)),
+                (CASE_POOL, &level(0, label)),
+            );
+        }
     }
 }
 
@@ -989,7 +1029,9 @@ pub fn run(scale: Scale) -> (Section, Vec<Target>) {
 /// Runs `parts` of section 1. Returns the section and its targets.
 pub fn run_parts(scale: Scale, parts: Parts) -> (Section, Vec<Target>) {
     let packets = scale.pick(350_000u32, 2_000);
-    let pool = scale.pick(64_512u32, 1_024);
+    // Like the issue's measurement (4 SNAT addresses, each backend's pool nearly full in a
+    // large table): the probed reply keys do not fit in the CPU caches.
+    let pool = scale.pick((4u32, 64_512u32), (1, 1_024));
     let pool_syns = scale.pick(20_000u32, 500);
     // Each call with repeat > 1 makes the kernel switch the XDP dispatcher twice (an RCU
     // grace period each, tens of ms on a busy machine), so chains are fewer and long.
@@ -1040,15 +1082,21 @@ pub fn run_parts(scale: Scale, parts: Parts) -> (Section, Vec<Target>) {
              entries (a round visits each flow at most once), one in seven at 100k. The \
              repeat = 1 new-flow case adds 2 entries per packet, so the table grows by {} \
              entries during it. **SNAT pool use** (issue 12): a separate bed per level and \
-             round, the default sizes, one service with one backend and one SNAT address \
-             with {pool} ports (1024-{}), of which 0, 50, 90, 99 or 100% are held by live \
-             established flows (both entries in `LB_CONNTRACK`, random ports); {pool_syns} \
+             round, the default sizes, one service with one backend and {} SNAT addresses \
+             with {} ports each (1024-{}), so a pool of {} (address, port) pairs, of which 0, \
+             50, 90, 99 or 100% are held by live established flows (both entries in \
+             `LB_CONNTRACK`, picked at random: at 99% the probed reply keys are about 2 x {} \
+             entries, far more than the CPU caches hold); {pool_syns} \
              SYNs of new clients per level and round, `repeat = 1`, each a new flow whose \
              entries are removed again (untimed) when it got a port, so the use stays at its \
              level. Rows: mean ns per SYN (those that got a port and those dropped \
              `DROP_SNAT_EXHAUSTED` alike) and the share that got a port.",
             2 * packets,
-            1023 + pool
+            pool.0,
+            pool.1,
+            1023 + pool.1,
+            pool.0 * pool.1,
+            pool.0 * pool.1
         ),
     );
     let mut targets = Vec::new();
