@@ -1221,14 +1221,14 @@ pub fn run_parts(scale: Scale, parts: Parts) -> (Section, Vec<Target>) {
 
 fn est_targets(sec: &Section) -> Vec<Target> {
     // Judge at the largest fill level measured (the conservative one).
-    let level = sec
-        .rows
+    // The fill-level rows only (the SNAT pool rows follow them).
+    let level_rows = || sec.rows.iter().filter(|r| CASES.contains(&r.case.as_str()));
+    let level = level_rows()
         .last()
         .map(|r| r.variant.clone())
         .unwrap_or_default();
-    let first = sec
-        .rows
-        .first()
+    let first = level_rows()
+        .next()
         .map(|r| r.variant.clone())
         .unwrap_or_default();
     let ns = |case: &str, lvl: &str| {
