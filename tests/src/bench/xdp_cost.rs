@@ -1224,7 +1224,7 @@ fn est_targets(sec: &Section) -> Vec<Target> {
     // The fill-level rows only (the SNAT pool rows follow them).
     let level_rows = || sec.rows.iter().filter(|r| CASES.contains(&r.case.as_str()));
     let level = level_rows()
-        .last()
+        .next_back()
         .map(|r| r.variant.clone())
         .unwrap_or_default();
     let first = level_rows()
