@@ -3,9 +3,9 @@
 //! Every packet the XDP program sees increments exactly one verdict counter (all but the event
 //! counters [`CT_BACKEND_DOWN`], [`CT_SYN_REUSE`], [`NEW_FLOW`], [`CT_SYN_ON_OPEN`],
 //! [`CT_PAIR_REPAIRED`], [`CT_DOWN_KEPT`], [`CT_SYN_UNANSWERED`], [`SELECT_SKIPPED`],
-//! [`SELECT_FALLBACK`] and [`EVENT_LOST`], which count events on top of the verdict), plus,
-//! when it belongs to a service, that service's and backend's
-//! [`crate::FlowStats`]. The name in [`COUNTER_NAMES`] is the `reason` label of the
+//! [`SELECT_FALLBACK`], [`EVENT_LOST`], [`SNAT_POOL_FULL`] and [`SNAT_SEARCH_SHORT`], which
+//! count events on top of the verdict), plus, when it belongs to a service, that service's
+//! and backend's [`crate::FlowStats`]. The name in [`COUNTER_NAMES`] is the `reason` label of the
 //! `lb_packets_total` metric.
 
 /// Not IPv4 or IPv6 (ARP, LLDP, ...): `XDP_PASS`.
@@ -160,8 +160,20 @@ pub const FWD_DSR: u32 = 44;
 /// answered [`TX_RST_NO_BACKEND`]).
 pub const DROP_DSR_NO_BACKEND: u32 = 45;
 
+/// A new flow's full SNAT port search ([`crate::SNAT_PORT_ATTEMPTS`] candidates) found no
+/// free port toward its backend (event, with verdict [`DROP_SNAT_EXHAUSTED`]): the backend's
+/// pool is (nearly) full, and for [`crate::SNAT_FULL_HOLD_NS`] the new flows to it search
+/// only [`crate::SNAT_PORT_ATTEMPTS_SHORT`] candidates ([`SNAT_SEARCH_SHORT`]).
+pub const SNAT_POOL_FULL: u32 = 46;
+/// A new flow's SNAT port search was cut to [`crate::SNAT_PORT_ATTEMPTS_SHORT`] candidates
+/// because a full search toward its backend found no free port less than
+/// [`crate::SNAT_FULL_HOLD_NS`] ago (event, on top of the flow's verdict: `fwd_to_backend`
+/// when a candidate was free, which ends the backend's short searches, [`DROP_SNAT_EXHAUSTED`]
+/// otherwise).
+pub const SNAT_SEARCH_SHORT: u32 = 47;
+
 /// Number of global counters.
-pub const NUM_COUNTERS: u32 = 46;
+pub const NUM_COUNTERS: u32 = 48;
 
 /// Name prefix of placeholders in [`COUNTER_NAMES`] (indices no counter uses yet, none today;
 /// a branch adding counters may reserve some): never shown by `lbctl stats` nor exported as
@@ -216,6 +228,8 @@ pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
     "ct_syn_retry_exhausted",
     "fwd_dsr",
     "drop_dsr_no_backend",
+    "snat_pool_full",
+    "snat_search_short",
 ];
 
 #[cfg(test)]
@@ -250,6 +264,11 @@ mod tests {
         assert_eq!(
             COUNTER_NAMES[DROP_DSR_NO_BACKEND as usize],
             "drop_dsr_no_backend"
+        );
+        assert_eq!(COUNTER_NAMES[SNAT_POOL_FULL as usize], "snat_pool_full");
+        assert_eq!(
+            COUNTER_NAMES[SNAT_SEARCH_SHORT as usize],
+            "snat_search_short"
         );
         assert_eq!(
             COUNTER_NAMES[CT_SYN_RETRY_EXHAUSTED as usize],

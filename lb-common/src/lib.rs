@@ -50,7 +50,10 @@ pub use maps::*;
 ///    (`forwarding`, `dsr_src_be`; 16 -> 24 bytes); `LB_STATS` grew to 56 entries (the DSR
 ///    counters at 50-51).
 /// 7: the object holds the backend-side decapsulator `lb_decap` and its two maps
-///    ([`decap`]; lbd creates them unpinned and never uses them, `lbctl decap` pins its own).
+///    ([`decap`]; lbd creates them unpinned and never uses them, `lbctl decap` pins its own);
+///    [`MAP_SNAT_FULL`] is new (per backend id, until when a new flow's SNAT port search is
+///    cut short after a full search found the pool full); `LB_STATS` grew the SNAT pool
+///    counters.
 pub const ABI_VERSION: u32 = 7;
 
 /// Name of the XDP program in the object file.

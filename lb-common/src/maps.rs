@@ -17,6 +17,7 @@
 //! | [`MAP_BACKEND_STATS`] | per-CPU array | `u32` backend id | [`FlowStats`] | XDP |
 //! | [`MAP_BACKEND_SUSPECT`] | array | `u32` backend id | [`crate::passive::BackendSuspect`] | XDP raises, lbd clears |
 //! | [`MAP_EVENTS`] | ring buffer | - | [`crate::passive::PassiveEvent`] records | XDP (lbd reads) |
+//! | [`MAP_SNAT_FULL`] | array | `u32` backend id | `u64` coarse-clock ns | XDP |
 //!
 //! Capacities marked "default" are set by lbd at load time from the configuration
 //! (`aya::EbpfLoader::set_max_entries`); the values here are what the object file declares.
@@ -64,12 +65,17 @@ pub const MAP_BACKEND_STATS: &str = "LB_BE_STATS";
 pub const MAP_BACKEND_SUSPECT: &str = "LB_BE_SUSPECT";
 /// Ring buffer of [`crate::passive::PassiveEvent`] records, read by lbd.
 pub const MAP_EVENTS: &str = "LB_EVENTS";
+/// Per backend id: until when (coarse-clock ns, `bpf_ktime_get_coarse_ns`) a new flow's SNAT
+/// port search tries only [`SNAT_PORT_ATTEMPTS_SHORT`] candidates, because a full search
+/// toward that backend found no free port (0: never). Written by the data plane alone: set
+/// by a failed full search, cleared by a short search that finds a port.
+pub const MAP_SNAT_FULL: &str = "LB_SNAT_FULL";
 /// Size in bytes of [`MAP_EVENTS`] (a power-of-two multiple of the page size): room for
 /// about 2000 events, far more than one failure episode raises (one per suspicion).
 pub const EVENTS_RING_BYTES: u32 = 64 * 1024;
 
 /// Every map name, in a stable order (used for pinning and re-adoption).
-pub const ALL_MAPS: [&str; 15] = [
+pub const ALL_MAPS: [&str; 16] = [
     MAP_SERVICES,
     MAP_VIPS,
     MAP_LOCAL_ADDRS,
@@ -85,6 +91,7 @@ pub const ALL_MAPS: [&str; 15] = [
     MAP_BACKEND_STATS,
     MAP_BACKEND_SUSPECT,
     MAP_EVENTS,
+    MAP_SNAT_FULL,
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -126,8 +133,18 @@ pub const MAX_TX_PORTS: u32 = 64;
 /// Entries in the config map.
 pub const CONFIG_ENTRIES: u32 = 1;
 /// Attempts at finding a free SNAT port for a new flow before giving up (verdict
-/// `DROP_SNAT_EXHAUSTED`). Each attempt is one hash-map insert.
+/// `DROP_SNAT_EXHAUSTED`). Each attempt is a lookup of the candidate's reply key in
+/// [`MAP_CONNTRACK`] and an insert into [`MAP_CT_SYN`].
 pub const SNAT_PORT_ATTEMPTS: u32 = 16;
+/// Candidates a new flow's SNAT port search tries while its backend's pool is known to be
+/// full ([`MAP_SNAT_FULL`]): the first two of the flow's [`SNAT_PORT_ATTEMPTS`]. Bounds what a
+/// SYN that finds no port costs (two probes instead of sixteen) while still finding a port
+/// freed since; finding one ends the short searches.
+pub const SNAT_PORT_ATTEMPTS_SHORT: u32 = 2;
+/// How long after a full SNAT port search toward a backend found no free port the new flows
+/// to it search only [`SNAT_PORT_ATTEMPTS_SHORT`] candidates (unless one finds a port first):
+/// at most one full search per backend per 100 ms.
+pub const SNAT_FULL_HOLD_NS: u64 = 100_000_000;
 
 /// Default SNAT port range (inclusive). Kept below the kernel's default ephemeral range
 /// (32768-60999) so lbd's own health-check connections never collide with SNAT flows.

@@ -69,3 +69,6 @@ pub const NO_CLOCK: bool = on("clock");
 /// `lru_percpu`: both conntrack maps are created with `BPF_F_NO_COMMON_LRU` (an LRU list per
 /// CPU instead of one shared list).
 pub const LRU_PERCPU: bool = on("lru_percpu");
+/// `snat_window`: every new flow's SNAT port search tries all `SNAT_PORT_ATTEMPTS`
+/// candidates, as before `LB_SNAT_FULL` (the "before" of docs/benchmarks.md, "SNAT pool use").
+pub const NO_SNAT_WINDOW: bool = on("snat_window");

@@ -9,11 +9,13 @@
 //!
 //! Both entries live in the same map: `LB_CT_SYN` while the handshake is in progress (a SYN
 //! flood evicts only embryonic flows), `LB_CONNTRACK` from the handshake's completion on
-//! ([`promote`]). A SNAT port is free only when neither map holds it ([`reserve`]).
+//! ([`promote`]). A SNAT port is free only when neither map holds it ([`reserve`]); a
+//! backend whose pool a full search found full gets short searches for a while
+//! ([`search_start`]).
 
 use crate::{
     ablate,
-    maps::{LB_CONNTRACK, LB_CT_SYN, LB_SNAT_ADDRS},
+    maps::{LB_CONNTRACK, LB_CT_SYN, LB_SNAT_ADDRS, LB_SNAT_FULL},
     stats,
 };
 use aya_ebpf::{
@@ -25,7 +27,8 @@ use lb_common::{
     tcp_state::{is_embryonic, Transition, CLOSE},
     BackendValue, FlowEntry, FlowKey, GlobalConfig, CT_PAIR_REPAIRED, FLOW_F_REPLY,
     FLOW_TOUCH_INTERVAL_NS, IPPROTO_TCP, MAX_SNAT_ADDRS, PARTNER_SYNC_REFRESHES,
-    SNAT_PORT_ATTEMPTS,
+    SNAT_FULL_HOLD_NS, SNAT_POOL_FULL, SNAT_PORT_ATTEMPTS, SNAT_PORT_ATTEMPTS_SHORT,
+    SNAT_SEARCH_SHORT,
 };
 
 /// Which conntrack map a flow lives in.
@@ -470,6 +473,10 @@ fn free_in_main(rkey: &FlowKey, own: &FlowKey, cfg: &GlobalConfig, now_ns: u64) 
 /// (free in `LB_CONNTRACK`, then inserted into `LB_CT_SYN` with `BPF_NOEXIST`, taking over
 /// expired flows in either). Returns the forward entry to [`commit`] (without a next hop yet)
 /// and the reply entry's key.
+///
+/// No cliff when the backend's pool runs short ([`search_start`]): a full search that finds no
+/// free port makes the next `SNAT_FULL_HOLD_NS` of searches toward that backend try only
+/// `SNAT_PORT_ATTEMPTS_SHORT` candidates; a short search that finds a port ends that early.
 #[inline(always)]
 pub fn reserve(
     key: &FlowKey,
@@ -507,12 +514,17 @@ pub fn reserve(
         service_id,
         ..FlowEntry::default()
     };
+    // The search tries candidates `attempt - start` for `attempt` in `start..ATTEMPTS`: the
+    // offset is folded into the base so no other value lives across the loop (the program's
+    // stack is at its limit).
+    let start = search_start(backend_id, now_ns);
     let port_base = snat_port_base(
         key.src_addr_be,
         key.src_port_be,
         cfg.hash_seed ^ SNAT_SEED_XOR,
-    );
-    let mut attempt = 0;
+    )
+    .wrapping_sub(start);
+    let mut attempt = start;
     while attempt < SNAT_PORT_ATTEMPTS {
         let port_be =
             snat_port_candidate(port_base, attempt, cfg.snat_port_min, cfg.snat_port_max).to_be();
@@ -544,11 +556,67 @@ pub fn reserve(
                 Err(_) => return Err(AllocError::Full),
             };
         if reserved {
+            pool_not_full(backend_id, now_ns);
             return Ok((forward, rkey));
         }
         attempt += 1;
     }
+    pool_full(backend_id, now_ns);
     Err(AllocError::SnatExhausted)
+}
+
+/// The first attempt of a new flow's SNAT port search toward `backend_id` at `now_ns`:
+/// `SNAT_PORT_ATTEMPTS - SNAT_PORT_ATTEMPTS_SHORT` (a short search of the flow's first
+/// `SNAT_PORT_ATTEMPTS_SHORT` candidates, counted `SNAT_SEARCH_SHORT`) while the backend's
+/// `LB_SNAT_FULL` time lies ahead (a full search found its pool full less than
+/// `SNAT_FULL_HOLD_NS` ago), 0 (a full search) otherwise. Without the cut, every SYN to a
+/// full pool paid sixteen probes of `LB_CONNTRACK` (each a cache and TLB miss at the default
+/// size) and was dropped anyway (docs/benchmarks.md, "SNAT pool use").
+#[inline(always)]
+fn search_start(backend_id: u32, now_ns: u64) -> u32 {
+    if !short_window(backend_id, now_ns) {
+        return 0;
+    }
+    stats::count(SNAT_SEARCH_SHORT);
+    SNAT_PORT_ATTEMPTS - SNAT_PORT_ATTEMPTS_SHORT
+}
+
+/// True while backend `backend_id`'s `LB_SNAT_FULL` time lies ahead of `now_ns`.
+#[inline(always)]
+fn short_window(backend_id: u32, now_ns: u64) -> bool {
+    if ablate::NO_SNAT_WINDOW {
+        return false;
+    }
+    LB_SNAT_FULL
+        .get(backend_id)
+        .is_some_and(|until| now_ns < *until)
+}
+
+/// A search toward `backend_id` found no free port: a full one (no window open) opens the
+/// backend's window of short searches (`SNAT_POOL_FULL`); a short one leaves it as it is.
+#[inline(always)]
+fn pool_full(backend_id: u32, now_ns: u64) {
+    if ablate::NO_SNAT_WINDOW || short_window(backend_id, now_ns) {
+        return;
+    }
+    stats::count(SNAT_POOL_FULL);
+    if let Some(until) = LB_SNAT_FULL.get_ptr_mut(backend_id) {
+        // SAFETY: map value pointer; concurrent writers store the same kind of value.
+        unsafe { *until = now_ns.wrapping_add(SNAT_FULL_HOLD_NS) };
+    }
+}
+
+/// A search toward `backend_id` found a free port: an open window (this was a short search)
+/// ends, so the next search is a full one. No write when none is open.
+#[inline(always)]
+fn pool_not_full(backend_id: u32, now_ns: u64) {
+    if !short_window(backend_id, now_ns) {
+        return;
+    }
+    if let Some(until) = LB_SNAT_FULL.get_ptr_mut(backend_id) {
+        // SAFETY: as in `pool_full`.
+        unsafe { *until = 0 };
+    }
 }
 
 /// Writes the forward entry of a new flow whose reply entry [`reserve`] inserted at `rkey`

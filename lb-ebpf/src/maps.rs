@@ -107,6 +107,11 @@ pub static LB_DECAP_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(DECAP_M
 #[map]
 pub static LB_DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DECAP_NUM_COUNTERS, 0);
 
+/// Per backend id: until when (coarse-clock ns) new flows to it search only
+/// `SNAT_PORT_ATTEMPTS_SHORT` SNAT port candidates (a full search found its pool full).
+#[map]
+pub static LB_SNAT_FULL: Array<u64> = Array::pinned(DEFAULT_MAX_BACKENDS, 0);
+
 /// Compile-time string equality (the map symbols must be the lb-common names).
 const fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -141,4 +146,5 @@ const _: () = {
     assert!(same(lb_common::MAP_EVENTS, "LB_EVENTS"));
     assert!(same(lb_common::decap::MAP_DECAP_ADDRS, "LB_DECAP_ADDRS"));
     assert!(same(lb_common::decap::MAP_DECAP_STATS, "LB_DECAP_STATS"));
+    assert!(same(lb_common::MAP_SNAT_FULL, "LB_SNAT_FULL"));
 };

@@ -35,6 +35,8 @@ mod prefilter;
 mod refresh;
 #[path = "fixtures/retry.rs"]
 mod retry;
+#[path = "fixtures/snat_pool.rs"]
+mod snat_pool;
 
 // XDP actions.
 const ABORTED_ACT: u32 = 0;
@@ -172,6 +174,10 @@ type Check = Box<dyn Fn(&BpfDataplane) -> Result<(), String>>;
 
 struct Case {
     name: String,
+    /// Keep the SNAT short-search windows (`LB_SNAT_FULL`) the cases before left; every other
+    /// case starts without any, so its counters do not depend on the time since an earlier
+    /// case found a pool full.
+    keep_snat_window: bool,
     setup: Option<Hook>,
     input: Vec<u8>,
     ingress: u32,
@@ -196,6 +202,7 @@ fn case(
 ) -> Case {
     Case {
         name: name.into(),
+        keep_snat_window: false,
         setup: None,
         output: output.unwrap_or_else(|| input.clone()),
         input,
@@ -213,6 +220,10 @@ impl Case {
     }
     fn check(mut self, f: impl Fn(&BpfDataplane) -> Result<(), String> + 'static) -> Self {
         self.check = Some(Box::new(f));
+        self
+    }
+    fn keep_snat_window(mut self) -> Self {
+        self.keep_snat_window = true;
         self
     }
 }
@@ -1099,7 +1110,7 @@ fn cases(ifs: &Ifs) -> Vec<Case> {
         pub0,
         DROP,
         None,
-        &[DROP_SNAT_EXHAUSTED],
+        &[DROP_SNAT_EXHAUSTED, SNAT_POOL_FULL],
     ));
     let pe = snat_candidate(CLIENT_C, 45000, 88, 0, lo, hi);
     v.push(
@@ -1141,6 +1152,9 @@ fn cases(ifs: &Ifs) -> Vec<Case> {
 fn run_cases(dp: &mut BpfDataplane, cases: Vec<Case>) -> Vec<String> {
     let mut failures = Vec::new();
     for (i, c) in cases.into_iter().enumerate() {
+        if !c.keep_snat_window {
+            dp.clear_snat_full().unwrap();
+        }
         if let Some(s) = &c.setup {
             s(dp);
         }
@@ -1231,6 +1245,7 @@ fn packet_fixtures() {
         cases.extend(refresh::cases(&ifs));
         cases.extend(retry::cases(&ifs));
         cases.extend(dsr::cases(&ifs));
+        cases.extend(snat_pool::cases(&ifs));
         let mut failures = run_cases(&mut dp, cases);
         // Every verdict and event counter must have been exercised, except the one the kernel
         // cannot be made to produce on an LRU map (insert failure) and the unused placeholders.

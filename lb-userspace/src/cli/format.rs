@@ -1080,7 +1080,8 @@ VIP         ANNOUNCED  WHY
             got.ends_with(
                 "\nct_syn_retried          0      0\n\
                  ct_syn_retry_exhausted  0      0\nfwd_dsr                 0      0\n\
-                 drop_dsr_no_backend     0      0\nfrom_the_future         1      -\n"
+                 drop_dsr_no_backend     0      0\nsnat_pool_full          0      0\n\
+                 snat_search_short       0      0\nfrom_the_future         1      -\n"
             ),
             "\n{got}"
         );

@@ -28,8 +28,8 @@ use lb_common::{
     ABI_VERSION, ALL_MAPS, CONFIG_ENTRIES, CONNTRACK_ENTRIES_PER_FLOW, EVENTS_RING_BYTES,
     FLOW_F_REPLY, IPPROTO_TCP, LOCAL_F_SNAT, LOCAL_F_VIP, MAP_BACKENDS, MAP_BACKEND_STATS,
     MAP_BACKEND_SUSPECT, MAP_CONFIG, MAP_CONNTRACK, MAP_CT_SYN, MAP_EVENTS, MAP_LOCAL_ADDRS,
-    MAP_MAGLEV, MAP_SERVICES, MAP_SERVICE_STATS, MAP_SNAT_ADDRS, MAP_STATS, MAP_TX_PORTS, MAP_VIPS,
-    MAX_SNAT_ADDRS, MAX_TX_PORTS, NUM_COUNTERS, PROGRAM_NAME,
+    MAP_MAGLEV, MAP_SERVICES, MAP_SERVICE_STATS, MAP_SNAT_ADDRS, MAP_SNAT_FULL, MAP_STATS,
+    MAP_TX_PORTS, MAP_VIPS, MAX_SNAT_ADDRS, MAX_TX_PORTS, NUM_COUNTERS, PROGRAM_NAME,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -93,6 +93,8 @@ pub struct BpfDataplane {
     service_stats: PerCpuArray<MapData, FlowStats>,
     backend_stats: PerCpuArray<MapData, FlowStats>,
     suspect: Array<MapData, BackendSuspect>,
+    /// `LB_SNAT_FULL`: per backend id, until when new flows search short (data plane only).
+    snat_full: Array<MapData, u64>,
     /// The event ring buffer until [`Dataplane::take_passive_events`] hands it out.
     /// (A mutex so tests can drain it through `&self`: [`BpfDataplane::pending_events`].)
     events: std::sync::Mutex<Option<RingBuf<MapData>>>,
@@ -196,6 +198,7 @@ fn expected_shape(name: &str, opts: &LoadOptions) -> (u32, u32, u32) {
         MAP_BACKEND_STATS => (opts.max_backends, 4, sz(size_of::<FlowStats>())),
         MAP_BACKEND_SUSPECT => (opts.max_backends, 4, sz(size_of::<BackendSuspect>())),
         MAP_EVENTS => (EVENTS_RING_BYTES, 0, 0),
+        MAP_SNAT_FULL => (opts.max_backends, 4, 8),
         _ => unreachable!("unknown map {name}"),
     }
 }
@@ -476,7 +479,8 @@ impl BpfDataplane {
             )
             .map_max_entries(MAP_SERVICE_STATS, opts.max_services)
             .map_max_entries(MAP_BACKEND_STATS, opts.max_backends)
-            .map_max_entries(MAP_BACKEND_SUSPECT, opts.max_backends);
+            .map_max_entries(MAP_BACKEND_SUSPECT, opts.max_backends)
+            .map_max_entries(MAP_SNAT_FULL, opts.max_backends);
         let mut ebpf = loader.load(object).map_err(|e| DataplaneError::Load {
             source: Box::new(e),
         })?;
@@ -508,6 +512,7 @@ impl BpfDataplane {
             service_stats: take(&mut ebpf, MAP_SERVICE_STATS)?,
             backend_stats: take(&mut ebpf, MAP_BACKEND_STATS)?,
             suspect: take(&mut ebpf, MAP_BACKEND_SUSPECT)?,
+            snat_full: take(&mut ebpf, MAP_SNAT_FULL)?,
             events: std::sync::Mutex::new(Some(take(&mut ebpf, MAP_EVENTS)?)),
             ebpf,
             pin_dir: opts.pin_root.as_ref().map(|_| dir),
@@ -1379,6 +1384,29 @@ impl PassiveEventSource for RingEvents {
 }
 
 impl BpfDataplane {
+    /// Backend `id`'s slot of `LB_SNAT_FULL`: until when (coarse-clock ns) new flows to it
+    /// try only `SNAT_PORT_ATTEMPTS_SHORT` SNAT ports (tests and measurements).
+    pub fn snat_full_until(&self, id: u32) -> Result<u64> {
+        self.snat_full.get(&id, 0).map_err(map_err(MAP_SNAT_FULL))
+    }
+
+    /// Sets backend `id`'s slot of `LB_SNAT_FULL` (tests: end or open a short-search window
+    /// without waiting for the clock).
+    pub fn set_snat_full_until(&mut self, id: u32, until_ns: u64) -> Result<()> {
+        self.snat_full
+            .set(id, until_ns, 0)
+            .map_err(map_err(MAP_SNAT_FULL))
+    }
+
+    /// Clears every slot of `LB_SNAT_FULL` (tests: a case starts with no short-search window
+    /// left over from an earlier one, whatever the time between them).
+    pub fn clear_snat_full(&mut self) -> Result<()> {
+        for id in 0..self.snat_full.len() {
+            self.set_snat_full_until(id, 0)?;
+        }
+        Ok(())
+    }
+
     /// Events in the ring buffer now, without waiting (tests; `None` once the source was
     /// taken).
     pub fn pending_events(&self) -> Option<Vec<PassiveEvent>> {

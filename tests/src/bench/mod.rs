@@ -104,6 +104,15 @@ pub struct PrivateDataplane {
 impl PrivateDataplane {
     /// Loads `lb_xdp` with `opts` (its `pin_root` is replaced by a fresh private directory).
     pub fn load(opts: &lb::dataplane::LoadOptions) -> Result<PrivateDataplane, String> {
+        Self::load_object(opts, None)
+    }
+
+    /// [`Self::load`] with another build of the eBPF object (`object`; the embedded one when
+    /// `None`): lets a measurement compare builds side by side.
+    pub fn load_object(
+        opts: &lb::dataplane::LoadOptions,
+        object: Option<&[u8]>,
+    ) -> Result<PrivateDataplane, String> {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // bpffs refuses names with a dot.
@@ -113,10 +122,11 @@ impl PrivateDataplane {
         opts.pin_root = Some(root.clone());
         // The guard removes a half-created directory when the load fails.
         let mut guard = PrivateDataplane { dp: None, root };
-        guard.dp = Some(
-            lb::dataplane::bpf::BpfDataplane::load(&opts)
-                .map_err(|e| format!("loading lb_xdp: {e}"))?,
-        );
+        let dp = match object {
+            Some(obj) => lb::dataplane::bpf::BpfDataplane::load_object(&opts, obj),
+            None => lb::dataplane::bpf::BpfDataplane::load(&opts),
+        };
+        guard.dp = Some(dp.map_err(|e| format!("loading lb_xdp: {e}"))?);
         Ok(guard)
     }
 

@@ -23,7 +23,7 @@
 //!   chain to 254 forwards; the output frame (TTL 1, expected addresses) and the counter
 //!   deltas prove that every run took the intended path.
 
-use super::report::{Goal, Measurement, Section, Target};
+use super::report::{ratio, Goal, Measurement, Section, Target};
 use super::stats::interleave;
 use super::PrivateDataplane;
 use super::Scale;
@@ -38,6 +38,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
 
@@ -730,14 +731,314 @@ impl Bed {
     }
 }
 
-/// Runs section 1. Returns the section and its targets.
+/// SNAT pool use levels of the pool rows (percent of one backend's SNAT ports held by live
+/// established flows).
+pub const POOL_LEVELS: [u32; 5] = [0, 50, 90, 99, 100];
+/// The pool rows' case (`ns/packet` and [`POOL_GOT`] per level).
+pub const CASE_POOL: &str = "new flow, SYN, one backend's SNAT pool in use (repeat = 1)";
+/// Metric of the pool rows: the share of the measured SYNs that got a SNAT port.
+pub const POOL_GOT: &str = "% of SYNs that got a port";
+
+/// Label of a pool use level.
+pub fn pool_level_name(pct: u32) -> String {
+    format!("pool {pct}% used")
+}
+
+/// A data plane (default sizes) whose one service has one backend (`BACKENDS[0]`) and
+/// `addrs` SNAT addresses with `ports` ports each (1024 ..), `pct`% of these (address, port)
+/// pairs held by live established flows (both entries in `LB_CONNTRACK`, picked at random).
+struct PoolBed {
+    dp: PrivateDataplane,
+    a0: u32,
+    next: u32,
+}
+
+impl PoolBed {
+    fn new(addrs: u32, ports: u32, pct: u32, object: Option<&[u8]>) -> Result<PoolBed, String> {
+        let mut pdp = PrivateDataplane::load_object(&LoadOptions::default(), object)?;
+        let dp = pdp.get_mut();
+        let a0 = ifindex("a0")?;
+        let b0 = ifindex("b0")?;
+        let e = |e: lb::dataplane::DataplaneError| e.to_string();
+        let port_min = 1024u16;
+        let port_max = u16::try_from(u32::from(port_min) + ports - 1)
+            .map_err(|_| format!("{ports} ports do not fit above {port_min}"))?;
+        dp.set_global_config(&GlobalConfig {
+            snat_addr_count: addrs,
+            snat_port_min: port_min,
+            snat_port_max: port_max,
+            ..GlobalConfig::default()
+        })
+        .map_err(e)?;
+        let snat: Vec<Ipv4Addr> = (0..addrs)
+            .map(|i| Ipv4Addr::from(u32::from(SNAT) + i))
+            .collect();
+        dp.set_snat_addrs(&snat).map_err(e)?;
+        let backend = BACKENDS[0];
+        dp.set_backend(
+            1,
+            &BackendValue {
+                addr_be: ipv4_to_be(backend),
+                port_be: port_to_be(BACKEND_PORT),
+                service_id: 0,
+                ..BackendValue::default()
+            },
+        )
+        .map_err(e)?;
+        let m = lb_common::DEFAULT_MAGLEV_TABLE_SIZE;
+        dp.write_maglev(maglev_table_offset(0, 0, m), &vec![1u32; m as usize])
+            .map_err(e)?;
+        dp.set_service(
+            &ServiceKey {
+                vip_be: ipv4_to_be(VIP),
+                port_be: port_to_be(VIP_PORT),
+                proto: IPPROTO_TCP,
+                _pad: 0,
+            },
+            &ServiceValue {
+                service_id: 0,
+                table_offset: maglev_table_offset(0, 0, m),
+                table_size: m,
+                flags: 0,
+                forwarding: FORWARDING_NAT,
+                dsr_src_be: 0,
+            },
+        )
+        .map_err(e)?;
+        dp.set_vip(
+            ipv4_to_be(VIP),
+            &VipValue {
+                service_count: 1,
+                flags: 0,
+            },
+        )
+        .map_err(e)?;
+        dp.set_tx_port(a0).map_err(e)?;
+        dp.set_tx_port(b0).map_err(e)?;
+        // The held ports: a random `pct`% of the pool (Fisher-Yates with a fixed seed).
+        let mut pool: Vec<(Ipv4Addr, u16)> = snat
+            .iter()
+            .flat_map(|a| (port_min..=port_max).map(move |p| (*a, p)))
+            .collect();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for i in (1..pool.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            pool.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        let held = pool.len() * pct as usize / 100;
+        let now = monotonic_ns();
+        for (i, &(addr, port)) in pool[..held].iter().enumerate() {
+            // Filler clients in 100.64.0.0/10, never a measured client.
+            let client = Ipv4Addr::from(0x6440_0000 + (i as u32 >> 10));
+            let cport = 20_000 + (i & 1023) as u16;
+            let fwd = FlowEntry {
+                last_seen_ns: now,
+                new_src_addr_be: ipv4_to_be(addr),
+                new_dst_addr_be: ipv4_to_be(backend),
+                new_src_port_be: port_to_be(port),
+                new_dst_port_be: port_to_be(BACKEND_PORT),
+                backend_id: 1,
+                service_id: 0,
+                state: lb_common::tcp_state::ESTABLISHED,
+                ..FlowEntry::default()
+            };
+            let reply = FlowEntry {
+                new_src_addr_be: ipv4_to_be(VIP),
+                new_dst_addr_be: ipv4_to_be(client),
+                new_src_port_be: port_to_be(VIP_PORT),
+                new_dst_port_be: port_to_be(cport),
+                flags: FLOW_F_REPLY,
+                ..fwd
+            };
+            dp.set_conntrack_entry(&flow_key(client, cport, VIP, VIP_PORT), &fwd)
+                .map_err(|e| format!("filling the pool: {e}"))?;
+            dp.set_conntrack_entry(&flow_key(backend, BACKEND_PORT, addr, port), &reply)
+                .map_err(|e| format!("filling the pool: {e}"))?;
+        }
+        Ok(PoolBed {
+            dp: pdp,
+            a0,
+            next: 0,
+        })
+    }
+
+    /// `syns` new flows' SYNs, one `BPF_PROG_TEST_RUN` each: (mean ns per SYN, % that got a
+    /// port). A flow that got a port is removed again (untimed), so the pool's use stays at
+    /// its level.
+    fn measure(&mut self, syns: u32) -> Result<(f64, f64), String> {
+        let before = self.dp.global_counters().map_err(|e| e.to_string())?;
+        let (mut total, mut got) = (0u64, 0u32);
+        for _ in 0..syns {
+            let (c, p) = client_of(self.next);
+            self.next += 1;
+            let r = self
+                .dp
+                .test_run(
+                    &tcp_frame(c, p, VIP, VIP_PORT, tcp_flags::SYN),
+                    Some(self.a0),
+                    1,
+                )
+                .map_err(|e| e.to_string())?;
+            total += r.duration_ns;
+            match r.verdict {
+                XDP_REDIRECT => {
+                    got += 1;
+                    let t = reply_tuple(&r.output);
+                    for k in [
+                        flow_key(c, p, VIP, VIP_PORT),
+                        flow_key(t.backend, BACKEND_PORT, t.snat, t.snat_port),
+                    ] {
+                        self.dp
+                            .remove_conntrack_entry(&k)
+                            .map_err(|e| format!("removing a measured flow: {e}"))?;
+                    }
+                }
+                XDP_DROP => {}
+                v => expect(v, XDP_REDIRECT, "new flow on a pool in use")?,
+            }
+        }
+        let after = self.dp.global_counters().map_err(|e| e.to_string())?;
+        let d = |c: u32| after[c as usize] - before[c as usize];
+        if d(lb_common::NEW_FLOW) != u64::from(got)
+            || d(lb_common::DROP_SNAT_EXHAUSTED) != u64::from(syns - got)
+        {
+            return Err(format!(
+                "pool: {got} of {syns} SYNs redirected, but NEW_FLOW rose by {} and \
+                 DROP_SNAT_EXHAUSTED by {}",
+                d(lb_common::NEW_FLOW),
+                d(lb_common::DROP_SNAT_EXHAUSTED)
+            ));
+        }
+        Ok((
+            total as f64 / f64::from(syns),
+            100.0 * f64::from(got) / f64::from(syns),
+        ))
+    }
+}
+
+/// The pool rows: per level (interleaved over rounds, a fresh data plane per level and
+/// round), the mean ns per SYN and the share of SYNs that got a port. Runs in the thread
+/// that entered the namespace. `LB_BENCH_POOL_OBJECTS` (comma-separated paths of lb-ebpf
+/// builds, e.g. the `snat_window` ablation build of lb-ebpf/src/ablate.rs) measures those
+/// builds side by side instead of the embedded one, each row's level labelled with the
+/// file name.
+fn pool_rows(sec: &mut Section, (addrs, ports): (u32, u32), syns: u32, rounds: usize) {
+    let mut objects: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+    match std::env::var("LB_BENCH_POOL_OBJECTS") {
+        Ok(list) => {
+            for path in list.split(',') {
+                match std::fs::read(path) {
+                    Ok(obj) => {
+                        let name = path.rsplit('/').next().unwrap_or(path);
+                        objects.push((format!(" ({name})"), Some(obj)));
+                    }
+                    Err(e) => {
+                        sec.notes
+                            .push(format!("LB_BENCH_POOL_OBJECTS: cannot read {path}: {e}"));
+                        return;
+                    }
+                }
+            }
+        }
+        Err(_) => objects.push((String::new(), None)),
+    }
+    let level = |pct: u32, label: &str| format!("{}{label}", pool_level_name(pct));
+    // Variants: every level of every object, the objects adjacent in time.
+    let variants: Vec<(u32, usize)> = POOL_LEVELS
+        .iter()
+        .flat_map(|&pct| (0..objects.len()).map(move |o| (pct, o)))
+        .collect();
+    let names: Vec<String> = variants
+        .iter()
+        .map(|&(pct, o)| level(pct, &objects[o].0))
+        .collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut got: HashMap<usize, Vec<f64>> = HashMap::new();
+    let ns = interleave(&name_refs, rounds, |vi, _| {
+        let (pct, o) = variants[vi];
+        let mut bed = PoolBed::new(addrs, ports, pct, objects[o].1.as_deref())?;
+        let (ns, share) = bed.measure(syns)?;
+        got.entry(vi).or_default().push(share);
+        Ok(ns)
+    });
+    for (vi, r) in ns.iter().enumerate() {
+        sec.push(
+            CASE_POOL,
+            &names[vi],
+            "ns/packet",
+            Measurement::from_variant(r),
+        );
+        let share = match got.remove(&vi) {
+            Some(v) => Measurement::from_runs(v),
+            None => Measurement::not_measured(r.error.clone().unwrap_or_default()),
+        };
+        sec.push(CASE_POOL, &names[vi], POOL_GOT, share);
+    }
+    for (label, _) in &objects {
+        for pct in [50, 90, 99, 100] {
+            sec.add_ratio(
+                &format!("new flow at {pct}% SNAT pool use / at 0%{label}"),
+                "ns/packet",
+                (CASE_POOL, &level(pct, label)),
+                (CASE_POOL, &level(0, label)),
+            );
+        }
+    }
+}
+
+/// The SNAT pool target of issue 12: a new flow at 99% pool use costs at most twice the
+/// empty pool's.
+fn pool_target(sec: &Section) -> Target {
+    Target::new(
+        "new flow SYN, SNAT pool 99% used / empty pool",
+        Goal::AtMost,
+        2.0,
+        "x",
+        ratio(
+            sec.median(CASE_POOL, &pool_level_name(99), "ns/packet"),
+            sec.median(CASE_POOL, &pool_level_name(0), "ns/packet"),
+        ),
+        "each SNAT port candidate is a lookup of its reply key in LB_CONNTRACK (a random \
+         bucket of a 32 MiB table); after a full search (16 candidates) finds the backend's \
+         pool full, new flows to it try 2 candidates for 100 ms (LB_SNAT_FULL)",
+    )
+}
+
+/// Which parts of section 1 to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parts {
+    /// The fill-level cases ([`CASES`] x [`LEVELS`]).
+    pub levels: bool,
+    /// The SNAT pool rows ([`CASE_POOL`] x [`POOL_LEVELS`]).
+    pub pool: bool,
+}
+
+/// Runs section 1 (every part). Returns the section and its targets.
 pub fn run(scale: Scale) -> (Section, Vec<Target>) {
+    run_parts(
+        scale,
+        Parts {
+            levels: true,
+            pool: true,
+        },
+    )
+}
+
+/// Runs `parts` of section 1. Returns the section and its targets.
+pub fn run_parts(scale: Scale, parts: Parts) -> (Section, Vec<Target>) {
     let packets = scale.pick(350_000u32, 2_000);
+    // Like the issue's measurement (4 SNAT addresses, each backend's pool nearly full in a
+    // large table): the probed reply keys do not fit in the CPU caches.
+    let pool = scale.pick((4u32, 64_512u32), (1, 1_024));
+    let pool_syns = scale.pick(20_000u32, 500);
     // Each call with repeat > 1 makes the kernel switch the XDP dispatcher twice (an RCU
     // grace period each, tens of ms on a busy machine), so chains are fewer and long.
     let chains = scale.pick(40u32, 2);
     let rounds = scale.pick(3, 1);
     let levels: Vec<u32> = match scale {
+        _ if !parts.levels => Vec::new(),
         Scale::Full => LEVELS.to_vec(),
         Scale::Smoke => vec![0, 2_000],
     };
@@ -780,8 +1081,22 @@ pub fn run(scale: Scale) -> (Section, Vec<Target>) {
              earlier) also pays the once-a-second refresh and FIB lookup: every packet at 1M \
              entries (a round visits each flow at most once), one in seven at 100k. The \
              repeat = 1 new-flow case adds 2 entries per packet, so the table grows by {} \
-             entries during it.",
-            2 * packets
+             entries during it. **SNAT pool use** (issue 12): a separate bed per level and \
+             round, the default sizes, one service with one backend and {} SNAT addresses \
+             with {} ports each (1024-{}), so a pool of {} (address, port) pairs, of which 0, \
+             50, 90, 99 or 100% are held by live established flows (both entries in \
+             `LB_CONNTRACK`, picked at random: at 99% the probed reply keys are about 2 x {} \
+             entries, far more than the CPU caches hold); {pool_syns} \
+             SYNs of new clients per level and round, `repeat = 1`, each a new flow whose \
+             entries are removed again (untimed) when it got a port, so the use stays at its \
+             level. Rows: mean ns per SYN (those that got a port and those dropped \
+             `DROP_SNAT_EXHAUSTED` alike) and the share that got a port.",
+            2 * packets,
+            pool.0,
+            pool.1,
+            1023 + pool.1,
+            pool.0 * pool.1,
+            pool.0 * pool.1
         ),
     );
     let mut targets = Vec::new();
@@ -803,56 +1118,63 @@ pub fn run(scale: Scale) -> (Section, Vec<Target>) {
         }
     };
     // Everything runs on one thread inside the namespace (setns is per thread).
-    let results: Result<Vec<super::stats::VariantRuns>, String> = std::thread::scope(|s| {
-        s.spawn(|| {
-            enter(&fib.ns)?;
-            let names: Vec<String> = levels.iter().map(|l| level_name(*l)).collect();
-            let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
-            // One variant per (level, case); a round loads a fresh data plane per level.
-            let mut per: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
-            let mut errors: HashMap<usize, String> = HashMap::new();
-            let _ = interleave(&name_refs, rounds, |li, _round| {
-                let mut bed = match Bed::new(levels[li]) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        errors.entry(li).or_insert(e.clone());
-                        return Err(e);
-                    }
-                };
-                for c in MEASURE_ORDER {
-                    match bed.measure(c, packets, chains) {
-                        Ok(v) => per.entry((li, c)).or_default().push(v),
+    let results: Result<(Vec<super::stats::VariantRuns>, Section), String> =
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                enter(&fib.ns)?;
+                let names: Vec<String> = levels.iter().map(|l| level_name(*l)).collect();
+                let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                // One variant per (level, case); a round loads a fresh data plane per level.
+                let mut per: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
+                let mut errors: HashMap<usize, String> = HashMap::new();
+                let _ = interleave(&name_refs, rounds, |li, _round| {
+                    let mut bed = match Bed::new(levels[li]) {
+                        Ok(b) => b,
                         Err(e) => {
-                            errors.entry(li * 100 + c + 1000).or_insert(e);
+                            errors.entry(li).or_insert(e.clone());
+                            return Err(e);
+                        }
+                    };
+                    for c in MEASURE_ORDER {
+                        match bed.measure(c, packets, chains) {
+                            Ok(v) => per.entry((li, c)).or_default().push(v),
+                            Err(e) => {
+                                errors.entry(li * 100 + c + 1000).or_insert(e);
+                            }
                         }
                     }
+                    Ok(0.0)
+                });
+                let mut pool_sec = Section::new("", "", "");
+                if parts.pool {
+                    pool_rows(&mut pool_sec, pool, pool_syns, rounds);
                 }
-                Ok(0.0)
-            });
-            let mut out = Vec::new();
-            for (li, name) in names.iter().enumerate() {
-                for (c, case) in CASES.iter().enumerate() {
-                    out.push(super::stats::VariantRuns {
-                        name: format!("{case}\u{0}{name}"),
-                        values: per.remove(&(li, c)).unwrap_or_default(),
-                        error: errors
-                            .get(&(li * 100 + c + 1000))
-                            .or_else(|| errors.get(&li))
-                            .cloned(),
-                    });
+                let mut out = Vec::new();
+                for (li, name) in names.iter().enumerate() {
+                    for (c, case) in CASES.iter().enumerate() {
+                        out.push(super::stats::VariantRuns {
+                            name: format!("{case}\u{0}{name}"),
+                            values: per.remove(&(li, c)).unwrap_or_default(),
+                            error: errors
+                                .get(&(li * 100 + c + 1000))
+                                .or_else(|| errors.get(&li))
+                                .cloned(),
+                        });
+                    }
                 }
-            }
-            Ok(out)
-        })
-        .join()
-        .unwrap_or_else(|_| Err("the measuring thread panicked".into()))
-    });
+                Ok((out, pool_sec))
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the measuring thread panicked".into()))
+        });
     match results {
-        Ok(runs) => {
+        Ok((runs, pool_sec)) => {
             for r in runs {
                 let (case, level) = r.name.split_once('\u{0}').expect("joined above");
                 sec.push(case, level, "ns/packet", Measurement::from_variant(&r));
             }
+            sec.rows.extend(pool_sec.rows);
+            sec.ratios.extend(pool_sec.ratios);
         }
         Err(e) => {
             for l in &levels {
@@ -868,6 +1190,12 @@ pub fn run(scale: Scale) -> (Section, Vec<Target>) {
         }
     }
     drop(fib);
+    if parts.pool {
+        targets.push(pool_target(&sec));
+    }
+    if levels.is_empty() {
+        return (sec, targets);
+    }
     let l100 = level_name(levels[1.min(levels.len() - 1)]);
     sec.add_ratio(
         &format!("established chain / non-VIP pass (repeat = N), {l100}"),
@@ -893,14 +1221,14 @@ pub fn run(scale: Scale) -> (Section, Vec<Target>) {
 
 fn est_targets(sec: &Section) -> Vec<Target> {
     // Judge at the largest fill level measured (the conservative one).
-    let level = sec
-        .rows
-        .last()
+    // The fill-level rows only (the SNAT pool rows follow them).
+    let level_rows = || sec.rows.iter().filter(|r| CASES.contains(&r.case.as_str()));
+    let level = level_rows()
+        .next_back()
         .map(|r| r.variant.clone())
         .unwrap_or_default();
-    let first = sec
-        .rows
-        .first()
+    let first = level_rows()
+        .next()
         .map(|r| r.variant.clone())
         .unwrap_or_default();
     let ns = |case: &str, lvl: &str| {

@@ -35,7 +35,8 @@ struct Args {
     /// The commit being measured (`git describe --always --dirty`).
     #[arg(long, default_value = "unknown")]
     commit: String,
-    /// Run only these sections (comma separated: xdp_cost, pktrate, e2e, control, db_failover, failover, memory).
+    /// Run only these sections (comma separated: xdp_cost, pktrate, e2e, control, db_failover,
+    /// failover, memory; xdp_snat_pool: section 1's SNAT pool rows alone).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Fail (after writing the outputs) when any row or target was not measured.
@@ -98,9 +99,14 @@ fn main() -> Result<()> {
     let mut targets = Vec::new();
     let step = |name: &str| println!("[bench] {name} ({:.0} s)", start.elapsed().as_secs_f64());
 
-    if want("xdp_cost") {
+    if want("xdp_cost") || args.only.iter().any(|o| o == "xdp_snat_pool") {
         step("1. per-packet cost (BPF_PROG_TEST_RUN)");
-        let (s, t) = xdp_cost::run(scale);
+        // `--only xdp_snat_pool`: section 1's SNAT pool rows alone.
+        let parts = xdp_cost::Parts {
+            levels: want("xdp_cost"),
+            pool: true,
+        };
+        let (s, t) = xdp_cost::run_parts(scale, parts);
         sections.push(s);
         targets.extend(t);
     }
