@@ -23,7 +23,7 @@ pub use announce::{AnnounceConfig, MaglevConfig, MAX_DRAIN};
 pub use duration::{duration_str, format_duration, parse_duration};
 pub use locate::locate;
 use locate::yaml_error;
-pub use save::save_atomically;
+pub use save::{save_atomically, write_atomically};
 use validate::{check_timing, is_unicast};
 
 pub use db::{DbClusterConfig, DbRole, ReadFallback};

@@ -1,7 +1,6 @@
 //! BIRD 2 as lbd drives it: the include file (one static protocol, a /32 route per
 //! announced VIP via the dead-man device's peer), written atomically, and `birdc configure`.
 
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
@@ -61,33 +60,13 @@ pub fn include_text(protocol: &str, peer: Ipv4Addr, vips: &[Ipv4Addr]) -> String
     s
 }
 
-/// Writes `text` to `path` atomically: a temporary file in the same directory, synced, then
-/// renamed over `path` (BIRD never reads half a file).
+/// Writes `text` to `path` atomically (`config::write_atomically`: BIRD never reads half a
+/// file).
 pub fn write_atomically(path: &Path, text: &str) -> Result<(), BirdError> {
-    let err = |source| BirdError::Write {
+    crate::config::write_atomically(path, text, false).map_err(|source| BirdError::Write {
         path: path.display().to_string(),
         source,
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| err(std::io::Error::other("no file name")))?
-        .to_string_lossy()
-        .to_string();
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(err)
+    })
 }
 
 /// Runs `birdc -s SOCKET configure`; success is exit status 0 with "Reconfigur..." in the

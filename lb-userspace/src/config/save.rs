@@ -5,10 +5,18 @@ use std::path::Path;
 /// Writes `text` to `path` atomically: a temporary file in the same directory, fsynced, the
 /// previous file kept as `<path>.bak`, then a rename over `path`.
 pub fn save_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    write_atomically(path, text, true)
+}
+
+/// Writes `text` to `path` so that a reader sees the old file or the new one, never a part:
+/// a temporary file in the same directory, fsynced, then renamed over `path` (and the
+/// directory fsynced); with `keep_backup` the previous file is first copied to `<path>.bak`.
+/// The one atomic writer of lbd (the configuration, BIRD's include file).
+pub fn write_atomically(path: &Path, text: &str, keep_backup: bool) -> std::io::Result<()> {
     use std::io::Write;
     let name = path
         .file_name()
-        .ok_or_else(|| std::io::Error::other("the config path has no file name"))?
+        .ok_or_else(|| std::io::Error::other("the path has no file name"))?
         .to_string_lossy()
         .to_string();
     let dir = path
@@ -20,7 +28,7 @@ pub fn save_atomically(path: &Path, text: &str) -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
-        if path.exists() {
+        if keep_backup && path.exists() {
             std::fs::copy(path, dir.join(format!("{name}.bak")))?;
         }
         std::fs::rename(&tmp, path)?;
