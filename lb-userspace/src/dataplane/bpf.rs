@@ -116,6 +116,18 @@ pub(super) fn program_err<'a>(
     }
 }
 
+/// The XDP program `name` of the loaded object `ebpf` (`MissingInObject` when the object has
+/// none of that name).
+pub(super) fn xdp_program<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| DataplaneError::MissingInObject {
+            kind: "program",
+            name: name.into(),
+        })?
+        .try_into()
+        .map_err(program_err("converting program", name))
+}
+
 /// Loads `prog`, retrying a refusal that looks transient (see [`super::transient`]).
 pub(super) fn load_program(prog: &mut Xdp, name: &str) -> Result<(), DataplaneError> {
     use super::transient::{is_transient, retry_transient, ATTEMPTS};
@@ -485,15 +497,7 @@ impl BpfDataplane {
             source: Box::new(e),
         })?;
         for name in [PROGRAM_NAME, PASS_PROGRAM_NAME] {
-            let prog: &mut Xdp = ebpf
-                .program_mut(name)
-                .ok_or_else(|| DataplaneError::MissingInObject {
-                    kind: "program",
-                    name: name.into(),
-                })?
-                .try_into()
-                .map_err(program_err("converting program", name))?;
-            load_program(prog, name)?;
+            load_program(xdp_program(&mut ebpf, name)?, name)?;
         }
         let maglev_mmap = mmap_maglev(&ebpf, entries);
         Ok(Self {
@@ -520,14 +524,7 @@ impl BpfDataplane {
     }
 
     fn program_mut(&mut self, name: &str) -> Result<&mut Xdp> {
-        self.ebpf
-            .program_mut(name)
-            .ok_or_else(|| DataplaneError::MissingInObject {
-                kind: "program",
-                name: name.into(),
-            })?
-            .try_into()
-            .map_err(program_err("converting program", name))
+        xdp_program(&mut self.ebpf, name)
     }
 
     /// The kernel's id of the loaded `lb_xdp` program (for inspecting it, e.g. its

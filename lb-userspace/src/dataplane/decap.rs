@@ -14,7 +14,7 @@
 
 use super::bpf::{
     ifindex, is_bpffs, link_detach, link_err, load_program, map_err, obj_get, program_err,
-    test_run_xdp, BpfDataplane, TestRunResult,
+    test_run_xdp, xdp_program, BpfDataplane, TestRunResult,
 };
 use super::{AttachedMode, DataplaneError, Result, XdpMode, EBPF_OBJECT};
 use aya::{
@@ -84,15 +84,10 @@ impl Decap {
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| DataplaneError::Load {
             source: Box::new(e),
         })?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(DECAP_PROGRAM_NAME)
-            .ok_or_else(|| DataplaneError::MissingInObject {
-                kind: "program",
-                name: DECAP_PROGRAM_NAME.into(),
-            })?
-            .try_into()
-            .map_err(program_err("converting program", DECAP_PROGRAM_NAME))?;
-        load_program(prog, DECAP_PROGRAM_NAME)?;
+        load_program(
+            xdp_program(&mut ebpf, DECAP_PROGRAM_NAME)?,
+            DECAP_PROGRAM_NAME,
+        )?;
         let addrs = take_map(&mut ebpf, MAP_DECAP_ADDRS)?;
         let stats = take_map(&mut ebpf, MAP_DECAP_STATS)?;
         Ok(Self {
@@ -261,15 +256,7 @@ pub fn attach(
     let result = (|| {
         let mut decap = Decap::load_pinned(Some(&dir))?;
         decap.set_addresses(&addrs)?;
-        let prog: &mut Xdp = decap
-            .ebpf
-            .program_mut(DECAP_PROGRAM_NAME)
-            .ok_or_else(|| DataplaneError::MissingInObject {
-                kind: "program",
-                name: DECAP_PROGRAM_NAME.into(),
-            })?
-            .try_into()
-            .map_err(program_err("converting program", DECAP_PROGRAM_NAME))?;
+        let prog = xdp_program(&mut decap.ebpf, DECAP_PROGRAM_NAME)?;
         let (id, got) = BpfDataplane::attach_fresh(prog, iface, idx, mode)?;
         let link = prog
             .take_link(id)
