@@ -161,7 +161,8 @@ pub const FWD_DSR: u32 = 44;
 pub const DROP_DSR_NO_BACKEND: u32 = 45;
 
 /// A new flow's full SNAT port search ([`crate::SNAT_PORT_ATTEMPTS`] candidates) found no
-/// free port toward its backend (event, with verdict [`DROP_SNAT_EXHAUSTED`]): the backend's
+/// free port toward its backend (event, with verdict [`DROP_SNAT_EXHAUSTED`], or on an in-XDP
+/// SYN retry's reservation with that retry's verdict): the backend's
 /// pool is (nearly) full, and for [`crate::SNAT_FULL_HOLD_NS`] the new flows to it search
 /// only [`crate::SNAT_PORT_ATTEMPTS_SHORT`] candidates ([`SNAT_SEARCH_SHORT`]).
 pub const SNAT_POOL_FULL: u32 = 46;

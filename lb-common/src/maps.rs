@@ -142,8 +142,8 @@ pub const SNAT_PORT_ATTEMPTS: u32 = 16;
 /// freed since; finding one ends the short searches.
 pub const SNAT_PORT_ATTEMPTS_SHORT: u32 = 2;
 /// How long after a full SNAT port search toward a backend found no free port the new flows
-/// to it search only [`SNAT_PORT_ATTEMPTS_SHORT`] candidates (unless one finds a port first):
-/// at most one full search per backend per 100 ms.
+/// to it search only [`SNAT_PORT_ATTEMPTS_SHORT`] candidates (unless one finds a port first,
+/// which ends the window; CPUs racing before the slot is written may each search fully).
 pub const SNAT_FULL_HOLD_NS: u64 = 100_000_000;
 
 /// Default SNAT port range (inclusive). Kept below the kernel's default ephemeral range

@@ -150,6 +150,23 @@ pub struct Inputs {
     pub services: Vec<ServiceInput>,
 }
 
+/// The inputs of one tick, or, when they cannot be read (the blocking task that reads them
+/// panicked), inputs under which nothing is ready and no VIP is announced: a node that does
+/// not know its state withdraws rather than keep its last routes.
+fn inputs_or_nothing(read: Result<Inputs, tokio::task::JoinError>) -> Inputs {
+    match read {
+        Ok(inp) => inp,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the announcer's inputs; withdrawing every VIP");
+            Inputs {
+                dataplane: Err(format!("announcer inputs failed: {e}")),
+                digest: Err("announcer inputs failed".into()),
+                services: Vec::new(),
+            }
+        }
+    }
+}
+
 /// The announcer's state, shown by `lbctl status`.
 #[derive(Debug, Clone, Default)]
 pub struct AnnounceStatus {
@@ -250,9 +267,7 @@ pub async fn run(
             }
         }
         let f = inputs.clone();
-        let Ok(inp) = tokio::task::spawn_blocking(move || f()).await else {
-            continue;
-        };
+        let inp = inputs_or_nothing(tokio::task::spawn_blocking(move || f()).await);
         let device_state = match &device {
             Some(d) if d.exists() => Ok(()),
             Some(d) => Err(format!("{} vanished", d.name())),
@@ -446,6 +461,28 @@ mod tests {
         let mut down = services.clone();
         down[0].usable = 0;
         assert!(!decide(&ready(), &down)[0].announce);
+    }
+
+    #[tokio::test]
+    async fn unreadable_inputs_withdraw_every_vip() {
+        let ok = tokio::task::spawn_blocking(|| Inputs {
+            dataplane: Ok(()),
+            digest: Ok(()),
+            services: vec![svc("web", [192, 0, 2, 10], 1, 1)],
+        })
+        .await;
+        let inp = inputs_or_nothing(ok);
+        assert!(decide(&ready(), &inp.services).iter().all(|d| d.announce));
+        let failed = tokio::task::spawn_blocking(|| -> Inputs { panic!("inputs broke") }).await;
+        let inp = inputs_or_nothing(failed);
+        assert!(inp.dataplane.is_err() && inp.digest.is_err());
+        let ready = Readiness {
+            dataplane: inp.dataplane.clone(),
+            digest: inp.digest.clone(),
+            ..ready()
+        };
+        let decisions = decide(&ready, &inp.services);
+        assert!(decisions.iter().all(|d| !d.announce), "{decisions:?}");
     }
 
     #[test]

@@ -16,6 +16,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 const TUNSETIFF: libc::Ioctl = 0x4004_54ca;
 const IFF_TUN: i16 = 0x0001;
 const IFF_NO_PI: i16 = 0x1000;
+/// `IFF_TUN_EXCL`: refuse to attach to an existing (e.g. persistent) device of that name, which
+/// would not vanish with lbd; closes the gap between the name check and `TUNSETIFF`.
+const IFF_TUN_EXCL: i16 = 0x8000u16 as i16;
 
 /// `struct ifreq`: the name and a 24-byte union (flags or a `sockaddr_in`).
 #[repr(C)]
@@ -94,7 +97,7 @@ impl DeadMan {
         }
         // SAFETY: `raw` is a descriptor this function just opened and owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mut req = IfReq::with_flags(name, IFF_TUN | IFF_NO_PI);
+        let mut req = IfReq::with_flags(name, IFF_TUN | IFF_NO_PI | IFF_TUN_EXCL);
         ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req, "TUNSETIFF")?;
         let dm = DeadMan {
             fd,

@@ -154,13 +154,13 @@ impl Config {
         let d = &a.device;
         if d.is_empty()
             || d.len() > 15
-            || d.contains(['/', ' ', '\t', ':'])
+            || d.contains(['/', ' ', '\t', ':', '%'])
             || d == "."
             || d == ".."
         {
             return Err(ConfigError::new(
                 "announce.device",
-                format!("\"{d}\" is not a valid interface name (1 to 15 characters, no '/', ':' or spaces)"),
+                format!("\"{d}\" is not a valid interface name (1 to 15 characters, no '/', ':', '%' or spaces; the kernel would read '%' as a name template)"),
             ));
         }
         if self.interfaces.contains(d) {

@@ -106,8 +106,15 @@ impl Decap {
                 lb_common::decap::DECAP_MAX_ADDRS
             )));
         }
+        // Only the addresses that leave the set are removed (first, so the map never holds
+        // more than the limit); one that stays is never absent, so its IPIP packets keep
+        // being decapsulated while the set changes.
+        let new: Vec<u32> = addrs
+            .iter()
+            .map(|a| u32::from_ne_bytes(a.octets()))
+            .collect();
         let old: Vec<u32> = self.addrs.keys().filter_map(|k| k.ok()).collect();
-        for k in old {
+        for k in old.into_iter().filter(|k| !new.contains(k)) {
             let _ = self.addrs.remove(&k);
         }
         for a in addrs {

@@ -174,9 +174,10 @@ const USER_HZ: u64 = 100;
 /// `utime` + `stime` of `/proc/<pid>/stat`), the kernel's `ksoftirqd` threads, and the
 /// reaped children of this process (`wrk`, run and waited for in between; `getrusage`).
 /// Packet work in softirq (XDP, forwarding, nftables) is charged to the task it interrupted
-/// (this kernel has tick accounting without `IRQ_TIME_ACCOUNTING`), so it lands in the
-/// sending or receiving lab process or in `ksoftirqd`. Work of other processes on the machine
-/// does not count.
+/// (this kernel has tick accounting without `IRQ_TIME_ACCOUNTING`), so it lands mostly in the
+/// sending or receiving lab process or in `ksoftirqd` (softirq work that interrupts an idle CPU
+/// or an unrelated process is missed). Work of other processes on the machine does not count.
+/// Resolution: 10 ms ticks per process and sample.
 fn lab_cpu_us(lab: &Lab) -> Result<u64, String> {
     let mut nets = Vec::new();
     for ns in alt::connecting_namespaces(lab)
@@ -454,7 +455,10 @@ pub fn run(lab: Result<&mut Lab, String>, scale: Scale) -> (Section, Vec<Target>
              IRQ_TIME_ACCOUNTING); the extra rows are each balancer's value minus direct's \
              within the same round, so what the balancer costs on top of the same client \
              and backend work. Other processes on the machine do not count (ksoftirqd \
-             aside), but they slow the lab's processes through shared caches.",
+             aside), but they slow the lab's processes through shared caches. Process times \
+             come in 10 ms ticks per process and sample, so with about ten lab processes a \
+             run's total is uncertain by up to about 0.1 s: a difference of a few us per \
+             connection is resolved by the full run's 3 s rounds, not by the smoke run.",
             scale.rounds(),
             bulk
         ),
