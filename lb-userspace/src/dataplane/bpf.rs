@@ -263,7 +263,26 @@ pub(super) fn is_bpffs(path: &Path) -> bool {
 }
 
 /// Removes a private pin directory when dropped (unpinned loads).
-struct TempPinDir(PathBuf);
+pub(super) struct TempPinDir(PathBuf);
+
+/// A new private pin directory on bpffs for a load whose maps must not be shared: aya pins
+/// every map the object declares pinned, at its default `/sys/fs/bpf` unless given a path, so
+/// a load that wants private maps names this directory for them. The directory goes when the
+/// guard drops; the maps live on with the loaded object.
+pub(super) fn private_pin_dir(tag: &str) -> Result<(PathBuf, TempPinDir)> {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir =
+        Path::new(BPFFS_DEFAULT).join(format!("lb-private-{tag}{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|source| DataplaneError::Fs {
+        action: "creating the pin directory",
+        path: dir.clone(),
+        source,
+    })?;
+    Ok((dir.clone(), TempPinDir(dir)))
+}
 
 impl Drop for TempPinDir {
     fn drop(&mut self) {

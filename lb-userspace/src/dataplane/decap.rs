@@ -13,8 +13,8 @@
 //! loaded program holds them), so attaching the decapsulator costs no balancer memory.
 
 use super::bpf::{
-    ifindex, is_bpffs, link_detach, link_err, load_program, map_err, obj_get, program_err,
-    test_run_xdp, xdp_program, BpfDataplane, TestRunResult,
+    ifindex, is_bpffs, link_detach, link_err, load_program, map_err, obj_get, private_pin_dir,
+    program_err, test_run_xdp, xdp_program, BpfDataplane, TestRunResult,
 };
 use super::{AttachedMode, DataplaneError, Result, XdpMode, EBPF_OBJECT};
 use aya::{
@@ -66,10 +66,16 @@ impl Decap {
             return Err(DataplaneError::NoObject);
         }
         let mut loader = EbpfLoader::new();
-        // lb_xdp's maps: as small as the kernel allows (the ring buffer needs a page).
-        for name in ALL_MAPS {
-            let entries = if name == MAP_EVENTS { 4096 } else { 8 };
+        // lb_xdp's maps: as small as the kernel allows (the ring buffer needs a page), and
+        // private: the object declares them pinned by name, which without a path would pin
+        // (or adopt) them in the bpffs root, shared with any other load.
+        let (private, _private_guard) = private_pin_dir("decap-")?;
+        let private_paths: Vec<(&str, PathBuf)> =
+            ALL_MAPS.iter().map(|n| (*n, private.join(n))).collect();
+        for (name, path) in &private_paths {
+            let entries = if *name == MAP_EVENTS { 4096 } else { 8 };
             loader.map_max_entries(name, entries);
+            loader.map_pin_path(name, path.as_path());
         }
         let paths: Vec<(&str, PathBuf)> = match pin_dir {
             Some(dir) => [MAP_DECAP_ADDRS, MAP_DECAP_STATS]
