@@ -128,6 +128,27 @@ pub(super) fn xdp_program<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a
         .map_err(program_err("converting program", name))
 }
 
+/// Pins the link `id` that attaching `prog` to `iface` just made at `path`, so the attachment
+/// outlives this process (lbd's `lb_xdp`, `lbctl decap attach`'s `lb_decap`).
+pub(super) fn pin_link(
+    prog: &mut Xdp,
+    id: aya::programs::xdp::XdpLinkId,
+    iface: &str,
+    path: &Path,
+) -> Result<()> {
+    let link = prog
+        .take_link(id)
+        .map_err(link_err(iface, "taking the new link"))?;
+    let fd_link = FdLink::try_from(link).map_err(link_err(
+        iface,
+        "the kernel attached XDP without a bpf_link; cannot pin it",
+    ))?;
+    fd_link
+        .pin(path)
+        .map_err(link_err(iface, "pinning the link"))?;
+    Ok(())
+}
+
 /// Loads `prog`, retrying a refusal that looks transient (see [`super::transient`]).
 pub(super) fn load_program(prog: &mut Xdp, name: &str) -> Result<(), DataplaneError> {
     use super::transient::{is_transient, retry_transient, ATTEMPTS};
@@ -674,16 +695,7 @@ impl BpfDataplane {
             }
         }
         let (id, got) = Self::attach_fresh(prog, iface, idx, mode)?;
-        let link = prog
-            .take_link(id)
-            .map_err(link_err(iface, "taking the new link"))?;
-        let fd_link = FdLink::try_from(link).map_err(link_err(
-            iface,
-            "the kernel attached XDP without a bpf_link; cannot pin it",
-        ))?;
-        fd_link
-            .pin(&link_path)
-            .map_err(link_err(iface, "pinning the link"))?;
+        pin_link(prog, id, iface, &link_path)?;
         Ok(got)
     }
 

@@ -13,13 +13,13 @@
 //! loaded program holds them), so attaching the decapsulator costs no balancer memory.
 
 use super::bpf::{
-    ifindex, is_bpffs, link_detach, link_err, load_program, map_err, obj_get, private_pin_dir,
+    ifindex, is_bpffs, link_detach, load_program, map_err, obj_get, pin_link, private_pin_dir,
     program_err, test_run_xdp, xdp_program, BpfDataplane, TestRunResult,
 };
 use super::{AttachedMode, DataplaneError, Result, XdpMode, EBPF_OBJECT};
 use aya::{
     maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray},
-    programs::{links::FdLink, Xdp},
+    programs::Xdp,
     Ebpf, EbpfLoader,
 };
 use lb_common::decap::{DECAP_NUM_COUNTERS, DECAP_PROGRAM_NAME, MAP_DECAP_ADDRS, MAP_DECAP_STATS};
@@ -271,16 +271,7 @@ pub fn attach(
         decap.set_addresses(&addrs)?;
         let prog = xdp_program(&mut decap.ebpf, DECAP_PROGRAM_NAME)?;
         let (id, got) = BpfDataplane::attach_fresh(prog, iface, idx, mode)?;
-        let link = prog
-            .take_link(id)
-            .map_err(link_err(iface, "taking the new link"))?;
-        let fd_link = FdLink::try_from(link).map_err(link_err(
-            iface,
-            "the kernel attached XDP without a bpf_link; cannot pin it",
-        ))?;
-        fd_link
-            .pin(dir.join("link"))
-            .map_err(link_err(iface, "pinning the link"))?;
+        pin_link(prog, id, iface, &dir.join("link"))?;
         Ok(got)
     })();
     match result {

@@ -303,6 +303,45 @@ struct Bed {
 /// Bytes of [`Bed::thrash`].
 const THRASH_BYTES: usize = 64 << 20;
 
+/// The beds' one full-NAT service: VIP:VIP_PORT (service 0) on the Maglev table already written
+/// at offset 0 with `m` slots, its VIP, and the two veth ends as redirect targets.
+fn bed_service(
+    dp: &mut lb::dataplane::bpf::BpfDataplane,
+    m: u32,
+    tx_ports: [u32; 2],
+) -> Result<(), String> {
+    let e = |e: lb::dataplane::DataplaneError| e.to_string();
+    dp.set_service(
+        &ServiceKey {
+            vip_be: ipv4_to_be(VIP),
+            port_be: port_to_be(VIP_PORT),
+            proto: IPPROTO_TCP,
+            _pad: 0,
+        },
+        &ServiceValue {
+            service_id: 0,
+            table_offset: maglev_table_offset(0, 0, m),
+            table_size: m,
+            flags: 0,
+            forwarding: FORWARDING_NAT,
+            dsr_src_be: 0,
+        },
+    )
+    .map_err(e)?;
+    dp.set_vip(
+        ipv4_to_be(VIP),
+        &VipValue {
+            service_count: 1,
+            flags: 0,
+        },
+    )
+    .map_err(e)?;
+    for port in tx_ports {
+        dp.set_tx_port(port).map_err(e)?;
+    }
+    Ok(())
+}
+
 fn verdict_name(v: u32) -> &'static str {
     ["ABORTED", "DROP", "PASS", "TX", "REDIRECT"]
         .get(v as usize)
@@ -362,33 +401,7 @@ impl Bed {
         let table = lb::maglev::build_table(&mb, m).map_err(|e| e.to_string())?;
         dp.write_maglev(maglev_table_offset(0, 0, m), &table)
             .map_err(e)?;
-        dp.set_service(
-            &ServiceKey {
-                vip_be: ipv4_to_be(VIP),
-                port_be: port_to_be(VIP_PORT),
-                proto: IPPROTO_TCP,
-                _pad: 0,
-            },
-            &ServiceValue {
-                service_id: 0,
-                table_offset: maglev_table_offset(0, 0, m),
-                table_size: m,
-                flags: 0,
-                forwarding: FORWARDING_NAT,
-                dsr_src_be: 0,
-            },
-        )
-        .map_err(e)?;
-        dp.set_vip(
-            ipv4_to_be(VIP),
-            &VipValue {
-                service_count: 1,
-                flags: 0,
-            },
-        )
-        .map_err(e)?;
-        dp.set_tx_port(a0).map_err(e)?;
-        dp.set_tx_port(b0).map_err(e)?;
+        bed_service(dp, m, [a0, b0])?;
         let mut bed = Bed {
             dp: pdp,
             a0,
@@ -788,33 +801,7 @@ impl PoolBed {
         let m = lb_common::DEFAULT_MAGLEV_TABLE_SIZE;
         dp.write_maglev(maglev_table_offset(0, 0, m), &vec![1u32; m as usize])
             .map_err(e)?;
-        dp.set_service(
-            &ServiceKey {
-                vip_be: ipv4_to_be(VIP),
-                port_be: port_to_be(VIP_PORT),
-                proto: IPPROTO_TCP,
-                _pad: 0,
-            },
-            &ServiceValue {
-                service_id: 0,
-                table_offset: maglev_table_offset(0, 0, m),
-                table_size: m,
-                flags: 0,
-                forwarding: FORWARDING_NAT,
-                dsr_src_be: 0,
-            },
-        )
-        .map_err(e)?;
-        dp.set_vip(
-            ipv4_to_be(VIP),
-            &VipValue {
-                service_count: 1,
-                flags: 0,
-            },
-        )
-        .map_err(e)?;
-        dp.set_tx_port(a0).map_err(e)?;
-        dp.set_tx_port(b0).map_err(e)?;
+        bed_service(dp, m, [a0, b0])?;
         // The held ports: a random `pct`% of the pool (Fisher-Yates with a fixed seed).
         let mut pool: Vec<(Ipv4Addr, u16)> = snat
             .iter()
