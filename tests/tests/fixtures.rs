@@ -1776,6 +1776,87 @@ fn pinned_maps_and_links_survive_reload_and_unload_removes_them() {
 }
 
 #[test]
+fn attach_takes_over_the_link_of_another_abi_version() {
+    use lb::dataplane::{AttachedMode, XdpMode};
+    require_root();
+    let ns = FixtureNetns::create();
+    setup_network(&ns);
+    let root =
+        std::path::PathBuf::from(format!("/sys/fs/bpf/lb-fixture-abi-{}", std::process::id()));
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = BpfDataplane::unload(&self.0);
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(root.clone());
+    ns.run_inside(move || {
+        let prog_id = || {
+            let out = std::process::Command::new("ip")
+                .args(["-d", "link", "show", "pub0"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            text.split_whitespace()
+                .skip_while(|w| *w != "id")
+                .nth(1)
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or_else(|| panic!("no XDP program id on pub0: {text}"))
+        };
+        let opts = LoadOptions {
+            max_services: 4,
+            max_backends: 8,
+            maglev_table_size: TABLE,
+            conntrack_flows: 64,
+            embryonic_flows: 64,
+            pin_root: Some(root.clone()),
+        };
+        // An lbd of the previous ABI version left its program attached through a pinned link
+        // (made here by pinning with this build and renaming its directory).
+        let mut dp = BpfDataplane::load(&opts).unwrap();
+        assert_eq!(
+            dp.attach("pub0", XdpMode::Generic).unwrap(),
+            AttachedMode::Generic
+        );
+        drop(dp);
+        let own = root.join(format!("abi{ABI_VERSION}"));
+        let old = root.join(format!("abi{}", ABI_VERSION - 1));
+        std::fs::rename(&own, &old).unwrap();
+        let old_prog = prog_id();
+
+        // The new build attaches: the kernel would refuse a second attachment, so it takes the
+        // old link over and replaces its program, in the mode the link had.
+        let mut dp = BpfDataplane::load(&opts).unwrap();
+        let got = dp.attach("pub0", XdpMode::Auto);
+        assert_eq!(
+            got.as_ref().map_err(|e| e.to_string()),
+            Ok(&AttachedMode::Generic),
+            "attaching over another ABI version's link"
+        );
+        assert_eq!(prog_id(), dp.xdp_program_id().unwrap());
+        assert_ne!(prog_id(), old_prog);
+        assert!(own.join("links/pub0").exists());
+        assert!(!old.exists(), "the other version's pin directory is left");
+        drop(dp);
+        // Still attached through the pin; unload removes every version's directory.
+        let dp = BpfDataplane::load(&opts).unwrap();
+        drop(dp);
+        std::fs::create_dir_all(old.join("links")).unwrap();
+        BpfDataplane::unload(&root).unwrap();
+        assert!(!own.exists() && !old.exists());
+        let out = std::process::Command::new("ip")
+            .args(["-d", "link", "show", "pub0"])
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("xdp"),
+            "still attached after unload"
+        );
+    });
+}
+
+#[test]
 fn unpinned_attach_native_auto_and_pass_program() {
     use lb::dataplane::{AttachedMode, XdpMode};
     require_root();

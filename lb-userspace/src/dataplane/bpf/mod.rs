@@ -419,6 +419,9 @@ impl BpfDataplane {
             source,
         })?;
         let link_path = links.join(iface);
+        if !link_path.exists() {
+            Self::take_over_other_abi_link(&dir, iface, &link_path)?;
+        }
         if link_path.exists() {
             let replaced = PinnedLink::from_pin(&link_path)
                 .map_err(link_err(iface, "opening the pinned link"))
@@ -458,13 +461,54 @@ impl BpfDataplane {
         Ok(got)
     }
 
-    /// Detaches every pinned link and removes the pin directory (`lbd --unload`), then the
-    /// pin root itself when that is left empty and is not a mount point (a directory holding
-    /// anything else, or the bpffs mount itself, stays). A missing directory is not an error.
+    /// An upgrade across an ABI change: an lbd built for another ABI version pinned its link
+    /// for `iface` under `<pin_root>/abi<M>/links/`. The kernel refuses a second XDP
+    /// attachment while that link lives (and auto mode's generic fallback too), so instead the
+    /// link's pin moves to `link_path`, where [`Self::attach_program`] replaces its program
+    /// atomically (no packet without a program); the other version's flows are not carried over
+    /// (its maps have another layout). Its directory goes once no link is left in it.
+    fn take_over_other_abi_link(dir: &Path, iface: &str, link_path: &Path) -> Result<()> {
+        let Some(root) = dir.parent() else {
+            return Ok(());
+        };
+        for other in other_abi_dirs(root, dir) {
+            let old = other.join("links").join(iface);
+            if !old.exists() {
+                continue;
+            }
+            std::fs::rename(&old, link_path).map_err(|source| DataplaneError::Fs {
+                action: "moving the pinned link of another ABI version",
+                path: old.clone(),
+                source,
+            })?;
+            tracing::warn!(
+                iface,
+                from = %other.display(),
+                "taking over the XDP link of an lbd built for another ABI version; \
+                 the flows it tracked are not carried over"
+            );
+            let links_left = std::fs::read_dir(other.join("links"))
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false);
+            if !links_left {
+                Self::remove_pin_dir(&other)?;
+            }
+            break;
+        }
+        Ok(())
+    }
+
+    /// Detaches every pinned link and removes the pin directory (`lbd --unload`), and those
+    /// of lbd builds for other ABI versions, then the pin root itself when that is left empty
+    /// and is not a mount point (a directory holding anything else, or the bpffs mount itself,
+    /// stays). A missing directory is not an error.
     pub fn unload(pin_root: &Path) -> Result<()> {
         let dir = pin_root.join(format!("abi{ABI_VERSION}"));
         if dir.exists() {
             Self::remove_pin_dir(&dir)?;
+        }
+        for other in other_abi_dirs(pin_root, &dir) {
+            Self::remove_pin_dir(&other)?;
         }
         remove_empty_root(pin_root)
     }
@@ -593,4 +637,25 @@ pub(super) fn test_run_xdp(
         output: data_out,
         duration_ns: res.duration.as_nanos() as u64,
     })
+}
+
+/// The `abi<N>` directories under `root` other than `own` (pins of lbd builds for other ABI
+/// versions), in name order.
+fn other_abi_dirs(root: &Path, own: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| {
+            e.file_name().to_str().is_some_and(|n| {
+                n.strip_prefix("abi")
+                    .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
+        .map(|e| e.path())
+        .filter(|p| p != own && p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs
 }
