@@ -30,7 +30,8 @@ use crate::{
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{
     checksum::csum_fold, hash::flow_hash, passive::probe_slot, tcp_flags, FlowKey, ServiceValue,
-    BACKEND_ID_NONE, DROP_DSR_NO_BACKEND, DROP_FIB_FAILED, DROP_TOO_BIG, FWD_DSR, IPPROTO_IPIP,
+    BACKEND_ID_NONE, DROP_DSR_NO_BACKEND, DROP_FIB_FAILED, DROP_TOO_BIG, FWD_DSR, ICMP_TO_BACKEND,
+    IPPROTO_IPIP,
     PASS_FIB_NO_NEIGH, PASS_NO_TX_PORT, SERVICE_F_NO_BACKEND,
 };
 
@@ -87,6 +88,69 @@ pub fn lb4_dsr(
     if is_syn {
         stats::new_flow(svc.service_id, backend_id);
     }
+    send_encapsulated(ctx, eth, ip, svc, (backend_id, backend_addr), src_be, hop)
+}
+
+/// An ICMP error addressed to a DSR VIP (a router on the client's path, e.g. fragmentation
+/// needed for the backend's answer) quoting the backend's packet VIP:port -> client, `key`
+/// the flow's client -> VIP 5-tuple: the backend sent that packet directly, so the error goes
+/// to the backend the flow's own Maglev slot names, encapsulated like the flow's packets, and
+/// the backend's kernel learns the path MTU (or the error) for its socket. Returns
+/// `ICMP_TO_BACKEND` (sent), the pass verdicts of [`lb4_dsr`], `DROP_DSR_NO_BACKEND`,
+/// `DROP_FIB_FAILED`, and `DROP_TOO_BIG` when it no longer fits once encapsulated (never an
+/// ICMP error about an ICMP error, RFC 1122 3.2.2).
+#[inline(always)]
+pub fn icmp_to_backend(
+    ctx: &XdpContext,
+    eth: &mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    key: &FlowKey,
+    svc: &ServiceValue,
+    src_be: u32,
+) -> Result<Verdict, ()> {
+    let Some((backend_id, backend_addr)) = backend(svc, key)? else {
+        return Ok(Verdict::drop(DROP_DSR_NO_BACKEND));
+    };
+    let outer_len = ip.tot_len() + DSR_ENCAP_LEN;
+    if outer_len > u16::MAX as usize {
+        return Ok(Verdict::drop(DROP_TOO_BIG));
+    }
+    let hop = fib_v4(
+        ctx,
+        IPPROTO_IPIP,
+        ip.tos,
+        src_be,
+        backend_addr,
+        outer_len as u16,
+    );
+    match hop {
+        Fib::FragNeeded(_) => return Ok(Verdict::drop(DROP_TOO_BIG)),
+        Fib::Failed => return Ok(Verdict::drop(DROP_FIB_FAILED)),
+        Fib::Ready { .. } | Fib::NoNeigh => {}
+    }
+    let v = send_encapsulated(ctx, eth, ip, svc, (backend_id, backend_addr), src_be, hop)?;
+    Ok(if v.counter == FWD_DSR {
+        Verdict::new(v.action, ICMP_TO_BACKEND)
+    } else {
+        v
+    })
+}
+
+/// Encapsulates the IPv4 packet in `ctx` toward `backend` (id, address) from `src_be` and
+/// sends it to `hop` (see [`transmit`]); the packet's length plus the outer header fits u16
+/// (the callers checked).
+#[inline(always)]
+fn send_encapsulated(
+    ctx: &XdpContext,
+    eth: &mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    svc: &ServiceValue,
+    backend: (u32, u32),
+    src_be: u32,
+    hop: Fib,
+) -> Result<Verdict, ()> {
+    let (backend_id, backend_addr) = backend;
+    let outer_len = ip.tot_len() + DSR_ENCAP_LEN;
     // Read before the head moves: the frame's MACs (kept for a packet passed to the kernel)
     // and the inner fields the outer header copies.
     let (mac_dst, mac_src) = (eth.dst, eth.src);

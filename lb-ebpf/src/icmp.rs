@@ -11,7 +11,10 @@
 //! - from the backend side, to a SNAT address, quoting SNAT -> backend: the reply entry; the
 //!   error leaves as VIP -> client quoting client -> VIP ([`lb4_icmp_from_backend`]);
 //! - from the client side, to a VIP, quoting VIP -> client: the forward entry; the error leaves
-//!   as SNAT address -> backend quoting backend -> SNAT address ([`lb4_icmp_from_client`]).
+//!   as SNAT address -> backend quoting backend -> SNAT address ([`lb4_icmp_from_client`]);
+//! - from the client side, to a DSR VIP, quoting VIP -> client with no entry (DSR tracks
+//!   nothing): the backend answered directly, so the error goes unchanged, encapsulated like the
+//!   flow's packets, to the backend the flow's Maglev slot names ([`crate::dsr::icmp_to_backend`]).
 //!
 //! The outer source becomes the flow's own address on that side (VIP or SNAT address), not the
 //! router that generated the error: the receiver accepts an ICMP error from any source, and
@@ -20,8 +23,10 @@
 
 use crate::{
     conntrack::{self, now_ns, tcp_key},
+    dsr,
+    fwd_mode::Forwarding,
     forward::{self, Direction, NextHop},
-    maps::{LB_CONFIG, LB_SNAT_ADDRS},
+    maps::{LB_CONFIG, LB_SERVICES, LB_SNAT_ADDRS},
     parse::{
         frame_len, ptr_at, EthHdr, IcmpHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP_BE, ICMP_HLEN, IPV4_HLEN,
     },
@@ -35,7 +40,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     checksum::{csum_apply, csum_delta2, csum_delta4, csum_fold},
-    FlowEntry, FlowKey, GlobalConfig, ABORTED, DROP_ICMP_MALFORMED, DROP_ICMP_SMALL_MTU,
+    FlowEntry, FlowKey, GlobalConfig, ServiceKey, ABORTED, DROP_ICMP_MALFORMED, DROP_ICMP_SMALL_MTU,
     DROP_TOO_BIG, ICMP_MIN_PMTU, FLOW_F_REPLY,
     FWD_TO_BACKEND, FWD_TO_CLIENT, ICMP_TO_BACKEND, ICMP_TO_CLIENT, IPPROTO_ICMP, IPPROTO_TCP,
     MAX_SNAT_ADDRS, PASS_NOT_SERVICE, PASS_TTL_EXCEEDED, PASS_VIP_NON_TCP, TX_ICMP_FRAG_NEEDED,
@@ -163,6 +168,10 @@ fn translate(
     let key = tcp_key(q.dst_be, q.src_be, qports[1], qports[0]);
     // Either map: an error may well answer a handshake packet (an embryonic flow).
     let Some((table, entry)) = conntrack::lookup(&key) else {
+        if dir == Direction::ToBackend {
+            let (vip_be, vport_be) = (q.src_be, qports[0]);
+            return dsr_error(ctx, eth, ip, (vip_be, vport_be), &key, untracked);
+        }
         return Ok(Verdict::pass(untracked));
     };
     // SAFETY: map value pointer; concurrent updates are benign (last writer wins).
@@ -198,6 +207,37 @@ fn translate(
         FWD_TO_BACKEND => Verdict::new(v.action, ICMP_TO_BACKEND),
         _ => v,
     })
+}
+
+/// An error addressed to a VIP whose quote names no tracked flow: when the quoted packet left
+/// the DSR service `vip`:port (the backend answered the client directly), the error goes to
+/// that flow's backend ([`dsr::icmp_to_backend`]); anything else is `untracked`.
+#[inline(always)]
+fn dsr_error(
+    ctx: &XdpContext,
+    eth: &mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    vip: (u32, u16),
+    key: &FlowKey,
+    untracked: u32,
+) -> Result<Verdict, ()> {
+    if vip.0 != ip.dst_be {
+        return Ok(Verdict::pass(untracked));
+    }
+    let skey = ServiceKey {
+        vip_be: vip.0,
+        port_be: vip.1,
+        proto: IPPROTO_TCP,
+        _pad: 0,
+    };
+    // SAFETY: copy of a map value.
+    let Some(svc) = (unsafe { LB_SERVICES.get(&skey) }).copied() else {
+        return Ok(Verdict::pass(untracked));
+    };
+    match Forwarding::of(&svc) {
+        Forwarding::Dsr { src_be } => dsr::icmp_to_backend(ctx, eth, ip, key, &svc, src_be),
+        Forwarding::Nat => Ok(Verdict::pass(untracked)),
+    }
 }
 
 /// Rewrites the outer addresses to `entry`'s new source and destination and the quote to the
