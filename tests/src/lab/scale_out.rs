@@ -119,6 +119,7 @@ struct Backend {
 
 /// A running three-node lab (see the module docs).
 pub struct ScaleOut {
+    prefix: String,
     opts: ScaleOutOptions,
     nodes: Vec<Node>,
     backends: Vec<Backend>,
@@ -158,6 +159,7 @@ impl ScaleOut {
         let client = Netns::create(&format!("{prefix}-c"))?;
         let mut lab = ScaleOut {
             bpffs_root: Path::new("/sys/fs/bpf").join(&prefix),
+            prefix: prefix.clone(),
             opts,
             nodes: Vec::new(),
             backends: Vec::new(),
@@ -320,6 +322,20 @@ impl ScaleOut {
                 })?;
         }
         Ok(lab)
+    }
+
+    /// The name prefix of the lab's namespaces (`<prefix>-rt`, `-n1`, `-b1`, `-c`, ...).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The router's kernel route to the VIP as `ip route` prints it.
+    pub fn route_text(&self) -> Result<String> {
+        ns_run(
+            self.router().ns(),
+            "ip",
+            &["-4", "route", "show", "exact", VIP_PREFIX],
+        )
     }
 
     /// The options it was built with.
