@@ -174,8 +174,9 @@ fn dsr(mode: Mode) {
     let s = round(&conns, "a round before any change");
     assert_survived("before any change", &s);
 
-    // 2. SIGKILL node 1's lbd (the first next hop: with hash-threshold ECMP its removal also
-    //    moves flows between the surviving nodes), under traffic.
+    // 2. SIGKILL node 1's lbd, under traffic: its flows move to nodes 2 and 3 (and, with
+    //    hash-threshold ECMP, possibly some between those two), which must send each to the
+    //    same backend.
     conns.start_ticker(TICK);
     std::thread::sleep(TICK);
     let withdraw = lab
@@ -275,8 +276,9 @@ fn dsr(mode: Mode) {
         "{mode:?}: BIRD on node 3 frozen (SIGSTOP): withdrawn by the hold timer in {frozen:?}; {s}"
     );
     assert!(
-        frozen >= HOLD_TIME - Duration::from_millis(1100) && frozen <= HOLD_TIME + Duration::from_secs(1),
-        "node 3's route was withdrawn {frozen:?} after its BIRD froze; the hold timer ({HOLD_TIME:?}, keepalive 1 s) expires 2-3 s after the last keepalive"
+        frozen >= HOLD_TIME - Duration::from_millis(1100)
+            && frozen <= HOLD_TIME + Duration::from_secs(2),
+        "node 3's route was withdrawn {frozen:?} after its BIRD froze; the hold timer ({HOLD_TIME:?}, keepalive 1 s) expires 2-3 s after the last keepalive (asserted 1.9-5 s: the lower bound shows it was the hold timer, not a closed session)"
     );
     assert_survived("after node 3's BIRD froze", &s);
     let thawed = lab
@@ -359,4 +361,65 @@ fn full_nat_kill_native() {
 #[test]
 fn full_nat_kill_generic() {
     full_nat_kill(Mode::Generic);
+}
+
+/// `cargo xtask demo --scale-out` runs `lb-demo --scale-out`; `--fast` (300 connections, short
+/// pauses) must narrate every phase with its numbers, keep every connection and clean up.
+#[test]
+fn demo_scale_out_fast_mode() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lb-demo"))
+        .args(["--scale-out", "--fast"])
+        .output()
+        .expect("running lb-demo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "lb-demo --scale-out --fast failed ({}):\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for phrase in [
+        "all 3 nodes announced",
+        "nexthop via 10.88.1.11 dev rt1",
+        "nexthop via 10.88.1.13 dev rt3",
+        "the router dropped node 1's next hop",
+        "300 of 300 connections still answer, each from its first backend (0 reset)",
+        "300 of 300 connections still answer from their first backend (0 reset)",
+        "removed the namespaces",
+    ] {
+        assert!(
+            text.contains(phrase),
+            "demo output lacks {phrase:?}:\n{text}"
+        );
+    }
+    let prefix = text
+        .split("removed the namespaces ")
+        .nth(1)
+        .and_then(|r| r.split('*').next())
+        .expect("namespace prefix");
+    let leftovers: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "demo namespaces left behind: {leftovers:?}"
+    );
+    // No lbd, BIRD or server of the demo is left (their command lines name its directories).
+    let base = prefix.trim_end_matches('-');
+    let dirs = [format!("/tmp/{base}/"), format!("/tmp/{base}-rt/")];
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .filter(|c| dirs.iter().any(|d| c.contains(d.as_str())))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "demo processes left behind: {left:?}");
 }
