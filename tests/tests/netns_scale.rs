@@ -5,10 +5,11 @@
 //! changed.
 //!
 //! - `dsr_{native,generic}`: 3 nodes up, flows spread over nodes and backends; 3000
-//!   long-lived DSR connections; one node's lbd killed with SIGKILL (withdrawn within 1 s,
-//!   >= 99.9% keep working, none reset) and restarted (same); one node losing every backend's
-//!   health (withdrawn within interval x fall + 1 s, no failure); BIRD killed (SIGKILL) and
-//!   frozen (SIGSTOP, the router's hold timer) on a node.
+//!   long-lived DSR connections; one node's lbd killed with SIGKILL (withdrawn within 1 s, at
+//!   least 99.9% keep working, none reset) and restarted (same); one node losing every
+//!   backend's health (withdrawn within interval x fall + 1 s, no failure); BIRD killed
+//!   (SIGKILL) and frozen (SIGSTOP, the router's hold timer) on a node.
+//! - `demo_scale_out_fast_mode`: `lb-demo --scale-out --fast`.
 //! - `full_nat_kill_{native,generic}`: the same lbd kill with a full-NAT service breaks the
 //!   connections the router moves (the test can see breakage).
 //!
