@@ -40,6 +40,11 @@ impl HealthTracker {
         self.health
     }
 
+    /// `Down` with at least one passed check since: on its way to `Up` unless a check fails.
+    pub fn rising(&self) -> bool {
+        self.health == Health::Down && self.successes > 0
+    }
+
     /// Records one check result; returns the new health when it changed.
     pub fn record(&mut self, ok: bool, rise: u32, fall: u32) -> Option<Health> {
         if ok {
@@ -285,10 +290,14 @@ mod tests {
     #[test]
     fn down_rises_after_rise_successes() {
         let mut t = HealthTracker::new(Health::Down);
+        assert!(!t.rising());
         assert_eq!(t.record(true, 2, 3), None);
+        assert!(t.rising(), "down with one passed check");
         assert_eq!(t.record(false, 2, 3), None);
+        assert!(!t.rising(), "a failed check ends the rise");
         assert_eq!(t.record(true, 2, 3), None);
         assert_eq!(t.record(true, 2, 3), Some(Health::Up));
+        assert!(!t.rising(), "up is not rising");
         // rise = 1 and fall = 1 flip on every differing result.
         let mut t = HealthTracker::new(Health::Up);
         assert_eq!(t.record(false, 1, 1), Some(Health::Down));

@@ -22,8 +22,13 @@ pub struct DemoArgs {
     pub no_build: bool,
     /// The database tour instead (issue 11): PostgreSQL 15 primary + 2 replicas behind a
     /// write VIP and a read VIP, the primary killed and a replica promoted.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "scale_out")]
     pub db: bool,
+    /// The scale-out tour instead (issue 13): three balancer nodes announcing a DSR VIP to an
+    /// ECMP router through BIRD, long-lived connections, one node's lbd killed and brought
+    /// back.
+    #[arg(long)]
+    pub scale_out: bool,
 }
 
 /// Runs the demo.
@@ -47,6 +52,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
     }
     if args.db {
         cmd.arg("--db");
+    }
+    if args.scale_out {
+        cmd.arg("--scale-out");
     }
     println!("[demo] {cmd:?}");
     // Ctrl-C reaches lb-demo too (same process group); it cleans up and exits, and we wait

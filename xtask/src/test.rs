@@ -64,6 +64,15 @@ pub fn run(args: TestArgs) -> Result<()> {
             "--",
             "--test-threads=1",
         ])?;
+        tier("scale-out scenarios (three nodes behind an ECMP router, issue 13)");
+        cargo_test(&[
+            "-p",
+            "lb-tests",
+            "--test",
+            "netns_scale",
+            "--",
+            "--test-threads=1",
+        ])?;
         tier("bench smoke (cargo xtask bench --smoke)");
         bench::run_built(&bench::BenchArgs {
             smoke: true,

@@ -5,7 +5,12 @@
 //!   controller runs), the dead-man device exists, the configured Maglev digest equals
 //!   `maglev.expected_digest` (when set), and **at least one** service of the VIP has a
 //!   backend that is in its Maglev table with a confirmed `up` health (a backend not yet
-//!   checked, `unknown`, gets traffic but does not make lbd announce).
+//!   checked, `unknown`, gets traffic but does not make lbd announce). A VIP not announced
+//!   yet also waits while a backend of its services is **rising** (`down` with a passed check
+//!   since): a node whose backends come back one by one (after a partition, say) would
+//!   otherwise announce with a Maglev table that lacks the backends still rising, and the
+//!   flows the router moves to it (DSR: stateless) would reach other backends than on every
+//!   other node, which reset them. An announced VIP stays announced while it can serve.
 //! - [`bird`] writes the include file and runs `birdc configure`.
 //! - [`tun`] is the dead-man switch: the routes go via the peer of a tun device that dies
 //!   with lbd.
@@ -45,6 +50,8 @@ pub struct ServiceInput {
     pub vip: Ipv4Addr,
     /// Backends in its table whose health is confirmed up.
     pub usable: usize,
+    /// Backends `down` with at least one passed check since ([`crate::model::HealthTracker::rising`]).
+    pub rising: usize,
     /// All its backends.
     pub backends: usize,
 }
@@ -73,8 +80,14 @@ pub struct VipDecision {
     pub reason: String,
 }
 
-/// Applies the rule (module documentation) to every VIP of `services`, in VIP order.
-pub fn decide(ready: &Readiness, services: &[ServiceInput]) -> Vec<VipDecision> {
+/// Applies the rule (module documentation) to every VIP of `services`, in VIP order;
+/// `announced` are the VIPs the previous decision announced (a VIP among them does not wait
+/// for rising backends).
+pub fn decide(
+    ready: &Readiness,
+    services: &[ServiceInput],
+    announced: &[Ipv4Addr],
+) -> Vec<VipDecision> {
     let mut vips: Vec<Ipv4Addr> = services.iter().map(|s| s.vip).collect();
     vips.sort();
     vips.dedup();
@@ -105,7 +118,16 @@ pub fn decide(ready: &Readiness, services: &[ServiceInput]) -> Vec<VipDecision> 
                 .collect::<Vec<_>>()
                 .join(", ");
             let serving = of_vip.iter().filter(|s| s.usable > 0).count();
-            if serving > 0 {
+            let rising: usize = of_vip.iter().map(|s| s.rising).sum();
+            if serving > 0 && rising > 0 && !announced.contains(&vip) {
+                VipDecision {
+                    vip,
+                    announce: false,
+                    reason: format!(
+                        "waiting for {rising} rising backends so that this node's Maglev table matches the other nodes' ({list})"
+                    ),
+                }
+            } else if serving > 0 {
                 VipDecision {
                     vip,
                     announce: true,
@@ -134,6 +156,7 @@ pub fn service_inputs(services: &[crate::model::ServiceState]) -> Vec<ServiceInp
                 .iter()
                 .filter(|b| b.in_table && b.health() == crate::model::Health::Up)
                 .count(),
+            rising: s.backends.iter().filter(|b| b.tracker.rising()).count(),
             backends: s.backends.len(),
         })
         .collect()
@@ -285,7 +308,8 @@ pub async fn run(
             device: device_state,
             digest: inp.digest,
         };
-        let decisions = decide(&ready, &inp.services);
+        let announced: Vec<Ipv4Addr> = last.iter().filter(|d| d.announce).map(|d| d.vip).collect();
+        let decisions = decide(&ready, &inp.services, &announced);
         // The digest is the reason only when everything before it in the rule holds.
         let digest_blocks =
             ready.dataplane.is_ok() && ready.device.is_ok() && ready.digest.is_err();
@@ -371,6 +395,7 @@ mod tests {
             name: name.into(),
             vip: Ipv4Addr::from(vip),
             usable,
+            rising: 0,
             backends,
         }
     }
@@ -438,7 +463,7 @@ mod tests {
             ),
         ];
         for (what, r, want, reason0) in rows {
-            let got = decide(&r, &services);
+            let got = decide(&r, &services, &[]);
             assert_eq!(
                 got.iter().map(|d| d.vip.to_string()).collect::<Vec<_>>(),
                 ["192.0.2.10", "192.0.2.11", "192.0.2.12"],
@@ -452,7 +477,7 @@ mod tests {
                 got[0].reason
             );
         }
-        let got = decide(&ready(), &services);
+        let got = decide(&ready(), &services, &[]);
         assert_eq!(
             got[1].reason,
             "no service of the VIP has a healthy backend (api: 0 of 3 up)"
@@ -460,7 +485,30 @@ mod tests {
         // The VIP goes when its last serving service loses its last backend.
         let mut down = services.clone();
         down[0].usable = 0;
-        assert!(!decide(&ready(), &down)[0].announce);
+        assert!(!decide(&ready(), &down, &[])[0].announce);
+    }
+
+    /// A VIP not announced waits while a backend rises (its table would lack that backend
+    /// while the other nodes' have it); an announced VIP keeps its route meanwhile.
+    #[test]
+    fn a_new_announcement_waits_for_rising_backends() {
+        let vip = Ipv4Addr::new(192, 0, 2, 10);
+        let mut web = svc("web", [192, 0, 2, 10], 1, 3);
+        web.rising = 2;
+        let got = decide(&ready(), std::slice::from_ref(&web), &[]);
+        assert!(!got[0].announce, "{got:?}");
+        assert_eq!(
+            got[0].reason,
+            "waiting for 2 rising backends so that this node's Maglev table matches the other nodes' (web: 1 of 3 up)"
+        );
+        let got = decide(&ready(), std::slice::from_ref(&web), &[vip]);
+        assert!(got[0].announce, "already announced: {got:?}");
+        web.rising = 0;
+        assert!(decide(&ready(), std::slice::from_ref(&web), &[])[0].announce);
+        // Rising backends alone do not make a VIP announced.
+        let mut none_up = svc("web", [192, 0, 2, 10], 0, 3);
+        none_up.rising = 3;
+        assert!(!decide(&ready(), &[none_up], &[vip])[0].announce);
     }
 
     #[tokio::test]
@@ -472,7 +520,9 @@ mod tests {
         })
         .await;
         let inp = inputs_or_nothing(ok);
-        assert!(decide(&ready(), &inp.services).iter().all(|d| d.announce));
+        assert!(decide(&ready(), &inp.services, &[])
+            .iter()
+            .all(|d| d.announce));
         let failed = tokio::task::spawn_blocking(|| -> Inputs { panic!("inputs broke") }).await;
         let inp = inputs_or_nothing(failed);
         assert!(inp.dataplane.is_err() && inp.digest.is_err());
@@ -481,7 +531,7 @@ mod tests {
             digest: inp.digest.clone(),
             ..ready()
         };
-        let decisions = decide(&ready, &inp.services);
+        let decisions = decide(&ready, &inp.services, &[]);
         assert!(decisions.iter().all(|d| !d.announce), "{decisions:?}");
     }
 

@@ -6,6 +6,11 @@
 //! Removes everything it created at the end, on error and on Ctrl-C. `--fast` shortens every
 //! phase (the netns test tier runs it that way).
 //!
+//! `--scale-out` runs the scale-out tour instead (issue 13): the three-node lab of
+//! `lb_tests::lab::scale_out` (a router running BIRD with ECMP, three nodes with BIRD and lbd
+//! announcing one DSR VIP, backends decapsulating with lb_decap), long-lived connections,
+//! one node's lbd killed and brought back.
+//!
 //! `--db` runs the database tour instead (issue 11): PostgreSQL 15 with a primary and two
 //! streaming replicas in the backend namespaces, lbd with a write VIP and a read VIP
 //! (`lb_tests::lab::postgres::db_lbd_yaml`), writes and reads through them, then the primary
@@ -154,16 +159,18 @@ fn prober(lab: &Lab) -> Prober {
 fn main() {
     let mut fast = false;
     let mut db = false;
+    let mut scale_out = false;
     let mut config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/demo.yaml");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--fast" => fast = true,
             "--db" => db = true,
+            "--scale-out" => scale_out = true,
             "--config" => config = args.next().map(PathBuf::from).unwrap_or(config),
             other => {
                 eprintln!(
-                    "unknown argument {other:?}; usage: lb-demo [--fast] [--db] [--config PATH]"
+                    "unknown argument {other:?}; usage: lb-demo [--fast] [--db | --scale-out] [--config PATH]"
                 );
                 std::process::exit(2);
             }
@@ -174,7 +181,13 @@ fn main() {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
-    let result = if db { run_db(fast) } else { run(&config, fast) };
+    let result = if scale_out {
+        run_scale_out(fast)
+    } else if db {
+        run_db(fast)
+    } else {
+        run(&config, fast)
+    };
     match result {
         Ok(()) => {}
         Err(_) if INTERRUPTED.load(Ordering::SeqCst) => {
@@ -673,5 +686,143 @@ fn run_db(fast: bool) -> Result<()> {
     let prefix = l.lab.prefix().to_string();
     drop(l);
     note(&format!("removed the namespaces {prefix}-*"));
+    Ok(())
+}
+
+/// The scale-out tour (`--scale-out`): three balancer nodes announce the DSR VIP to an ECMP
+/// router; long-lived connections spread over them; node 1's lbd is killed (its route
+/// withdrawn, every connection keeps its backend) and brought back. Everything it created
+/// (lbds, BIRDs, servers, namespaces) is removed when the lab drops: at the end, on error and
+/// on Ctrl-C (at the next pause).
+fn run_scale_out(fast: bool) -> Result<()> {
+    use lb_tests::lab::longconn::LongConns;
+    use lb_tests::lab::scale_out::{
+        all_nodes, nodes_without, Forwarding, ScaleOut, ScaleOutOptions, NODES,
+    };
+    let pause = if fast {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(3)
+    };
+    let count = if fast { 300 } else { 3000 };
+    let show_route = |lab: &ScaleOut| -> Result<()> {
+        let route = lab.route_text().context("the router's route")?;
+        println!("    --- router: ip route show 192.0.2.10 ---");
+        for line in route.lines() {
+            println!("    {line}");
+        }
+        Ok(())
+    };
+    say("Building the scale-out lab: a router running BIRD with ECMP, three balancer nodes (BIRD + lbd each), three DSR backends, a client behind the router");
+    let started = Instant::now();
+    let mut lab = ScaleOut::new(ScaleOutOptions::new(Mode::Native, Forwarding::Dsr))
+        .context("building the scale-out lab")?;
+    note(&format!(
+        "namespaces {}-*: router, n1..n{NODES}, b1..b{}, client; BGP sessions up with every node ({:.1} s)",
+        lab.prefix(),
+        lab.backend_count(),
+        started.elapsed().as_secs_f64()
+    ));
+    note("backends set up with exactly what `lbctl backend-setup --dsr 192.0.2.10 --decap xdp --iface e0` prints: VIP on lo, lb_decap on e0");
+    nap(pause)?;
+
+    say("Starting lbd on every node: the same DSR service and maglev.seed; each announces 192.0.2.10/32 through its BIRD");
+    let t = lab
+        .start_all(Duration::from_secs(30))
+        .context("announcing from every node")?;
+    note(&format!(
+        "all {NODES} nodes announced {:.2} s after the last lbd started",
+        t.as_secs_f64()
+    ));
+    for i in 1..=NODES {
+        let st = lab.lbd(i)?.api(&serde_json::json!({"command": "status"}))?;
+        note(&format!(
+            "node {i}: maglev digest {} (the same table on every node: any node sends a flow to the same backend)",
+            st["maglev"]["configured_digest"].as_str().unwrap_or("?")
+        ));
+    }
+    show_route(&lab)?;
+    nap(pause)?;
+
+    say(&format!(
+        "Opening {count} long-lived connections from the client (GET /id on each, once per round)"
+    ));
+    let before: Vec<u64> = (1..=NODES)
+        .map(|i| lab.router_tx_packets(i))
+        .collect::<Result<_, _>>()?;
+    let mut conns = LongConns::open(
+        lab.client_path(),
+        vip_addr(),
+        count,
+        200,
+        Duration::from_secs(8),
+        Duration::from_secs(60),
+    )
+    .context("opening the connections")?;
+    let per_node: Vec<String> = (1..=NODES)
+        .map(|i| {
+            lab.router_tx_packets(i)
+                .map(|a| format!("node {i}: {}", a - before[i - 1]))
+        })
+        .collect::<Result<_, _>>()?;
+    note(&format!(
+        "packets the router sent to each node meanwhile: {}",
+        per_node.join(", ")
+    ));
+    show_counts("backends", &conns.summary().per_backend);
+    note("the backends answer the client directly, through the router: no node is on the return path");
+    nap(pause)?;
+
+    say("Killing node 1's lbd with SIGKILL: its dead-man device vanishes with it, BIRD withdraws the route");
+    conns.start_ticker(Duration::from_secs(1));
+    let gone = lab
+        .time_to_hops(&nodes_without(1), Duration::from_secs(5), |l| {
+            l.lbd_mut(1)?.stop(libc::SIGKILL).map(|_| ())
+        })
+        .context("the withdrawal")?;
+    note(&format!(
+        "the router dropped node 1's next hop {:.0} ms after the kill",
+        gone.as_secs_f64() * 1000.0
+    ));
+    show_route(&lab)?;
+    nap(pause.max(Duration::from_secs(2)))?;
+    conns.stop_ticker();
+    let s = conns
+        .round(Duration::from_secs(20))
+        .context("a round after the kill")?;
+    note(&format!(
+        "{} of {} connections still answer, each from its first backend ({} reset): the other nodes send every moved flow to the same backend",
+        s.alive, s.total, s.resets
+    ));
+    nap(pause)?;
+
+    say("Bringing node 1 back: restarting its lbd");
+    conns.start_ticker(Duration::from_secs(1));
+    let back = lab
+        .time_to_hops(&all_nodes(), Duration::from_secs(20), |l| l.start_lbd(1))
+        .context("the re-announcement")?;
+    note(&format!(
+        "re-announced {:.2} s after starting lbd (program load, health checks `rise`, BIRD)",
+        back.as_secs_f64()
+    ));
+    show_route(&lab)?;
+    nap(pause.max(Duration::from_secs(2)))?;
+    conns.stop_ticker();
+    let s = conns
+        .round(Duration::from_secs(20))
+        .context("a round after the return")?;
+    note(&format!(
+        "{} of {} connections still answer from their first backend ({} reset)",
+        s.alive, s.total, s.resets
+    ));
+    if s.alive != s.total {
+        bail!("connections failed: {s}");
+    }
+    conns.close()?;
+    let prefix = lab.prefix().to_string();
+    drop(lab);
+    say(&format!(
+        "Done: removed the namespaces {prefix}-* and every process the demo started"
+    ));
     Ok(())
 }

@@ -4,14 +4,14 @@
 //!
 //! ```text
 //!  [router ns]                        [node i ns] (a Lab's balancer namespace)
-//!  rt<i> 10.88.1.1/24 (first link) --- up0 10.88.1.<10+i>/24   BIRD AS 6500<i>, lbd
+//!  rt<i> 10.88.1.1 peer .<10+i>/32 --- up0 10.88.1.<10+i>/24   BIRD AS 6500<i>, lbd
 //!  BIRD AS 65000, kernel export
 //! ```
 //!
 //! [`Router`] owns the router namespace and its BIRD; [`Router::add_node`] wires one node
 //! namespace to it and starts the node's BIRD ([`BirdNode`]). A lab with several nodes calls
-//! `add_node` once per node (the router's address lives on the first link; the others are
-//! /32-routed over their own link). Every BIRD runs in the foreground (`bird -f`) as a
+//! `add_node` once per node (the router's address is on every link, point to point toward
+//! that link's node). Every BIRD runs in the foreground (`bird -f`) as a
 //! [`Proc`], killed by PID on drop; the namespaces go with their [`Netns`] guards.
 
 use super::sys::{self, ip, ns_command, ns_run, Netns, Proc, TempDir};
@@ -138,6 +138,26 @@ impl Bird {
     pub fn log_tail(&self, n: usize) -> String {
         sys::log_tail(&self.dir.join("bird.log"), n)
     }
+
+    /// Sends `signal` to the running BIRD (by PID; SIGSTOP freezes it, SIGCONT resumes it).
+    pub fn signal(&mut self, signal: libc::c_int) {
+        if let Some(p) = self.proc.as_mut() {
+            p.signal(signal);
+        }
+    }
+
+    /// Kills BIRD with SIGKILL and reaps it (its BGP sessions close with it).
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop(libc::SIGKILL, Duration::from_secs(2));
+        }
+    }
+
+    /// Starts BIRD again on the same config (after [`Bird::kill`]).
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn()
+    }
 }
 
 impl Drop for Bird {
@@ -233,31 +253,22 @@ impl Router {
         ip(&[
             "-n", &r, "link", "add", &rt, "type", "veth", "peer", "name", "up0", "netns", node_ns,
         ])?;
-        if self.nodes.is_empty() {
-            ip(&[
-                "-n",
-                &r,
-                "addr",
-                "add",
-                &format!("{ROUTER_ADDR}/24"),
-                "dev",
-                &rt,
-            ])?;
-        }
+        // The router's address on every link, point-to-point toward that link's node: BIRD
+        // then sees each node as a neighbour on its own interface and installs `nexthop via
+        // <node> dev rt<i>` (with one /24 on the first link, it resolved every node onto that
+        // link and ECMP sent all flows to node 1).
+        ip(&[
+            "-n",
+            &r,
+            "addr",
+            "add",
+            &ROUTER_ADDR.to_string(),
+            "peer",
+            &format!("{}/32", node_addr(i)),
+            "dev",
+            &rt,
+        ])?;
         ip(&["-n", &r, "link", "set", &rt, "up"])?;
-        if !self.nodes.is_empty() {
-            ip(&[
-                "-n",
-                &r,
-                "route",
-                "add",
-                &format!("{}/32", node_addr(i)),
-                "dev",
-                &rt,
-                "src",
-                &ROUTER_ADDR.to_string(),
-            ])?;
-        }
         ip(&[
             "-n",
             node_ns,

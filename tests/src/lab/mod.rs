@@ -17,6 +17,9 @@
 //! - [`client`]: running async client code inside the client namespace, load helpers;
 //! - [`failover`]: connections at a fixed rate with per-connection connect times, and long
 //!   transfers whose end (complete, reset, hung) is recorded;
+//! - [`bgp`]: a router namespace running BIRD with ECMP, and BIRD on balancer nodes;
+//! - [`scale_out`]: the three-node lab (router, three nodes with BIRD and lbd, backends,
+//!   client behind the router), and [`longconn`]: long-lived connections driven in rounds;
 //! - [`packet`]: hand-built frames (truncated, fragments, IP options, ...) sent with
 //!   `AF_PACKET` from the client namespace.
 //!
@@ -28,8 +31,10 @@ pub mod client;
 pub mod failover;
 pub mod http;
 pub mod lbd;
+pub mod longconn;
 pub mod packet;
 pub mod postgres;
+pub mod scale_out;
 pub mod sys;
 pub mod testsrv;
 pub mod topology;

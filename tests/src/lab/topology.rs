@@ -256,46 +256,15 @@ impl Lab {
     /// redirected frame happens to arrive. On a NIC `XDP_TX` needs nothing of the kind.
     /// Without `backends`, only `c0`.
     fn attach_host_xdp_pass(&self, backends: bool) -> Result<BpfDataplane> {
-        let opts = LoadOptions {
-            pin_root: None,
-            max_services: 1,
-            max_backends: 2,
-            maglev_table_size: 7,
-            conntrack_flows: 16,
-            embryonic_flows: 16,
-        };
-        let mut dp = BpfDataplane::load(&opts)
-            .map_err(|e| LabError::Unavailable(format!("loading lb_xdp_pass: {e}")))?;
-        let hosts: Vec<PathBuf> = std::iter::once(self.client.path())
+        let hosts: Vec<(PathBuf, &str)> = std::iter::once((self.client.path(), "c0"))
             .chain(
                 self.backends
                     .iter()
                     .filter(|_| backends)
-                    .map(|b| b.ns.path()),
+                    .map(|b| (b.ns.path(), "e0")),
             )
             .collect();
-        for (ns, dev) in hosts
-            .iter()
-            .zip(std::iter::once("c0").chain(std::iter::repeat("e0")))
-        {
-            let dp = &mut dp;
-            std::thread::scope(|s| {
-                s.spawn(move || {
-                    enter_netns(ns)?;
-                    dp.attach_pass(dev, XdpMode::Native)
-                        .map(|_| ())
-                        .map_err(|e| {
-                            LabError::Unavailable(format!(
-                                "attaching lb_xdp_pass to {dev} in {}: {e}",
-                                ns.display()
-                            ))
-                        })
-                })
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p))
-            })?;
-        }
-        Ok(dp)
+        attach_xdp_pass(&hosts)
     }
 
     /// The name prefix of this lab's namespaces.
@@ -345,41 +314,14 @@ impl Lab {
         self.kill_backend(i);
         let ns = self.backends[i - 1].ns.name().to_string();
         let log = self.tmp.path().join(format!("b{i}.log"));
-        let mut cmd = ns_command(&ns, &self.testsrv_bin);
-        let health_file = self.health_file(i);
-        cmd.args([
-            "--listen",
-            &listen.to_string(),
-            "--name",
+        let proc = spawn_testsrv(
+            &ns,
+            &self.testsrv_bin,
+            listen,
             &backend_name(i),
-            "--health-file",
-            &health_file.display().to_string(),
-        ]);
-        let stderr = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(LabError::io(format!("opening {}", log.display())))?;
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .map_err(LabError::io("starting lb-testsrv"))?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut proc = Proc::from_child(child, &format!("lb-testsrv b{i}"), Some(log.clone()));
-        // The server prints one line once it listens.
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .map_err(LabError::io("reading lb-testsrv's ready line"))?;
-        if !line.starts_with("listening") {
-            let st = proc.stop(libc::SIGKILL, Duration::from_secs(1));
-            return Err(LabError::Unavailable(format!(
-                "lb-testsrv b{i} did not start ({st}): {}",
-                sys::log_tail(&log, 10)
-            )));
-        }
+            &self.health_file(i),
+            &log,
+        )?;
         self.backends[i - 1].server = Some(proc);
         Ok(())
     }
@@ -434,50 +376,18 @@ impl Lab {
     /// exactly the script it printed, with `sh` in the backend's namespace (`lbctl` on its
     /// `PATH`). Returns the script.
     pub fn setup_dsr_backend(&self, i: usize, vip: std::net::Ipv4Addr) -> Result<String> {
-        let lbctl = release_binary("lbctl")?;
-        let root = self.decap_pin_root();
-        let script = sys::run(std::process::Command::new(&lbctl).args([
-            "backend-setup",
-            "--dsr",
-            &vip.to_string(),
-            "--decap",
-            "xdp",
-            "--iface",
-            "e0",
-            "--xdp-mode",
-            self.mode.as_str(),
-            "--pin-root",
-            &root.display().to_string(),
-        ]))?;
-        let bin_dir = lbctl.parent().unwrap_or(Path::new("/"));
-        let path = format!(
-            "{}:{}",
-            bin_dir.display(),
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
-        );
-        let mut cmd = ns_command(self.backends[i - 1].ns.name(), "sh");
-        cmd.arg("-s").env("PATH", path);
-        sys::run_with_input(&mut cmd, &script)?;
-        Ok(script)
+        setup_dsr_backend_in(
+            self.backends[i - 1].ns.name(),
+            vip,
+            self.mode,
+            &self.decap_pin_root(),
+        )
     }
 
     /// `lbctl decap stats e0` on backend `i` (set up by [`Lab::setup_dsr_backend`]): counter
     /// name -> value.
     pub fn decap_counters(&self, i: usize) -> Result<std::collections::BTreeMap<String, u64>> {
-        let lbctl = release_binary("lbctl")?;
-        let root = self.decap_pin_root().display().to_string();
-        let out = sys::run(ns_command(self.backends[i - 1].ns.name(), &lbctl).args([
-            "decap",
-            "stats",
-            "e0",
-            "--pin-root",
-            &root,
-            "--output",
-            "json",
-        ]))?;
-        serde_json::from_str(&out).map_err(|e| {
-            LabError::Api(format!("`lbctl decap stats` printed non-JSON ({e}): {out}"))
-        })
+        decap_counters_in(self.backends[i - 1].ns.name(), &self.decap_pin_root())
     }
 
     /// Runs `program args` in backend `i`'s namespace; returns its standard output.
@@ -662,7 +572,7 @@ impl Lab {
 
 /// Offloads on a host-side veth end: no checksum/segmentation offload (pitfalls 2 and 3), GRO
 /// on so native `XDP_REDIRECT` into it delivers (pitfall 1).
-fn host_side_offloads(ns: &str, dev: &str) -> Result<()> {
+pub(crate) fn host_side_offloads(ns: &str, dev: &str) -> Result<()> {
     ns_run(
         ns,
         "ethtool",
@@ -671,6 +581,149 @@ fn host_side_offloads(ns: &str, dev: &str) -> Result<()> {
         ],
     )
     .map(|_| ())
+}
+
+/// Attaches `lb_xdp_pass` (native) to every `(namespace path, device)` of `targets`, from one
+/// loaded object (see [`Lab`]'s `attach_host_xdp_pass` for why a veth needs it); the programs
+/// stay attached while the returned data plane lives.
+pub(crate) fn attach_xdp_pass(targets: &[(PathBuf, &str)]) -> Result<BpfDataplane> {
+    let opts = LoadOptions {
+        pin_root: None,
+        max_services: 1,
+        max_backends: 2,
+        maglev_table_size: 7,
+        conntrack_flows: 16,
+        embryonic_flows: 16,
+    };
+    let mut dp = BpfDataplane::load(&opts)
+        .map_err(|e| LabError::Unavailable(format!("loading lb_xdp_pass: {e}")))?;
+    for (ns, dev) in targets {
+        let dp = &mut dp;
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                enter_netns(ns)?;
+                dp.attach_pass(dev, XdpMode::Native)
+                    .map(|_| ())
+                    .map_err(|e| {
+                        LabError::Unavailable(format!(
+                            "attaching lb_xdp_pass to {dev} in {}: {e}",
+                            ns.display()
+                        ))
+                    })
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })?;
+    }
+    Ok(dp)
+}
+
+/// Starts `lb-testsrv` (`bin`) in namespace `ns` listening on `listen` as `name`, its
+/// `/healthz` failing while `health_file` exists, logging to `log`; returns once it listens.
+pub(crate) fn spawn_testsrv(
+    ns: &str,
+    bin: &Path,
+    listen: SocketAddrV4,
+    name: &str,
+    health_file: &Path,
+    log: &Path,
+) -> Result<Proc> {
+    let mut cmd = ns_command(ns, bin);
+    cmd.args([
+        "--listen",
+        &listen.to_string(),
+        "--name",
+        name,
+        "--health-file",
+        &health_file.display().to_string(),
+    ]);
+    let stderr = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(LabError::io(format!("opening {}", log.display())))?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .map_err(LabError::io("starting lb-testsrv"))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut proc = Proc::from_child(
+        child,
+        &format!("lb-testsrv {name}"),
+        Some(log.to_path_buf()),
+    );
+    // The server prints one line once it listens.
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .map_err(LabError::io("reading lb-testsrv's ready line"))?;
+    if !line.starts_with("listening") {
+        let st = proc.stop(libc::SIGKILL, Duration::from_secs(1));
+        return Err(LabError::Unavailable(format!(
+            "lb-testsrv {name} did not start ({st}): {}",
+            sys::log_tail(log, 10)
+        )));
+    }
+    Ok(proc)
+}
+
+/// Configures the backend in namespace `ns` for the DSR service(s) on `vip` with lb's XDP
+/// decapsulator on `e0`: runs `lbctl backend-setup --dsr VIP --decap xdp --iface e0
+/// --xdp-mode MODE --pin-root PIN_ROOT` and then exactly the script it printed, with `sh` in
+/// the namespace (`lbctl` on its `PATH`). Returns the script.
+pub fn setup_dsr_backend_in(
+    ns: &str,
+    vip: std::net::Ipv4Addr,
+    mode: Mode,
+    pin_root: &Path,
+) -> Result<String> {
+    let lbctl = release_binary("lbctl")?;
+    let script = sys::run(std::process::Command::new(&lbctl).args([
+        "backend-setup",
+        "--dsr",
+        &vip.to_string(),
+        "--decap",
+        "xdp",
+        "--iface",
+        "e0",
+        "--xdp-mode",
+        mode.as_str(),
+        "--pin-root",
+        &pin_root.display().to_string(),
+    ]))?;
+    let bin_dir = lbctl.parent().unwrap_or(Path::new("/"));
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+    );
+    let mut cmd = ns_command(ns, "sh");
+    cmd.arg("-s").env("PATH", path);
+    sys::run_with_input(&mut cmd, &script)?;
+    Ok(script)
+}
+
+/// `lbctl decap stats e0 --pin-root PIN_ROOT` in namespace `ns` (set up by
+/// [`setup_dsr_backend_in`]): counter name -> value.
+pub fn decap_counters_in(
+    ns: &str,
+    pin_root: &Path,
+) -> Result<std::collections::BTreeMap<String, u64>> {
+    let lbctl = release_binary("lbctl")?;
+    let root = pin_root.display().to_string();
+    let out = sys::run(ns_command(ns, &lbctl).args([
+        "decap",
+        "stats",
+        "e0",
+        "--pin-root",
+        &root,
+        "--output",
+        "json",
+    ]))?;
+    serde_json::from_str(&out)
+        .map_err(|e| LabError::Api(format!("`lbctl decap stats` printed non-JSON ({e}): {out}")))
 }
 
 impl Drop for Lab {
