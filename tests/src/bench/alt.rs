@@ -108,11 +108,8 @@ const DSR_SYSCTLS: [&str; 4] = [
     "net.ipv4.conf.all.arp_announce",
 ];
 
-/// Sets backend `i` up for [`Variant::LbDsr`]: exactly the commands `lbctl backend-setup --dsr
-/// VIP --decap xdp --iface e0` prints ([`Lab::setup_dsr_backend`]), then its server moves to
-/// VIP:80 (a DSR backend gets the client's packet unchanged). Returns the sysctls' earlier
-/// values.
-fn dsr_backend_up(lab: &mut Lab, i: usize) -> Result<Vec<(String, String)>, String> {
+/// The current values of [`DSR_SYSCTLS`] on backend `i`.
+fn dsr_sysctls(lab: &Lab, i: usize) -> Result<Vec<(String, String)>, String> {
     let mut saved = Vec::new();
     for key in DSR_SYSCTLS {
         let v = lab
@@ -120,12 +117,19 @@ fn dsr_backend_up(lab: &mut Lab, i: usize) -> Result<Vec<(String, String)>, Stri
             .map_err(|e| format!("b{i}: reading {key}: {e}"))?;
         saved.push((key.to_string(), v.trim().to_string()));
     }
+    Ok(saved)
+}
+
+/// Sets backend `i` up for [`Variant::LbDsr`]: exactly the commands `lbctl backend-setup --dsr
+/// VIP --decap xdp --iface e0` prints ([`Lab::setup_dsr_backend`]), then its server moves to
+/// VIP:80 (a DSR backend gets the client's packet unchanged).
+fn dsr_backend_up(lab: &mut Lab, i: usize) -> Result<(), String> {
     lab.setup_dsr_backend(i, VIP)
         .map_err(|e| format!("b{i}: running lbctl backend-setup's commands: {e}"))?;
     // After the set-up: it puts the VIP on lo.
     lab.start_backend_on(i, SocketAddrV4::new(VIP, VIP_PORT))
         .map_err(|e| format!("b{i}: starting the server on {VIP}:{VIP_PORT}: {e}"))?;
-    Ok(saved)
+    Ok(())
 }
 
 /// Undoes [`dsr_backend_up`] on backend `i`: `lbctl decap detach e0`, the VIP off `lo`, the
@@ -472,14 +476,12 @@ pub fn up_with_backends(
         }
         Variant::LbDsr => {
             for i in 1..=be.len() {
-                // Recorded first: a failed set-up is undone as far as it got.
-                let saved = dsr_backend_up(lab, i);
-                let ok = saved.is_ok();
-                active
-                    .dsr_backends
-                    .push((i, saved.clone().unwrap_or_default()));
-                if !ok {
-                    let err = saved.err().unwrap_or_default();
+                // Recorded before the set-up: a failed set-up is undone as far as it got.
+                let r = dsr_sysctls(lab, i).and_then(|saved| {
+                    active.dsr_backends.push((i, saved));
+                    dsr_backend_up(lab, i)
+                });
+                if let Err(err) = r {
                     let _ = active.down(lab);
                     return Err(err);
                 }
