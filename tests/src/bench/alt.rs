@@ -1,4 +1,5 @@
-//! The balancers the bench compares on one lab: lb (native and generic XDP), an nftables
+//! The balancers the bench compares on one lab: lb (native and generic XDP, full NAT; native
+//! XDP with a DSR service, backends decapsulating with `lb_decap`), an nftables
 //! DNAT + masquerade balancer (kube-proxy's nftables-mode fast path), HAProxy in TCP mode,
 //! nginx stream, and direct routing to one backend with no balancer (the upper bound).
 //!
@@ -7,9 +8,9 @@
 //! HAProxy and nginx processes run in the balancer namespace with configs generated into the
 //! lab's temp dir and are killed by PID (also on drop).
 
-use crate::lab::lbd::HealthSpec;
+use crate::lab::lbd::{release_binary, BackendSpec, HealthSpec};
 use crate::lab::sys::{self, ns_command, Proc};
-use crate::lab::{backend_addr, Lab, BACKEND_PORT, VIP, VIP_PORT};
+use crate::lab::{backend_addr, backend_ip, balancer_private_ip, Lab, BACKEND_PORT, VIP, VIP_PORT};
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
@@ -18,6 +19,10 @@ use std::time::Duration;
 pub enum Variant {
     /// lb, XDP in driver mode.
     LbNative,
+    /// lb, XDP in driver mode, the service in DSR mode (`forwarding: dsr`): the backends are
+    /// set up with `lbctl backend-setup --dsr VIP --decap xdp --iface e0` (lb's `lb_decap` on
+    /// `e0`, the VIP on `lo`) and their servers listen on VIP:80.
+    LbDsr,
     /// lb, XDP in skb (generic) mode.
     LbGeneric,
     /// nftables DNAT (`numgen random` over the backends) + masquerade.
@@ -35,6 +40,7 @@ impl Variant {
     pub fn name(self) -> &'static str {
         match self {
             Variant::LbNative => "lb native",
+            Variant::LbDsr => "lb native DSR",
             Variant::LbGeneric => "lb generic",
             Variant::Nftables => "nftables DNAT",
             Variant::Haproxy => "HAProxy (TCP)",
@@ -87,6 +93,73 @@ pub fn set_balancer_gro(lab: &Lab, on: bool) -> Result<(), String> {
 pub struct Active {
     variant: Variant,
     procs: Vec<Proc>,
+    /// [`Variant::LbDsr`]: the backends set up for DSR, with the sysctls the setup changed
+    /// and their earlier values, restored by [`Active::down`].
+    dsr_backends: Vec<(usize, Vec<(String, String)>)>,
+    /// [`Variant::LbDsr`]: lbd was started (so [`Active::down`] unloads it).
+    dsr_lbd: bool,
+}
+
+/// The sysctls `lbctl backend-setup --dsr VIP --decap xdp --iface e0` sets on a backend.
+const DSR_SYSCTLS: [&str; 4] = [
+    "net.ipv4.conf.e0.rp_filter",
+    "net.ipv4.conf.all.rp_filter",
+    "net.ipv4.conf.all.arp_ignore",
+    "net.ipv4.conf.all.arp_announce",
+];
+
+/// The current values of [`DSR_SYSCTLS`] on backend `i`.
+fn dsr_sysctls(lab: &Lab, i: usize) -> Result<Vec<(String, String)>, String> {
+    let mut saved = Vec::new();
+    for key in DSR_SYSCTLS {
+        let v = lab
+            .backend_run(i, "sysctl", &["-n", key])
+            .map_err(|e| format!("b{i}: reading {key}: {e}"))?;
+        saved.push((key.to_string(), v.trim().to_string()));
+    }
+    Ok(saved)
+}
+
+/// Sets backend `i` up for [`Variant::LbDsr`]: exactly the commands `lbctl backend-setup --dsr
+/// VIP --decap xdp --iface e0` prints ([`Lab::setup_dsr_backend`]), then its server moves to
+/// VIP:80 (a DSR backend gets the client's packet unchanged).
+fn dsr_backend_up(lab: &mut Lab, i: usize) -> Result<(), String> {
+    lab.setup_dsr_backend(i, VIP)
+        .map_err(|e| format!("b{i}: running lbctl backend-setup's commands: {e}"))?;
+    // After the set-up: it puts the VIP on lo.
+    lab.start_backend_on(i, SocketAddrV4::new(VIP, VIP_PORT))
+        .map_err(|e| format!("b{i}: starting the server on {VIP}:{VIP_PORT}: {e}"))?;
+    Ok(())
+}
+
+/// Undoes [`dsr_backend_up`] on backend `i`: `lbctl decap detach e0`, the VIP off `lo`, the
+/// sysctls back to `saved`, the server back on its own address.
+fn dsr_backend_down(lab: &mut Lab, i: usize, saved: &[(String, String)]) -> Result<(), String> {
+    let lbctl = release_binary("lbctl").map_err(|e| e.to_string())?;
+    let root = lab.decap_pin_root().display().to_string();
+    let detached = sys::run(ns_command(lab.backend_ns(i), &lbctl).args([
+        "decap",
+        "detach",
+        "e0",
+        "--pin-root",
+        &root,
+    ]))
+    .map(|_| ())
+    .map_err(|e| format!("b{i}: lbctl decap detach e0: {e}"));
+    let vip = lab
+        .backend_run(i, "ip", &["addr", "del", &format!("{VIP}/32"), "dev", "lo"])
+        .map(|_| ())
+        .map_err(|e| format!("b{i}: removing the VIP from lo: {e}"));
+    let mut sysctl = Ok(());
+    for (k, v) in saved {
+        if let Err(e) = lab.backend_run(i, "sysctl", &["-qw", &format!("{k}={v}")]) {
+            sysctl = Err(format!("b{i}: restoring {k}={v}: {e}"));
+        }
+    }
+    let server = lab
+        .start_backend(i)
+        .map_err(|e| format!("b{i}: restarting the server on its own address: {e}"));
+    detached.and(vip).and(sysctl).and(server)
 }
 
 /// The nftables ruleset: one chain per backend, `numgen random` picks one (as kube-proxy's
@@ -365,6 +438,8 @@ pub fn up_with_backends(
     let mut active = Active {
         variant: v,
         procs: Vec::new(),
+        dsr_backends: Vec::new(),
+        dsr_lbd: false,
     };
     let mut be = backends(lab);
     be.truncate(n.max(1));
@@ -398,6 +473,39 @@ pub fn up_with_backends(
             std::fs::create_dir_all(&cfg.bpffs_root)
                 .map_err(|e| format!("creating {}: {e}", cfg.bpffs_root.display()))?;
             lab.start_lbd_text(&cfg.to_yaml()).map_err(e)?;
+        }
+        Variant::LbDsr => {
+            for i in 1..=be.len() {
+                // Recorded before the set-up: a failed set-up is undone as far as it got.
+                let r = dsr_sysctls(lab, i).and_then(|saved| {
+                    active.dsr_backends.push((i, saved));
+                    dsr_backend_up(lab, i)
+                });
+                if let Err(err) = r {
+                    let _ = active.down(lab);
+                    return Err(err);
+                }
+            }
+            let mut cfg = lab.lbd_config(
+                (1..=be.len())
+                    .map(|i| BackendSpec::new(SocketAddrV4::new(backend_ip(i), VIP_PORT)))
+                    .collect(),
+                HealthSpec {
+                    kind: "none".into(),
+                    ..HealthSpec::default()
+                },
+            );
+            cfg.xdp_mode = "native".into();
+            cfg.conntrack_flows = lb_common::DEFAULT_CONNTRACK_FLOWS;
+            std::fs::create_dir_all(&cfg.bpffs_root)
+                .map_err(|e| format!("creating {}: {e}", cfg.bpffs_root.display()))?;
+            // The outer source: lb's address toward backend 1 (the backends route the whole
+            // balancer side back through the balancer).
+            active.dsr_lbd = true;
+            if let Err(err) = lab.start_lbd_text(&cfg.to_yaml_dsr(balancer_private_ip(1))) {
+                let _ = active.down(lab);
+                return Err(err.to_string());
+            }
         }
         Variant::Nftables => {
             sys::run_with_input(
@@ -478,6 +586,21 @@ impl Active {
                 .map_err(|e| e.to_string())?
                 .unload()
                 .map_err(|e| e.to_string()),
+            Variant::LbDsr => {
+                // A failed set-up is undone here too, lbd only if it was started.
+                let mut r = if self.dsr_lbd {
+                    lab.lbd_mut()
+                        .map_err(|e| e.to_string())?
+                        .unload()
+                        .map_err(|e| e.to_string())
+                } else {
+                    Ok(())
+                };
+                for (i, saved) in std::mem::take(&mut self.dsr_backends) {
+                    r = r.and(dsr_backend_down(lab, i, &saved));
+                }
+                r
+            }
             Variant::Nftables => sys::ns_run(
                 lab.balancer_ns(),
                 "nft",

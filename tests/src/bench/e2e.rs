@@ -1,5 +1,6 @@
 //! Section 3: end to end in the lab, same topology and load for every variant (lb native, lb
-//! generic, nftables DNAT, HAProxy, nginx stream, direct routing): new connections per second
+//! native with a DSR service, lb generic, nftables DNAT, HAProxy, nginx stream, direct
+//! routing): new connections per second
 //! (one request per connection), keep-alive requests per second with p50/p99 latency, and
 //! single-stream throughput. Load from `wrk` run inside the client namespace.
 
@@ -10,8 +11,9 @@ use super::{BenchError, Scale};
 use crate::lab::Lab;
 
 /// The variants of this section, in interleaving order.
-pub const VARIANTS: [Variant; 6] = [
+pub const VARIANTS: [Variant; 7] = [
     Variant::LbNative,
+    Variant::LbDsr,
     Variant::LbGeneric,
     Variant::Nftables,
     Variant::Haproxy,
@@ -156,10 +158,12 @@ fn load_average() -> Result<f64, String> {
         .ok_or_else(|| format!("/proc/loadavg: unexpected {text:?}"))
 }
 
-/// The variants of the CPU rows (issue 12): lb, nftables and HAProxy against direct routing,
+/// The variants of the CPU rows (issue 12): lb (full NAT and DSR), nftables and HAProxy against
+/// direct routing,
 /// each with the lab's first backend only, so backend fan-out does not enter the comparison.
-pub const CPU_VARIANTS: [Variant; 4] = [
+pub const CPU_VARIANTS: [Variant; 5] = [
     Variant::LbNative,
+    Variant::LbDsr,
     Variant::Nftables,
     Variant::Haproxy,
     Variant::Direct,
@@ -445,7 +449,7 @@ pub fn run(lab: Result<&mut Lab, String>, scale: Scale) -> (Section, Vec<Target>
              Within a run a variant keeps its own TIME_WAIT sockets, as it would in \
              production. Client, balancer and backends share 2 cores. A run with more than 1% \
              failed requests is not counted. The CPU rows (issue 12) run after the others, \
-             interleaved over lb native, nftables, HAProxy and direct with the lab's first \
+             interleaved over lb native, lb native DSR, nftables, HAProxy and direct with the lab's first \
              backend only (so backend fan-out does not enter the comparison): the same \
              new-connection and keep-alive loads, each with the lab's CPU time during the \
              wrk run divided by the completed requests: user and system time of every \
@@ -458,7 +462,22 @@ pub fn run(lab: Result<&mut Lab, String>, scale: Scale) -> (Section, Vec<Target>
              aside), but they slow the lab's processes through shared caches. Process times \
              come in 10 ms ticks per process and sample, so with about ten lab processes a \
              run's total is uncertain by up to about 0.1 s: a difference of a few us per \
-             connection is resolved by the full run's 3 s rounds, not by the smoke run.",
+             connection is resolved by the full run's 3 s rounds, not by the smoke run. \
+             **lb native DSR** (issue 13) is lb native with the service in DSR mode \
+             (`forwarding: dsr`, outer source the balancer's address toward backend 1, the \
+             same lbd settings otherwise): for each of its rounds the backends are set up with \
+             exactly the commands `lbctl backend-setup --dsr VIP --decap xdp --iface e0` prints \
+             (VIP on `lo`, rp_filter off, arp_ignore 1, arp_announce 2, lb's XDP decapsulator \
+             `lb_decap` on `e0` in native mode: this kernel has no `ipip` module) and their \
+             `lb-testsrv` listens on VIP:80 instead of its own address:8080; afterwards \
+             `lbctl decap detach e0`, the VIP removed, the sysctls restored and the server back \
+             on its address, so the other variants run on the lab as before. What differs \
+             from full NAT in this lab: the client's packets reach the backend inside a \
+             20-byte outer header, and the backend's answer goes to the client itself, but in \
+             this one-balancer lab its route still crosses the balancer namespace: lb_xdp on \
+             `bk<i>` passes it untouched (not a VIP or SNAT address) to that namespace's \
+             kernel forwarding, where full NAT rewrites and redirects it in XDP. On a real \
+             network the answer would bypass the balancer host.",
             scale.rounds(),
             bulk
         ),
@@ -533,6 +552,33 @@ pub fn run(lab: Result<&mut Lab, String>, scale: Scale) -> (Section, Vec<Target>
         "MB/s",
         (STREAM, n(Variant::LbNative)),
         (STREAM, n(Variant::Direct)),
+    );
+    // DSR next to full NAT (issue 13). Appended: the targets below index the ratios above.
+    for (case, metric, what) in [
+        (NEW_CONNS, "connections/s", "new connections/s"),
+        (KEEPALIVE, "requests/s", "keep-alive requests/s"),
+        (STREAM, "MB/s", "single-stream MB/s"),
+    ] {
+        sec.add_ratio(
+            &format!(
+                "{} / {} (full NAT), {what}",
+                n(Variant::LbDsr),
+                n(Variant::LbNative)
+            ),
+            metric,
+            (case, n(Variant::LbDsr)),
+            (case, n(Variant::LbNative)),
+        );
+    }
+    sec.add_ratio(
+        &format!(
+            "{} / {} (full NAT), CPU us per connection",
+            n(Variant::LbDsr),
+            n(Variant::LbNative)
+        ),
+        "CPU us per connection",
+        (CPU_NEW, n(Variant::LbDsr)),
+        (CPU_NEW, n(Variant::LbNative)),
     );
     let cell = |v: Variant, case: &str, metric: &str| {
         sec.median(case, v.name(), metric)

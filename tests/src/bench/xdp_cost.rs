@@ -22,6 +22,10 @@
 //!   SYN (`SNAT -> backend:port`) is the SYN of a new flow on the next run. TTL 255 bounds a
 //!   chain to 254 forwards; the output frame (TTL 1, expected addresses) and the counter
 //!   deltas prove that every run took the intended path.
+//!
+//! DSR (issue 13): a `forwarding: dsr` service in the same bed, `repeat = 1` with every output
+//! compared byte for byte with the expected IPIP frame (a DSR forward prepends an outer header,
+//! so it cannot chain); the backend side, `lb_decap`, chained over nested outer headers.
 
 use super::report::{ratio, Goal, Measurement, Section, Target};
 use super::stats::interleave;
@@ -32,7 +36,8 @@ use crate::lab::sys::{ip, ns_run, Netns};
 use lb::dataplane::{Dataplane, LoadOptions};
 use lb_common::{
     ipv4_to_be, maglev_table_offset, port_to_be, tcp_flags, BackendValue, FlowEntry, FlowKey,
-    GlobalConfig, ServiceKey, ServiceValue, VipValue, FLOW_F_REPLY, FORWARDING_NAT, IPPROTO_TCP,
+    GlobalConfig, ServiceKey, ServiceValue, VipValue, FLOW_F_REPLY, FORWARDING_DSR, FORWARDING_NAT,
+    IPPROTO_TCP,
 };
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -58,6 +63,17 @@ const BACKEND_PORT: u16 = 8080;
 const CLIENT_GW: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 2);
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0xa0, 0x01];
 const MAC_PEER: [u8; 6] = [0x02, 0, 0, 0, 0xa0, 0x02];
+/// `b0`'s own MAC (the source of every frame redirected toward the backends).
+const MAC_B0: [u8; 6] = [0x02, 0, 0, 0, 0xb0, 0x01];
+/// The DSR service: its VIP (port [`VIP_PORT`]), its service id and the outer source (the
+/// node's address on `b0`). It shares the full-NAT service's backends and Maglev table.
+const DSR_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
+const DSR_SERVICE_ID: u32 = 2;
+const DSR_SRC: Ipv4Addr = Ipv4Addr::new(10, 9, 1, 1);
+/// The MAC of backend `i` (0-based): its permanent neighbour entry on `b0`.
+fn backend_mac(i: usize) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0xb0, 2 + i as u8]
+}
 
 /// Conntrack fill levels (entries, two per flow).
 pub const LEVELS: [u32; 3] = [0, 100_000, 1_000_000];
@@ -72,16 +88,27 @@ pub fn level_name(entries: u32) -> String {
 }
 
 /// The measured cases, in report order.
-pub const CASES: [&str; 8] = [
+pub const CASES: [&str; 10] = [
     CASE_FLOOR,
     "non-VIP pass (repeat = N)",
     "non-VIP pass (repeat = 1)",
     CASE_EST_CHAIN,
     CASE_SYN_CHAIN,
-    "established forward (repeat = 1)",
+    CASE_EST_FWD,
     "established reply (repeat = 1)",
-    "new flow, SYN (repeat = 1)",
+    CASE_SYN,
+    CASE_DSR_EST,
+    CASE_DSR_SYN,
 ];
+
+/// Full NAT, established forward, one packet per `BPF_PROG_TEST_RUN`.
+pub const CASE_EST_FWD: &str = "established forward (repeat = 1)";
+/// Full NAT, new flow, one SYN per `BPF_PROG_TEST_RUN`.
+pub const CASE_SYN: &str = "new flow, SYN (repeat = 1)";
+/// DSR, a packet of an open flow (an ACK; DSR keeps no conntrack entry), `repeat = 1`.
+pub const CASE_DSR_EST: &str = "DSR established forward, IPIP out (repeat = 1)";
+/// DSR, the SYN of a new flow, `repeat = 1`.
+pub const CASE_DSR_SYN: &str = "DSR new flow, SYN, IPIP out (repeat = 1)";
 
 /// The test-run harness alone: `lb_xdp_pass` (returns `XDP_PASS`), `repeat = N`.
 pub const CASE_FLOOR: &str = "harness floor, XDP_PASS-only program (repeat = N)";
@@ -90,11 +117,12 @@ pub const CASE_EST_CHAIN: &str = "established fwd/reply (chain, repeat = 254)";
 /// New flows, each run's rewritten SYN the next new flow, `repeat = CHAIN`.
 pub const CASE_SYN_CHAIN: &str = "new flow, SYN (chain, repeat = 254)";
 
-/// Order in which a round measures the cases (indices into [`CASES`]): the established
-/// cases, then the SYN chain (it turns the backends into VIPs, which the established chain's
-/// crafted entries must not meet; it adds 10k flows), then the `repeat = 1` SYNs, which grow
-/// the table by 700k entries, so every other case sees the nominal fill level.
-const MEASURE_ORDER: [usize; 8] = [0, 1, 2, 5, 6, 3, 4, 7];
+/// Order in which a round measures the cases (indices into [`CASES`]): the `repeat = 1`
+/// established and DSR cases (DSR adds no conntrack entry), the established chain, then the
+/// SYN chain (it turns the backends into VIPs, which the established chain's crafted entries
+/// must not meet; it adds 10k flows), then the `repeat = 1` SYNs, which grow the table by
+/// 700k entries, so every other case sees the nominal fill level.
+const MEASURE_ORDER: [usize; 10] = [0, 1, 2, 5, 6, 9, 8, 3, 4, 7];
 
 /// Runs per chained `BPF_PROG_TEST_RUN`: a frame sent with TTL 255 can be forwarded 254 times.
 pub const CHAIN: u32 = 254;
@@ -192,7 +220,18 @@ impl FibNs {
             "-n", &n, "link", "add", "a0", "address", mac_a, "type", "veth", "peer", "name", "a1",
         ])?;
         run(&[
-            "-n", &n, "link", "add", "b0", "type", "veth", "peer", "name", "b1",
+            "-n",
+            &n,
+            "link",
+            "add",
+            "b0",
+            "address",
+            "02:00:00:00:b0:01",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "b1",
         ])?;
         for d in ["a0", "a1", "b0", "b1"] {
             run(&["-n", &n, "link", "set", d, "up"])?;
@@ -295,6 +334,10 @@ struct Bed {
     b0: u32,
     flows: Vec<ReplyTuple>,
     next_new: u32,
+    /// The Maglev table of every service (backend ids) and the hash seed: the DSR cases
+    /// compute each packet's backend from them.
+    table: Vec<u32>,
+    seed: u32,
     /// Written before every timed chain so no map entry, program text or TLB entry is left
     /// in the CPU caches from the set-up (twice the 32 MiB L3 of the bench machine).
     thrash: Vec<u8>,
@@ -340,6 +383,61 @@ fn bed_service(
         dp.set_tx_port(port).map_err(e)?;
     }
     Ok(())
+}
+
+/// The beds' DSR service: [`DSR_VIP`]:[`VIP_PORT`] (service [`DSR_SERVICE_ID`]) over the
+/// full-NAT service's Maglev table (same backends), outer source [`DSR_SRC`].
+fn dsr_service(dp: &mut lb::dataplane::bpf::BpfDataplane, m: u32) -> Result<(), String> {
+    let e = |e: lb::dataplane::DataplaneError| e.to_string();
+    dp.set_service(
+        &ServiceKey {
+            vip_be: ipv4_to_be(DSR_VIP),
+            port_be: port_to_be(VIP_PORT),
+            proto: IPPROTO_TCP,
+            _pad: 0,
+        },
+        &ServiceValue {
+            service_id: DSR_SERVICE_ID,
+            table_offset: maglev_table_offset(0, 0, m),
+            table_size: m,
+            flags: 0,
+            forwarding: FORWARDING_DSR,
+            dsr_src_be: ipv4_to_be(DSR_SRC),
+        },
+    )
+    .map_err(e)?;
+    dp.set_vip(
+        ipv4_to_be(DSR_VIP),
+        &VipValue {
+            service_count: 1,
+            flags: 0,
+        },
+    )
+    .map_err(e)
+}
+
+/// The frame `lb_xdp` sends for the client frame `input` of a DSR flow whose backend is
+/// `BACKENDS[backend]`: Ethernet `b0` -> the backend's neighbour, the outer IPv4 header (TOS
+/// and id copied, DF copied, TTL 64, protocol IPIP, [`DSR_SRC`] -> backend, checksum from
+/// scratch), then `input`'s IPv4 packet byte for byte.
+fn dsr_expected(input: &[u8], backend: usize) -> Vec<u8> {
+    let inner = &input[14..];
+    let inner_len = u16::from_be_bytes([inner[2], inner[3]]);
+    let mut out = Vec::with_capacity(input.len() + 20);
+    out.extend_from_slice(&backend_mac(backend));
+    out.extend_from_slice(&MAC_B0);
+    out.extend_from_slice(&0x0800u16.to_be_bytes());
+    let mut h = vec![0x45, inner[1]];
+    h.extend_from_slice(&(inner_len + 20).to_be_bytes());
+    h.extend_from_slice(&inner[4..6]);
+    h.extend_from_slice(&[inner[6] & 0x40, 0, 64, lb_common::IPPROTO_IPIP, 0, 0]);
+    h.extend_from_slice(&DSR_SRC.octets());
+    h.extend_from_slice(&BACKENDS[backend].octets());
+    let c = crate::lab::packet::inet_checksum(&h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(inner);
+    out
 }
 
 fn verdict_name(v: u32) -> &'static str {
@@ -402,12 +500,15 @@ impl Bed {
         dp.write_maglev(maglev_table_offset(0, 0, m), &table)
             .map_err(e)?;
         bed_service(dp, m, [a0, b0])?;
+        dsr_service(dp, m)?;
         let mut bed = Bed {
             dp: pdp,
             a0,
             b0,
             flows: Vec::new(),
             next_new: 0,
+            table,
+            seed: cfg.hash_seed,
             thrash: vec![0u8; THRASH_BYTES],
         };
         // At least one established flow, so the established cases have something to hit.
@@ -507,6 +608,8 @@ impl Bed {
                     total += r.duration_ns;
                 }
             }
+            8 => return self.dsr(packets, tcp_flags::ACK),
+            9 => return self.dsr(packets, tcp_flags::SYN),
             6 => {
                 for k in 0..packets as usize {
                     let t = self.flows[(k * stride) % n];
@@ -524,6 +627,71 @@ impl Bed {
                     total += self.syn()?.0;
                 }
             }
+        }
+        Ok(total as f64 / f64::from(packets))
+    }
+
+    /// `packets` packets of distinct DSR flows (client `client_of(k)` -> [`DSR_VIP`], TCP flags
+    /// `flags`), one `BPF_PROG_TEST_RUN` each; returns the mean ns per packet. Every output
+    /// must be exactly the encapsulated frame toward the flow's Maglev backend (computed here
+    /// from the table and `flow_hash`), and the counters must show every packet on the DSR
+    /// path: `FWD_DSR` + packets, `NEW_FLOW` unchanged (no conntrack), the DSR service's
+    /// packets + packets and new flows + packets for SYNs, + 0 otherwise.
+    fn dsr(&mut self, packets: u32, flags: u8) -> Result<f64, String> {
+        let what = if flags == tcp_flags::SYN {
+            "DSR new flow"
+        } else {
+            "DSR established forward"
+        };
+        let e = |e: lb::dataplane::DataplaneError| e.to_string();
+        let before = self.counters()?;
+        let svc_before = self.dp.service_stats(DSR_SERVICE_ID).map_err(e)?;
+        let m = self.table.len() as u32;
+        let mut total = 0u64;
+        for k in 0..packets {
+            let (c, p) = client_of(k);
+            let f = tcp_frame(c, p, DSR_VIP, VIP_PORT, flags);
+            let r = self
+                .dp
+                .test_run(&f, Some(self.a0), 1)
+                .map_err(|e| e.to_string())?;
+            expect(r.verdict, XDP_REDIRECT, what)?;
+            let h = lb_common::hash::flow_hash(
+                ipv4_to_be(c),
+                ipv4_to_be(DSR_VIP),
+                port_to_be(p),
+                port_to_be(VIP_PORT),
+                self.seed,
+            );
+            let id = self.table[lb_common::passive::probe_slot(h, 0, m) as usize];
+            let want = dsr_expected(&f, id as usize - 1);
+            if r.output != want {
+                return Err(format!(
+                    "{what}: the output of packet {k} ({c}:{p}) is not the IPIP frame toward \
+                     backend {id} ({} bytes, {} expected; first difference at byte {:?})",
+                    r.output.len(),
+                    want.len(),
+                    r.output.iter().zip(&want).position(|(a, b)| a != b)
+                ));
+            }
+            total += r.duration_ns;
+        }
+        let after = self.counters()?;
+        let svc = self.dp.service_stats(DSR_SERVICE_ID).map_err(e)?;
+        let d = |c: u32| after[c as usize] - before[c as usize];
+        let new = if flags == tcp_flags::SYN { packets } else { 0 };
+        let got = (
+            d(lb_common::FWD_DSR),
+            d(lb_common::NEW_FLOW),
+            svc.packets_in - svc_before.packets_in,
+            svc.new_flows - svc_before.new_flows,
+        );
+        let want = (u64::from(packets), 0, u64::from(packets), u64::from(new));
+        if got != want {
+            return Err(format!(
+                "{what}: FWD_DSR, NEW_FLOW, the service's packets and new flows rose by {got:?}, \
+                 expected {want:?}"
+            ));
         }
         Ok(total as f64 / f64::from(packets))
     }
@@ -742,6 +910,109 @@ impl Bed {
         }
         Ok(total as f64 / runs as f64)
     }
+}
+
+/// The backend side of DSR: `lb_decap`'s cases, in report order. It has no conntrack, so
+/// they are measured once per round (with the first fill level's bed), not per fill level.
+pub const DECAP_CASES: [&str; 3] = [CASE_DECAP_CHAIN, CASE_DECAP_ONE, CASE_DECAP_PASS];
+/// IPIP to the backend, chained: one of [`DECAP_CHAIN`] nested outer headers stripped per run.
+pub const CASE_DECAP_CHAIN: &str = "lb_decap, IPIP to this host (chain, repeat = 128)";
+/// IPIP to the backend, one `BPF_PROG_TEST_RUN` per packet.
+pub const CASE_DECAP_ONE: &str = "lb_decap, IPIP to this host (repeat = 1)";
+/// A plain (not encapsulated) TCP packet, passed untouched: what `lb_decap` costs every other
+/// packet the backend receives.
+pub const CASE_DECAP_PASS: &str = "lb_decap, not IPIP, passed (repeat = N)";
+/// The variant (column) of the `lb_decap` rows.
+pub const DECAP_VARIANT: &str = "backend side (lb_decap)";
+/// Nested outer headers of a decap chain (runs per call): the frame, 14 + 128 x 20 + 40
+/// bytes, fits the page `BPF_PROG_TEST_RUN` gives an XDP frame.
+pub const DECAP_CHAIN: u32 = 128;
+
+/// The frame a DSR backend receives from `b0` for the client's IPv4 packet `inner` wrapped
+/// in `n` outer IPIP headers ([`DSR_SRC`] -> `BACKENDS[0]`, DF, TTL 64, checksum from
+/// scratch), the outermost first; `n = 0` is the plain packet, what `lb_decap` leaves.
+fn ipip_nested(inner: &[u8], n: u32) -> Vec<u8> {
+    let mut pkt = inner.to_vec();
+    for i in 0..n {
+        let len = u16::try_from(20 + pkt.len()).expect("the nested frame fits");
+        let mut h = vec![0x45, 0];
+        h.extend_from_slice(&len.to_be_bytes());
+        h.extend_from_slice(&(i as u16).to_be_bytes());
+        h.extend_from_slice(&[0x40, 0, 64, lb_common::IPPROTO_IPIP, 0, 0]);
+        h.extend_from_slice(&DSR_SRC.octets());
+        h.extend_from_slice(&BACKENDS[0].octets());
+        let c = crate::lab::packet::inet_checksum(&h);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        h.extend_from_slice(&pkt);
+        pkt = h;
+    }
+    let mut f = crate::fixture::frame::eth_header(backend_mac(0), MAC_B0, 0x0800);
+    f.extend_from_slice(&pkt);
+    f
+}
+
+/// `lb_decap`'s rows ([`DECAP_CASES`], ns per packet): a fresh load with `BACKENDS[0]` as its
+/// one decapsulation address; `chains` chained calls of [`DECAP_CHAIN`] runs, `packets`
+/// single runs, one call of `packets` runs on a plain packet. Every output must be exactly the
+/// client's packet behind the frame's own Ethernet header (the plain frame unchanged for the
+/// pass case), and `decapsulated` (resp. `pass_other`) must rise by exactly the number of
+/// runs and no other counter move.
+fn decap_rows(packets: u32, chains: u32) -> Result<[f64; 3], String> {
+    use lb_common::decap::{DECAP_COUNTER_NAMES, DECAP_OK, DECAP_PASS_OTHER};
+    let e = |e: lb::dataplane::DataplaneError| e.to_string();
+    let mut d =
+        lb::dataplane::decap::Decap::load().map_err(|e| format!("loading lb_decap: {e}"))?;
+    d.set_addresses(&[BACKENDS[0]]).map_err(e)?;
+    let (c, p) = client_of(0);
+    let client = tcp_frame(c, p, DSR_VIP, VIP_PORT, tcp_flags::ACK);
+    let plain = ipip_nested(&client[14..], 0);
+    // Runs `frame` `calls` times with `repeat`; checks verdict, output and counters.
+    let run = |frame: &[u8], calls: u32, repeat: u32, counter: u32, what: &str| {
+        let before = d.counters().map_err(e)?;
+        let mut total = 0u64;
+        for _ in 0..calls {
+            let r = d.test_run_repeat(frame, repeat).map_err(e)?;
+            if r.verdict != XDP_PASS || r.output != plain {
+                return Err(format!(
+                    "{what}: lb_decap answered XDP_{} with a {}-byte frame, expected XDP_PASS \
+                     of the {}-byte client packet (first difference at byte {:?})",
+                    verdict_name(r.verdict),
+                    r.output.len(),
+                    plain.len(),
+                    r.output.iter().zip(&plain).position(|(a, b)| a != b)
+                ));
+            }
+            total += r.duration_ns * u64::from(repeat);
+        }
+        let after = d.counters().map_err(e)?;
+        let runs = u64::from(calls) * u64::from(repeat);
+        for (i, name) in DECAP_COUNTER_NAMES.iter().enumerate() {
+            let want = if i == counter as usize { runs } else { 0 };
+            if after[i] - before[i] != want {
+                return Err(format!(
+                    "{what}: lb_decap's counter {name} rose by {}, expected {want}",
+                    after[i] - before[i]
+                ));
+            }
+        }
+        Ok(total as f64 / runs as f64)
+    };
+    let chain = run(
+        &ipip_nested(&client[14..], DECAP_CHAIN),
+        chains,
+        DECAP_CHAIN,
+        DECAP_OK,
+        "lb_decap chain",
+    )?;
+    let one = run(
+        &ipip_nested(&client[14..], 1),
+        packets,
+        1,
+        DECAP_OK,
+        "lb_decap, repeat = 1",
+    )?;
+    let pass = run(&plain, 1, packets, DECAP_PASS_OTHER, "lb_decap, not IPIP")?;
+    Ok([chain, one, pass])
 }
 
 /// SNAT pool use levels of the pool rows (percent of one backend's SNAT ports held by live
@@ -1068,7 +1339,28 @@ pub fn run_parts(scale: Scale, parts: Parts) -> (Section, Vec<Target>) {
              earlier) also pays the once-a-second refresh and FIB lookup: every packet at 1M \
              entries (a round visits each flow at most once), one in seven at 100k. The \
              repeat = 1 new-flow case adds 2 entries per packet, so the table grows by {} \
-             entries during it. **SNAT pool use** (issue 12): a separate bed per level and \
+             entries during it. **DSR** (issue 13): the bed also holds a `forwarding: dsr` \
+             service on {DSR_VIP}:{VIP_PORT} over the same 4 backends and Maglev table (outer \
+             source {DSR_SRC}); {packets} packets per case per round, `repeat = 1`, each of a \
+             distinct flow client_k -> DSR VIP: the SYNs, then an ACK of each of the same flows \
+             (DSR keeps no conntrack entry, so an established packet misses in both conntrack \
+             maps like a SYN and takes its flow's Maglev slot; the SYN only adds the service's \
+             new-flow count). No chain: a DSR forward puts a 20-byte outer header in front of \
+             the packet, so its output is never again a packet of the same path (and a chain \
+             would run out of headroom after a dozen runs). Every output must be byte for byte \
+             the IPIP frame toward the flow's Maglev backend (computed by the bench from the \
+             table and `flow_hash`: the outer header with its checksum, the client's packet \
+             unchanged behind it), FWD_DSR and the service's packet count must rise by exactly \
+             the packets, NEW_FLOW not at all. Unlike a full-NAT established packet, a DSR \
+             packet has no cached next hop: each one pays a `bpf_fib_lookup`. **Backend side** \
+             (`lb_decap`, no conntrack, so once per round, not per fill level): a chain of \
+             `repeat = {DECAP_CHAIN}` on a frame with {DECAP_CHAIN} nested IPIP headers to the \
+             backend's address, each run stripping one (the checks, address lookup, checksum \
+             and head adjustment of a single packet; the last output must be exactly the \
+             client's packet), {chains} chains per round; {packets} single runs on one-header \
+             frames; a plain TCP packet passed untouched with `repeat = {packets}` (what \
+             `lb_decap` adds to every other packet the backend receives). Its counters must \
+             rise by exactly the runs. **SNAT pool use** (issue 12): a separate bed per level and \
              round, the default sizes, one service with one backend and {} SNAT addresses \
              with {} ports each (1024-{}), so a pool of {} (address, port) pairs, of which 0, \
              50, 90, 99 or 100% are held by live established flows (both entries in \
@@ -1087,19 +1379,33 @@ pub fn run_parts(scale: Scale, parts: Parts) -> (Section, Vec<Target>) {
         ),
     );
     let mut targets = Vec::new();
+    // Every level row and the lb_decap rows, not measured for `reason`.
+    let not_measured = |sec: &mut Section, reason: &str| {
+        for l in &levels {
+            for c in CASES {
+                sec.push(
+                    c,
+                    &level_name(*l),
+                    "ns/packet",
+                    Measurement::not_measured(reason),
+                );
+            }
+        }
+        if !levels.is_empty() {
+            for c in DECAP_CASES {
+                sec.push(
+                    c,
+                    DECAP_VARIANT,
+                    "ns/packet",
+                    Measurement::not_measured(reason),
+                );
+            }
+        }
+    };
     let fib = match FibNs::create() {
         Ok(f) => f,
         Err(e) => {
-            for l in &levels {
-                for c in CASES {
-                    sec.push(
-                        c,
-                        &level_name(*l),
-                        "ns/packet",
-                        Measurement::not_measured(format!("cannot create the namespace: {e}")),
-                    );
-                }
-            }
+            not_measured(&mut sec, &format!("cannot create the namespace: {e}"));
             let t = est_targets(&sec);
             return (sec, t);
         }
@@ -1114,6 +1420,8 @@ pub fn run_parts(scale: Scale, parts: Parts) -> (Section, Vec<Target>) {
                 // One variant per (level, case); a round loads a fresh data plane per level.
                 let mut per: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
                 let mut errors: HashMap<usize, String> = HashMap::new();
+                let mut decap: Vec<Vec<f64>> = vec![Vec::new(); DECAP_CASES.len()];
+                let mut decap_error: Option<String> = None;
                 let _ = interleave(&name_refs, rounds, |li, _round| {
                     let mut bed = match Bed::new(levels[li]) {
                         Ok(b) => b,
@@ -1127,6 +1435,19 @@ pub fn run_parts(scale: Scale, parts: Parts) -> (Section, Vec<Target>) {
                             Ok(v) => per.entry((li, c)).or_default().push(v),
                             Err(e) => {
                                 errors.entry(li * 100 + c + 1000).or_insert(e);
+                            }
+                        }
+                    }
+                    // lb_decap: once per round (no fill level), next to the first level.
+                    if li == 0 {
+                        match decap_rows(packets, chains) {
+                            Ok(v) => {
+                                for (k, x) in v.into_iter().enumerate() {
+                                    decap[k].push(x);
+                                }
+                            }
+                            Err(e) => {
+                                decap_error.get_or_insert(e);
                             }
                         }
                     }
@@ -1149,6 +1470,15 @@ pub fn run_parts(scale: Scale, parts: Parts) -> (Section, Vec<Target>) {
                         });
                     }
                 }
+                if !levels.is_empty() {
+                    for (k, case) in DECAP_CASES.iter().enumerate() {
+                        out.push(super::stats::VariantRuns {
+                            name: format!("{case}\u{0}{DECAP_VARIANT}"),
+                            values: std::mem::take(&mut decap[k]),
+                            error: decap_error.clone(),
+                        });
+                    }
+                }
                 Ok((out, pool_sec))
             })
             .join()
@@ -1163,18 +1493,7 @@ pub fn run_parts(scale: Scale, parts: Parts) -> (Section, Vec<Target>) {
             sec.rows.extend(pool_sec.rows);
             sec.ratios.extend(pool_sec.ratios);
         }
-        Err(e) => {
-            for l in &levels {
-                for c in CASES {
-                    sec.push(
-                        c,
-                        &level_name(*l),
-                        "ns/packet",
-                        Measurement::not_measured(e.clone()),
-                    );
-                }
-            }
-        }
+        Err(e) => not_measured(&mut sec, &e),
     }
     drop(fib);
     if parts.pool {
@@ -1199,8 +1518,20 @@ pub fn run_parts(scale: Scale, parts: Parts) -> (Section, Vec<Target>) {
     sec.add_ratio(
         &format!("new flow (repeat = 1) / new flow chain, {l100}"),
         "ns/packet",
-        ("new flow, SYN (repeat = 1)", &l100),
+        (CASE_SYN, &l100),
         (CASE_SYN_CHAIN, &l100),
+    );
+    sec.add_ratio(
+        &format!("DSR established forward / full-NAT established forward (repeat = 1), {l100}"),
+        "ns/packet",
+        (CASE_DSR_EST, &l100),
+        (CASE_EST_FWD, &l100),
+    );
+    sec.add_ratio(
+        &format!("DSR new flow / full-NAT new flow (repeat = 1), {l100}"),
+        "ns/packet",
+        (CASE_DSR_SYN, &l100),
+        (CASE_SYN, &l100),
     );
     targets.extend(est_targets(&sec));
     (sec, targets)
@@ -1258,4 +1589,67 @@ fn est_targets(sec: &Section) -> Vec<Target> {
             limit,
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::packet::inet_checksum;
+
+    /// The IPv4 header at `off` of `f`: its total length, protocol and whether its checksum
+    /// verifies.
+    fn header(f: &[u8], off: usize) -> (usize, u8, bool) {
+        let h = &f[off..off + 20];
+        (
+            usize::from(u16::from_be_bytes([h[2], h[3]])),
+            h[9],
+            inet_checksum(h) == 0,
+        )
+    }
+
+    #[test]
+    fn nested_ipip_headers_are_each_a_valid_packet_to_the_backend() {
+        let client = tcp_frame(
+            Ipv4Addr::new(198, 18, 0, 1),
+            10_000,
+            DSR_VIP,
+            VIP_PORT,
+            0x10,
+        );
+        let inner = &client[14..];
+        let f = ipip_nested(inner, 3);
+        assert_eq!(f.len(), 14 + 3 * 20 + inner.len());
+        for k in 0..3 {
+            let (len, proto, ok) = header(&f, 14 + 20 * k);
+            assert_eq!(len, (3 - k) * 20 + inner.len(), "header {k}");
+            assert_eq!(proto, lb_common::IPPROTO_IPIP, "header {k}");
+            assert!(ok, "header {k}: checksum");
+            assert_eq!(
+                &f[14 + 20 * k + 16..14 + 20 * k + 20],
+                &BACKENDS[0].octets()
+            );
+        }
+        assert_eq!(&f[14 + 60..], inner, "the client's packet, unchanged");
+        assert_eq!(ipip_nested(inner, 0)[14..], *inner);
+    }
+
+    #[test]
+    fn expected_dsr_frame_wraps_the_client_packet() {
+        let client = tcp_frame(
+            Ipv4Addr::new(198, 18, 0, 1),
+            10_000,
+            DSR_VIP,
+            VIP_PORT,
+            0x02,
+        );
+        let out = dsr_expected(&client, 2);
+        assert_eq!(&out[..6], &backend_mac(2));
+        assert_eq!(&out[6..12], &MAC_B0);
+        let (len, proto, ok) = header(&out, 14);
+        assert_eq!((len, proto, ok), (client.len() - 14 + 20, 4, true));
+        assert_eq!(&out[14 + 12..14 + 16], &DSR_SRC.octets());
+        assert_eq!(&out[14 + 16..14 + 20], &BACKENDS[2].octets());
+        assert_eq!(out[14 + 8], 64, "outer TTL");
+        assert_eq!(&out[34..], &client[14..]);
+    }
 }

@@ -233,6 +233,20 @@ impl LbdConfig {
         }
         y
     }
+
+    /// [`Self::to_yaml`] with every service in DSR mode (`forwarding: dsr`) and the `dsr`
+    /// section's outer source `source` (lbd's address toward the backends).
+    pub fn to_yaml_dsr(&self, source: Ipv4Addr) -> String {
+        self.to_yaml()
+            .replace(
+                "    protocol: tcp\n",
+                "    protocol: tcp\n    forwarding: dsr\n",
+            )
+            .replace(
+                "\nservices:\n",
+                &format!("\ndsr:\n  source: {source}\nservices:\n"),
+            )
+    }
 }
 
 /// Path of a release binary of the workspace (`lbd`, `lbctl`, `lb-testsrv`, ...).
@@ -508,9 +522,8 @@ impl Drop for Lbd {
 mod tests {
     use super::*;
 
-    #[test]
-    fn config_has_every_section() {
-        let c = LbdConfig {
+    fn sample() -> LbdConfig {
+        LbdConfig {
             interfaces: vec!["pub0".into(), "bk1".into()],
             xdp_mode: "generic".into(),
             bpffs_root: "/sys/fs/bpf/x".into(),
@@ -529,8 +542,12 @@ mod tests {
                 on_backend_down: Some("reset".into()),
                 backends: vec![BackendSpec::new("10.1.1.2:8080".parse().unwrap())],
             }],
-        };
-        let y = c.to_yaml();
+        }
+    }
+
+    #[test]
+    fn config_has_every_section() {
+        let y = sample().to_yaml();
         for key in [
             "interfaces:",
             "xdp_mode: generic",
@@ -554,5 +571,31 @@ mod tests {
             HealthSpec::default().detection_bound(),
             Duration::from_millis(1500)
         );
+    }
+
+    /// The DSR variant of the YAML (the DSR scenarios and the bench's DSR rows) loads in lbd's
+    /// own config loader with every service in DSR mode and the outer source set.
+    #[test]
+    fn dsr_config_loads_in_lbd() {
+        let source = Ipv4Addr::new(10, 1, 1, 1);
+        let mut c = sample();
+        // lbd refuses `on_backend_down` on a DSR service (no conntrack to reset).
+        c.services[0].on_backend_down = None;
+        // A DSR backend listens on the service port.
+        c.services[0].backends = vec![BackendSpec::new("10.1.1.2:80".parse().unwrap())];
+        let y = c.to_yaml_dsr(source);
+        let cfg = lb::config::Config::from_yaml_str(&y, "lab.yaml")
+            .unwrap_or_else(|e| panic!("{e}\n{y}"));
+        assert_eq!(cfg.dsr.as_ref().and_then(|d| d.source), Some(source), "{y}");
+        assert_eq!(cfg.services.len(), 1, "{y}");
+        assert_eq!(
+            cfg.services[0].forwarding,
+            lb::config::Forwarding::Dsr,
+            "{y}"
+        );
+        // Full NAT is the default: the plain YAML has no DSR.
+        let plain = lb::config::Config::from_yaml_str(&sample().to_yaml(), "lab.yaml").unwrap();
+        assert_eq!(plain.services[0].forwarding, lb::config::Forwarding::Nat);
+        assert!(plain.dsr.is_none());
     }
 }

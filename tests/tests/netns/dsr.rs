@@ -209,17 +209,11 @@ fn dsr_lab(mode: Mode) -> Lab {
         HealthSpec::default(),
     );
     cfg.services[0].name = "dsr".into();
-    let yaml = cfg
-        .to_yaml()
-        .replace(
-            "    protocol: tcp\n",
-            "    protocol: tcp\n    forwarding: dsr\n",
-        )
-        .replace(
-            "services:\n",
-            &format!("dsr:\n  source: {}\nservices:\n", balancer_private_ip(1)),
-        );
-    assert!(yaml.contains("forwarding: dsr"), "{yaml}");
+    let yaml = cfg.to_yaml_dsr(balancer_private_ip(1));
+    assert!(
+        yaml.contains("forwarding: dsr") && yaml.contains("dsr:\n  source:"),
+        "{yaml}"
+    );
     l.start_lbd_text(&yaml)
         .unwrap_or_else(|e| panic!("starting lbd: {e}"));
     let addrs: Vec<_> = (1..=2)
