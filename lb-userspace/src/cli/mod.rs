@@ -288,12 +288,19 @@ fn run_decap(command: &DecapCommand, output: Output, out: &mut dyn Write) -> Res
                     "sources": srcs,
                     "vips": vip_strs,
                     "pin_dir": a.dir.display().to_string(),
+                    "link_id": a.link_id,
+                    "replaced": a.replaced,
                 });
                 writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
             } else {
                 writeln!(
                     out,
-                    "lb_decap attached to {iface} ({} mode), decapsulating IPIP to {} from {} for VIP {}; pinned at {}",
+                    "lb_decap {} {iface} ({} mode), decapsulating IPIP to {} from {} for VIP {}; pinned at {}",
+                    if a.replaced {
+                        "replaced in place (no gap) on"
+                    } else {
+                        "attached to"
+                    },
                     match a.mode {
                         crate::dataplane::AttachedMode::Native => "native",
                         crate::dataplane::AttachedMode::Generic => "generic",

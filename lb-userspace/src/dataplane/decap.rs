@@ -13,8 +13,8 @@
 //! loaded program holds them), so attaching the decapsulator costs no balancer memory.
 
 use super::bpf::{
-    ifindex, is_bpffs, link_detach, load_program, map_err, obj_get, pin_link, private_pin_dir,
-    program_err, test_run_xdp, xdp_program, BpfDataplane, TestRunResult,
+    ifindex, io_err, is_bpffs, link_detach, link_err, load_program, map_err, obj_get, pin_link,
+    private_pin_dir, program_err, test_run_xdp, xdp_program, BpfDataplane, TestRunResult,
 };
 use super::{AttachedMode, DataplaneError, Result, XdpMode, EBPF_OBJECT};
 use aya::{
@@ -22,7 +22,11 @@ use aya::{
         lpm_trie::{Key as LpmKey, LpmTrie},
         HashMap as BpfHashMap, Map, MapData, PerCpuArray,
     },
-    programs::Xdp,
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        Xdp,
+    },
     Ebpf, EbpfLoader,
 };
 use lb_common::decap::{
@@ -144,6 +148,10 @@ pub struct Attached {
     pub mode: AttachedMode,
     /// The addresses it decapsulates for, the sources and VIPs it accepts.
     pub rules: DecapRules,
+    /// The kernel's id of the pinned XDP link (unchanged when an attachment is replaced).
+    pub link_id: u32,
+    /// Whether an existing attachment's program was replaced through its link (no gap).
+    pub replaced: bool,
 }
 
 /// Replaces the keys of the hash set `map` with `new`: only keys that leave are removed (first,
@@ -185,6 +193,12 @@ impl Decap {
     /// Loads `lb_decap`; with `pin_dir`, its two maps are pinned there (re-adopted if pinned
     /// already).
     fn load_pinned(pin_dir: Option<&Path>) -> Result<Self> {
+        Self::load_pinned_stats(pin_dir, None)
+    }
+
+    /// [`Self::load_pinned`], with the counters pinned (or adopted) at `stats_pin` instead of
+    /// in `pin_dir` when given.
+    fn load_pinned_stats(pin_dir: Option<&Path>, stats_pin: Option<&Path>) -> Result<Self> {
         if EBPF_OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
@@ -200,7 +214,7 @@ impl Decap {
             loader.map_max_entries(name, entries);
             loader.map_pin_path(name, path.as_path());
         }
-        let paths: Vec<(&str, PathBuf)> = match pin_dir {
+        let mut paths: Vec<(&str, PathBuf)> = match pin_dir {
             Some(dir) => LIST_MAPS
                 .iter()
                 .chain(&[MAP_DECAP_STATS])
@@ -208,6 +222,10 @@ impl Decap {
                 .collect(),
             None => Vec::new(),
         };
+        if let Some(stats) = stats_pin {
+            paths.retain(|(n, _)| *n != MAP_DECAP_STATS);
+            paths.push((MAP_DECAP_STATS, stats.to_path_buf()));
+        }
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -381,11 +399,14 @@ pub fn interface_addresses(iface: &str) -> Result<Vec<Ipv4Addr>> {
 }
 
 /// Attaches `lb_decap` to `iface` in `mode` and pins it (link and maps) under `pin_root`, so
-/// it persists after this process exits. It decapsulates IPIP addressed to `rules.addresses`,
+/// it persists after this process exits. An attachment that exists is replaced without a gap:
+/// a new program with new lists is loaded and swapped in through the pinned link
+/// (`BPF_LINK_UPDATE`, atomic: every packet meets the old program or the new one); the link,
+/// its mode and the counters stay. If anything fails before the swap, the old attachment is
+/// left as it was. Only a defunct link (the interface was recreated) is attached afresh. It decapsulates IPIP addressed to `rules.addresses`,
 /// or, when that is empty, to the IPv4 addresses `iface` has now, from `rules.sources` to
 /// `rules.vips` (neither may be empty: an empty allow-list would accept nothing, and "any"
-/// must be asked for, as [`Ipv4Prefix::ANY`]). An existing attachment to the same interface
-/// is detached first (running the command twice is harmless; the counters start from zero).
+/// must be asked for, as [`Ipv4Prefix::ANY`]).
 pub fn attach(iface: &str, mode: XdpMode, pin_root: &Path, rules: &DecapRules) -> Result<Attached> {
     if rules.sources.is_empty() {
         return Err(DataplaneError::Usage(
@@ -411,8 +432,34 @@ pub fn attach(iface: &str, mode: XdpMode, pin_root: &Path, rules: &DecapRules) -
             "interface {iface} has no IPv4 address to decapsulate for; give the backend's address with --address"
         )));
     }
+    check_len(
+        "decapsulation addresses",
+        rules.addresses.len(),
+        DECAP_MAX_ADDRS,
+    )?;
+    check_len("allowed sources", rules.sources.len(), DECAP_MAX_SOURCES)?;
+    check_len("VIPs", rules.vips.len(), DECAP_MAX_VIPS)?;
     let dir = attachment_dir(pin_root, iface)?;
-    if dir.exists() {
+    if dir.join("link").exists() {
+        match replace(&dir, iface, idx, mode, &rules) {
+            Ok((mode, link_id)) => {
+                return Ok(Attached {
+                    dir,
+                    mode,
+                    rules,
+                    link_id,
+                    replaced: true,
+                })
+            }
+            Err(Replace::Failed(e)) => return Err(e),
+            Err(Replace::Stale(why)) => {
+                // Nothing decapsulates through this link any more: attach afresh.
+                tracing::warn!(iface, reason = %why, "stale lb_decap attachment; attaching afresh");
+                detach_dir(&dir)?;
+            }
+        }
+    } else if dir.exists() {
+        // Pins without a link (an interrupted attach): nothing is attached through them.
         detach_dir(&dir)?;
     }
     std::fs::create_dir_all(&dir).map_err(|source| DataplaneError::Fs {
@@ -433,15 +480,144 @@ pub fn attach(iface: &str, mode: XdpMode, pin_root: &Path, rules: &DecapRules) -
         let prog = xdp_program(&mut decap.ebpf, DECAP_PROGRAM_NAME)?;
         let (id, got) = BpfDataplane::attach_fresh(prog, iface, idx, mode)?;
         pin_link(prog, id, iface, &dir.join("link"))?;
-        Ok(got)
+        Ok((got, pinned_link_id(&dir.join("link"), iface)?))
     })();
     match result {
-        Ok(mode) => Ok(Attached { dir, mode, rules }),
+        Ok((mode, link_id)) => Ok(Attached {
+            dir,
+            mode,
+            rules,
+            link_id,
+            replaced: false,
+        }),
         Err(e) => {
             let _ = std::fs::remove_dir_all(&dir);
             Err(e)
         }
     }
+}
+
+/// Why [`replace`] did not replace.
+enum Replace {
+    /// The pinned link no longer attaches anything (its interface is gone): attach afresh.
+    Stale(String),
+    /// A real failure: the old attachment is left as it was.
+    Failed(DataplaneError),
+}
+
+/// The kernel's id of the link pinned at `path`.
+fn pinned_link_id(path: &Path, iface: &str) -> Result<u32> {
+    let pinned = PinnedLink::from_pin(path).map_err(link_err(iface, "opening the pinned link"))?;
+    let link = FdLink::from(pinned);
+    let info = link
+        .info()
+        .map_err(link_err(iface, "reading the pinned link's info"))?;
+    Ok(info.id())
+}
+
+/// Replaces the program of the live attachment pinned in `dir` by a new `lb_decap` with
+/// `rules`, through the pinned link (no gap). The new lists are built in maps of their own
+/// (pinned in `dir/next/` until the swap, then moved over the old pins); the counters are
+/// kept (the new program adopts the pinned counter map when its shape fits). Returns the
+/// link's mode and id.
+fn replace(
+    dir: &Path,
+    iface: &str,
+    idx: u32,
+    mode: XdpMode,
+    rules: &DecapRules,
+) -> std::result::Result<(AttachedMode, u32), Replace> {
+    let link_path = dir.join("link");
+    let pinned = PinnedLink::from_pin(&link_path)
+        .map_err(|e| Replace::Stale(format!("cannot open {}: {e}", link_path.display())))?;
+    let current = super::netlink::query_xdp_mode(idx)
+        .map_err(|e| Replace::Failed(io_err(format!("{iface}: reading the XDP mode"))(e)))?
+        .ok_or_else(|| Replace::Stale(format!("no XDP program is attached to {iface}")))?;
+    let wanted = match mode {
+        XdpMode::Native => Some(AttachedMode::Native),
+        XdpMode::Generic => Some(AttachedMode::Generic),
+        XdpMode::Auto => None,
+    };
+    if wanted.is_some_and(|w| w != current) {
+        return Err(Replace::Failed(DataplaneError::Usage(format!(
+            "lb_decap is attached to {iface} in {} mode; the mode cannot change in place: run `lbctl decap detach {iface}` first (IPIP is not decapsulated until the new attach)",
+            match current {
+                AttachedMode::Native => "native",
+                AttachedMode::Generic => "generic",
+            }
+        ))));
+    }
+    let next = dir.join("next");
+    let _ = std::fs::remove_dir_all(&next);
+    std::fs::create_dir_all(&next).map_err(|source| {
+        Replace::Failed(DataplaneError::Fs {
+            action: "creating the pin directory",
+            path: next.clone(),
+            source,
+        })
+    })?;
+    let result = (|| {
+        // The counters carry over when the pinned map has the shape this build counts in.
+        let stats_path = dir.join(MAP_DECAP_STATS);
+        let keep_stats = MapData::from_pin(&stats_path)
+            .ok()
+            .and_then(|m| m.info().ok())
+            .is_some_and(|i| i.max_entries() == DECAP_NUM_COUNTERS && i.key_size() == 4);
+        let stats_pin = if keep_stats {
+            stats_path
+        } else {
+            next.join(MAP_DECAP_STATS)
+        };
+        let mut decap =
+            Decap::load_pinned_stats(Some(&next), Some(&stats_pin)).map_err(Replace::Failed)?;
+        decap.set_rules(rules).map_err(Replace::Failed)?;
+        let prog = xdp_program(&mut decap.ebpf, DECAP_PROGRAM_NAME).map_err(Replace::Failed)?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| {
+            Replace::Failed(link_err(iface, "the pinned link is not an XDP link")(e))
+        })?;
+        match prog.attach_to_link(link) {
+            Ok(id) => {
+                // The link stays attached through its pin; dropping our fd is fine.
+                drop(prog.take_link(id));
+            }
+            Err(aya::programs::ProgramError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOLINK) =>
+            {
+                return Err(Replace::Stale(format!(
+                    "the pinned link is defunct: {}",
+                    e.io_error
+                )));
+            }
+            Err(e) => {
+                return Err(Replace::Failed(link_err(
+                    iface,
+                    "replacing the program of the pinned link",
+                )(e)))
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&next);
+        return Err(e);
+    }
+    // The new program runs: its maps take the old maps' names (the old maps go with the old
+    // program, which nothing holds any more).
+    for name in LIST_MAPS.iter().chain(&[MAP_DECAP_STATS]) {
+        let from = next.join(name);
+        if from.exists() {
+            std::fs::rename(&from, dir.join(name)).map_err(|source| {
+                Replace::Failed(DataplaneError::Fs {
+                    action: "moving the new map's pin into place",
+                    path: from.clone(),
+                    source,
+                })
+            })?;
+        }
+    }
+    let _ = std::fs::remove_dir(&next);
+    let id = pinned_link_id(&link_path, iface).map_err(Replace::Failed)?;
+    Ok((current, id))
 }
 
 /// Detaches the attachment to `iface` (in the calling thread's network namespace) and removes
