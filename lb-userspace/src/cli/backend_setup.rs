@@ -53,6 +53,37 @@ pub struct XdpDecap {
     pub any_source: bool,
 }
 
+/// Checks `--iface` as the kernel names interfaces (and as `announce.device` is checked):
+/// 1 to 15 characters, no '/', ':', '%' or whitespace, not `.` or `..`. The name goes into
+/// commands and comment lines of the script, so this also keeps it from breaking out of them.
+pub fn validate_iface(iface: &str) -> Result<(), String> {
+    if iface.is_empty()
+        || iface.len() > 15
+        || iface.contains(['/', ':', '%'])
+        || iface.chars().any(|c| c.is_whitespace() || c.is_control())
+        || iface == "."
+        || iface == ".."
+    {
+        return Err(format!(
+            "--iface: {iface:?} is not a valid interface name (1 to 15 characters, no '/', ':', '%' or whitespace)"
+        ));
+    }
+    Ok(())
+}
+
+/// `s` as one shell word: unchanged when it holds only characters the shell never
+/// interprets, else in single quotes (a `'` inside as `'\''`).
+pub fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./=:,+@".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 /// The commands, in order, for a backend of `vips` that decapsulates with `lb_decap` on
 /// `decap.iface`. Idempotent like [`dsr_commands`] (`lbctl decap attach` replaces an earlier
 /// attachment, its VIP and source lists included).
@@ -73,7 +104,10 @@ pub fn dsr_xdp_commands(vips: &[Ipv4Addr], decap: &XdpDecap) -> Vec<String> {
         Some(XdpMode::Auto) | None => {}
     }
     if let Some(root) = &decap.pin_root {
-        attach.push_str(&format!(" --pin-root {}", root.display()));
+        attach.push_str(&format!(
+            " --pin-root {}",
+            shell_quote(&root.display().to_string())
+        ));
     }
     let mut c: Vec<String> = vips
         .iter()
@@ -178,7 +212,7 @@ pub fn dsr_xdp_script(vips: &[Ipv4Addr], decap: &XdpDecap) -> String {
 
 /// The MTU and listening advice at the end of both scripts.
 const MTU_ADVICE: &str =
-        "# MTU: the balancer adds 20 bytes toward this backend. Advertise an MSS that leaves room\n\
+    "# MTU: the balancer adds 20 bytes toward this backend. Advertise an MSS that leaves room\n\
          # for them, e.g. on the route to the clients (MTU 1500: 1500 - 20 - 40 = 1440):\n\
          #   ip route change default via <gateway> advmss 1440\n\
          # Larger client segments are answered by lb with ICMP fragmentation needed.\n\
@@ -255,6 +289,38 @@ mod tests {
         assert_eq!(
             c[4],
             "lbctl decap attach eth0.100 --vip 192.0.2.10 --vip 192.0.2.11 --allow-source 10.0.255.2 --allow-source 10.0.254.0/24 --xdp-mode generic --pin-root /sys/fs/bpf/x"
+        );
+    }
+
+    #[test]
+    fn iface_is_checked_and_paths_quoted() {
+        for bad in [
+            "",
+            "eth0\nreboot",
+            "a/b",
+            "eth0:1",
+            "eth%d",
+            "a b",
+            "sixteen-chars-xx",
+            "..",
+        ] {
+            let e = validate_iface(bad).unwrap_err();
+            assert!(e.starts_with("--iface: "), "{e}");
+        }
+        for good in ["eth0", "eth0.100", "enp3s0f1", "bond0-x"] {
+            validate_iface(good).unwrap();
+        }
+        assert_eq!(shell_quote("/sys/fs/bpf/x"), "/sys/fs/bpf/x");
+        assert_eq!(shell_quote("/tmp/a b"), "'/tmp/a b'");
+        assert_eq!(shell_quote("/x;reboot"), "'/x;reboot'");
+        assert_eq!(shell_quote("/x'y\nz"), "'/x'\\''y\nz'");
+        let mut decap = eth0_decap();
+        decap.pin_root = Some("/sys/fs/bpf/my pins;$(id)".into());
+        let c = dsr_xdp_commands(&[Ipv4Addr::new(192, 0, 2, 10)], &decap);
+        assert!(
+            c[3].ends_with(" --pin-root '/sys/fs/bpf/my pins;$(id)'"),
+            "{}",
+            c[3]
         );
     }
 

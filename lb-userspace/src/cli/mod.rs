@@ -188,6 +188,7 @@ pub fn backend_setup_script(
             let Some(iface) = args.iface.clone() else {
                 bail!("--iface: required with --decap xdp (the interface lb's packets arrive on)");
             };
+            backend_setup::validate_iface(&iface).map_err(|e| anyhow!(e))?;
             let sources = if args.sources.is_empty() && !args.allow_any_source {
                 lbd_sources(&args.dsr).context(
                     "--source: required with --decap xdp unless lbd runs here: the address(es) lb's nodes send IPIP from (their dsr.source); lb_decap accepts IPIP only from them",
@@ -1432,6 +1433,23 @@ backends:
         .unwrap_err()
         .to_string();
         assert!(e.contains("did you mean 10.0.255.0/24"), "{e}");
+        // An interface name that could break out of the script's lines is refused.
+        let a = setup_args(&[
+            "backend-setup",
+            "--dsr",
+            "192.0.2.10",
+            "--decap",
+            "xdp",
+            "--iface",
+            "eth0\nreboot",
+            "--source",
+            "10.0.0.1",
+        ]);
+        let e = backend_setup_script(&a, no_lbd).unwrap_err().to_string();
+        assert!(
+            e.starts_with("--iface: \"eth0\\nreboot\" is not a valid interface name"),
+            "{e}"
+        );
         // --source belongs to the XDP variant.
         let a = setup_args(&[
             "backend-setup",
