@@ -216,7 +216,8 @@ const MTU_ADVICE: &str =
          # for them, e.g. on the route to the clients (MTU 1500: 1500 - 20 - 40 = 1440):\n\
          #   ip route change default via <gateway> advmss 1440\n\
          # Larger client segments are answered by lb with ICMP fragmentation needed.\n\
-         # The service's backends must listen on the VIP's port (on the VIP or on all addresses).\n";
+         # The service's backends must listen on the VIP's port on all addresses, or on both the\n\
+         # VIP and the backend's own address (lb's health checks connect to the latter).\n";
 
 #[cfg(test)]
 mod tests {
@@ -245,6 +246,10 @@ mod tests {
         assert_eq!(&lines[1..], dsr_commands(&[vip]).as_slice());
         assert!(script.contains("advmss 1440"));
         assert!(script.contains("--dsr 192.0.2.10 --decap xdp --iface IFACE"));
+        // A VIP-only listener fails the health checks (they connect to the backend address).
+        assert!(script
+            .contains("on all addresses, or on both the\n# VIP and the backend's own address"));
+        assert!(!script.contains("on the VIP or on all addresses"));
     }
 
     fn eth0_decap() -> XdpDecap {
