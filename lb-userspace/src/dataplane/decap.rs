@@ -206,7 +206,9 @@ impl Decap {
         // lb_xdp's maps: as small as the kernel allows (the ring buffer needs a page), and
         // private: the object declares them pinned by name, which without a path would pin
         // (or adopt) them in the bpffs root, shared with any other load.
-        let (private, _private_guard) = private_pin_dir("decap-")?;
+        // On the bpffs the pins go to (the default one for unpinned loads): `/sys/fs/bpf` may
+        // not be bpffs at all when `--pin-root` names another mount.
+        let (private, _private_guard) = private_pin_dir("decap-", pin_dir.and_then(Path::parent))?;
         let private_paths: Vec<(&str, PathBuf)> =
             ALL_MAPS.iter().map(|n| (*n, private.join(n))).collect();
         for (name, path) in &private_paths {

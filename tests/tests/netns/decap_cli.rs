@@ -114,3 +114,27 @@ fn decap_reattach_keeps_the_link() {
     let stats = json(&out, "stats");
     assert_eq!(stats["drop_source"], 0, "{stats}");
 }
+
+/// With `--pin-root` on a bpffs mount other than /sys/fs/bpf (here a tmpfs, not bpffs), the
+/// temporary pins of lb_xdp's maps during the load go under that mount too, so the attach
+/// works.
+#[test]
+fn decap_attach_under_another_bpffs() {
+    lb_tests::fixture::require_root();
+    let (out, err) = in_namespace(
+        "mount -t tmpfs lbtest /sys/fs/bpf\nmkdir /sys/fs/bpf/alt\nmount -t bpf bpf /sys/fs/bpf/alt",
+        "echo '== attach'; $LBCTL --output json decap attach d0 --xdp-mode generic \
+         --pin-root /sys/fs/bpf/alt/decap --vip 192.0.2.10 --allow-source 10.9.0.2 2>&1\n\
+         echo '== left'; ls -A /sys/fs/bpf /sys/fs/bpf/alt\n\
+         echo '== end'",
+    );
+    let attach = section(&out, "attach");
+    let v: Value = serde_json::from_str(attach)
+        .unwrap_or_else(|e| panic!("attach under /sys/fs/bpf/alt failed ({e}):\n{out}\n{err}"));
+    assert_eq!(v["replaced"], false);
+    let left = section(&out, "left");
+    assert!(
+        !left.contains("lb-private"),
+        "a temporary pin directory was left behind: {left}"
+    );
+}
