@@ -1,5 +1,6 @@
 //! `lbctl decap attach` on its own, in a network and mount namespace of the test's
-//! (`unshare --mount --net`, private propagation): a dummy interface `d0` (generic XDP) and a
+//! (`unshare --mount --net`, private propagation): a veth pair `d0`/`d1` (this kernel has no
+//! dummy devices; lb_decap goes on `d0`, in generic mode) and a
 //! bpffs instance of the namespace's own, so every pin, the link and the interface go when
 //! the namespace's shell exits, even when the test fails. No traffic: these check what the
 //! command leaves attached.
@@ -9,11 +10,12 @@ use serde_json::Value;
 use std::process::{Command, Stdio};
 
 /// Runs `script` with `sh` in a new network and mount namespace (`$LBCTL` set), after the
-/// common setup: `setup` (mounts), then `d0` up with 10.9.0.1/24. Returns stdout and stderr.
+/// common setup: `setup` (mounts), then the veth `d0` (10.9.0.1/24) and its peer `d1` up.
+/// Returns stdout and stderr.
 fn in_namespace(setup: &str, script: &str) -> (String, String) {
     let lbctl = release_binary("lbctl").unwrap_or_else(|e| panic!("lbctl: {e}"));
     let full = format!(
-        "set -e\n{setup}\nip link add d0 type dummy\nip addr add 10.9.0.1/24 dev d0\nip link set d0 up\nset +e\n{script}\n"
+        "set -e\n{setup}\nip link add d0 type veth peer name d1\nip addr add 10.9.0.1/24 dev d0\nip link set d1 up\nip link set d0 up\nset +e\n{script}\n"
     );
     let out = Command::new("unshare")
         .args([
@@ -39,7 +41,7 @@ fn in_namespace(setup: &str, script: &str) -> (String, String) {
 fn section<'a>(out: &'a str, name: &str) -> &'a str {
     let start = out
         .find(&format!("== {name}\n"))
-        .unwrap_or_else(|| panic!("no section {name} in:\n{out}"))
+        .unwrap_or_else(|| panic!("no section {name} in the output:\n{out}"))
         + name.len()
         + 4;
     let rest = &out[start..];
@@ -76,6 +78,7 @@ fn decap_reattach_keeps_the_link() {
     );
     // A bpffs instance of this namespace's own over /sys/fs/bpf.
     let (out, err) = in_namespace("mount -t bpf bpf /sys/fs/bpf", &script);
+    let out = format!("{out}\n== stderr\n{err}");
     let first = json(&out, "first");
     assert_eq!(first["replaced"], false, "{out}\n{err}");
     let link = first["link_id"].as_u64().expect("link_id");
@@ -128,6 +131,7 @@ fn decap_attach_under_another_bpffs() {
          echo '== left'; ls -A /sys/fs/bpf /sys/fs/bpf/alt\n\
          echo '== end'",
     );
+    let out = format!("{out}\n== stderr\n{err}");
     let attach = section(&out, "attach");
     let v: Value = serde_json::from_str(attach)
         .unwrap_or_else(|e| panic!("attach under /sys/fs/bpf/alt failed ({e}):\n{out}\n{err}"));
