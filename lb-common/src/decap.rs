@@ -3,22 +3,39 @@
 //!
 //! `lb_decap` is a second XDP program in lb's object, attached to a DSR backend's interface
 //! by `lbctl decap attach` where the kernel has no `ipip` module (no `tunl0`). It does not
-//! share a map with `lb_xdp`: each attachment loads its own two maps and pins them with its
+//! share a map with `lb_xdp`: each attachment loads its own four maps and pins them with its
 //! link under `lbctl decap`'s pin directory (not lbd's).
+//!
+//! Unlike `tunl0`, it decapsulates only what lb sends: the outer source must be in
+//! [`MAP_DECAP_SOURCES`] (the lb nodes' `dsr.source`) and the inner destination in
+//! [`MAP_DECAP_VIPS`]; anything else to a decapsulation address is a counted drop, so a host
+//! that can reach the backend cannot inject packets with spoofed inner sources or relay them
+//! to other destinations. Empty lists accept nothing.
 //!
 //! | map | type | key | value | writer |
 //! |---|---|---|---|---|
 //! | [`MAP_DECAP_ADDRS`] | hash | `u32` address (`_be`) | `u32` (unused, 0) | `lbctl decap attach` |
+//! | [`MAP_DECAP_SOURCES`] | LPM trie | prefix length `u32` + `u32` address (`_be`) | `u32` (unused, 0) | `lbctl decap attach` |
+//! | [`MAP_DECAP_VIPS`] | hash | `u32` address (`_be`) | `u32` (unused, 0) | `lbctl decap attach` |
 //! | [`MAP_DECAP_STATS`] | per-CPU array | `u32` counter index (below) | `u64` | XDP |
 
 /// The addresses an IPIP packet may be addressed to for `lb_decap` to strip its outer header
 /// (the backend's own addresses on the interface; the kernel's `tunl0` accepts any local
 /// address). IPIP to any other address is passed untouched.
 pub const MAP_DECAP_ADDRS: &str = "LB_DECAP_ADDRS";
+/// The outer sources (prefixes) `lb_decap` accepts IPIP from: the lb nodes' `dsr.source`
+/// addresses. An LPM trie; `0.0.0.0/0` accepts any source (`--allow-any-source`).
+pub const MAP_DECAP_SOURCES: &str = "LB_DECAP_SRCS";
+/// The inner destinations `lb_decap` passes on: the DSR VIPs this backend serves.
+pub const MAP_DECAP_VIPS: &str = "LB_DECAP_VIPS";
 /// Per-CPU counters of `lb_decap`, indexed by the `DECAP_*` constants.
 pub const MAP_DECAP_STATS: &str = "LB_DECAP_STATS";
 /// Capacity of [`MAP_DECAP_ADDRS`].
 pub const DECAP_MAX_ADDRS: u32 = 64;
+/// Capacity of [`MAP_DECAP_SOURCES`].
+pub const DECAP_MAX_SOURCES: u32 = 64;
+/// Capacity of [`MAP_DECAP_VIPS`].
+pub const DECAP_MAX_VIPS: u32 = 256;
 /// Name of the decapsulating XDP program in the object file.
 pub const DECAP_PROGRAM_NAME: &str = "lb_decap";
 
@@ -36,8 +53,14 @@ pub const DECAP_DROP_MALFORMED: u32 = 2;
 pub const DECAP_DROP_UNSUPPORTED: u32 = 3;
 /// The frame could not be shrunk (`bpf_xdp_adjust_head` failed): `XDP_ABORTED`.
 pub const DECAP_ABORTED: u32 = 4;
+/// IPIP to a decapsulation address whose outer source is not in [`MAP_DECAP_SOURCES`] (not
+/// from an lb node): `XDP_DROP`.
+pub const DECAP_DROP_SOURCE: u32 = 5;
+/// IPIP to a decapsulation address from an allowed source whose inner destination is not in
+/// [`MAP_DECAP_VIPS`]: `XDP_DROP`.
+pub const DECAP_DROP_NOT_VIP: u32 = 6;
 /// Number of `lb_decap` counters.
-pub const DECAP_NUM_COUNTERS: u32 = 5;
+pub const DECAP_NUM_COUNTERS: u32 = 7;
 
 /// Counter names by index (`lbctl decap stats`).
 pub const DECAP_COUNTER_NAMES: [&str; DECAP_NUM_COUNTERS as usize] = [
@@ -46,6 +69,8 @@ pub const DECAP_COUNTER_NAMES: [&str; DECAP_NUM_COUNTERS as usize] = [
     "drop_malformed",
     "drop_unsupported",
     "aborted",
+    "drop_source",
+    "drop_not_vip",
 ];
 
 #[cfg(test)]
@@ -65,6 +90,21 @@ mod tests {
             "drop_unsupported"
         );
         assert_eq!(DECAP_COUNTER_NAMES[DECAP_ABORTED as usize], "aborted");
-        assert!(MAP_DECAP_ADDRS.len() <= 15 && MAP_DECAP_STATS.len() <= 15);
+        assert_eq!(
+            DECAP_COUNTER_NAMES[DECAP_DROP_SOURCE as usize],
+            "drop_source"
+        );
+        assert_eq!(
+            DECAP_COUNTER_NAMES[DECAP_DROP_NOT_VIP as usize],
+            "drop_not_vip"
+        );
+        for name in [
+            MAP_DECAP_ADDRS,
+            MAP_DECAP_SOURCES,
+            MAP_DECAP_VIPS,
+            MAP_DECAP_STATS,
+        ] {
+            assert!(name.len() <= 15, "{name}");
+        }
     }
 }

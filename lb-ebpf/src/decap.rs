@@ -5,6 +5,11 @@
 //! arrived without encapsulation: the kernel finds the VIP on `lo` and the backend answers the
 //! client directly. Everything else passes untouched.
 //!
+//! Only lb's packets are decapsulated: the outer source must be an lb node
+//! ([`LB_DECAP_SRCS`], prefixes) and the inner destination a VIP ([`LB_DECAP_VIPS`]). Other
+//! IPIP to this host is a counted drop: it would let anyone who reaches the backend inject
+//! packets with a spoofed inner source, or relay them to other destinations.
+//!
 //! Checks, as the kernel's IPIP receive path makes them: the outer header is IPv4 without
 //! options, not a fragment (XDP cannot reassemble; lb never sends either), with a correct
 //! checksum and a total length that fits the frame; the inner packet is IPv4 with a header
@@ -17,17 +22,19 @@
 //! from `lb_xdp`'s maps.
 
 use crate::{
-    maps::{LB_DECAP_ADDRS, LB_DECAP_STATS},
+    maps::{LB_DECAP_ADDRS, LB_DECAP_SRCS, LB_DECAP_STATS, LB_DECAP_VIPS},
     parse::{frame_len, ptr_at, EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP_BE, IPV4_HLEN},
     rst::sum_words,
 };
 use aya_ebpf::{
-    bindings::xdp_action, helpers::generated::bpf_xdp_adjust_head, programs::XdpContext,
+    bindings::xdp_action, helpers::generated::bpf_xdp_adjust_head, maps::lpm_trie::Key,
+    programs::XdpContext,
 };
 use lb_common::{
     checksum::{csum_fold, csum_replace2},
     decap::{
-        DECAP_ABORTED, DECAP_DROP_MALFORMED, DECAP_DROP_UNSUPPORTED, DECAP_OK, DECAP_PASS_OTHER,
+        DECAP_ABORTED, DECAP_DROP_MALFORMED, DECAP_DROP_NOT_VIP, DECAP_DROP_SOURCE,
+        DECAP_DROP_UNSUPPORTED, DECAP_OK, DECAP_PASS_OTHER,
     },
     IPPROTO_IPIP,
 };
@@ -49,6 +56,8 @@ const fn verdict(action: u32, counter: u32) -> DecapVerdict {
 const PASS: DecapVerdict = verdict(xdp_action::XDP_PASS, DECAP_PASS_OTHER);
 const MALFORMED: DecapVerdict = verdict(xdp_action::XDP_DROP, DECAP_DROP_MALFORMED);
 const UNSUPPORTED: DecapVerdict = verdict(xdp_action::XDP_DROP, DECAP_DROP_UNSUPPORTED);
+const BAD_SOURCE: DecapVerdict = verdict(xdp_action::XDP_DROP, DECAP_DROP_SOURCE);
+const NOT_VIP: DecapVerdict = verdict(xdp_action::XDP_DROP, DECAP_DROP_NOT_VIP);
 /// The verdict of an internal error (the frame could not be shrunk).
 pub const ABORTED: DecapVerdict = verdict(xdp_action::XDP_ABORTED, DECAP_ABORTED);
 
@@ -83,7 +92,11 @@ pub fn try_decap(ctx: &XdpContext) -> Result<DecapVerdict, ()> {
     if unsafe { LB_DECAP_ADDRS.get(&outer.dst_be) }.is_none() {
         return Ok(PASS);
     }
-    // IPIP to this host from here on: decapsulated or dropped.
+    // IPIP to this host from here on: decapsulated or dropped. Not from an lb node: dropped
+    // before anything else is read.
+    if LB_DECAP_SRCS.get(Key::new(32, outer.src_be)).is_none() {
+        return Ok(BAD_SOURCE);
+    }
     if outer.version() != 4 || outer.header_len() < IPV4_HLEN {
         return Ok(MALFORMED);
     }
@@ -109,6 +122,10 @@ pub fn try_decap(ctx: &XdpContext) -> Result<DecapVerdict, ()> {
         || inner.tot_len() > outer_len - IPV4_HLEN
     {
         return Ok(MALFORMED);
+    }
+    // SAFETY: copy of a map value (presence is all that matters).
+    if unsafe { LB_DECAP_VIPS.get(&inner.dst_be) }.is_none() {
+        return Ok(NOT_VIP);
     }
     if outer.tos & ECN_MASK == ECN_CE && inner.tos & ECN_MASK != 0 {
         let old = u16::from_ne_bytes([inner.version_ihl, inner.tos]);

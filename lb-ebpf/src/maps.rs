@@ -7,10 +7,10 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
-    decap::{DECAP_MAX_ADDRS, DECAP_NUM_COUNTERS},
+    decap::{DECAP_MAX_ADDRS, DECAP_MAX_SOURCES, DECAP_MAX_VIPS, DECAP_NUM_COUNTERS},
     passive::BackendSuspect, BackendValue, FlowEntry, FlowKey, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue,
     local_addrs_capacity, CONFIG_ENTRIES, CONNTRACK_ENTRIES_PER_FLOW, DEFAULT_CONNTRACK_FLOWS, DEFAULT_MAGLEV_TABLE_SIZE,
     DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, EVENTS_RING_BYTES, MAX_SNAT_ADDRS, MAX_TX_PORTS, NUM_COUNTERS,
@@ -103,6 +103,14 @@ pub static LB_EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 #[map]
 pub static LB_DECAP_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(DECAP_MAX_ADDRS, 0);
 
+/// `lb_decap`'s allowed outer sources, as prefixes (`lb_common::decap`).
+#[map]
+pub static LB_DECAP_SRCS: LpmTrie<u32, u32> = LpmTrie::with_max_entries(DECAP_MAX_SOURCES, 0);
+
+/// `lb_decap`'s allowed inner destinations, the VIPs (`lb_common::decap`).
+#[map]
+pub static LB_DECAP_VIPS: HashMap<u32, u32> = HashMap::with_max_entries(DECAP_MAX_VIPS, 0);
+
 /// `lb_decap`'s per-CPU counters (`lb_common::decap`).
 #[map]
 pub static LB_DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DECAP_NUM_COUNTERS, 0);
@@ -146,5 +154,7 @@ const _: () = {
     assert!(same(lb_common::MAP_EVENTS, "LB_EVENTS"));
     assert!(same(lb_common::decap::MAP_DECAP_ADDRS, "LB_DECAP_ADDRS"));
     assert!(same(lb_common::decap::MAP_DECAP_STATS, "LB_DECAP_STATS"));
+    assert!(same(lb_common::decap::MAP_DECAP_SOURCES, "LB_DECAP_SRCS"));
+    assert!(same(lb_common::decap::MAP_DECAP_VIPS, "LB_DECAP_VIPS"));
     assert!(same(lb_common::MAP_SNAT_FULL, "LB_SNAT_FULL"));
 };

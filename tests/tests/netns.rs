@@ -109,6 +109,9 @@ both_modes!(
 #[path = "netns/dsr.rs"]
 mod dsr;
 
+#[path = "netns/decap_cli.rs"]
+mod decap_cli;
+
 /// Issue 10's failover scenarios (backend death, health-check flap).
 #[path = "netns/backend_failure.rs"]
 mod backend_failure;

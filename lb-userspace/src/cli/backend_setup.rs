@@ -14,9 +14,13 @@
 //! Without the `ipip` module (`CONFIG_NET_IPIP` unset: no `tunl0`, `modprobe ipip` fails),
 //! lb's own XDP decapsulator does `tunl0`'s job ([`Decap::Xdp`], [`dsr_xdp_commands`]):
 //! `lbctl decap attach IFACE` puts `lb_decap` on the interface the encapsulated packets
-//! arrive on and pins it; the inner packet then arrives on that interface, so its
-//! reverse-path filter is turned off instead of `tunl0`'s.
+//! arrive on and pins it, accepting IPIP only from lb's nodes (`--allow-source`, their
+//! `dsr.source`) and only to the VIPs (`--vip`). The inner packet then arrives on that
+//! interface with the client's source, and the backend's route to the client leaves through
+//! that same interface, so reverse-path filtering passes it: the XDP variant leaves
+//! `rp_filter` as it is (disabling it would only widen what a spoofed packet can do).
 
+use crate::dataplane::decap::Ipv4Prefix;
 use crate::dataplane::XdpMode;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -43,67 +47,126 @@ pub struct XdpDecap {
     pub pin_root: Option<PathBuf>,
     /// How to invoke lbctl on the backend (`lbctl` for the printed script).
     pub lbctl: String,
+    /// The lb nodes' outer sources (`--allow-source`); empty only with `any_source`.
+    pub sources: Vec<Ipv4Prefix>,
+    /// `--allow-any-source`: accept IPIP from any source (the script warns).
+    pub any_source: bool,
 }
 
-/// The sysctl name of `key` under `net.ipv4.conf.<iface>`: the slash form when the interface
-/// name has a dot (`eth0.100`), which the dotted form would split.
-fn conf_sysctl(iface: &str, key: &str) -> String {
-    if iface.contains('.') {
-        format!("net/ipv4/conf/{iface}/{key}")
+/// Checks `--iface` as the kernel names interfaces (and as `announce.device` is checked):
+/// 1 to 15 characters, no '/', ':', '%' or whitespace, not `.` or `..`. The name goes into
+/// commands and comment lines of the script, so this also keeps it from breaking out of them.
+pub fn validate_iface(iface: &str) -> Result<(), String> {
+    if iface.is_empty()
+        || iface.len() > 15
+        || iface.contains(['/', ':', '%'])
+        || iface.chars().any(|c| c.is_whitespace() || c.is_control())
+        || iface == "."
+        || iface == ".."
+    {
+        return Err(format!(
+            "--iface: {iface:?} is not a valid interface name (1 to 15 characters, no '/', ':', '%' or whitespace)"
+        ));
+    }
+    Ok(())
+}
+
+/// `s` as one shell word: unchanged when it holds only characters the shell never
+/// interprets, else in single quotes (a `'` inside as `'\''`).
+pub fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./=:,+@".contains(c));
+    if plain {
+        s.to_string()
     } else {
-        format!("net.ipv4.conf.{iface}.{key}")
+        format!("'{}'", s.replace('\'', "'\\''"))
     }
 }
 
-/// The commands, in order, for a backend that decapsulates with `lb_decap` on `decap.iface`.
-/// Idempotent like [`dsr_commands`] (`lbctl decap attach` replaces an earlier attachment).
-pub fn dsr_xdp_commands(vip: Ipv4Addr, decap: &XdpDecap) -> Vec<String> {
+/// The commands, in order, for a backend of `vips` that decapsulates with `lb_decap` on
+/// `decap.iface`. Idempotent like [`dsr_commands`] (`lbctl decap attach` replaces an earlier
+/// attachment, its VIP and source lists included).
+pub fn dsr_xdp_commands(vips: &[Ipv4Addr], decap: &XdpDecap) -> Vec<String> {
     let mut attach = format!("{} decap attach {}", decap.lbctl, decap.iface);
+    for vip in vips {
+        attach.push_str(&format!(" --vip {vip}"));
+    }
+    for s in &decap.sources {
+        attach.push_str(&format!(" --allow-source {s}"));
+    }
+    if decap.any_source {
+        attach.push_str(" --allow-any-source");
+    }
     match decap.mode {
         Some(XdpMode::Native) => attach.push_str(" --xdp-mode native"),
         Some(XdpMode::Generic) => attach.push_str(" --xdp-mode generic"),
         Some(XdpMode::Auto) | None => {}
     }
     if let Some(root) = &decap.pin_root {
-        attach.push_str(&format!(" --pin-root {}", root.display()));
+        attach.push_str(&format!(
+            " --pin-root {}",
+            shell_quote(&root.display().to_string())
+        ));
     }
-    vec![
-        format!("ip addr replace {vip}/32 dev lo"),
-        format!("sysctl -w {}=0", conf_sysctl(&decap.iface, "rp_filter")),
-        "sysctl -w net.ipv4.conf.all.rp_filter=0".to_string(),
+    let mut c: Vec<String> = vips
+        .iter()
+        .map(|vip| format!("ip addr replace {vip}/32 dev lo"))
+        .collect();
+    c.extend([
         "sysctl -w net.ipv4.conf.all.arp_ignore=1".to_string(),
         "sysctl -w net.ipv4.conf.all.arp_announce=2".to_string(),
         attach,
-    ]
+    ]);
+    c
 }
 
 /// The commands, in order, each one line for `sh -c`. Idempotent: running them twice is
 /// harmless (`ip addr replace`, `sysctl -w`).
-pub fn dsr_commands(vip: Ipv4Addr) -> Vec<String> {
-    vec![
+pub fn dsr_commands(vips: &[Ipv4Addr]) -> Vec<String> {
+    let mut c = vec![
         "modprobe ipip".to_string(),
         "ip link set dev tunl0 up".to_string(),
-        format!("ip addr replace {vip}/32 dev lo"),
+    ];
+    c.extend(
+        vips.iter()
+            .map(|vip| format!("ip addr replace {vip}/32 dev lo")),
+    );
+    c.extend([
         "sysctl -w net.ipv4.conf.tunl0.rp_filter=0".to_string(),
         "sysctl -w net.ipv4.conf.all.rp_filter=0".to_string(),
         "sysctl -w net.ipv4.conf.all.arp_ignore=1".to_string(),
         "sysctl -w net.ipv4.conf.all.arp_announce=2".to_string(),
-    ]
+    ]);
+    c
+}
+
+/// `A, B and C` of the VIPs, for the scripts' comments.
+fn vip_list(vips: &[Ipv4Addr]) -> String {
+    let v: Vec<String> = vips.iter().map(ToString::to_string).collect();
+    v.join(", ")
+}
+
+/// `--dsr A --dsr B` of the VIPs, for the scripts' comments.
+fn dsr_args(vips: &[Ipv4Addr]) -> String {
+    let v: Vec<String> = vips.iter().map(|v| format!("--dsr {v}")).collect();
+    v.join(" ")
 }
 
 /// The text `lbctl backend-setup --dsr VIP` prints: a shell script of [`dsr_commands`] with
 /// comments, including the MSS advice (lb adds 20 bytes toward the backend).
-pub fn dsr_script(vip: Ipv4Addr) -> String {
+pub fn dsr_script(vips: &[Ipv4Addr]) -> String {
+    let (list, args) = (vip_list(vips), dsr_args(vips));
     let mut s = format!(
         "#!/bin/sh\n\
-         # Backend setup for the DSR service(s) on VIP {vip} (lb, docs/scale-out.md \"DSR\").\n\
+         # Backend setup for the DSR service(s) on VIP {list} (lb, docs/scale-out.md \"DSR\").\n\
          # Run as root on every backend. lb encapsulates the client's packets in IPIP; the\n\
          # backend decapsulates them on tunl0, owns the VIP on lo and answers the client directly.\n\
          # Without the ipip module (CONFIG_NET_IPIP unset: modprobe ipip fails, no tunl0), use\n\
-         # lb's XDP decapsulator instead: lbctl backend-setup --dsr {vip} --decap xdp --iface IFACE\n\
+         # lb's XDP decapsulator instead: lbctl backend-setup {args} --decap xdp --iface IFACE\n\
          set -e\n"
     );
-    for c in dsr_commands(vip) {
+    for c in dsr_commands(vips) {
         s.push_str(&c);
         s.push('\n');
     }
@@ -113,20 +176,33 @@ pub fn dsr_script(vip: Ipv4Addr) -> String {
 
 /// The text `lbctl backend-setup --dsr VIP --decap xdp --iface IFACE` prints: a shell script
 /// of [`dsr_xdp_commands`] with comments.
-pub fn dsr_xdp_script(vip: Ipv4Addr, decap: &XdpDecap) -> String {
+pub fn dsr_xdp_script(vips: &[Ipv4Addr], decap: &XdpDecap) -> String {
     let iface = &decap.iface;
+    let list = vip_list(vips);
     let mut s = format!(
         "#!/bin/sh\n\
-         # Backend setup for the DSR service(s) on VIP {vip} (lb, docs/scale-out.md \"DSR\").\n\
+         # Backend setup for the DSR service(s) on VIP {list} (lb, docs/scale-out.md \"DSR\").\n\
          # Run as root on every backend. lb encapsulates the client's packets in IPIP; lb's XDP\n\
          # program lb_decap strips the outer header on {iface} (no ipip module needed); the\n\
          # backend owns the VIP on lo and answers the client directly.\n\
+         # lb_decap accepts IPIP only from lb's nodes (--allow-source) carrying packets to the\n\
+         # VIPs (--vip); it drops the rest (counted). Each run replaces both lists: give every\n\
+         # VIP of this backend (--dsr repeated) and every lb node's dsr.source (--source).\n\
+         # rp_filter is left as it is: the client's packet arrives on {iface} and the route back\n\
+         # to the clients must leave through {iface} too (with strict rp_filter; loose, 2, if not).\n\
          # The attachment is pinned (it outlives lbctl) but not kept across a reboot or the\n\
          # interface being recreated: run this again then. `lbctl decap stats {iface}` shows\n\
-         # its counters, `lbctl decap detach {iface}` removes it.\n\
-         set -e\n"
+         # its counters, `lbctl decap detach {iface}` removes it.\n"
     );
-    for c in dsr_xdp_commands(vip, decap) {
+    if decap.any_source {
+        s.push_str(
+            "# WARNING: --allow-any-source: lb_decap decapsulates IPIP from ANY source, so any host\n\
+             # that reaches this backend can inject packets with spoofed sources to the VIPs.\n\
+             echo 'warning: lb_decap accepts IPIP from any source (--allow-any-source)' >&2\n",
+        );
+    }
+    s.push_str("set -e\n");
+    for c in dsr_xdp_commands(vips, decap) {
         s.push_str(&c);
         s.push('\n');
     }
@@ -136,11 +212,12 @@ pub fn dsr_xdp_script(vip: Ipv4Addr, decap: &XdpDecap) -> String {
 
 /// The MTU and listening advice at the end of both scripts.
 const MTU_ADVICE: &str =
-        "# MTU: the balancer adds 20 bytes toward this backend. Advertise an MSS that leaves room\n\
+    "# MTU: the balancer adds 20 bytes toward this backend. Advertise an MSS that leaves room\n\
          # for them, e.g. on the route to the clients (MTU 1500: 1500 - 20 - 40 = 1440):\n\
          #   ip route change default via <gateway> advmss 1440\n\
          # Larger client segments are answered by lb with ICMP fragmentation needed.\n\
-         # The service's backends must listen on the VIP's port (on the VIP or on all addresses).\n";
+         # The service's backends must listen on the VIP's port on all addresses, or on both the\n\
+         # VIP and the backend's own address (lb's health checks connect to the latter).\n";
 
 #[cfg(test)]
 mod tests {
@@ -150,7 +227,7 @@ mod tests {
     fn commands_for_a_vip() {
         let vip = Ipv4Addr::new(192, 0, 2, 10);
         assert_eq!(
-            dsr_commands(vip),
+            dsr_commands(&[vip]),
             [
                 "modprobe ipip",
                 "ip link set dev tunl0 up",
@@ -161,49 +238,106 @@ mod tests {
                 "sysctl -w net.ipv4.conf.all.arp_announce=2",
             ]
         );
-        let script = dsr_script(vip);
+        let script = dsr_script(&[vip]);
         assert!(script.starts_with("#!/bin/sh\n"));
         // Every command appears as its own line, in order, after `set -e`.
         let lines: Vec<&str> = script.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(lines[0], "set -e");
-        assert_eq!(&lines[1..], dsr_commands(vip).as_slice());
+        assert_eq!(&lines[1..], dsr_commands(&[vip]).as_slice());
         assert!(script.contains("advmss 1440"));
-        assert!(script.contains("--decap xdp --iface IFACE"));
+        assert!(script.contains("--dsr 192.0.2.10 --decap xdp --iface IFACE"));
+        // A VIP-only listener fails the health checks (they connect to the backend address).
+        assert!(script
+            .contains("on all addresses, or on both the\n# VIP and the backend's own address"));
+        assert!(!script.contains("on the VIP or on all addresses"));
+    }
+
+    fn eth0_decap() -> XdpDecap {
+        XdpDecap {
+            iface: "eth0".into(),
+            mode: None,
+            pin_root: None,
+            lbctl: "lbctl".into(),
+            sources: vec![
+                "10.0.255.2".parse().unwrap(),
+                "10.0.254.0/24".parse().unwrap(),
+            ],
+            any_source: false,
+        }
     }
 
     #[test]
     fn xdp_commands_for_a_vip() {
         let vip = Ipv4Addr::new(192, 0, 2, 10);
-        let mut decap = XdpDecap {
-            iface: "eth0".into(),
-            mode: None,
-            pin_root: None,
-            lbctl: "lbctl".into(),
-        };
+        let mut decap = eth0_decap();
+        // No rp_filter change: the decapsulated packet arrives on eth0, the client's route.
         assert_eq!(
-            dsr_xdp_commands(vip, &decap),
+            dsr_xdp_commands(&[vip], &decap),
             [
                 "ip addr replace 192.0.2.10/32 dev lo",
-                "sysctl -w net.ipv4.conf.eth0.rp_filter=0",
-                "sysctl -w net.ipv4.conf.all.rp_filter=0",
                 "sysctl -w net.ipv4.conf.all.arp_ignore=1",
                 "sysctl -w net.ipv4.conf.all.arp_announce=2",
-                "lbctl decap attach eth0",
+                "lbctl decap attach eth0 --vip 192.0.2.10 --allow-source 10.0.255.2 --allow-source 10.0.254.0/24",
             ]
         );
-        let script = dsr_xdp_script(vip, &decap);
+        let script = dsr_xdp_script(&[vip], &decap);
         let lines: Vec<&str> = script.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(lines[0], "set -e");
-        assert_eq!(&lines[1..], dsr_xdp_commands(vip, &decap).as_slice());
-        assert!(!script.contains("modprobe"));
+        assert_eq!(&lines[1..], dsr_xdp_commands(&[vip], &decap).as_slice());
+        assert!(!script.contains("modprobe") && !script.contains("rp_filter="));
+        assert!(!script.contains("WARNING"));
         decap.iface = "eth0.100".into();
         decap.mode = Some(XdpMode::Generic);
         decap.pin_root = Some("/sys/fs/bpf/x".into());
-        let c = dsr_xdp_commands(vip, &decap);
-        assert_eq!(c[1], "sysctl -w net/ipv4/conf/eth0.100/rp_filter=0");
+        let c = dsr_xdp_commands(&[vip, Ipv4Addr::new(192, 0, 2, 11)], &decap);
+        assert_eq!(c[1], "ip addr replace 192.0.2.11/32 dev lo");
         assert_eq!(
-            c[5],
-            "lbctl decap attach eth0.100 --xdp-mode generic --pin-root /sys/fs/bpf/x"
+            c[4],
+            "lbctl decap attach eth0.100 --vip 192.0.2.10 --vip 192.0.2.11 --allow-source 10.0.255.2 --allow-source 10.0.254.0/24 --xdp-mode generic --pin-root /sys/fs/bpf/x"
         );
+    }
+
+    #[test]
+    fn iface_is_checked_and_paths_quoted() {
+        for bad in [
+            "",
+            "eth0\nreboot",
+            "a/b",
+            "eth0:1",
+            "eth%d",
+            "a b",
+            "sixteen-chars-xx",
+            "..",
+        ] {
+            let e = validate_iface(bad).unwrap_err();
+            assert!(e.starts_with("--iface: "), "{e}");
+        }
+        for good in ["eth0", "eth0.100", "enp3s0f1", "bond0-x"] {
+            validate_iface(good).unwrap();
+        }
+        assert_eq!(shell_quote("/sys/fs/bpf/x"), "/sys/fs/bpf/x");
+        assert_eq!(shell_quote("/tmp/a b"), "'/tmp/a b'");
+        assert_eq!(shell_quote("/x;reboot"), "'/x;reboot'");
+        assert_eq!(shell_quote("/x'y\nz"), "'/x'\\''y\nz'");
+        let mut decap = eth0_decap();
+        decap.pin_root = Some("/sys/fs/bpf/my pins;$(id)".into());
+        let c = dsr_xdp_commands(&[Ipv4Addr::new(192, 0, 2, 10)], &decap);
+        assert!(
+            c[3].ends_with(" --pin-root '/sys/fs/bpf/my pins;$(id)'"),
+            "{}",
+            c[3]
+        );
+    }
+
+    #[test]
+    fn any_source_warns() {
+        let vip = Ipv4Addr::new(192, 0, 2, 10);
+        let mut decap = eth0_decap();
+        decap.sources.clear();
+        decap.any_source = true;
+        let script = dsr_xdp_script(&[vip], &decap);
+        assert!(script.contains("# WARNING: --allow-any-source"), "{script}");
+        assert!(script.contains("echo 'warning: lb_decap accepts IPIP from any source"));
+        assert!(script.contains("lbctl decap attach eth0 --vip 192.0.2.10 --allow-any-source\n"));
     }
 }

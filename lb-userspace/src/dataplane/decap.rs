@@ -5,7 +5,7 @@
 //! Pin layout, one directory per attachment (network namespaces share bpffs, and every
 //! namespace may have its own `eth0`):
 //! `<pin_root>/abi<ABI_VERSION>/net<netns inode>/<iface>/` holding `link` (the XDP link),
-//! `LB_DECAP_ADDRS` and `LB_DECAP_STATS`. The attachment lives as long as `link` is pinned
+//! `LB_DECAP_ADDRS`, `LB_DECAP_SRCS`, `LB_DECAP_VIPS` and `LB_DECAP_STATS`. The attachment lives as long as `link` is pinned
 //! and the interface exists; `lbctl decap detach` detaches it and removes the directory.
 //!
 //! Loading the object creates every map it declares, `lb_xdp`'s included: those are created
@@ -13,16 +13,26 @@
 //! loaded program holds them), so attaching the decapsulator costs no balancer memory.
 
 use super::bpf::{
-    ifindex, is_bpffs, link_detach, load_program, map_err, obj_get, pin_link, private_pin_dir,
-    program_err, test_run_xdp, xdp_program, BpfDataplane, TestRunResult,
+    ifindex, io_err, is_bpffs, link_detach, link_err, load_program, map_err, obj_get, pin_link,
+    private_pin_dir, program_err, test_run_xdp, xdp_program, BpfDataplane, TestRunResult,
 };
 use super::{AttachedMode, DataplaneError, Result, XdpMode, EBPF_OBJECT};
 use aya::{
-    maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray},
-    programs::Xdp,
+    maps::{
+        lpm_trie::{Key as LpmKey, LpmTrie},
+        HashMap as BpfHashMap, Map, MapData, PerCpuArray,
+    },
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        Xdp,
+    },
     Ebpf, EbpfLoader,
 };
-use lb_common::decap::{DECAP_NUM_COUNTERS, DECAP_PROGRAM_NAME, MAP_DECAP_ADDRS, MAP_DECAP_STATS};
+use lb_common::decap::{
+    DECAP_MAX_ADDRS, DECAP_MAX_SOURCES, DECAP_MAX_VIPS, DECAP_NUM_COUNTERS, DECAP_PROGRAM_NAME,
+    MAP_DECAP_ADDRS, MAP_DECAP_SOURCES, MAP_DECAP_STATS, MAP_DECAP_VIPS,
+};
 use lb_common::{ABI_VERSION, ALL_MAPS, MAP_EVENTS};
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
@@ -35,10 +45,97 @@ pub const DEFAULT_DECAP_PIN_ROOT: &str = "/sys/fs/bpf/lb-decap";
 /// The counters of one attachment, indexed by `lb_common::decap::DECAP_*`, summed over CPUs.
 pub type DecapCounters = [u64; DECAP_NUM_COUNTERS as usize];
 
-/// A loaded `lb_decap` with its two maps.
+/// The maps of `lb_decap` that list addresses, in the order they are pinned and filled.
+const LIST_MAPS: [&str; 3] = [MAP_DECAP_ADDRS, MAP_DECAP_SOURCES, MAP_DECAP_VIPS];
+
+/// An IPv4 prefix (`ADDR/LEN`, or a bare address for `/32`), the form of `lb_decap`'s allowed
+/// outer sources. The address is kept with its host bits cleared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ipv4Prefix {
+    /// The network address (host bits zero).
+    pub addr: Ipv4Addr,
+    /// The prefix length, 0 to 32.
+    pub len: u8,
+}
+
+impl Ipv4Prefix {
+    /// `addr/len` with the host bits of `addr` cleared (`len` above 32 is 32).
+    pub fn new(addr: Ipv4Addr, len: u8) -> Self {
+        let len = len.min(32);
+        let mask = if len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(len))
+        };
+        Self {
+            addr: Ipv4Addr::from(u32::from(addr) & mask),
+            len,
+        }
+    }
+
+    /// Every IPv4 address (`0.0.0.0/0`).
+    pub const ANY: Self = Self {
+        addr: Ipv4Addr::UNSPECIFIED,
+        len: 0,
+    };
+}
+
+impl From<Ipv4Addr> for Ipv4Prefix {
+    fn from(addr: Ipv4Addr) -> Self {
+        Self::new(addr, 32)
+    }
+}
+
+impl std::fmt::Display for Ipv4Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.len == 32 {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.len)
+        }
+    }
+}
+
+impl std::str::FromStr for Ipv4Prefix {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (a, l) = s.split_once('/').unwrap_or((s, "32"));
+        let addr: Ipv4Addr = a
+            .parse()
+            .map_err(|_| format!("\"{s}\" is not an IPv4 address or ADDR/LEN prefix"))?;
+        let len: u8 = l
+            .parse()
+            .ok()
+            .filter(|l| *l <= 32)
+            .ok_or_else(|| format!("\"{s}\": the prefix length must be 0 to 32"))?;
+        let p = Self::new(addr, len);
+        if p.addr != addr {
+            return Err(format!("\"{s}\" has host bits set; did you mean {p}?"));
+        }
+        Ok(p)
+    }
+}
+
+/// What `lb_decap` accepts on one attachment: IPIP addressed to one of `addresses`, from one
+/// of `sources`, carrying a packet to one of `vips`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DecapRules {
+    /// The backend's addresses (outer destination); empty in [`attach`]: the interface's.
+    pub addresses: Vec<Ipv4Addr>,
+    /// The lb nodes' `dsr.source` addresses or prefixes (outer source). Never empty in
+    /// [`attach`]: [`Ipv4Prefix::ANY`] is the explicit "any source".
+    pub sources: Vec<Ipv4Prefix>,
+    /// The DSR VIPs this backend serves (inner destination). Never empty in [`attach`].
+    pub vips: Vec<Ipv4Addr>,
+}
+
+/// A loaded `lb_decap` with its four maps.
 pub struct Decap {
     ebpf: Ebpf,
     addrs: BpfHashMap<MapData, u32, u32>,
+    sources: LpmTrie<MapData, u32, u32>,
+    vips: BpfHashMap<MapData, u32, u32>,
     stats: PerCpuArray<MapData, u64>,
 }
 
@@ -49,8 +146,42 @@ pub struct Attached {
     pub dir: PathBuf,
     /// The mode the program got.
     pub mode: AttachedMode,
-    /// The addresses it decapsulates for.
-    pub addresses: Vec<Ipv4Addr>,
+    /// The addresses it decapsulates for, the sources and VIPs it accepts.
+    pub rules: DecapRules,
+    /// The kernel's id of the pinned XDP link (unchanged when an attachment is replaced).
+    pub link_id: u32,
+    /// Whether an existing attachment's program was replaced through its link (no gap).
+    pub replaced: bool,
+}
+
+/// Replaces the keys of the hash set `map` with `new`: only keys that leave are removed (first,
+/// so the map never holds more than its capacity); a key that stays is never absent.
+fn replace_set(
+    map: &mut BpfHashMap<MapData, u32, u32>,
+    name: &'static str,
+    new: &[u32],
+) -> Result<()> {
+    let old: Vec<u32> = map.keys().filter_map(|k| k.ok()).collect();
+    for k in old.into_iter().filter(|k| !new.contains(k)) {
+        let _ = map.remove(&k);
+    }
+    for k in new {
+        map.insert(*k, 0, 0).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+fn check_len(what: &str, n: usize, max: u32) -> Result<()> {
+    if n > max as usize {
+        return Err(DataplaneError::Usage(format!(
+            "{n} {what}; at most {max} fit"
+        )));
+    }
+    Ok(())
+}
+
+fn be(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
 }
 
 impl Decap {
@@ -62,6 +193,12 @@ impl Decap {
     /// Loads `lb_decap`; with `pin_dir`, its two maps are pinned there (re-adopted if pinned
     /// already).
     fn load_pinned(pin_dir: Option<&Path>) -> Result<Self> {
+        Self::load_pinned_stats(pin_dir, None)
+    }
+
+    /// [`Self::load_pinned`], with the counters pinned (or adopted) at `stats_pin` instead of
+    /// in `pin_dir` when given.
+    fn load_pinned_stats(pin_dir: Option<&Path>, stats_pin: Option<&Path>) -> Result<Self> {
         if EBPF_OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
@@ -69,7 +206,9 @@ impl Decap {
         // lb_xdp's maps: as small as the kernel allows (the ring buffer needs a page), and
         // private: the object declares them pinned by name, which without a path would pin
         // (or adopt) them in the bpffs root, shared with any other load.
-        let (private, _private_guard) = private_pin_dir("decap-")?;
+        // On the bpffs the pins go to (the default one for unpinned loads): `/sys/fs/bpf` may
+        // not be bpffs at all when `--pin-root` names another mount.
+        let (private, _private_guard) = private_pin_dir("decap-", pin_dir.and_then(Path::parent))?;
         let private_paths: Vec<(&str, PathBuf)> =
             ALL_MAPS.iter().map(|n| (*n, private.join(n))).collect();
         for (name, path) in &private_paths {
@@ -77,13 +216,18 @@ impl Decap {
             loader.map_max_entries(name, entries);
             loader.map_pin_path(name, path.as_path());
         }
-        let paths: Vec<(&str, PathBuf)> = match pin_dir {
-            Some(dir) => [MAP_DECAP_ADDRS, MAP_DECAP_STATS]
+        let mut paths: Vec<(&str, PathBuf)> = match pin_dir {
+            Some(dir) => LIST_MAPS
                 .iter()
+                .chain(&[MAP_DECAP_STATS])
                 .map(|n| (*n, dir.join(n)))
                 .collect(),
             None => Vec::new(),
         };
+        if let Some(stats) = stats_pin {
+            paths.retain(|(n, _)| *n != MAP_DECAP_STATS);
+            paths.push((MAP_DECAP_STATS, stats.to_path_buf()));
+        }
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -95,40 +239,72 @@ impl Decap {
             DECAP_PROGRAM_NAME,
         )?;
         let addrs = take_map(&mut ebpf, MAP_DECAP_ADDRS)?;
+        let sources = take_map(&mut ebpf, MAP_DECAP_SOURCES)?;
+        let vips = take_map(&mut ebpf, MAP_DECAP_VIPS)?;
         let stats = take_map(&mut ebpf, MAP_DECAP_STATS)?;
         Ok(Self {
             ebpf,
             addrs: BpfHashMap::try_from(addrs).map_err(map_err(MAP_DECAP_ADDRS))?,
+            sources: LpmTrie::try_from(sources).map_err(map_err(MAP_DECAP_SOURCES))?,
+            vips: BpfHashMap::try_from(vips).map_err(map_err(MAP_DECAP_VIPS))?,
             stats: PerCpuArray::try_from(stats).map_err(map_err(MAP_DECAP_STATS))?,
         })
     }
 
-    /// Replaces the decapsulation addresses with `addrs`.
-    pub fn set_addresses(&mut self, addrs: &[Ipv4Addr]) -> Result<()> {
-        if addrs.len() > lb_common::decap::DECAP_MAX_ADDRS as usize {
-            return Err(DataplaneError::Usage(format!(
-                "{} decapsulation addresses; at most {} fit",
-                addrs.len(),
-                lb_common::decap::DECAP_MAX_ADDRS
-            )));
-        }
-        // Only the addresses that leave the set are removed (first, so the map never holds
-        // more than the limit); one that stays is never absent, so its IPIP packets keep
-        // being decapsulated while the set changes.
-        let new: Vec<u32> = addrs
+    /// Replaces the accepted outer sources with `sources` (prefixes; [`Ipv4Prefix::ANY`]
+    /// accepts every source). A prefix that stays is never absent.
+    pub fn set_sources(&mut self, sources: &[Ipv4Prefix]) -> Result<()> {
+        check_len("allowed sources", sources.len(), DECAP_MAX_SOURCES)?;
+        let key = |p: &Ipv4Prefix| LpmKey::new(u32::from(p.len), be(p.addr));
+        let new: Vec<(u32, u32)> = sources
             .iter()
-            .map(|a| u32::from_ne_bytes(a.octets()))
+            .map(|p| (u32::from(p.len), be(p.addr)))
             .collect();
-        let old: Vec<u32> = self.addrs.keys().filter_map(|k| k.ok()).collect();
-        for k in old.into_iter().filter(|k| !new.contains(k)) {
-            let _ = self.addrs.remove(&k);
+        let old: Vec<LpmKey<u32>> = self.sources.keys().filter_map(|k| k.ok()).collect();
+        for k in old
+            .into_iter()
+            .filter(|k| !new.contains(&(k.prefix_len(), k.data())))
+        {
+            let _ = self.sources.remove(&k);
         }
-        for a in addrs {
-            self.addrs
-                .insert(u32::from_ne_bytes(a.octets()), 0, 0)
-                .map_err(map_err(MAP_DECAP_ADDRS))?;
+        for p in sources {
+            self.sources
+                .insert(&key(p), 0, 0)
+                .map_err(map_err(MAP_DECAP_SOURCES))?;
         }
         Ok(())
+    }
+
+    /// Replaces the accepted inner destinations (the VIPs) with `vips`. One that stays is never
+    /// absent.
+    pub fn set_vips(&mut self, vips: &[Ipv4Addr]) -> Result<()> {
+        check_len("VIPs", vips.len(), DECAP_MAX_VIPS)?;
+        let new: Vec<u32> = vips.iter().copied().map(be).collect();
+        replace_set(&mut self.vips, MAP_DECAP_VIPS, &new)
+    }
+
+    /// Sets all three lists of `rules` (addresses, sources, VIPs), after checking that each
+    /// fits, so a list that does not fit changes nothing.
+    pub fn set_rules(&mut self, rules: &DecapRules) -> Result<()> {
+        check_len(
+            "decapsulation addresses",
+            rules.addresses.len(),
+            DECAP_MAX_ADDRS,
+        )?;
+        check_len("allowed sources", rules.sources.len(), DECAP_MAX_SOURCES)?;
+        check_len("VIPs", rules.vips.len(), DECAP_MAX_VIPS)?;
+        self.set_addresses(&rules.addresses)?;
+        self.set_sources(&rules.sources)?;
+        self.set_vips(&rules.vips)
+    }
+
+    /// Replaces the decapsulation addresses with `addrs`.
+    pub fn set_addresses(&mut self, addrs: &[Ipv4Addr]) -> Result<()> {
+        check_len("decapsulation addresses", addrs.len(), DECAP_MAX_ADDRS)?;
+        // Only the addresses that leave the set are removed; one that stays is never absent,
+        // so its IPIP packets keep being decapsulated while the set changes.
+        let new: Vec<u32> = addrs.iter().copied().map(be).collect();
+        replace_set(&mut self.addrs, MAP_DECAP_ADDRS, &new)
     }
 
     /// The counters, summed over CPUs.
@@ -232,33 +408,67 @@ pub fn interface_addresses(iface: &str) -> Result<Vec<Ipv4Addr>> {
 }
 
 /// Attaches `lb_decap` to `iface` in `mode` and pins it (link and maps) under `pin_root`, so
-/// it persists after this process exits. It decapsulates IPIP addressed to `addresses`, or,
-/// when that is empty, to the IPv4 addresses `iface` has now. An existing attachment to the
-/// same interface is detached first (running the command twice is harmless; the counters
-/// start from zero).
-pub fn attach(
-    iface: &str,
-    mode: XdpMode,
-    pin_root: &Path,
-    addresses: &[Ipv4Addr],
-) -> Result<Attached> {
+/// it persists after this process exits. An attachment that exists is replaced without a gap:
+/// a new program with new lists is loaded and swapped in through the pinned link
+/// (`BPF_LINK_UPDATE`, atomic: every packet meets the old program or the new one); the link,
+/// its mode and the counters stay. If anything fails before the swap, the old attachment is
+/// left as it was. Only a defunct link (the interface was recreated) is attached afresh. It decapsulates IPIP addressed to `rules.addresses`,
+/// or, when that is empty, to the IPv4 addresses `iface` has now, from `rules.sources` to
+/// `rules.vips` (neither may be empty: an empty allow-list would accept nothing, and "any"
+/// must be asked for, as [`Ipv4Prefix::ANY`]).
+pub fn attach(iface: &str, mode: XdpMode, pin_root: &Path, rules: &DecapRules) -> Result<Attached> {
+    if rules.sources.is_empty() {
+        return Err(DataplaneError::Usage(
+            "--allow-source: at least one is required: the address (or prefix) lb's nodes send IPIP from, their dsr.source; --allow-any-source accepts any (not recommended)".into(),
+        ));
+    }
+    if rules.vips.is_empty() {
+        return Err(DataplaneError::Usage(
+            "--vip: at least one is required: the DSR VIP(s) this backend serves (lb_decap passes only packets to them)".into(),
+        ));
+    }
     let idx = ifindex(iface).map_err(|_| {
         DataplaneError::Usage(format!(
             "interface {iface:?} does not exist in this network namespace"
         ))
     })?;
-    let addrs = if addresses.is_empty() {
-        interface_addresses(iface)?
-    } else {
-        addresses.to_vec()
-    };
-    if addrs.is_empty() {
+    let mut rules = rules.clone();
+    if rules.addresses.is_empty() {
+        rules.addresses = interface_addresses(iface)?;
+    }
+    if rules.addresses.is_empty() {
         return Err(DataplaneError::Usage(format!(
             "interface {iface} has no IPv4 address to decapsulate for; give the backend's address with --address"
         )));
     }
+    check_len(
+        "decapsulation addresses",
+        rules.addresses.len(),
+        DECAP_MAX_ADDRS,
+    )?;
+    check_len("allowed sources", rules.sources.len(), DECAP_MAX_SOURCES)?;
+    check_len("VIPs", rules.vips.len(), DECAP_MAX_VIPS)?;
     let dir = attachment_dir(pin_root, iface)?;
-    if dir.exists() {
+    if dir.join("link").exists() {
+        match replace(&dir, iface, idx, mode, &rules) {
+            Ok((mode, link_id)) => {
+                return Ok(Attached {
+                    dir,
+                    mode,
+                    rules,
+                    link_id,
+                    replaced: true,
+                })
+            }
+            Err(Replace::Failed(e)) => return Err(e),
+            Err(Replace::Stale(why)) => {
+                // Nothing decapsulates through this link any more: attach afresh.
+                tracing::warn!(iface, reason = %why, "stale lb_decap attachment; attaching afresh");
+                detach_dir(&dir)?;
+            }
+        }
+    } else if dir.exists() {
+        // Pins without a link (an interrupted attach): nothing is attached through them.
         detach_dir(&dir)?;
     }
     std::fs::create_dir_all(&dir).map_err(|source| DataplaneError::Fs {
@@ -275,23 +485,148 @@ pub fn attach(
     }
     let result = (|| {
         let mut decap = Decap::load_pinned(Some(&dir))?;
-        decap.set_addresses(&addrs)?;
+        decap.set_rules(&rules)?;
         let prog = xdp_program(&mut decap.ebpf, DECAP_PROGRAM_NAME)?;
         let (id, got) = BpfDataplane::attach_fresh(prog, iface, idx, mode)?;
         pin_link(prog, id, iface, &dir.join("link"))?;
-        Ok(got)
+        Ok((got, pinned_link_id(&dir.join("link"), iface)?))
     })();
     match result {
-        Ok(mode) => Ok(Attached {
+        Ok((mode, link_id)) => Ok(Attached {
             dir,
             mode,
-            addresses: addrs,
+            rules,
+            link_id,
+            replaced: false,
         }),
         Err(e) => {
             let _ = std::fs::remove_dir_all(&dir);
             Err(e)
         }
     }
+}
+
+/// Why [`replace`] did not replace.
+enum Replace {
+    /// The pinned link no longer attaches anything (its interface is gone): attach afresh.
+    Stale(String),
+    /// A real failure: the old attachment is left as it was.
+    Failed(DataplaneError),
+}
+
+/// The kernel's id of the link pinned at `path`.
+fn pinned_link_id(path: &Path, iface: &str) -> Result<u32> {
+    let pinned = PinnedLink::from_pin(path).map_err(link_err(iface, "opening the pinned link"))?;
+    let link = FdLink::from(pinned);
+    let info = link
+        .info()
+        .map_err(link_err(iface, "reading the pinned link's info"))?;
+    Ok(info.id())
+}
+
+/// Replaces the program of the live attachment pinned in `dir` by a new `lb_decap` with
+/// `rules`, through the pinned link (no gap). The new lists are built in maps of their own
+/// (pinned in `dir/next/` until the swap, then moved over the old pins); the counters are
+/// kept (the new program adopts the pinned counter map when its shape fits). Returns the
+/// link's mode and id.
+fn replace(
+    dir: &Path,
+    iface: &str,
+    idx: u32,
+    mode: XdpMode,
+    rules: &DecapRules,
+) -> std::result::Result<(AttachedMode, u32), Replace> {
+    let link_path = dir.join("link");
+    let pinned = PinnedLink::from_pin(&link_path)
+        .map_err(|e| Replace::Stale(format!("cannot open {}: {e}", link_path.display())))?;
+    let current = super::netlink::query_xdp_mode(idx)
+        .map_err(|e| Replace::Failed(io_err(format!("{iface}: reading the XDP mode"))(e)))?
+        .ok_or_else(|| Replace::Stale(format!("no XDP program is attached to {iface}")))?;
+    let wanted = match mode {
+        XdpMode::Native => Some(AttachedMode::Native),
+        XdpMode::Generic => Some(AttachedMode::Generic),
+        XdpMode::Auto => None,
+    };
+    if wanted.is_some_and(|w| w != current) {
+        return Err(Replace::Failed(DataplaneError::Usage(format!(
+            "lb_decap is attached to {iface} in {} mode; the mode cannot change in place: run `lbctl decap detach {iface}` first (IPIP is not decapsulated until the new attach)",
+            match current {
+                AttachedMode::Native => "native",
+                AttachedMode::Generic => "generic",
+            }
+        ))));
+    }
+    let next = dir.join("next");
+    let _ = std::fs::remove_dir_all(&next);
+    std::fs::create_dir_all(&next).map_err(|source| {
+        Replace::Failed(DataplaneError::Fs {
+            action: "creating the pin directory",
+            path: next.clone(),
+            source,
+        })
+    })?;
+    let result = (|| {
+        // The counters carry over when the pinned map has the shape this build counts in.
+        let stats_path = dir.join(MAP_DECAP_STATS);
+        let keep_stats = MapData::from_pin(&stats_path)
+            .ok()
+            .and_then(|m| m.info().ok())
+            .is_some_and(|i| i.max_entries() == DECAP_NUM_COUNTERS && i.key_size() == 4);
+        let stats_pin = if keep_stats {
+            stats_path
+        } else {
+            next.join(MAP_DECAP_STATS)
+        };
+        let mut decap =
+            Decap::load_pinned_stats(Some(&next), Some(&stats_pin)).map_err(Replace::Failed)?;
+        decap.set_rules(rules).map_err(Replace::Failed)?;
+        let prog = xdp_program(&mut decap.ebpf, DECAP_PROGRAM_NAME).map_err(Replace::Failed)?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| {
+            Replace::Failed(link_err(iface, "the pinned link is not an XDP link")(e))
+        })?;
+        match prog.attach_to_link(link) {
+            Ok(id) => {
+                // The link stays attached through its pin; dropping our fd is fine.
+                drop(prog.take_link(id));
+            }
+            Err(aya::programs::ProgramError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOLINK) =>
+            {
+                return Err(Replace::Stale(format!(
+                    "the pinned link is defunct: {}",
+                    e.io_error
+                )));
+            }
+            Err(e) => {
+                return Err(Replace::Failed(link_err(
+                    iface,
+                    "replacing the program of the pinned link",
+                )(e)))
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&next);
+        return Err(e);
+    }
+    // The new program runs: its maps take the old maps' names (the old maps go with the old
+    // program, which nothing holds any more).
+    for name in LIST_MAPS.iter().chain(&[MAP_DECAP_STATS]) {
+        let from = next.join(name);
+        if from.exists() {
+            std::fs::rename(&from, dir.join(name)).map_err(|source| {
+                Replace::Failed(DataplaneError::Fs {
+                    action: "moving the new map's pin into place",
+                    path: from.clone(),
+                    source,
+                })
+            })?;
+        }
+    }
+    let _ = std::fs::remove_dir(&next);
+    let id = pinned_link_id(&link_path, iface).map_err(Replace::Failed)?;
+    Ok((current, id))
 }
 
 /// Detaches the attachment to `iface` (in the calling thread's network namespace) and removes

@@ -466,9 +466,10 @@ pub fn run(lab: Result<&mut Lab, String>, scale: Scale) -> (Section, Vec<Target>
              **lb native DSR** (issue 13) is lb native with the service in DSR mode \
              (`forwarding: dsr`, outer source the balancer's address toward backend 1, the \
              same lbd settings otherwise): for each of its rounds the backends are set up with \
-             exactly the commands `lbctl backend-setup --dsr VIP --decap xdp --iface e0` prints \
-             (VIP on `lo`, rp_filter off, arp_ignore 1, arp_announce 2, lb's XDP decapsulator \
-             `lb_decap` on `e0` in native mode: this kernel has no `ipip` module) and their \
+             exactly the commands `lbctl backend-setup --dsr VIP --source NODE --decap xdp --iface \
+             e0` prints (VIP on `lo`, arp_ignore 1, arp_announce 2, lb's XDP decapsulator \
+             `lb_decap` on `e0` in native mode, accepting only the balancer's addresses as outer \
+             sources: this kernel has no `ipip` module) and their \
              `lb-testsrv` listens on VIP:80 instead of its own address:8080; afterwards \
              `lbctl decap detach e0`, the VIP removed, the sysctls restored and the server back \
              on its address, so the other variants run on the lab as before. What differs \

@@ -306,7 +306,16 @@ impl ScaleOut {
             )?;
             lab.backends[j - 1].server = Some(proc);
             if lab.opts.forwarding == Forwarding::Dsr {
-                setup_dsr_backend_in(&ns, VIP, lab.opts.mode, &lab.decap_pin_root(j))?;
+                // Every node's outer source (its `dsr.source`) may send to the backends.
+                let sources: Vec<String> = (1..=NODES).map(|i| node_addr(i).to_string()).collect();
+                setup_dsr_backend_in(
+                    &ns,
+                    &[VIP],
+                    &sources,
+                    lab.opts.mode,
+                    &lab.decap_pin_root(j),
+                    &[],
+                )?;
             }
         }
 

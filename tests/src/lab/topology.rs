@@ -372,15 +372,34 @@ impl Lab {
 
     /// Configures backend `i` for the DSR service(s) on `vip` with lb's XDP decapsulator on
     /// `e0` (this kernel has no `ipip` module): runs `lbctl backend-setup --dsr VIP --decap xdp
-    /// --iface e0 --xdp-mode <the lab's mode> --pin-root <[`Lab::decap_pin_root`]>` and then
-    /// exactly the script it printed, with `sh` in the backend's namespace (`lbctl` on its
-    /// `PATH`). Returns the script.
+    /// --iface e0 --xdp-mode <the lab's mode> --pin-root <[`Lab::decap_pin_root`]> --source
+    /// <each of the balancer's backend-side addresses>` (the addresses lbd's `dsr.source` may
+    /// be in this lab) and then exactly the script it printed, with `sh` in the backend's
+    /// namespace (`lbctl` on its `PATH`). Returns the script.
     pub fn setup_dsr_backend(&self, i: usize, vip: std::net::Ipv4Addr) -> Result<String> {
+        let sources: Vec<String> = (1..=self.backend_count())
+            .map(|b| super::balancer_private_ip(b).to_string())
+            .collect();
+        self.setup_dsr_backend_with(i, &[vip], &sources, &[])
+    }
+
+    /// [`Lab::setup_dsr_backend`] for the VIPs `vips`, with `--source` for each of `sources`
+    /// and `extra` arguments to `lbctl backend-setup`. Returns the script (it may also fail,
+    /// for tests of the script's own failures).
+    pub fn setup_dsr_backend_with(
+        &self,
+        i: usize,
+        vips: &[std::net::Ipv4Addr],
+        sources: &[String],
+        extra: &[&str],
+    ) -> Result<String> {
         setup_dsr_backend_in(
             self.backends[i - 1].ns.name(),
-            vip,
+            vips,
+            sources,
             self.mode,
             &self.decap_pin_root(),
+            extra,
         )
     }
 
@@ -675,24 +694,40 @@ pub(crate) fn spawn_testsrv(
 /// the namespace (`lbctl` on its `PATH`). Returns the script.
 pub fn setup_dsr_backend_in(
     ns: &str,
-    vip: std::net::Ipv4Addr,
+    vips: &[std::net::Ipv4Addr],
+    sources: &[String],
     mode: Mode,
     pin_root: &Path,
+    extra: &[&str],
 ) -> Result<String> {
     let lbctl = release_binary("lbctl")?;
-    let script = sys::run(std::process::Command::new(&lbctl).args([
-        "backend-setup",
-        "--dsr",
-        &vip.to_string(),
-        "--decap",
-        "xdp",
-        "--iface",
-        "e0",
-        "--xdp-mode",
-        mode.as_str(),
-        "--pin-root",
-        &pin_root.display().to_string(),
-    ]))?;
+    let mut args: Vec<String> = vec!["backend-setup".into()];
+    for vip in vips {
+        args.extend(["--dsr".into(), vip.to_string()]);
+    }
+    for s in sources {
+        args.extend(["--source".into(), s.clone()]);
+    }
+    args.extend(
+        [
+            "--decap",
+            "xdp",
+            "--iface",
+            "e0",
+            "--xdp-mode",
+            mode.as_str(),
+            "--pin-root",
+            &pin_root.display().to_string(),
+        ]
+        .map(String::from),
+    );
+    args.extend(extra.iter().map(|a| (*a).to_string()));
+    // No lbd is asked for the sources: a socket that cannot exist.
+    let script = sys::run(
+        std::process::Command::new(&lbctl)
+            .args(&args)
+            .args(["--socket", "/nonexistent/lbd.sock"]),
+    )?;
     let bin_dir = lbctl.parent().unwrap_or(Path::new("/"));
     let path = format!(
         "{}:{}",

@@ -1,7 +1,10 @@
 //! DSR end to end (issue 13, part 1; docs/scale-out.md "DSR"): a `forwarding: dsr` service
 //! whose two backends are configured with exactly the commands `lbctl backend-setup --dsr VIP
-//! --decap xdp --iface e0` prints (VIP on `lo`, sysctls, lb's XDP decapsulator `lb_decap` on
-//! `e0`: this kernel has no `ipip` module, so no `tunl0`).
+//! --decap xdp --iface e0 --source <lb's addresses>` prints (VIP on `lo`, ARP sysctls, lb's XDP
+//! decapsulator `lb_decap` on `e0`, accepting IPIP from lb's addresses to the VIP: this kernel
+//! has no `ipip` module, so no `tunl0`). The backends run with strict reverse-path filtering
+//! (`rp_filter=1` on `e0` and `all`), which the script leaves alone: the decapsulated packet
+//! arrives on `e0`, the interface of the route back to the client.
 //!
 //! The packets' way: client -> `pub0` -> lb_xdp encapsulates toward the Maglev backend
 //! (`fwd_dsr`) -> `bk<i>` -> `e0`, where lb_decap strips the outer header -> the backend's
@@ -178,13 +181,24 @@ fn dsr_lab(mode: Mode) -> Lab {
             SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, VIP_PORT),
         )
         .unwrap_or_else(|e| panic!("starting b{i}'s server on port {VIP_PORT}: {e}"));
+        for key in [
+            "net.ipv4.conf.all.rp_filter=1",
+            "net.ipv4.conf.e0.rp_filter=1",
+        ] {
+            l.backend_run(i, "sysctl", &["-w", key])
+                .unwrap_or_else(|e| panic!("b{i}: sysctl -w {key}: {e}"));
+        }
         let script = l
             .setup_dsr_backend(i, VIP)
             .unwrap_or_else(|e| panic!("running lbctl backend-setup's commands on b{i}: {e}"));
         assert!(
-            script.contains("decap attach e0") && !script.contains("modprobe"),
+            script.contains("decap attach e0 --vip") && !script.contains("modprobe"),
             "{script}"
         );
+        for key in ["net.ipv4.conf.all.rp_filter", "net.ipv4.conf.e0.rp_filter"] {
+            let v = l.backend_run(i, "sysctl", &["-n", key]).unwrap();
+            assert_eq!(v.trim(), "1", "b{i}: the script changed {key}");
+        }
         let lo = l
             .backend_run(i, "ip", &["-4", "addr", "show", "dev", "lo"])
             .unwrap();
@@ -346,8 +360,14 @@ fn dsr_end_to_end(mode: Mode) {
     for i in 1..=2 {
         let d = l.decap_counters(i).unwrap();
         assert_eq!(
-            (d["drop_malformed"], d["drop_unsupported"], d["aborted"]),
-            (0, 0, 0),
+            (
+                d["drop_malformed"],
+                d["drop_unsupported"],
+                d["aborted"],
+                d["drop_source"],
+                d["drop_not_vip"]
+            ),
+            (0, 0, 0, 0, 0),
             "b{i}: lb_decap dropped packets: {d:?}"
         );
     }

@@ -92,17 +92,22 @@ pub(in crate::dataplane) fn is_bpffs(path: &Path) -> bool {
 /// Removes a private pin directory when dropped (unpinned loads).
 pub(in crate::dataplane) struct TempPinDir(pub(super) PathBuf);
 
-/// A new private pin directory on bpffs for a load whose maps must not be shared: aya pins
-/// every map the object declares pinned, at its default `/sys/fs/bpf` unless given a path, so
-/// a load that wants private maps names this directory for them. The directory goes when the
-/// guard drops; the maps live on with the loaded object.
-pub(in crate::dataplane) fn private_pin_dir(tag: &str) -> Result<(PathBuf, TempPinDir)> {
+/// A new private pin directory on bpffs, in `under` (a directory on a bpffs mount; `None`:
+/// `/sys/fs/bpf`), for a load whose maps must not be shared: aya pins every map the object
+/// declares pinned, at its default `/sys/fs/bpf` unless given a path, so a load that wants
+/// private maps names this directory for them. The directory goes when the guard drops; the
+/// maps live on with the loaded object.
+pub(in crate::dataplane) fn private_pin_dir(
+    tag: &str,
+    under: Option<&Path>,
+) -> Result<(PathBuf, TempPinDir)> {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let dir =
-        Path::new(BPFFS_DEFAULT).join(format!("lb-private-{tag}{}-{nanos}", std::process::id()));
+    let dir = under
+        .unwrap_or(Path::new(BPFFS_DEFAULT))
+        .join(format!("lb-private-{tag}{}-{nanos}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|source| DataplaneError::Fs {
         action: "creating the pin directory",
         path: dir.clone(),
