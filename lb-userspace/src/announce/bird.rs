@@ -60,10 +60,13 @@ pub fn include_text(protocol: &str, peer: Ipv4Addr, vips: &[Ipv4Addr]) -> String
     s
 }
 
-/// Writes `text` to `path` atomically (`config::write_atomically`: BIRD never reads half a
-/// file).
+/// Mode of the include file: BIRD runs as its own user (`bird` on Debian) and must read it.
+pub const INCLUDE_MODE: u32 = 0o644;
+
+/// Writes `text` to `path` atomically with mode [`INCLUDE_MODE`] (`config::write_atomically`:
+/// BIRD never reads half a file).
 pub fn write_atomically(path: &Path, text: &str) -> Result<(), BirdError> {
-    crate::config::write_atomically(path, text, false).map_err(|source| BirdError::Write {
+    crate::config::write_atomically(path, text, false, INCLUDE_MODE).map_err(|source| BirdError::Write {
         path: path.display().to_string(),
         source,
     })
