@@ -7,7 +7,7 @@
 //!   backend that is in its Maglev table with a confirmed `up` health (a backend not yet
 //!   checked, `unknown`, gets traffic but does not make lbd announce).
 //! - [`bird`] writes the include file and runs `birdc configure`.
-//! - [`tun`] is the dead-man switch: the routes go via the peer of a tun device that dies
+//! - [`tun`] is the dead-man switch: the routes are device routes on a tun device that dies
 //!   with lbd.
 //! - [`run`] is the task: it re-decides every [`TICK`], rewrites the include file only when
 //!   the announced set changes, retries failures with a backoff, and on stop withdraws
@@ -258,7 +258,7 @@ impl Backoff {
 
 /// Writes the include file for `vips` and reconfigures BIRD.
 async fn apply(cfg: &AnnounceConfig, vips: &[Ipv4Addr]) -> Result<String, bird::BirdError> {
-    let text = bird::include_text(&cfg.protocol, cfg.peer, vips);
+    let text = bird::include_text(&cfg.protocol, &cfg.device, vips);
     let path = cfg.include_file.clone();
     tokio::task::spawn_blocking(move || bird::write_atomically(&path, &text))
         .await

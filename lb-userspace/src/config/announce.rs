@@ -67,7 +67,7 @@ pub struct AnnounceConfig {
     /// This node's address on `device` (a /30 with `peer`).
     #[serde(default = "default_address")]
     pub address: Ipv4Addr,
-    /// The peer address of `device`: the next hop of the announced routes.
+    /// The peer address of `device` (the announced routes are device routes on `device`).
     #[serde(default = "default_peer")]
     pub peer: Ipv4Addr,
     /// How long lbd keeps running (forwarding, checking) after withdrawing at shutdown, so
@@ -154,13 +154,13 @@ impl Config {
         let d = &a.device;
         if d.is_empty()
             || d.len() > 15
-            || d.contains(['/', ' ', '\t', ':', '%'])
+            || d.contains(['/', ' ', '\t', ':', '%', '"', '\\'])
             || d == "."
             || d == ".."
         {
             return Err(ConfigError::new(
                 "announce.device",
-                format!("\"{d}\" is not a valid interface name (1 to 15 characters, no '/', ':', '%' or spaces; the kernel would read '%' as a name template)"),
+                format!("\"{d}\" is not a valid interface name (1 to 15 characters, no '/', ':', '%', quotes, backslashes or spaces; the kernel would read '%' as a name template)"),
             ));
         }
         if self.interfaces.contains(d) {
