@@ -583,7 +583,13 @@ impl Config {
             path: String::new(),
             message: format!("cannot read the configuration file: {e}"),
         })?;
-        Config::from_yaml_str(&text, &path.display().to_string())
+        let config = Config::from_yaml_str(&text, &path.display().to_string())?;
+        config.validate_against_file(path).map_err(|mut err| {
+            err.file = Some(path.display().to_string());
+            err.line = locate(&text, &err.path);
+            err
+        })?;
+        Ok(config)
     }
 
     /// Serializes to YAML that [`Config::from_yaml_str`] accepts back unchanged.

@@ -135,19 +135,44 @@ pub fn configured(config: &Config) -> Result<u64, MaglevError> {
 
 /// The live digest: the tables as the controller last wrote them.
 pub fn live(config: &Config, services: &[ServiceState]) -> Result<u64, MaglevError> {
-    let inputs: Vec<DigestInput> = services
-        .iter()
-        .map(|s| DigestInput {
-            key: key(&s.cfg),
-            backends: s
-                .table_inputs
-                .iter()
-                .flatten()
-                .map(|(identity, weight, _)| (identity.clone(), *weight))
-                .collect(),
-        })
-        .collect();
-    digest(config.maglev.seed, config.limits.maglev_table_size, &inputs)
+    live_inputs(config, services).digest()
+}
+
+/// What [`live`] hashes, copied out of the controller's state: taken under the controller's
+/// lock (cheap: the backend lists), hashed after it is released (building every table is
+/// the slow part, and large tables would stall health updates and the announcer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveInputs {
+    seed: u32,
+    size: u32,
+    services: Vec<DigestInput>,
+}
+
+impl LiveInputs {
+    /// The digest of these inputs.
+    pub fn digest(&self) -> Result<u64, MaglevError> {
+        digest(self.seed, self.size, &self.services)
+    }
+}
+
+/// The inputs of [`live`], to hash later with [`LiveInputs::digest`].
+pub fn live_inputs(config: &Config, services: &[ServiceState]) -> LiveInputs {
+    LiveInputs {
+        seed: config.maglev.seed,
+        size: config.limits.maglev_table_size,
+        services: services
+            .iter()
+            .map(|s| DigestInput {
+                key: key(&s.cfg),
+                backends: s
+                    .table_inputs
+                    .iter()
+                    .flatten()
+                    .map(|(identity, weight, _)| (identity.clone(), *weight))
+                    .collect(),
+            })
+            .collect(),
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! BIRD 2 as lbd drives it: the include file (one static protocol, a /32 route per
-//! announced VIP via the dead-man device's peer), written atomically, and `birdc configure`.
+//! BIRD 2 as lbd drives it: the include file (one static protocol, a /32 device route per
+//! announced VIP on the dead-man device), written atomically, and `birdc configure`.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -43,9 +43,17 @@ pub enum BirdError {
 }
 
 /// The include file announcing `vips` (sorted and deduplicated here) through static protocol
-/// `protocol` with next hop `peer`. With no VIP the protocol stays, with no route: BIRD then
-/// withdraws what it announced and the BGP export filter naming the protocol stays valid.
-pub fn include_text(protocol: &str, peer: Ipv4Addr, vips: &[Ipv4Addr]) -> String {
+/// `protocol` as device routes on `device` (`via "DEVICE"`). With no VIP the protocol stays,
+/// with no route: BIRD then withdraws what it announced and the BGP export filter naming the
+/// protocol stays valid.
+///
+/// A device route is bound to the dead-man device itself: when the device goes, BIRD
+/// withdraws the routes, whatever other interface might cover an address. A next hop given
+/// as an address (`via 169.254.77.2`) could be resolved through another interface holding
+/// that subnet, and BIRD would keep announcing. BGP sets the next hop to the session's own
+/// address on export (eBGP, or iBGP with `next hop self`), so the router sees no difference.
+/// `device` is a validated interface name (no quote or backslash).
+pub fn include_text(protocol: &str, device: &str, vips: &[Ipv4Addr]) -> String {
     let mut vips = vips.to_vec();
     vips.sort();
     vips.dedup();
@@ -54,18 +62,23 @@ pub fn include_text(protocol: &str, peer: Ipv4Addr, vips: &[Ipv4Addr]) -> String
     );
     s.push_str(&format!("protocol static {protocol} {{\n  ipv4;\n"));
     for v in vips {
-        s.push_str(&format!("  route {v}/32 via {peer};\n"));
+        s.push_str(&format!("  route {v}/32 via \"{device}\";\n"));
     }
     s.push_str("}\n");
     s
 }
 
-/// Writes `text` to `path` atomically (`config::write_atomically`: BIRD never reads half a
-/// file).
+/// Mode of the include file: BIRD runs as its own user (`bird` on Debian) and must read it.
+pub const INCLUDE_MODE: u32 = 0o644;
+
+/// Writes `text` to `path` atomically with mode [`INCLUDE_MODE`] (`config::write_atomically`:
+/// BIRD never reads half a file).
 pub fn write_atomically(path: &Path, text: &str) -> Result<(), BirdError> {
-    crate::config::write_atomically(path, text, false).map_err(|source| BirdError::Write {
-        path: path.display().to_string(),
-        source,
+    crate::config::write_atomically(path, text, false, INCLUDE_MODE).map_err(|source| {
+        BirdError::Write {
+            path: path.display().to_string(),
+            source,
+        }
     })
 }
 
@@ -118,12 +131,12 @@ mod tests {
             Ipv4Addr::new(192, 0, 2, 11),
         ];
         assert_eq!(
-            include_text("vips", Ipv4Addr::new(169, 254, 77, 2), &vips),
+            include_text("vips", "lbvip0", &vips),
             "# Written by lbd (lb): the VIPs this node announces. lbd rewrites this file; do not edit.\n\
-             protocol static vips {\n  ipv4;\n  route 192.0.2.10/32 via 169.254.77.2;\n  route 192.0.2.11/32 via 169.254.77.2;\n}\n"
+             protocol static vips {\n  ipv4;\n  route 192.0.2.10/32 via \"lbvip0\";\n  route 192.0.2.11/32 via \"lbvip0\";\n}\n"
         );
         assert_eq!(
-            include_text("lb_vips", Ipv4Addr::new(169, 254, 77, 6), &[]),
+            include_text("lb_vips", "lb-vip.1", &[]),
             "# Written by lbd (lb): the VIPs this node announces. lbd rewrites this file; do not edit.\n\
              protocol static lb_vips {\n  ipv4;\n}\n"
         );

@@ -12,7 +12,7 @@
 //!   flows the router moves to it (DSR: stateless) would reach other backends than on every
 //!   other node, which reset them. An announced VIP stays announced while it can serve.
 //! - [`bird`] writes the include file and runs `birdc configure`.
-//! - [`tun`] is the dead-man switch: the routes go via the peer of a tun device that dies
+//! - [`tun`] is the dead-man switch: the routes are device routes on a tun device that dies
 //!   with lbd.
 //! - [`run`] is the task: it re-decides every [`TICK`], rewrites the include file only when
 //!   the announced set changes, retries failures with a backoff, and on stop withdraws
@@ -40,6 +40,9 @@ pub const TICK: Duration = Duration::from_millis(100);
 pub const MIN_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest retry delay.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Longest wait for the inputs (they take the controller's lock); after it the tick counts
+/// nothing as ready and withdraws every VIP.
+pub const INPUTS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One service as the rule sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,19 +176,61 @@ pub struct Inputs {
     pub services: Vec<ServiceInput>,
 }
 
-/// The inputs of one tick, or, when they cannot be read (the blocking task that reads them
-/// panicked), inputs under which nothing is ready and no VIP is announced: a node that does
-/// not know its state withdraws rather than keep its last routes.
+/// Inputs under which nothing is ready and no VIP is announced, for when they cannot be
+/// read: a node that does not know its state withdraws rather than keep its last routes.
+fn nothing(why: &str) -> Inputs {
+    Inputs {
+        dataplane: Err(format!("announcer inputs failed: {why}")),
+        digest: Err("announcer inputs failed".into()),
+        services: Vec::new(),
+    }
+}
+
+/// The inputs of one tick, or [`nothing`] when the blocking task that reads them panicked.
 fn inputs_or_nothing(read: Result<Inputs, tokio::task::JoinError>) -> Inputs {
     match read {
         Ok(inp) => inp,
         Err(e) => {
             tracing::error!(error = %e, "cannot read the announcer's inputs; withdrawing every VIP");
-            Inputs {
-                dataplane: Err(format!("announcer inputs failed: {e}")),
-                digest: Err("announcer inputs failed".into()),
-                services: Vec::new(),
+            nothing(&e.to_string())
+        }
+    }
+}
+
+/// A read of the inputs in flight: when it started and the blocking task doing it.
+type PendingRead = (Instant, tokio::task::JoinHandle<Inputs>);
+
+/// Reads the inputs, waiting at most [`INPUTS_TIMEOUT`] from the start of the read. A read
+/// that takes longer (the controller lock held by a hung task) gives [`nothing`] and stays
+/// `pending`: the next ticks wait for the same read (without starting another one, which
+/// would only pile up blocked threads) and use its answer once it comes.
+async fn read_inputs(
+    inputs: &Arc<dyn Fn() -> Inputs + Send + Sync>,
+    pending: &mut Option<PendingRead>,
+) -> Inputs {
+    let (started, task) = pending.get_or_insert_with(|| {
+        let f = inputs.clone();
+        (Instant::now(), tokio::task::spawn_blocking(move || f()))
+    });
+    let left = INPUTS_TIMEOUT.saturating_sub(started.elapsed());
+    let read = tokio::time::timeout(left, task).await;
+    match read {
+        Ok(r) => {
+            *pending = None;
+            inputs_or_nothing(r)
+        }
+        Err(_) => {
+            let waited = started.elapsed();
+            if !left.is_zero() {
+                tracing::error!(
+                    waited_ms = waited.as_millis() as u64,
+                    "the announcer's inputs did not come within {INPUTS_TIMEOUT:?} (is the controller lock held by a hung task?); withdrawing every VIP until they come"
+                );
             }
+            nothing(&format!(
+                "no answer for {} ms (controller lock held?)",
+                waited.as_millis()
+            ))
         }
     }
 }
@@ -236,7 +281,7 @@ impl Backoff {
 
 /// Writes the include file for `vips` and reconfigures BIRD.
 async fn apply(cfg: &AnnounceConfig, vips: &[Ipv4Addr]) -> Result<String, bird::BirdError> {
-    let text = bird::include_text(&cfg.protocol, cfg.peer, vips);
+    let text = bird::include_text(&cfg.protocol, &cfg.device, vips);
     let path = cfg.include_file.clone();
     tokio::task::spawn_blocking(move || bird::write_atomically(&path, &text))
         .await
@@ -249,6 +294,39 @@ async fn apply(cfg: &AnnounceConfig, vips: &[Ipv4Addr]) -> Result<String, bird::
     bird::configure(&cfg.birdc, &cfg.bird_socket).await
 }
 
+/// What the announcer drives: BIRD and the dead-man device. [`System`] is the real one; the
+/// tests drive [`run_with`] through fakes.
+pub trait Backend: Send + Sync + 'static {
+    /// An open dead-man device; dropping it removes the device.
+    type Device: Send;
+    /// Creates the dead-man device.
+    fn open_device(&self) -> std::io::Result<Self::Device>;
+    /// True while `device` exists.
+    fn device_exists(&self, device: &Self::Device) -> bool;
+    /// Writes the include file for `vips` and reconfigures BIRD; `Ok` carries birdc's answer.
+    fn apply(
+        &self,
+        vips: &[Ipv4Addr],
+    ) -> impl std::future::Future<Output = Result<String, bird::BirdError>> + Send;
+}
+
+/// The real [`Backend`]: [`tun::DeadMan`] and `birdc configure`.
+#[derive(Debug, Clone)]
+pub struct System(pub AnnounceConfig);
+
+impl Backend for System {
+    type Device = tun::DeadMan;
+    fn open_device(&self) -> std::io::Result<tun::DeadMan> {
+        tun::DeadMan::open(&self.0.device, self.0.address, self.0.peer)
+    }
+    fn device_exists(&self, device: &tun::DeadMan) -> bool {
+        device.exists()
+    }
+    async fn apply(&self, vips: &[Ipv4Addr]) -> Result<String, bird::BirdError> {
+        apply(&self.0, vips).await
+    }
+}
+
 /// The announcer task: runs until `stop` turns true, then withdraws every VIP (and returns;
 /// the dead-man device goes with it).
 ///
@@ -259,23 +337,39 @@ pub async fn run(
     cfg: AnnounceConfig,
     status: Arc<Mutex<AnnounceStatus>>,
     inputs: Arc<dyn Fn() -> Inputs + Send + Sync>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let backend = System(cfg.clone());
+    run_with(cfg, backend, status, inputs, stop).await;
+}
+
+/// [`run`] with the BIRD and device side given as `backend`.
+pub async fn run_with<B: Backend>(
+    cfg: AnnounceConfig,
+    backend: B,
+    status: Arc<Mutex<AnnounceStatus>>,
+    inputs: Arc<dyn Fn() -> Inputs + Send + Sync>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut device: Option<tun::DeadMan> = None;
+    let mut device: Option<B::Device> = None;
     let mut device_error: Option<String> = None;
     let mut device_backoff = Backoff::new();
     let mut applied: Option<Vec<Ipv4Addr>> = None;
     let mut backoff = Backoff::new();
     let mut last: Vec<VipDecision> = Vec::new();
     let mut last_error: Option<String> = None;
+    let mut pending_read: Option<PendingRead> = None;
+    // Set when the device was dropped because a withdrawal could not be applied: the device
+    // is re-created only after BIRD accepted a configuration again (the reason, for status).
+    let mut withheld: Option<String> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
         // The first successful (empty) configure comes before the device.
-        if applied.is_some() && device.is_none() && device_backoff.ready() {
-            match tun::DeadMan::open(&cfg.device, cfg.address, cfg.peer) {
+        if applied.is_some() && device.is_none() && withheld.is_none() && device_backoff.ready() {
+            match backend.open_device() {
                 Ok(d) => {
                     tracing::info!(device = %cfg.device, address = %cfg.address, peer = %cfg.peer, "dead-man device up: the announced routes go via its peer and vanish with lbd");
                     device = Some(d);
@@ -289,16 +383,18 @@ pub async fn run(
                 }
             }
         }
-        let f = inputs.clone();
-        let inp = inputs_or_nothing(tokio::task::spawn_blocking(move || f()).await);
+        let inp = read_inputs(&inputs, &mut pending_read).await;
         let device_state = match &device {
-            Some(d) if d.exists() => Ok(()),
-            Some(d) => Err(format!("{} vanished", d.name())),
-            None => Err(device_error.clone().unwrap_or_else(|| {
-                format!("{} not created yet (BIRD not configured yet)", cfg.device)
-            })),
+            Some(d) if backend.device_exists(d) => Ok(()),
+            Some(_) => Err(format!("{} vanished", cfg.device)),
+            None => Err(withheld
+                .clone()
+                .or_else(|| device_error.clone())
+                .unwrap_or_else(|| {
+                    format!("{} not created yet (BIRD not configured yet)", cfg.device)
+                })),
         };
-        if device.as_ref().is_some_and(|d| !d.exists()) {
+        if device.as_ref().is_some_and(|d| !backend.device_exists(d)) {
             tracing::error!(device = %cfg.device, "the dead-man device vanished (deleted by hand?); recreating it");
             device = None;
         }
@@ -313,7 +409,7 @@ pub async fn run(
         // The digest is the reason only when everything before it in the rule holds.
         let digest_blocks =
             ready.dataplane.is_ok() && ready.device.is_ok() && ready.digest.is_err();
-        let starting = device.is_none() && device_error.is_none();
+        let starting = device.is_none() && device_error.is_none() && withheld.is_none();
         for d in &decisions {
             let before = last.iter().find(|l| l.vip == d.vip);
             let changed = match before {
@@ -345,16 +441,38 @@ pub async fn run(
         last = decisions;
         if applied.as_ref() != Some(&wanted) && backoff.ready() {
             let started = Instant::now();
-            match apply(&cfg, &wanted).await {
+            match backend.apply(&wanted).await {
                 Ok(answer) => {
                     tracing::info!(announced = ?wanted, took_ms = started.elapsed().as_millis() as u64, birdc = %answer, "BIRD reconfigured");
                     applied = Some(wanted);
                     backoff.succeeded();
                     last_error = None;
+                    if withheld.take().is_some() {
+                        tracing::info!(device = %cfg.device, "BIRD accepts configurations again; re-creating the dead-man device");
+                    }
                 }
                 Err(e) => {
                     let retry = backoff.failed();
-                    tracing::error!(error = %e, attempt = backoff.failures, retry_in_ms = retry.as_millis() as u64, socket = %cfg.bird_socket.display(), "announcing through BIRD failed; retrying");
+                    let withdrawing: Vec<Ipv4Addr> = applied
+                        .iter()
+                        .flatten()
+                        .filter(|v| !wanted.contains(v))
+                        .copied()
+                        .collect();
+                    if withdrawing.is_empty() {
+                        tracing::error!(error = %e, attempt = backoff.failures, retry_in_ms = retry.as_millis() as u64, socket = %cfg.bird_socket.display(), "announcing through BIRD failed; retrying");
+                    } else {
+                        // BIRD keeps announcing what it was last configured with. Without
+                        // the device the next hop of every route is gone and BIRD withdraws
+                        // them all by itself, no reconfiguration needed.
+                        let had_device = device.take().is_some();
+                        tracing::warn!(error = %e, withdraw = ?withdrawing, attempt = backoff.failures, retry_in_ms = retry.as_millis() as u64, socket = %cfg.bird_socket.display(), device = %cfg.device, device_dropped = had_device,
+                            "cannot withdraw through BIRD; dropped the dead-man device, so BIRD withdraws every route of this node; it is re-created once `birdc configure` succeeds again");
+                        withheld = Some(format!(
+                            "{} removed because BIRD could not be reconfigured to withdraw {withdrawing:?} ({e}); re-created once `birdc configure` succeeds",
+                            cfg.device
+                        ));
+                    }
                     last_error = Some(e.to_string());
                 }
             }
@@ -367,7 +485,7 @@ pub async fn run(
     }
     // Stopping: withdraw everything, then let the device go.
     let started = Instant::now();
-    let result = apply(&cfg, &[]).await;
+    let result = backend.apply(&[]).await;
     let took_ms = started.elapsed().as_millis() as u64;
     match &result {
         Ok(_) => tracing::info!(took_ms, "withdrew every VIP from BIRD"),
@@ -511,28 +629,282 @@ mod tests {
         assert!(!decide(&ready(), &[none_up], &[vip])[0].announce);
     }
 
-    #[tokio::test]
-    async fn unreadable_inputs_withdraw_every_vip() {
-        let ok = tokio::task::spawn_blocking(|| Inputs {
-            dataplane: Ok(()),
-            digest: Ok(()),
-            services: vec![svc("web", [192, 0, 2, 10], 1, 1)],
+    /// What the fake backend saw, in order.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Ev {
+        Applied(Vec<Ipv4Addr>),
+        ApplyFailed(Vec<Ipv4Addr>),
+        Opened,
+        Dropped,
+    }
+
+    /// A BIRD that can be made unreachable and a device that logs its creation and removal.
+    #[derive(Clone, Default)]
+    struct Fake {
+        log: Arc<Mutex<Vec<Ev>>>,
+        bird_down: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    struct FakeDevice(Arc<Mutex<Vec<Ev>>>);
+
+    impl Drop for FakeDevice {
+        fn drop(&mut self) {
+            self.0.lock().unwrap().push(Ev::Dropped);
+        }
+    }
+
+    impl Backend for Fake {
+        type Device = FakeDevice;
+        fn open_device(&self) -> std::io::Result<FakeDevice> {
+            self.log.lock().unwrap().push(Ev::Opened);
+            Ok(FakeDevice(self.log.clone()))
+        }
+        fn device_exists(&self, _: &FakeDevice) -> bool {
+            true
+        }
+        async fn apply(&self, vips: &[Ipv4Addr]) -> Result<String, bird::BirdError> {
+            if self.bird_down.load(std::sync::atomic::Ordering::SeqCst) {
+                self.log
+                    .lock()
+                    .unwrap()
+                    .push(Ev::ApplyFailed(vips.to_vec()));
+                Err(bird::BirdError::Timeout(bird::BIRDC_TIMEOUT))
+            } else {
+                self.log.lock().unwrap().push(Ev::Applied(vips.to_vec()));
+                Ok("Reconfigured".into())
+            }
+        }
+    }
+
+    /// How the fake inputs behave on the next reads.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Reads {
+        /// Return the services.
+        Answer,
+        /// Block (a hung task holding the controller lock) until set back to `Answer`.
+        Hang,
+        /// Panic.
+        Panic,
+    }
+
+    /// [`run_with`] over a [`Fake`], with inputs the test sets.
+    struct Harness {
+        fake: Fake,
+        services: Arc<Mutex<Vec<ServiceInput>>>,
+        reads: Arc<(Mutex<Reads>, std::sync::Condvar)>,
+        status: Arc<Mutex<AnnounceStatus>>,
+        stop: tokio::sync::watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+
+    impl Harness {
+        fn start(usable: usize) -> Self {
+            let cfg = AnnounceConfig {
+                bird_socket: "/run/bird/bird.ctl".into(),
+                include_file: "/etc/bird/lb-vips.conf".into(),
+                birdc: "birdc".into(),
+                protocol: "vips".into(),
+                device: "lbvip0".into(),
+                address: Ipv4Addr::new(169, 254, 77, 1),
+                peer: Ipv4Addr::new(169, 254, 77, 2),
+                drain: Duration::from_secs(1),
+            };
+            let fake = Fake::default();
+            let services = Arc::new(Mutex::new(vec![svc("web", VIP.octets(), usable, 1)]));
+            let reads = Arc::new((Mutex::new(Reads::Answer), std::sync::Condvar::new()));
+            let (s, r) = (services.clone(), reads.clone());
+            let inputs: Arc<dyn Fn() -> Inputs + Send + Sync> = Arc::new(move || {
+                let (mode, cv) = &*r;
+                let mut m = mode.lock().unwrap();
+                // Bounded, so that a failing test cannot leave a blocked thread behind.
+                let until = Instant::now() + Duration::from_secs(30);
+                while *m == Reads::Hang && Instant::now() < until {
+                    m = cv.wait_timeout(m, Duration::from_millis(100)).unwrap().0;
+                }
+                let broken = *m == Reads::Panic;
+                drop(m); // not poisoned by the panic below
+                assert!(!broken, "the inputs broke");
+                Inputs {
+                    dataplane: Ok(()),
+                    digest: Ok(()),
+                    services: s.lock().unwrap().clone(),
+                }
+            });
+            let status = Arc::new(Mutex::new(AnnounceStatus::default()));
+            let (stop, stop_rx) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(run_with(cfg, fake.clone(), status.clone(), inputs, stop_rx));
+            Harness {
+                fake,
+                services,
+                reads,
+                status,
+                stop,
+                task,
+            }
+        }
+
+        fn set_usable(&self, usable: usize) {
+            self.services.lock().unwrap()[0].usable = usable;
+        }
+
+        fn set_reads(&self, reads: Reads) {
+            *self.reads.0.lock().unwrap() = reads;
+            self.reads.1.notify_all();
+        }
+
+        fn set_bird_down(&self, down: bool) {
+            self.fake
+                .bird_down
+                .store(down, std::sync::atomic::Ordering::SeqCst);
+        }
+
+        fn log(&self) -> Vec<Ev> {
+            self.fake.log.lock().unwrap().clone()
+        }
+
+        /// Waits (10 s at most) until `done` holds for the event log.
+        async fn wait_for(&self, what: &str, done: impl Fn(&[Ev]) -> bool) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let log = self.log();
+                if done(&log) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{what}; events: {log:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
+        async fn stop(self) -> Vec<Ev> {
+            self.set_reads(Reads::Answer);
+            let _ = self.stop.send(true);
+            let log = self.fake.log.clone();
+            tokio::time::timeout(Duration::from_secs(10), self.task)
+                .await
+                .expect("the announcer stops")
+                .unwrap();
+            let log = log.lock().unwrap().clone();
+            log
+        }
+    }
+
+    /// The events after the last `Dropped`, failed attempts left out.
+    fn after_drop(log: &[Ev]) -> Vec<Ev> {
+        let i = log
+            .iter()
+            .rposition(|e| *e == Ev::Dropped)
+            .map_or(0, |i| i + 1);
+        log[i..]
+            .iter()
+            .filter(|e| !matches!(e, Ev::ApplyFailed(_)))
+            .cloned()
+            .collect()
+    }
+
+    /// M1: when BIRD cannot be reconfigured and a VIP must go, the dead-man device goes (BIRD
+    /// withdraws every route via it by itself); it comes back only after BIRD accepted a
+    /// configuration again, as at start. A failed *addition* keeps the device.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_withdrawal_birdc_cannot_apply_drops_the_device() {
+        let h = Harness::start(0);
+        h.wait_for("start: empty configure, then the device", |l| {
+            l == [Ev::Applied(vec![]), Ev::Opened]
         })
         .await;
-        let inp = inputs_or_nothing(ok);
-        assert!(decide(&ready(), &inp.services, &[])
-            .iter()
-            .all(|d| d.announce));
-        let failed = tokio::task::spawn_blocking(|| -> Inputs { panic!("inputs broke") }).await;
-        let inp = inputs_or_nothing(failed);
-        assert!(inp.dataplane.is_err() && inp.digest.is_err());
-        let ready = Readiness {
-            dataplane: inp.dataplane.clone(),
-            digest: inp.digest.clone(),
-            ..ready()
-        };
-        let decisions = decide(&ready, &inp.services, &[]);
-        assert!(decisions.iter().all(|d| !d.announce), "{decisions:?}");
+        // Announcing fails: nothing to withdraw, the device stays.
+        h.set_bird_down(true);
+        h.set_usable(1);
+        h.wait_for("two failed additions", |l| {
+            l.iter()
+                .filter(|e| **e == Ev::ApplyFailed(vec![VIP]))
+                .count()
+                >= 2
+        })
+        .await;
+        assert!(!h.log().contains(&Ev::Dropped), "{:?}", h.log());
+        h.set_bird_down(false);
+        h.wait_for("announced", |l| l.contains(&Ev::Applied(vec![VIP])))
+            .await;
+        // Now the VIP must go and BIRD does not answer: the device goes.
+        h.set_bird_down(true);
+        h.set_usable(0);
+        h.wait_for("the device dropped after the failed withdrawal", |l| {
+            l.contains(&Ev::Dropped)
+        })
+        .await;
+        let log = h.log();
+        let drop_at = log.iter().position(|e| *e == Ev::Dropped).unwrap();
+        assert_eq!(log[drop_at - 1], Ev::ApplyFailed(vec![]), "{log:?}");
+        {
+            let s = h.status.lock().unwrap();
+            assert!(!s.device_up, "{s:?}");
+            assert!(s.last_error.is_some(), "{s:?}");
+        }
+        // BIRD is back and the backend healthy: empty configure, device, then the VIP.
+        h.set_usable(1);
+        h.set_bird_down(false);
+        h.wait_for("announced again", |l| {
+            after_drop(l).contains(&Ev::Applied(vec![VIP]))
+        })
+        .await;
+        assert_eq!(
+            after_drop(&h.log()),
+            [Ev::Applied(vec![]), Ev::Opened, Ev::Applied(vec![VIP])],
+            "{:?}",
+            h.log()
+        );
+        let log = h.stop().await;
+        assert_eq!(log[log.len() - 2..], [Ev::Applied(vec![]), Ev::Dropped]);
+    }
+
+    fn count(log: &[Ev], e: &Ev) -> usize {
+        log.iter().filter(|x| *x == e).count()
+    }
+
+    /// Inputs that cannot be read (the blocking read panics) withdraw every VIP, and the VIP
+    /// comes back once they can be read again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unreadable_inputs_withdraw_every_vip() {
+        let h = Harness::start(1);
+        h.wait_for("announced", |l| l.contains(&Ev::Applied(vec![VIP])))
+            .await;
+        h.set_reads(Reads::Panic);
+        h.wait_for("withdrawn", |l| count(l, &Ev::Applied(vec![])) == 2)
+            .await;
+        h.set_reads(Reads::Answer);
+        h.wait_for("announced again", |l| {
+            count(l, &Ev::Applied(vec![VIP])) == 2
+        })
+        .await;
+        h.stop().await;
+    }
+
+    /// L1: inputs that do not come within [`INPUTS_TIMEOUT`] (a hung task holding the
+    /// controller lock) count as nothing ready: every VIP is withdrawn; when BIRD cannot take
+    /// the withdrawal either, the device goes (M1).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hung_inputs_withdraw_every_vip() {
+        let h = Harness::start(1);
+        h.wait_for("announced", |l| l.contains(&Ev::Applied(vec![VIP])))
+            .await;
+        h.set_reads(Reads::Hang);
+        h.wait_for("withdrawn", |l| count(l, &Ev::Applied(vec![])) == 2)
+            .await;
+        assert!(h.status.lock().unwrap().device_up);
+        h.set_reads(Reads::Answer);
+        h.wait_for("announced again", |l| {
+            count(l, &Ev::Applied(vec![VIP])) == 2
+        })
+        .await;
+        h.set_bird_down(true);
+        h.set_reads(Reads::Hang);
+        h.wait_for("the device dropped", |l| l.contains(&Ev::Dropped))
+            .await;
+        assert!(!h.status.lock().unwrap().device_up);
+        h.set_bird_down(false);
+        h.stop().await;
     }
 
     #[test]

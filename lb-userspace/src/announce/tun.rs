@@ -1,9 +1,9 @@
 //! The dead-man switch: a tun device that exists only while lbd holds its file descriptor.
 //!
 //! lbd creates it without `TUNSETPERSIST`, gives it `ADDRESS peer PEER/30` and brings it up;
-//! the announced routes go `via PEER`. When lbd exits for any reason (SIGKILL included) the
-//! kernel closes the descriptor, the device disappears, the peer becomes unreachable and BIRD
-//! withdraws every route through it, with no lbd code running (4-18 ms, docs/scale-out.md).
+//! the announced routes are device routes on it (`via "DEVICE"`). When lbd exits for any
+//! reason (SIGKILL included) the kernel closes the descriptor, the device disappears and BIRD
+//! withdraws every route on it, with no lbd code running (4-18 ms, docs/scale-out.md).
 //!
 //! Done with four ioctls rather than a crate: `tun`/`tun-tap` bring async runtimes or
 //! packet I/O lbd never uses (nobody reads this device), and `libc` is already a dependency.

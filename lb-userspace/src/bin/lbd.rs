@@ -123,6 +123,7 @@ fn real_main(args: Args) -> Result<()> {
     }
     let config = Config::load(&args.config)?;
     if args.check {
+        config.check_environment()?;
         println!(
             "{}: ok ({} services, {} backends)",
             args.config.display(),

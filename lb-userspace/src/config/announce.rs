@@ -67,7 +67,7 @@ pub struct AnnounceConfig {
     /// This node's address on `device` (a /30 with `peer`).
     #[serde(default = "default_address")]
     pub address: Ipv4Addr,
-    /// The peer address of `device`: the next hop of the announced routes.
+    /// The peer address of `device` (the announced routes are device routes on `device`).
     #[serde(default = "default_peer")]
     pub peer: Ipv4Addr,
     /// How long lbd keeps running (forwarding, checking) after withdrawing at shutdown, so
@@ -133,6 +133,20 @@ impl Config {
                 ));
             }
         }
+        for (key, other) in [
+            ("api_socket", &self.api_socket),
+            ("announce.bird_socket", &a.bird_socket),
+        ] {
+            if a.include_file == *other {
+                return Err(ConfigError::new(
+                    "announce.include_file",
+                    format!(
+                        "\"{}\" is also {key}; lbd rewrites the include file, give it a path of its own (e.g. /etc/bird/lb-vips.conf)",
+                        a.include_file.display()
+                    ),
+                ));
+            }
+        }
         if a.include_file.file_name().is_none() {
             return Err(ConfigError::new(
                 "announce.include_file",
@@ -154,13 +168,13 @@ impl Config {
         let d = &a.device;
         if d.is_empty()
             || d.len() > 15
-            || d.contains(['/', ' ', '\t', ':', '%'])
+            || d.contains(['/', ' ', '\t', ':', '%', '"', '\\'])
             || d == "."
             || d == ".."
         {
             return Err(ConfigError::new(
                 "announce.device",
-                format!("\"{d}\" is not a valid interface name (1 to 15 characters, no '/', ':', '%' or spaces; the kernel would read '%' as a name template)"),
+                format!("\"{d}\" is not a valid interface name (1 to 15 characters, no '/', ':', '%', quotes, backslashes or spaces; the kernel would read '%' as a name template)"),
             ));
         }
         if self.interfaces.contains(d) {
@@ -192,6 +206,31 @@ impl Config {
                 ),
             ));
         }
+        // Other addresses of this node in the /30: the tun device would take them over.
+        let mut others: Vec<(String, Ipv4Addr)> = self
+            .snat
+            .addresses
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| (format!("snat.addresses[{i}]"), *ip))
+            .collect();
+        if let Some(src) = self.dsr.as_ref().and_then(|d| d.source) {
+            others.push(("dsr.source".into(), src));
+        }
+        for (i, s) in self.services.iter().enumerate() {
+            if let Some(src) = s.dsr_source {
+                others.push((format!("services[{i}].dsr_source"), src));
+            }
+        }
+        if let Some((field, ip)) = others.iter().find(|(_, ip)| net(*ip) == net(a.address)) {
+            return Err(ConfigError::new(
+                "announce.address",
+                format!(
+                    "the /30 of {} (announce.address and announce.peer, the dead-man device's addresses) holds {field} {ip}; pick an unused /30 (e.g. in 169.254.0.0/16) or change {field}",
+                    a.address
+                ),
+            ));
+        }
         if let Some(s) = self.services.iter().find(|s| net(s.vip) == net(a.address)) {
             return Err(ConfigError::new(
                 "announce.address",
@@ -208,6 +247,50 @@ impl Config {
                     "{} is longer than the maximum {}; the router moves flows within a second or two",
                     format_duration(a.drain),
                     format_duration(MAX_DRAIN)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Checks against the configuration file itself (`config_path`): `announce.include_file`
+    /// must not name it, or lbd would overwrite its own configuration with BIRD's routes.
+    pub fn validate_against_file(&self, config_path: &Path) -> Result<(), ConfigError> {
+        let Some(a) = &self.announce else {
+            return Ok(());
+        };
+        let same = a.include_file == config_path
+            || matches!(
+                (a.include_file.canonicalize(), config_path.canonicalize()),
+                (Ok(x), Ok(y)) if x == y
+            );
+        if same {
+            return Err(ConfigError::new(
+                "announce.include_file",
+                format!(
+                    "\"{}\" is this configuration file; lbd rewrites the include file and would overwrite its own configuration: give it a path of its own (e.g. /etc/bird/lb-vips.conf)",
+                    a.include_file.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// What `lbd --check` verifies beyond the file itself: the directory of
+    /// `announce.include_file` exists (lbd creates the file, not its directory).
+    pub fn check_environment(&self) -> Result<(), ConfigError> {
+        let Some(a) = &self.announce else {
+            return Ok(());
+        };
+        let dir = a.include_file.parent().unwrap_or(Path::new("/"));
+        if !dir.is_dir() {
+            return Err(ConfigError::new(
+                "announce.include_file",
+                format!(
+                    "the directory {} does not exist; create it (BIRD's configuration directory, e.g. /etc/bird) or point include_file into an existing one",
+                    dir.display()
                 ),
             ));
         }

@@ -126,3 +126,35 @@ fn forwarding_values_of_the_dsr_example() {
     // `forwarding: nat` is the default and not dumped: existing configs dump as before.
     assert!(!cfg.to_yaml().contains("forwarding: nat"));
 }
+
+/// `announce.include_file` naming the configuration file itself (directly or through another
+/// spelling of the path) is refused at load, naming the field; `lbd --check` refuses an
+/// include file whose directory does not exist.
+#[test]
+fn include_file_must_not_be_the_config_file_and_needs_its_directory() {
+    let dir = crate::testutil::TempDir::new("include-self");
+    let path = dir.path().join("lb.yaml");
+    let text = |include: &std::path::Path| {
+        format!(
+            "interfaces: [eth0]\nsnat:\n  addresses: [10.0.255.1]\nannounce:\n  bird_socket: /run/bird/bird.ctl\n  include_file: {}\nservices:\n  - name: web\n    vip: 192.0.2.10\n    port: 80\n    backends:\n      - address: 10.1.1.2:8080\n",
+            include.display()
+        )
+    };
+    for include in [path.clone(), dir.path().join(".").join("lb.yaml")] {
+        std::fs::write(&path, text(&include)).unwrap();
+        let err = Config::load(&path).unwrap_err();
+        assert_eq!(err.path, "announce.include_file", "{err}");
+        assert!(
+            err.to_string().contains("is this configuration file") && err.line == Some(6),
+            "{err}"
+        );
+    }
+    let ok = dir.path().join("bird").join("lb-vips.conf");
+    std::fs::write(&path, text(&ok)).unwrap();
+    let cfg = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let err = cfg.check_environment().unwrap_err();
+    assert_eq!(err.path, "announce.include_file", "{err}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    std::fs::create_dir(dir.path().join("bird")).unwrap();
+    cfg.check_environment().unwrap();
+}

@@ -51,7 +51,16 @@ impl<D: Dataplane> ApiContext for Daemon<D> {
         let announce = self.announce_info();
         let ctl = self.controller();
         let backends = ctl.services().iter().flat_map(|s| s.backends.iter());
-        let live_digest = match crate::digest::live(ctl.config(), ctl.services()) {
+        let services = ctl.services().len();
+        let backend_count = backends.clone().count();
+        let healthy_backends = backends.filter(|b| b.health() == Health::Up).count();
+        let seed = ctl.config().maglev.seed;
+        let expected_digest = ctl.config().maglev.expected_digest.clone();
+        let live_inputs = crate::digest::live_inputs(ctl.config(), ctl.services());
+        // Building every table is the slow part: done after the controller is released, so
+        // a status call does not stall health updates and the announcer.
+        drop(ctl);
+        let live_digest = match live_inputs.digest() {
             Ok(d) => crate::digest::format(d),
             Err(e) => format!("error: {e}"),
         };
@@ -61,15 +70,15 @@ impl<D: Dataplane> ApiContext for Daemon<D> {
             uptime_secs: self.started.elapsed().as_secs(),
             config_path: self.config_path.clone(),
             interfaces: self.interfaces.iter().map(InterfaceInfo::clone).collect(),
-            services: ctl.services().len(),
-            backends: backends.clone().count(),
-            healthy_backends: backends.filter(|b| b.health() == Health::Up).count(),
+            services,
+            backends: backend_count,
+            healthy_backends,
             pin_root: self.pin_root.clone(),
             maglev: Some(MaglevInfo {
-                seed: ctl.config().maglev.seed,
+                seed,
                 configured_digest,
                 live_digest,
-                expected_digest: ctl.config().maglev.expected_digest.clone(),
+                expected_digest,
             }),
             announce,
         }
