@@ -378,7 +378,7 @@ async fn read_answer(fd: &AsyncFd<socket2::Socket>, p: &Probe) -> std::io::Resul
     let mut buf = [0u8; 1500];
     loop {
         let mut guard = fd.readable().await?;
-        match guard.try_io(|s| (&*s.get_ref()).read(&mut buf)) {
+        match guard.try_io(|s| s.get_ref().read(&mut buf)) {
             Ok(Ok(n)) => {
                 if let Some(a) = parse_answer(&buf[..n], p) {
                     return Ok(a);

@@ -251,10 +251,21 @@ pub async fn run_checker(
     }
 }
 
+/// One running check task.
+struct Task {
+    /// Its generation (results of older ones are stale).
+    generation: u64,
+    /// What it checks.
+    spec: CheckSpec,
+    /// Its settings.
+    cfg: HealthCheckConfig,
+    handle: JoinHandle<()>,
+}
+
 /// The set of running check tasks, kept in line with the configuration by [`Self::sync`].
 #[derive(Default)]
 pub struct HealthSupervisor {
-    tasks: HashMap<(String, SocketAddrV4), (u64, CheckSpec, HealthCheckConfig, JoinHandle<()>)>,
+    tasks: HashMap<(String, SocketAddrV4), Task>,
     next_generation: u64,
 }
 
@@ -279,13 +290,13 @@ impl HealthSupervisor {
                 continue;
             };
             keep.insert(key.clone());
-            if let Some((_, old_spec, old, _)) = self.tasks.get(&key) {
-                if old == cfg && *old_spec == spec {
+            if let Some(old) = self.tasks.get(&key) {
+                if old.cfg == *cfg && old.spec == spec {
                     continue;
                 }
             }
-            if let Some((_, _, _, handle)) = self.tasks.remove(&key) {
-                handle.abort();
+            if let Some(old) = self.tasks.remove(&key) {
+                old.handle.abort();
             }
             self.next_generation += 1;
             let generation = self.next_generation;
@@ -299,13 +310,20 @@ impl HealthSupervisor {
                 jitter,
                 tx.clone(),
             ));
-            self.tasks
-                .insert(key, (generation, spec, cfg.clone(), handle));
+            self.tasks.insert(
+                key,
+                Task {
+                    generation,
+                    spec,
+                    cfg: cfg.clone(),
+                    handle,
+                },
+            );
         }
-        self.tasks.retain(|key, (_, _, _, handle)| {
+        self.tasks.retain(|key, task| {
             let k = keep.contains(key);
             if !k {
-                handle.abort();
+                task.handle.abort();
             }
             k
         });
@@ -315,7 +333,7 @@ impl HealthSupervisor {
     pub fn is_current(&self, result: &CheckResult) -> bool {
         self.tasks
             .get(&(result.service.clone(), result.backend))
-            .is_some_and(|(generation, _, _, _)| *generation == result.generation)
+            .is_some_and(|t| t.generation == result.generation)
     }
 
     /// Number of running tasks.
@@ -330,8 +348,8 @@ impl HealthSupervisor {
 
     /// Stops every task.
     pub fn stop_all(&mut self) {
-        for (_, (_, _, _, handle)) in self.tasks.drain() {
-            handle.abort();
+        for (_, task) in self.tasks.drain() {
+            task.handle.abort();
         }
     }
 }
@@ -455,7 +473,7 @@ pub(crate) mod tests {
         let current = |sup: &HealthSupervisor| {
             sup.tasks
                 .get(&("dsr".to_string(), backend))
-                .map(|(g, _, _, _)| *g)
+                .map(|t| t.generation)
         };
         sup.sync(&[("dsr".into(), backend, cfg.clone(), Some(path))], &tx);
         let first = current(&sup).unwrap();
