@@ -498,6 +498,11 @@ pub struct HealthCheckConfig {
     /// Expected HTTP status (http only; default 200).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect_status: Option<u16>,
+    /// With `forwarding: dsr`: whether the check goes through the IPIP tunnel (a SYN to the
+    /// VIP, encapsulated as lb_xdp does, answered by the backend directly; default true).
+    /// `false` checks the backend's own address only, which tests none of the DSR setup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsr_tunnel: Option<bool>,
 }
 
 fn default_interval() -> Duration {
@@ -523,6 +528,7 @@ impl Default for HealthCheckConfig {
             fall: default_fall(),
             path: None,
             expect_status: None,
+            dsr_tunnel: None,
         }
     }
 }
@@ -535,6 +541,10 @@ impl HealthCheckConfig {
     /// HTTP status expected (200 when unset).
     pub fn http_expect_status(&self) -> u16 {
         self.expect_status.unwrap_or(200)
+    }
+    /// Whether a DSR service's backends are checked through the tunnel (true when unset).
+    pub fn dsr_tunnel(&self) -> bool {
+        self.dsr_tunnel.unwrap_or(true)
     }
 }
 
@@ -614,13 +624,21 @@ impl Config {
     pub fn forwarding_value(&self, svc: &ServiceConfig) -> (u32, u32) {
         match svc.forwarding {
             Forwarding::Nat => (lb_common::FORWARDING_NAT, 0),
-            Forwarding::Dsr => {
-                let src = svc
-                    .dsr_source
-                    .or_else(|| self.dsr.as_ref().and_then(|d| d.source))
-                    .map_or(0, lb_common::ipv4_to_be);
-                (lb_common::FORWARDING_DSR, src)
-            }
+            Forwarding::Dsr => (
+                lb_common::FORWARDING_DSR,
+                self.dsr_source(svc).map_or(0, lb_common::ipv4_to_be),
+            ),
+        }
+    }
+
+    /// The outer source address of a `forwarding: dsr` service (its own `dsr_source` or
+    /// `dsr.source`); `None` for full NAT.
+    pub fn dsr_source(&self, svc: &ServiceConfig) -> Option<Ipv4Addr> {
+        match svc.forwarding {
+            Forwarding::Nat => None,
+            Forwarding::Dsr => svc
+                .dsr_source
+                .or_else(|| self.dsr.as_ref().and_then(|d| d.source)),
         }
     }
 

@@ -16,6 +16,7 @@ use crate::health::{CheckResult, HealthSupervisor};
 use crate::model::Health;
 use crate::stats::StatsSampler;
 use std::future::Future;
+use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -278,20 +279,29 @@ impl<D: Dataplane> Daemon<D> {
 
     /// Starts, stops or restarts health-check tasks to match the running configuration.
     pub fn sync_health(&self) {
-        let wanted: Vec<_> = self
-            .controller()
+        let controller = self.controller();
+        let config = controller.config();
+        let wanted: Vec<_> = controller
             .services()
             .iter()
             .flat_map(|s| {
-                s.backends.iter().map(|b| {
+                let dsr = config
+                    .dsr_source(&s.cfg)
+                    .map(|source| crate::health::DsrPath {
+                        vip: SocketAddrV4::new(s.cfg.vip, s.cfg.port),
+                        source,
+                    });
+                s.backends.iter().map(move |b| {
                     (
                         s.cfg.name.clone(),
                         b.cfg.address,
                         s.cfg.health_check.clone(),
+                        dsr,
                     )
                 })
             })
             .collect();
+        drop(controller);
         let _guard = self.runtime.enter();
         lock(&self.health).sync(&wanted, &self.health_tx);
     }

@@ -64,7 +64,8 @@ pub fn on_event<D: Dataplane>(daemon: &Daemon<D>, event: &PassiveEvent) -> Optio
 /// run (local shortage) or a service without checks (`type: none`) leaves the suspicion to
 /// expire in the data plane.
 pub async fn immediate_check<D: Dataplane>(daemon: &Arc<Daemon<D>>, check: &PassiveCheck) {
-    let Some(spec) = CheckSpec::from_config(&check.health_check, check.backend) else {
+    // Passive detection is off for DSR services (lb sees no answers), so never the tunnel.
+    let Some(spec) = CheckSpec::from_config(&check.health_check, check.backend, None) else {
         return;
     };
     let hc = &check.health_check;

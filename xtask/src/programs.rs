@@ -104,6 +104,7 @@ const PROJECT_BINARIES: &[(&str, &str)] = &[
     ("tests/src/lab/lbd.rs", "&self.lbctl_bin"), // target/release/lbctl
     ("tests/src/lab/topology.rs", "&self.testsrv_bin"), // target/release/lb-testsrv
     ("tests/src/lab/topology.rs", "&lbctl"),   // target/release/lbctl
+    ("tests/tests/netns/dsr.rs", "&lbctl"),    // target/release/lbctl (decap detach)
     ("tests/tests/netns.rs", "env!(\"CARGO_BIN_EXE_lb-demo\")"),
     ("tests/tests/netns_db.rs", "env!(\"CARGO_BIN_EXE_lb-demo\")"),
     (

@@ -93,6 +93,12 @@ impl Config {
                     "dsr_source is only used with forwarding: dsr; remove it or set forwarding: dsr",
                 ));
             }
+            if svc.health_check.dsr_tunnel.is_some() {
+                return Err(ConfigError::new(
+                    format!("{p}.health_check.dsr_tunnel"),
+                    "dsr_tunnel is only used with forwarding: dsr (full NAT checks the backend's own address, which is the path its packets take); remove it",
+                ));
+            }
             return Ok(());
         }
         let global = self.dsr.as_ref().and_then(|d| d.source);

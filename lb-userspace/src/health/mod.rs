@@ -5,8 +5,11 @@
 //!
 //! One file per kind of check, one variant of [`CheckSpec`] per kind: [`tcp::TcpCheck`] (a TCP
 //! connect) and [`http::HttpCheck`] (a minimal HTTP/1.1 GET expecting a status code);
-//! `type: none` runs no task (backends are up). Adding a kind is one new module plus one
-//! variant (and its arm in [`CheckSpec::from_config`] and [`CheckSpec::run`]).
+//! `type: none` runs no task (backends are up). The backends of a `forwarding: dsr` service
+//! get [`dsr::DsrCheck`] instead (unless `health_check.dsr_tunnel: false`): a SYN to the VIP
+//! through the IPIP tunnel, as the clients' packets go, followed by the HTTP request for
+//! `type: http`. Adding a kind is one new module plus one variant (and its arm in
+//! [`CheckSpec::from_config`] and [`CheckSpec::run`]).
 //!
 //! Database role probes ([`role::RoleCheck`]: [`postgres`], [`patroni`], or both) answer a
 //! different question: not "is it up" but "which role does this member have, how far is its
@@ -20,12 +23,14 @@
 //! `lb_health_checks_not_run_total{service,reason}`, logged (rate-limited) and not reported,
 //! so the backend's state and rise/fall counters stay as they were.
 
+pub mod dsr;
 pub mod http;
 pub mod patroni;
 pub mod postgres;
 pub mod role;
 pub mod tcp;
 
+pub use dsr::{DsrCheck, DsrPath};
 pub use http::{parse_status_line, HttpCheck};
 pub use tcp::TcpCheck;
 
@@ -99,18 +104,38 @@ pub enum CheckSpec {
     Tcp(TcpCheck),
     /// `type: http`.
     Http(HttpCheck),
+    /// A `forwarding: dsr` service's backend: the SYN through the IPIP tunnel (then the HTTP
+    /// request for `type: http`).
+    Dsr(DsrCheck),
 }
 
 impl CheckSpec {
-    /// The check `cfg` asks for against `address` (`None` for `type: none`).
-    pub fn from_config(cfg: &HealthCheckConfig, address: SocketAddrV4) -> Option<Self> {
+    /// The check `cfg` asks for against `address` (`None` for `type: none`); `dsr` is the
+    /// tunnel of a `forwarding: dsr` service, whose backends get the tunnel check unless
+    /// `cfg.dsr_tunnel` is false.
+    pub fn from_config(
+        cfg: &HealthCheckConfig,
+        address: SocketAddrV4,
+        dsr: Option<DsrPath>,
+    ) -> Option<Self> {
+        let http = || HttpCheck {
+            address,
+            path: cfg.http_path().to_string(),
+            expect_status: cfg.http_expect_status(),
+        };
+        let tunnel = |http: Option<HttpCheck>| {
+            dsr.filter(|_| cfg.dsr_tunnel()).map(|path| {
+                Self::Dsr(DsrCheck {
+                    backend: address,
+                    path,
+                    wait: dsr::answer_wait(cfg.timeout),
+                    http,
+                })
+            })
+        };
         match cfg.kind {
-            CheckKind::Tcp => Some(Self::Tcp(TcpCheck { address })),
-            CheckKind::Http => Some(Self::Http(HttpCheck {
-                address,
-                path: cfg.http_path().to_string(),
-                expect_status: cfg.http_expect_status(),
-            })),
+            CheckKind::Tcp => tunnel(None).or(Some(Self::Tcp(TcpCheck { address }))),
+            CheckKind::Http => tunnel(Some(http())).or_else(|| Some(Self::Http(http()))),
             CheckKind::None => None,
         }
     }
@@ -120,6 +145,7 @@ impl CheckSpec {
         match self {
             Self::Tcp(c) => c.run().await,
             Self::Http(c) => c.run().await,
+            Self::Dsr(c) => c.run().await,
         }
     }
 }
@@ -225,10 +251,21 @@ pub async fn run_checker(
     }
 }
 
+/// One running check task.
+struct Task {
+    /// Its generation (results of older ones are stale).
+    generation: u64,
+    /// What it checks.
+    spec: CheckSpec,
+    /// Its settings.
+    cfg: HealthCheckConfig,
+    handle: JoinHandle<()>,
+}
+
 /// The set of running check tasks, kept in line with the configuration by [`Self::sync`].
 #[derive(Default)]
 pub struct HealthSupervisor {
-    tasks: HashMap<(String, SocketAddrV4), (u64, HealthCheckConfig, JoinHandle<()>)>,
+    tasks: HashMap<(String, SocketAddrV4), Task>,
     next_generation: u64,
 }
 
@@ -239,35 +276,33 @@ impl HealthSupervisor {
     }
 
     /// Starts tasks for new backends, stops tasks of removed ones, and restarts tasks whose
-    /// check settings changed. `wanted` lists (service, backend, check settings).
+    /// check settings changed. `wanted` lists (service, backend, check settings, the
+    /// service's DSR tunnel if it has `forwarding: dsr`).
     pub fn sync(
         &mut self,
-        wanted: &[(String, SocketAddrV4, HealthCheckConfig)],
+        wanted: &[(String, SocketAddrV4, HealthCheckConfig, Option<DsrPath>)],
         tx: &mpsc::Sender<CheckResult>,
     ) {
         let mut keep = std::collections::HashSet::new();
-        for (service, backend, cfg) in wanted {
+        for (service, backend, cfg, dsr) in wanted {
             let key = (service.clone(), *backend);
-            if cfg.kind == CheckKind::None {
+            let Some(spec) = CheckSpec::from_config(cfg, *backend, *dsr) else {
                 continue;
-            }
+            };
             keep.insert(key.clone());
-            if let Some((_, old, _)) = self.tasks.get(&key) {
-                if old == cfg {
+            if let Some(old) = self.tasks.get(&key) {
+                if old.cfg == *cfg && old.spec == spec {
                     continue;
                 }
             }
-            if let Some((_, _, handle)) = self.tasks.remove(&key) {
-                handle.abort();
+            if let Some(old) = self.tasks.remove(&key) {
+                old.handle.abort();
             }
-            let Some(spec) = CheckSpec::from_config(cfg, *backend) else {
-                continue;
-            };
             self.next_generation += 1;
             let generation = self.next_generation;
             let jitter = start_jitter(service, *backend, cfg.interval);
             let handle = tokio::spawn(run_checker(
-                Box::new(spec),
+                Box::new(spec.clone()),
                 cfg.clone(),
                 service.clone(),
                 *backend,
@@ -275,12 +310,20 @@ impl HealthSupervisor {
                 jitter,
                 tx.clone(),
             ));
-            self.tasks.insert(key, (generation, cfg.clone(), handle));
+            self.tasks.insert(
+                key,
+                Task {
+                    generation,
+                    spec,
+                    cfg: cfg.clone(),
+                    handle,
+                },
+            );
         }
-        self.tasks.retain(|key, (_, _, handle)| {
+        self.tasks.retain(|key, task| {
             let k = keep.contains(key);
             if !k {
-                handle.abort();
+                task.handle.abort();
             }
             k
         });
@@ -290,7 +333,7 @@ impl HealthSupervisor {
     pub fn is_current(&self, result: &CheckResult) -> bool {
         self.tasks
             .get(&(result.service.clone(), result.backend))
-            .is_some_and(|(generation, _, _)| *generation == result.generation)
+            .is_some_and(|t| t.generation == result.generation)
     }
 
     /// Number of running tasks.
@@ -305,8 +348,8 @@ impl HealthSupervisor {
 
     /// Stops every task.
     pub fn stop_all(&mut self) {
-        for (_, (_, _, handle)) in self.tasks.drain() {
-            handle.abort();
+        for (_, task) in self.tasks.drain() {
+            task.handle.abort();
         }
     }
 }
@@ -366,6 +409,83 @@ pub(crate) mod tests {
             io_error("receive", &std::io::Error::other("bad")),
             CheckError::Failed(_)
         ));
+    }
+
+    /// A `forwarding: dsr` service's backends get the tunnel check (with the HTTP request for
+    /// `type: http`) unless `dsr_tunnel: false`; full-NAT services keep their kind.
+    #[test]
+    fn dsr_services_are_checked_through_the_tunnel() {
+        let backend: SocketAddrV4 = "10.1.1.2:80".parse().unwrap();
+        let path = DsrPath {
+            vip: "192.0.2.10:80".parse().unwrap(),
+            source: "10.0.255.2".parse().unwrap(),
+        };
+        let cfg = |kind, dsr_tunnel| HealthCheckConfig {
+            kind,
+            timeout: Duration::from_millis(300),
+            dsr_tunnel,
+            ..Default::default()
+        };
+        let http = HttpCheck {
+            address: backend,
+            path: "/".into(),
+            expect_status: 200,
+        };
+        let tunnel = |http| {
+            Some(CheckSpec::Dsr(DsrCheck {
+                backend,
+                path,
+                wait: Duration::from_millis(270),
+                http,
+            }))
+        };
+        let tcp = Some(CheckSpec::Tcp(TcpCheck { address: backend }));
+        let spec = |c: &HealthCheckConfig, dsr| CheckSpec::from_config(c, backend, dsr);
+        assert_eq!(spec(&cfg(CheckKind::Tcp, None), Some(path)), tunnel(None));
+        assert_eq!(
+            spec(&cfg(CheckKind::Tcp, Some(true)), Some(path)),
+            tunnel(None)
+        );
+        assert_eq!(
+            spec(&cfg(CheckKind::Http, None), Some(path)),
+            tunnel(Some(http.clone()))
+        );
+        assert_eq!(spec(&cfg(CheckKind::Tcp, Some(false)), Some(path)), tcp);
+        assert_eq!(
+            spec(&cfg(CheckKind::Http, Some(false)), Some(path)),
+            Some(CheckSpec::Http(http))
+        );
+        assert_eq!(spec(&cfg(CheckKind::None, None), Some(path)), None);
+        assert_eq!(spec(&cfg(CheckKind::Tcp, None), None), tcp);
+    }
+
+    /// A changed tunnel (another VIP or source) restarts the backend's task.
+    #[tokio::test]
+    async fn a_changed_dsr_path_restarts_the_check() {
+        let backend: SocketAddrV4 = "10.1.1.2:80".parse().unwrap();
+        let path = DsrPath {
+            vip: "192.0.2.10:80".parse().unwrap(),
+            source: "10.0.255.2".parse().unwrap(),
+        };
+        let cfg = HealthCheckConfig::default();
+        let (tx, _rx) = mpsc::channel(8);
+        let mut sup = HealthSupervisor::new();
+        let current = |sup: &HealthSupervisor| {
+            sup.tasks
+                .get(&("dsr".to_string(), backend))
+                .map(|t| t.generation)
+        };
+        sup.sync(&[("dsr".into(), backend, cfg.clone(), Some(path))], &tx);
+        let first = current(&sup).unwrap();
+        sup.sync(&[("dsr".into(), backend, cfg.clone(), Some(path))], &tx);
+        assert_eq!(current(&sup), Some(first), "unchanged: the task stays");
+        let moved = DsrPath {
+            source: "10.0.255.3".parse().unwrap(),
+            ..path
+        };
+        sup.sync(&[("dsr".into(), backend, cfg, Some(moved))], &tx);
+        assert_ne!(current(&sup), Some(first), "a new source restarts the task");
+        sup.stop_all();
     }
 
     #[test]
@@ -472,7 +592,7 @@ pub(crate) mod tests {
         };
         let (tx, mut rx) = mpsc::channel(8);
         let mut sup = HealthSupervisor::new();
-        sup.sync(&[("web".into(), addr, cfg.clone())], &tx);
+        sup.sync(&[("web".into(), addr, cfg.clone(), None)], &tx);
         assert_eq!(sup.len(), 1);
         let r = tokio::time::timeout(Duration::from_secs(2), rx.recv())
             .await
@@ -484,7 +604,7 @@ pub(crate) mod tests {
         // A settings change restarts the task with a new generation.
         let mut cfg2 = cfg;
         cfg2.kind = CheckKind::Tcp;
-        sup.sync(&[("web".into(), addr, cfg2)], &tx);
+        sup.sync(&[("web".into(), addr, cfg2, None)], &tx);
         assert!(!sup.is_current(&r));
         sup.sync(&[], &tx);
         assert!(sup.is_empty());

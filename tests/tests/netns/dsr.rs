@@ -14,7 +14,7 @@
 //! SNAT address) to the kernel's forwarding; lb never rewrites it (`fwd_to_client` stays 0).
 
 use super::*;
-use lb_tests::lab::lbd::BackendSpec;
+use lb_tests::lab::lbd::{release_binary, BackendSpec};
 use lb_tests::lab::sys::wait_for;
 use lb_tests::lab::{backend_ip, balancer_private_ip};
 use std::net::SocketAddrV4;
@@ -168,7 +168,10 @@ fn assert_no_full_nat(what: &str, c: &BTreeMap<String, u64>) {
 
 /// A lab with the DSR service up: two backends set up with the printed commands, servers on
 /// `*:80`, lbd with one `forwarding: dsr` service, both backends healthy, the VIP answering.
-fn dsr_lab(mode: Mode) -> Lab {
+/// `tunnel_check` keeps lbd's default for DSR services (health checks through the IPIP
+/// tunnel); without it the checks go to the backends' own addresses only
+/// (`health_check.dsr_tunnel: false`), so every packet lb_decap counts is a client's.
+fn dsr_lab(mode: Mode, tunnel_check: bool) -> Lab {
     let mut opts = LabOptions::new(2, mode);
     opts.backends_xdp_pass = false;
     let mut l = Lab::new(opts).unwrap_or_else(|e| panic!("building the lab: {e}"));
@@ -228,6 +231,14 @@ fn dsr_lab(mode: Mode) -> Lab {
         yaml.contains("forwarding: dsr") && yaml.contains("dsr:\n  source:"),
         "{yaml}"
     );
+    let yaml = if tunnel_check {
+        yaml
+    } else {
+        yaml.replace(
+            "    health_check:\n",
+            "    health_check:\n      dsr_tunnel: false\n",
+        )
+    };
     l.start_lbd_text(&yaml)
         .unwrap_or_else(|e| panic!("starting lbd: {e}"));
     let addrs: Vec<_> = (1..=2)
@@ -245,7 +256,9 @@ fn dsr_lab(mode: Mode) -> Lab {
 
 fn dsr_end_to_end(mode: Mode) {
     let _serial = exclusive();
-    let l = dsr_lab(mode);
+    // The packet accounting below (lb_decap's count = lb's fwd_dsr) leaves no room for the
+    // tunnel checks' own packets; `tunnel_check_*` covers those.
+    let l = dsr_lab(mode, false);
 
     // 1. N connections: correct answers from both backends, which see the client itself.
     let mut probes = Vec::new();
@@ -381,6 +394,152 @@ fn dsr_end_to_end(mode: Mode) {
     );
 }
 
+#[test]
+fn tunnel_check_native() {
+    tunnel_check(Mode::Native)
+}
+
+#[test]
+fn tunnel_check_generic() {
+    tunnel_check(Mode::Generic)
+}
+
+/// The API's `last_transition` of the backend at `address` ("up 3s ago: <reason>").
+fn last_transition(l: &Lab, address: SocketAddrV4) -> String {
+    let want = address.to_string();
+    l.lbd()
+        .unwrap()
+        .backends()
+        .expect("backend_list")
+        .iter()
+        .find(|b| b["address"].as_str() == Some(want.as_str()))
+        .and_then(|b| b["last_transition"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Waits until the backend at `address` is in (or out of) the Maglev table.
+fn wait_in_table(l: &Lab, address: SocketAddrV4, want: bool) {
+    let a = address.to_string();
+    wait_for(
+        &format!("{a} in_table = {want}"),
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || {
+            let list = l.lbd().unwrap().backends().ok()?;
+            let b = list
+                .iter()
+                .find(|b| b["address"].as_str() == Some(a.as_str()))?;
+            (b["in_table"].as_bool() == Some(want)).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// `CONNECTIONS` new connections through the VIP: every one must succeed, all on `backend`.
+fn all_reach(l: &Lab, backend: &str, what: &str) {
+    let probes = l
+        .in_client(|| async {
+            let mut v = Vec::new();
+            for _ in 0..CONNECTIONS {
+                v.push(probe(vip_addr(), PROBE_TIMEOUT).await?);
+            }
+            Ok(v)
+        })
+        .unwrap_or_else(|e| panic!("{what}: {CONNECTIONS} connections through the VIP: {e}"));
+    let elsewhere: Vec<_> = probes.iter().filter(|p| p.backend != backend).collect();
+    assert!(
+        elsewhere.is_empty(),
+        "{what}: connections reached another backend than {backend}: {elsewhere:?}"
+    );
+}
+
+/// The review of issue 13: a DSR backend that lost its DSR setup (as after a reboot: the
+/// decapsulation and the VIP on `lo` are not persistent) while its server still listens on
+/// `*:80` answers a check at its own address, but loses every packet lb encapsulates toward
+/// it. lbd's default check for DSR services goes through the tunnel, so it marks such a
+/// backend down within `interval x fall` (+ slack), new connections all go to the other
+/// backend, and the restored setup brings it back. Two ways to lose the setup: lb_decap
+/// detached from `e0` (the IPIP packets reach a kernel without an IPIP handler) and the VIP
+/// removed from `lo` (the decapsulated SYN is to an address the backend does not have).
+fn tunnel_check(mode: Mode) {
+    let _serial = exclusive();
+    let l = dsr_lab(mode, true);
+    let health = HealthSpec::default();
+    let b = |i| SocketAddrV4::new(backend_ip(i), VIP_PORT);
+    let tunnel = format!("{VIP}:{VIP_PORT} via the IPIP tunnel");
+    let up = last_transition(&l, b(1));
+    assert!(
+        up.starts_with("up")
+            && up.contains(&format!("SYN-ACK from {tunnel}"))
+            && up.contains("HTTP 200"),
+        "b1 passed its check through the tunnel and its HTTP check: {up}"
+    );
+    let lbctl = release_binary("lbctl").expect("lbctl");
+    let lbctl = lbctl.display().to_string();
+    let pin_root = l.decap_pin_root().display().to_string();
+    let slack = Duration::from_secs(3);
+
+    // 1. b1 loses lb_decap; its server keeps listening on *:80.
+    let out = l
+        .backend_run(
+            1,
+            &lbctl,
+            &["decap", "detach", "e0", "--pin-root", &pin_root],
+        )
+        .unwrap_or_else(|e| panic!("lbctl decap detach e0 on b1: {e}"));
+    assert!(out.contains("detached"), "{out}");
+    l.lbd()
+        .unwrap()
+        .wait_health(
+            &[(b(1), "down"), (b(2), "up")],
+            health.detection_bound() + slack,
+        )
+        .unwrap_or_else(|e| panic!("b1 without decapsulation must be marked down: {e}"));
+    let down = last_transition(&l, b(1));
+    assert!(
+        down.contains(&format!("no answer from {tunnel}")),
+        "the reason names the tunnel: {down}"
+    );
+    wait_in_table(&l, b(1), false);
+    all_reach(&l, "b2", "b1 without lb_decap");
+
+    // 2. The printed setup again (as after the reboot): b1 comes back.
+    l.setup_dsr_backend(1, VIP)
+        .unwrap_or_else(|e| panic!("b1's setup again: {e}"));
+    l.lbd()
+        .unwrap()
+        .wait_health(
+            &[(b(1), "up"), (b(2), "up")],
+            health.recovery_bound() + slack,
+        )
+        .unwrap_or_else(|e| panic!("b1 restored must be marked up: {e}"));
+
+    // 3. b2 loses the VIP on lo (lb_decap stays).
+    let vip_lo = format!("{VIP}/32");
+    l.backend_run(2, "ip", &["addr", "del", &vip_lo, "dev", "lo"])
+        .unwrap_or_else(|e| panic!("removing the VIP from b2's lo: {e}"));
+    l.lbd()
+        .unwrap()
+        .wait_health(
+            &[(b(1), "up"), (b(2), "down")],
+            health.detection_bound() + slack,
+        )
+        .unwrap_or_else(|e| panic!("b2 without the VIP on lo must be marked down: {e}"));
+    wait_in_table(&l, b(2), false);
+    all_reach(&l, "b1", "b2 without the VIP on lo");
+    l.backend_run(2, "ip", &["addr", "add", &vip_lo, "dev", "lo"])
+        .unwrap_or_else(|e| panic!("restoring the VIP on b2's lo: {e}"));
+    l.lbd()
+        .unwrap()
+        .wait_health(
+            &[(b(1), "up"), (b(2), "up")],
+            health.recovery_bound() + slack,
+        )
+        .unwrap_or_else(|e| panic!("b2 restored must be marked up: {e}"));
+    wait_in_table(&l, b(2), true);
+    eprintln!("dsr tunnel check {mode:?}: b1 down without lb_decap ({down}), b2 down without the VIP on lo, both back up");
+}
+
 /// A measurement, not a check (run by hand: `cargo test --release -p lb-tests --test netns --
 /// --ignored dsr::throughput_dsr_vs_nat --nocapture`): through the DSR service and through the lab's default
 /// full-NAT service, native mode, alternating fresh labs for `ROUNDS` rounds: `CONNS`
@@ -397,7 +556,7 @@ fn throughput_dsr_vs_nat() {
     for round in 1..=ROUNDS {
         for dsr in [true, false] {
             let l = if dsr {
-                dsr_lab(Mode::Native)
+                dsr_lab(Mode::Native, false)
             } else {
                 started(2, Mode::Native)
             };
