@@ -38,6 +38,8 @@ const STARTERS: &[(&str, usize)] = &[
     // cluster's method running it for one member.
     ("pg_command", 1),
     ("run_pg", 1),
+    // tests/src/lab/topology.rs: `lb-testsrv` (its path) in a namespace.
+    ("spawn_testsrv", 1),
 ];
 
 /// Functions with a parameter named like a program that start nothing.
@@ -62,6 +64,7 @@ const ALLOWED: &[(&str, &str)] = &[
     ("date", "coreutils (Essential)"),
     ("uname", "coreutils (Essential)"),
     ("nsenter", "util-linux (Essential)"),
+    ("unshare", "util-linux (Essential)"),
     ("runuser", "util-linux (Essential)"),
     ("dpkg-query", "dpkg (Essential)"),
     // The package manager setup installs with: priority required, in every Debian install.
@@ -102,11 +105,20 @@ const PROJECT_BINARIES: &[(&str, &str)] = &[
     ("tests/src/bench/compare.rs", "&build.bench"),
     ("tests/src/lab/lbd.rs", "&self.lbd_bin"), // target/release/lbd
     ("tests/src/lab/lbd.rs", "&self.lbctl_bin"), // target/release/lbctl
+    ("tests/src/lab/topology.rs", "bin"),      // spawn_testsrv passes its parameter on
     ("tests/src/lab/topology.rs", "&self.testsrv_bin"), // target/release/lb-testsrv
+    ("tests/src/lab/scale_out.rs", "&testsrv"), // target/release/lb-testsrv
+    ("tests/src/bench/alt.rs", "&lbctl"),      // target/release/lbctl (decap detach)
     ("tests/src/lab/topology.rs", "&lbctl"),   // target/release/lbctl
     ("tests/tests/netns/dsr.rs", "&lbctl"),    // target/release/lbctl (decap detach)
     ("tests/tests/netns.rs", "env!(\"CARGO_BIN_EXE_lb-demo\")"),
     ("tests/tests/netns_db.rs", "env!(\"CARGO_BIN_EXE_lb-demo\")"),
+    (
+        "tests/tests/netns_scale.rs",
+        "env!(\"CARGO_BIN_EXE_lb-demo\")",
+    ),
+    // The test re-executes itself to check file modes under another umask.
+    ("lb-userspace/src/config/save.rs", "exe"),
     (
         "lb-userspace/tests/lbd_logs.rs",
         "env!(\"CARGO_BIN_EXE_lbd\")",
