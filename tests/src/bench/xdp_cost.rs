@@ -952,7 +952,8 @@ fn ipip_nested(inner: &[u8], n: u32) -> Vec<u8> {
 }
 
 /// `lb_decap`'s rows ([`DECAP_CASES`], ns per packet): a fresh load with `BACKENDS[0]` as its
-/// one decapsulation address; `chains` chained calls of [`DECAP_CHAIN`] runs, `packets`
+/// one decapsulation address, `DSR_SRC` as allowed outer source and `DSR_VIP` (and, for the
+/// chain's inner layers, `BACKENDS[0]`) as allowed inner destinations; `chains` chained calls of [`DECAP_CHAIN`] runs, `packets`
 /// single runs, one call of `packets` runs on a plain packet. Every output must be exactly the
 /// client's packet behind the frame's own Ethernet header (the plain frame unchanged for the
 /// pass case), and `decapsulated` (resp. `pass_other`) must rise by exactly the number of
@@ -963,6 +964,13 @@ fn decap_rows(packets: u32, chains: u32) -> Result<[f64; 3], String> {
     let mut d =
         lb::dataplane::decap::Decap::load().map_err(|e| format!("loading lb_decap: {e}"))?;
     d.set_addresses(&[BACKENDS[0]]).map_err(e)?;
+    // The allow-lists a backend gets from `lbctl backend-setup`: the balancer's outer source,
+    // and the VIP as inner destination. The chain's inner layers are IPIP to the backend
+    // itself, so the backend's address is an allowed inner destination too (one more entry,
+    // the same lookups per packet).
+    d.set_sources(&[lb::dataplane::decap::Ipv4Prefix::from(DSR_SRC)])
+        .map_err(e)?;
+    d.set_vips(&[DSR_VIP, BACKENDS[0]]).map_err(e)?;
     let (c, p) = client_of(0);
     let client = tcp_frame(c, p, DSR_VIP, VIP_PORT, tcp_flags::ACK);
     let plain = ipip_nested(&client[14..], 0);
