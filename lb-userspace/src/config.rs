@@ -585,8 +585,18 @@ impl Config {
         Ok(config)
     }
 
-    /// Reads, parses and validates the file at `path`.
+    /// Reads, parses and validates the file at `path`, and checks what it names on this host
+    /// ([`Config::check_environment`]): what lbd's start, a reload and `lbd --check` accept.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::read(path, true)
+    }
+
+    /// [`Config::load`] without the host checks (`lbd --unload` needs only `bpffs_root`).
+    pub fn load_unchecked(path: &Path) -> Result<Config, ConfigError> {
+        Self::read(path, false)
+    }
+
+    fn read(path: &Path, check_host: bool) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: Some(path.display().to_string()),
             line: None,
@@ -594,11 +604,17 @@ impl Config {
             message: format!("cannot read the configuration file: {e}"),
         })?;
         let config = Config::from_yaml_str(&text, &path.display().to_string())?;
-        config.validate_against_file(path).map_err(|mut err| {
-            err.file = Some(path.display().to_string());
-            err.line = locate(&text, &err.path);
-            err
-        })?;
+        config
+            .validate_against_file(path)
+            .and_then(|()| match check_host {
+                true => config.check_environment(),
+                false => Ok(()),
+            })
+            .map_err(|mut err| {
+                err.file = Some(path.display().to_string());
+                err.line = locate(&text, &err.path);
+                err
+            })?;
         Ok(config)
     }
 

@@ -278,7 +278,7 @@ impl Config {
         Ok(())
     }
 
-    /// What `lbd --check` verifies beyond the file itself: the directory of
+    /// What [`Config::load`] checks on this host beyond the file itself: the directory of
     /// `announce.include_file` exists (lbd creates the file, not its directory).
     pub fn check_environment(&self) -> Result<(), ConfigError> {
         let Some(a) = &self.announce else {

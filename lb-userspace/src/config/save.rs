@@ -51,6 +51,18 @@ pub fn write_atomically(
     keep_backup: bool,
     mode: u32,
 ) -> std::io::Result<()> {
+    write_bytes_atomically(path, text.as_bytes(), keep_backup, mode)
+}
+
+/// [`write_atomically`] for bytes. The backup is itself written atomically (a temporary file
+/// renamed over `<path>.bak`), so a symbolic link or another file placed at `<path>.bak` is
+/// replaced, never written through.
+fn write_bytes_atomically(
+    path: &Path,
+    text: &[u8],
+    keep_backup: bool,
+    mode: u32,
+) -> std::io::Result<()> {
     use std::io::Write;
     let name = path
         .file_name()
@@ -81,10 +93,24 @@ pub fn write_atomically(
     let result = (|| {
         // fchmod on the descriptor: not subject to the umask, unlike the mode at open.
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.write_all(text.as_bytes())?;
+        f.write_all(text)?;
         f.sync_all()?;
-        if keep_backup && path.exists() {
-            std::fs::copy(path, dir.join(format!("{name}.bak")))?;
+        if keep_backup {
+            match std::fs::read(path) {
+                Ok(old) => {
+                    let old_mode = std::fs::metadata(path)
+                        .map(|m| m.permissions().mode() & 0o7777)
+                        .unwrap_or(mode);
+                    write_bytes_atomically(
+                        &dir.join(format!("{name}.bak")),
+                        &old,
+                        false,
+                        old_mode,
+                    )?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
         std::fs::rename(&tmp, path)?;
         if let Ok(d) = std::fs::File::open(dir) {
@@ -118,6 +144,24 @@ mod tests {
         let leftovers = std::fs::read_dir(&dir).unwrap().count();
         assert_eq!(leftovers, 2, "no temporary file left behind");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A symbolic link planted at `<path>.bak` is replaced by the backup, not written through
+    /// (before, the backup was a `std::fs::copy`, which follows it and overwrote its target).
+    #[test]
+    fn backup_never_follows_a_symlink() {
+        let dir = crate::testutil::TempDir::new("save-bak-link");
+        let path = dir.path().join("lb.yaml");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        save_atomically(&path, "one\n").unwrap();
+        let bak = dir.path().join("lb.yaml.bak");
+        std::os::unix::fs::symlink(&victim, &bak).unwrap();
+        save_atomically(&path, "two\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        assert!(!std::fs::symlink_metadata(&bak).unwrap().is_symlink());
+        assert_eq!(std::fs::read_to_string(&bak).unwrap(), "one\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
     }
 
     fn mode_of(p: &Path) -> u32 {

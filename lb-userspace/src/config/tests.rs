@@ -128,7 +128,7 @@ fn forwarding_values_of_the_dsr_example() {
 }
 
 /// `announce.include_file` naming the configuration file itself (directly or through another
-/// spelling of the path) is refused at load, naming the field; `lbd --check` refuses an
+/// spelling of the path) is refused at load, naming the field; so is (at every load) an
 /// include file whose directory does not exist.
 #[test]
 fn include_file_must_not_be_the_config_file_and_needs_its_directory() {
@@ -151,10 +151,15 @@ fn include_file_must_not_be_the_config_file_and_needs_its_directory() {
     }
     let ok = dir.path().join("bird").join("lb-vips.conf");
     std::fs::write(&path, text(&ok)).unwrap();
-    let cfg = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    let err = cfg.check_environment().unwrap_err();
+    // Checked on every load (lbd's start, a reload, `lbd --check`), not only by `--check`:
+    // lbd started or reloaded with it would never announce.
+    let err = Config::load(&path).unwrap_err();
     assert_eq!(err.path, "announce.include_file", "{err}");
-    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(
+        err.to_string().contains("does not exist") && err.line == Some(6),
+        "{err}"
+    );
     std::fs::create_dir(dir.path().join("bird")).unwrap();
+    let cfg = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     cfg.check_environment().unwrap();
 }
