@@ -24,8 +24,14 @@
 //! lb_xdp (XDP sees only received packets); the SYN-ACK does, and lb_xdp passes it to the
 //! kernel: its destination is neither a VIP nor a SNAT address (`pass_not_service`).
 //!
+//! An ICMP error quoting the probe (the backend's kernel without an IPIP handler or tunnel
+//! answers protocol or port unreachable) fails the check at once with its cause ([`icmp`];
+//! a raw ICMP socket, filtered to errors).
+//!
 //! With `type: http` the HTTP request to the backend's own address follows a passing tunnel
 //! probe; both must pass.
+
+mod icmp;
 
 use super::{io_error, CheckError, HttpCheck};
 use std::io::Read;
@@ -320,6 +326,7 @@ impl DsrCheck {
             ip_id: (r >> 16) as u16,
         };
         let answers = answer_socket(&p)?;
+        let errors = icmp::error_socket().map_err(|e| io_error("raw ICMP socket", &e))?;
         let sender = socket2::Socket::new(
             socket2::Domain::IPV4,
             socket2::Type::RAW,
@@ -332,9 +339,15 @@ impl DsrCheck {
             .send_to(&syn_packet(&p), &to)
             .map_err(|e| io_error("send", &e))?;
         let via = format!("{} via the IPIP tunnel from {source}", self.path.vip);
-        let answer = tokio::time::timeout(self.wait, read_answer(&answers, &p)).await;
+        let answer = tokio::time::timeout(self.wait, async {
+            tokio::select! {
+                a = read_answer(&answers, &p) => a.map(Ok),
+                e = icmp::read_error(&errors, &p) => e.map(Err),
+            }
+        })
+        .await;
         match answer {
-            Ok(Ok(Answer::SynAck)) => {
+            Ok(Ok(Ok(Answer::SynAck))) => {
                 // Ends the half-open connection on the backend (best effort: it would time
                 // out by itself).
                 let _ = sender.send_to(&rst_packet(&p), &to);
@@ -343,8 +356,13 @@ impl DsrCheck {
                     started.elapsed().as_secs_f64() * 1e3
                 ))
             }
-            Ok(Ok(Answer::Reset)) => Err(CheckError::Failed(format!(
+            Ok(Ok(Ok(Answer::Reset))) => Err(CheckError::Failed(format!(
                 "RST from {via}: the tunnel works but nothing listens on the service port"
+            ))),
+            Ok(Ok(Err(e))) => Err(CheckError::Failed(format!(
+                "ICMP error from {} to the probe of {via}: {} (lbctl backend-setup prints the backend's setup)",
+                e.from,
+                e.describe()
             ))),
             Ok(Err(e)) => Err(io_error("receive", &e)),
             Err(_) => Err(CheckError::Failed(format!(
@@ -394,7 +412,7 @@ async fn read_answer(fd: &AsyncFd<socket2::Socket>, p: &Probe) -> std::io::Resul
 mod tests {
     use super::*;
 
-    fn probe() -> Probe {
+    pub(super) fn probe() -> Probe {
         Probe {
             local: "10.0.1.1:40000".parse().unwrap(),
             vip: "192.0.2.10:80".parse().unwrap(),
@@ -536,8 +554,9 @@ mod tests {
         assert_eq!(parse_answer(&with_options, &p), Some(Answer::SynAck));
     }
 
-    /// Runs classic BPF program `prog` on `pkt` (the few instructions `answer_filter` uses).
-    fn run_filter(prog: &[libc::sock_filter], pkt: &[u8]) -> u32 {
+    /// Runs classic BPF program `prog` on `pkt` (the few instructions `answer_filter` and
+    /// `icmp::error_filter` use).
+    pub(super) fn run_filter(prog: &[libc::sock_filter], pkt: &[u8]) -> u32 {
         let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
         loop {
             let i = prog[pc];
@@ -548,6 +567,8 @@ mod tests {
                 a = u32::from_be_bytes(pkt[k..k + 4].try_into().unwrap());
             } else if code == libc::BPF_LDX | libc::BPF_B | libc::BPF_MSH {
                 x = u32::from(pkt[i.k as usize] & 0x0f) * 4;
+            } else if code == libc::BPF_LD | libc::BPF_B | libc::BPF_IND {
+                a = u32::from(pkt[(x + i.k) as usize]);
             } else if code == libc::BPF_LD | libc::BPF_H | libc::BPF_IND {
                 let k = (x + i.k) as usize;
                 a = u32::from(u16::from_be_bytes([pkt[k], pkt[k + 1]]));
