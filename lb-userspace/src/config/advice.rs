@@ -33,9 +33,11 @@ impl Config {
         // distinct backend endpoints, each holds its share, and each needs a source port of
         // its own from the pool. A pool below the share runs dry first: new flows to that
         // backend are dropped (`drop_snat_exhausted`) while conntrack still has room.
+        // Only full-NAT services take SNAT ports: a DSR flow keeps the client's addresses.
         let endpoints: HashSet<SocketAddrV4> = self
             .expanded_services()
             .iter()
+            .filter(|s| s.forwarding == Forwarding::Nat)
             .flat_map(|s| self.service_backends(s))
             .map(|b| b.address)
             .collect();
@@ -108,6 +110,28 @@ mod tests {
         assert_eq!(c.advice(), vec![]);
         // One port short.
         assert_eq!(config(1, 2046, 2048, 2).advice().len(), 1);
+    }
+
+    /// DSR services take no SNAT port: a DSR-only config gets no SNAT advice (before, `lbctl
+    /// reload` of the scale-out lab's DSR config warned about SNAT ports), and a mixed one
+    /// counts its full-NAT endpoints only.
+    #[test]
+    fn dsr_backends_need_no_snat_ports() {
+        let dsr = "  - name: d\n    vip: 192.0.2.20\n    port: 80\n    forwarding: dsr\n    dsr_source: 10.0.0.1\n    backends:\n      - address: 10.0.2.1:80\n      - address: 10.0.2.2:80\n      - address: 10.0.2.3:80\n";
+        let head = "interfaces: [eth0]\nsnat:\n  addresses: [10.0.255.1]\n  port_min: 1024\n  port_max: 2047\nlimits:\n  conntrack_flows: 2048\nservices:\n";
+        let c = Config::from_yaml_str(&format!("{head}{dsr}"), "test.yaml").unwrap();
+        assert_eq!(c.advice(), vec![]);
+        // One full-NAT endpoint next to them: 2048 flows / 2 endpoints would be 1024 (fine);
+        // 2048 / 1 is 2048 > 1024 ports: advised, naming 1 backend.
+        let nat = "  - name: web\n    vip: 192.0.2.10\n    port: 80\n    backends:\n      - address: 10.0.1.1:8080\n";
+        let c = Config::from_yaml_str(&format!("{head}{dsr}{nat}"), "test.yaml").unwrap();
+        let a = c.advice();
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert!(
+            a[0].message.contains("2048 flows each of the 1 backends"),
+            "{}",
+            a[0]
+        );
     }
 
     #[test]
