@@ -12,7 +12,7 @@
 //! - `dsr_backend_added_{native,generic}`, `dsr_backend_drained_{native,generic}`,
 //!   `dsr_health_diverges_{native,generic}`: Maglev table changes under 3000 long-lived DSR
 //!   connections (a backend added on every node; one drained and one marked down on every
-//!   node; one marked down by node 2's checks only): every open connection keeps its
+//!   node, the drained one then removed; one marked down by node 2's checks only): every open connection keeps its
 //!   backend, none reset (DSR connection tracking); new connections follow the new table.
 //! - `demo_scale_out_fast_mode`: `lb-demo --scale-out --fast`.
 //! - `full_nat_kill_{native,generic}`: the same lbd kill with a full-NAT service breaks the
@@ -464,7 +464,8 @@ fn dsr_backend_added_generic() {
 /// configuration, reloaded) and backend b2 marked down by every node's health checks (its
 /// `/healthz` fails, its server keeps serving), while 3000 DSR connections are open. Drained
 /// and down keep their flows: every connection keeps answering from its first backend, none
-/// reset; new connections go to b3 only.
+/// reset; new connections go to b3 only. Then b2 comes back and b1 is removed from the
+/// configuration: its open flows still keep it.
 fn dsr_backend_drained(mode: Mode) {
     let mut lab = lab(mode, Forwarding::Dsr);
     let before = same_digest(&lab);
@@ -513,10 +514,27 @@ fn dsr_backend_drained(mode: Mode) {
     let s = round(&conns, "the round after b2 came back");
     println!("{mode:?}: b2 up again; {s}");
     assert_kept("after b2 came back", &conns, &s);
+
+    // b1, drained, removed from every node's configuration while its flows are open: lbd
+    // keeps its id in the data plane until its flows end, so they keep their backend.
+    let backends = lab.config_backends()[1..].to_vec();
+    lab.set_config_backends(backends);
+    conns.start_ticker(TICK);
+    let answers = lab
+        .reload_all()
+        .unwrap_or_else(|e| panic!("reloading every node without b1: {e}"));
+    std::thread::sleep(2 * TICK);
+    conns.stop_ticker();
+    let removed = same_digest(&lab);
+    let s = round(&conns, "the round after b1 was removed");
+    println!(
+        "{mode:?}: b1 removed on all {NODES} nodes (digest {removed}; lbctl reload: {answers:?}); {s}"
+    );
+    assert_kept("after b1 was removed", &conns, &s);
     let s = conns.close().unwrap_or_else(|e| panic!("closing: {e}"));
     assert_eq!(
         s.alive, DSR_CONNS,
-        "{mode:?}: every DSR connection survived the drain and the health change: {s}"
+        "{mode:?}: every DSR connection survived the drain, the health change and the removal: {s}"
     );
 }
 
