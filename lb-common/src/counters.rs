@@ -3,7 +3,8 @@
 //! Every packet the XDP program sees increments exactly one verdict counter (all but the event
 //! counters [`CT_BACKEND_DOWN`], [`CT_SYN_REUSE`], [`NEW_FLOW`], [`CT_SYN_ON_OPEN`],
 //! [`CT_PAIR_REPAIRED`], [`CT_DOWN_KEPT`], [`CT_SYN_UNANSWERED`], [`SELECT_SKIPPED`],
-//! [`SELECT_FALLBACK`], [`EVENT_LOST`], [`SNAT_POOL_FULL`] and [`SNAT_SEARCH_SHORT`], which
+//! [`SELECT_FALLBACK`], [`EVENT_LOST`], [`SNAT_POOL_FULL`], [`SNAT_SEARCH_SHORT`],
+//! [`CT_DSR_NEW`] and [`CT_DSR_REPICK`], which
 //! count events on top of the verdict), plus, when it belongs to a service, that service's
 //! and backend's [`crate::FlowStats`]. The name in [`COUNTER_NAMES`] is the `reason` label of the
 //! `lb_packets_total` metric.
@@ -64,6 +65,8 @@ pub const NEW_FLOW: u32 = 20;
 pub const ABORTED: u32 = 21;
 /// A SYN (without ACK) hit a tracked flow in TIME_WAIT or CLOSE (event): a new connection
 /// reusing the client's port. Both old entries are released and it is balanced as a new flow.
+/// For a DSR flow: a SYN on a live entry that saw a FIN or RST from the client; the flow is
+/// balanced afresh from its Maglev slot and its entry overwritten.
 pub const CT_SYN_REUSE: u32 = 22;
 /// An ICMP error (destination unreachable, time exceeded) from the backend side about a
 /// tracked flow, translated for the client (outer VIP -> client, quoted client -> VIP) and
@@ -86,6 +89,7 @@ pub const DROP_TOO_BIG: u32 = 27;
 /// A SYN (without ACK) hit a tracked flow past its handshake that is not closed (event): it is
 /// forwarded unchanged to the flow's backend (whose kernel answers with a challenge ACK, as it
 /// would without lb) and never re-balanced, so a blind spoofed SYN cannot move a connection.
+/// Also a SYN on a live DSR entry that saw no FIN or RST (kept on its pinned backend).
 pub const CT_SYN_ON_OPEN: u32 = 28;
 /// One entry of a flow was missing (LRU eviction) when the other was refreshed or changed
 /// state (event): it was re-inserted from its partner.
@@ -126,7 +130,9 @@ pub const TX_RST_DOWN_CLIENT: u32 = 37;
 /// acknowledgment (`XDP_TX`).
 pub const TX_RST_DOWN_BACKEND: u32 = 38;
 /// A packet of a tracked flow whose backend is down without `BACKEND_F_RESET`
-/// (`on_backend_down: keep`) was forwarded as usual (event, either direction).
+/// (`on_backend_down: keep`) was forwarded as usual (event, either direction); also a packet
+/// of a DSR flow pinned to a backend flagged `BACKEND_F_DOWN` (down, or removed and still
+/// holding flows).
 pub const CT_DOWN_KEPT: u32 = 39;
 
 /// A backend packet on a flow in SYN_SENT (its SYN sent, no SYN-ACK seen) that is neither a
@@ -173,8 +179,20 @@ pub const SNAT_POOL_FULL: u32 = 46;
 /// otherwise).
 pub const SNAT_SEARCH_SHORT: u32 = 47;
 
+/// A DSR flow's entry was written to [`crate::MAP_CT_DSR`] (event): a packet other than a
+/// SYN or RST of a flow without an entry (the handshake's ACK, or a flow moved to this node),
+/// a SYN opening a new connection on an expired or closing entry, or a packet of a flow whose
+/// pinned backend is gone; the backend is the flow's Maglev slot's. SYNs without an entry
+/// insert nothing, so a SYN flood cannot evict pinned flows.
+pub const CT_DSR_NEW: u32 = 48;
+/// A packet of a DSR flow whose pinned backend is gone (its `LB_BACKENDS` entry cleared, or
+/// its id now holds another address) was re-balanced to its Maglev slot's backend, which the
+/// entry now names (event). A backend that is down, draining or removed but still in
+/// `LB_BACKENDS` keeps its flows ([`CT_DOWN_KEPT`]).
+pub const CT_DSR_REPICK: u32 = 49;
+
 /// Number of global counters.
-pub const NUM_COUNTERS: u32 = 48;
+pub const NUM_COUNTERS: u32 = 50;
 
 /// Name prefix of placeholders in [`COUNTER_NAMES`] (indices no counter uses yet, none today;
 /// a branch adding counters may reserve some): never shown by `lbctl stats` nor exported as
@@ -231,6 +249,8 @@ pub const COUNTER_NAMES: [&str; NUM_COUNTERS as usize] = [
     "drop_dsr_no_backend",
     "snat_pool_full",
     "snat_search_short",
+    "ct_dsr_new",
+    "ct_dsr_repick",
 ];
 
 #[cfg(test)]
@@ -271,6 +291,8 @@ mod tests {
             COUNTER_NAMES[SNAT_SEARCH_SHORT as usize],
             "snat_search_short"
         );
+        assert_eq!(COUNTER_NAMES[CT_DSR_NEW as usize], "ct_dsr_new");
+        assert_eq!(COUNTER_NAMES[CT_DSR_REPICK as usize], "ct_dsr_repick");
         assert_eq!(
             COUNTER_NAMES[CT_SYN_RETRY_EXHAUSTED as usize],
             "ct_syn_retry_exhausted"

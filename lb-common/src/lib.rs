@@ -29,7 +29,7 @@ pub mod tcp_state;
 pub use counters::*;
 pub use maps::*;
 
-/// Version of the pinned map layout; part of the pin directory name (`abi7`).
+/// Version of the pinned map layout; part of the pin directory name (`abi8`).
 ///
 /// 2: [`FlowEntry`] grew the cached next hop (32 -> 56 bytes).
 /// 3: [`FlowEntry`] holds the shared TCP state (`state`, `close_dir`; the ESTABLISHED and
@@ -54,7 +54,10 @@ pub use maps::*;
 ///    [`MAP_SNAT_FULL`] is new (per backend id, until when a new flow's SNAT port search is
 ///    cut short after a full search found the pool full); `LB_STATS` grew the SNAT pool
 ///    counters.
-pub const ABI_VERSION: u32 = 7;
+/// 8: DSR connection tracking: [`MAP_CT_DSR`] is new (one [`DsrEntry`] per DSR flow, pinning
+///    it to its backend across table changes); [`MAP_LOCAL_ADDRS`] may carry
+///    [`LOCAL_F_DSR_ONLY`]; `LB_STATS` grew the DSR conntrack counters.
+pub const ABI_VERSION: u32 = 8;
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";

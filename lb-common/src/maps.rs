@@ -9,6 +9,7 @@
 //! | [`MAP_MAGLEV`] | array | `u32` slot | `u32` backend id | lbd |
 //! | [`MAP_CONNTRACK`] | LRU hash | [`FlowKey`] | [`FlowEntry`] | XDP (lbd deletes expired) |
 //! | [`MAP_CT_SYN`] | LRU hash | [`FlowKey`] | [`FlowEntry`] | XDP (lbd deletes expired) |
+//! | [`MAP_CT_DSR`] | LRU hash | [`FlowKey`] | [`DsrEntry`] | XDP (lbd deletes expired) |
 //! | [`MAP_CONFIG`] | array (1) | `u32` 0 | [`GlobalConfig`] | lbd |
 //! | [`MAP_SNAT_ADDRS`] | array | `u32` index | `u32` address (`_be`) | lbd |
 //! | [`MAP_TX_PORTS`] | devmap hash | `u32` ifindex | `u32` ifindex | lbd |
@@ -48,6 +49,11 @@ pub const MAP_CONNTRACK: &str = "LB_CONNTRACK";
 /// Embryonic flows (SYN_SENT, SYN_RECV), laid out like [`MAP_CONNTRACK`]: a SYN flood evicts
 /// only other embryonic flows. A flow moves to [`MAP_CONNTRACK`] when its handshake completes.
 pub const MAP_CT_SYN: &str = "LB_CT_SYN";
+/// DSR flows ([`FORWARDING_DSR`]): one entry per flow, keyed by the client -> VIP 5-tuple,
+/// pinning the flow to the backend it started on ([`DsrEntry`]), so a Maglev table change
+/// moves no open DSR flow. Separate from [`MAP_CONNTRACK`] and [`MAP_CT_SYN`]: the full-NAT
+/// pair invariant, sweep and SYN-flood split are untouched.
+pub const MAP_CT_DSR: &str = "LB_CT_DSR";
 /// Global settings ([`GlobalConfig`]) in slot 0.
 pub const MAP_CONFIG: &str = "LB_CONFIG";
 /// SNAT source addresses on the private side; `GlobalConfig::snat_addr_count` are valid.
@@ -75,7 +81,7 @@ pub const MAP_SNAT_FULL: &str = "LB_SNAT_FULL";
 pub const EVENTS_RING_BYTES: u32 = 64 * 1024;
 
 /// Every map name, in a stable order (used for pinning and re-adoption).
-pub const ALL_MAPS: [&str; 16] = [
+pub const ALL_MAPS: [&str; 17] = [
     MAP_SERVICES,
     MAP_VIPS,
     MAP_LOCAL_ADDRS,
@@ -83,6 +89,7 @@ pub const ALL_MAPS: [&str; 16] = [
     MAP_MAGLEV,
     MAP_CONNTRACK,
     MAP_CT_SYN,
+    MAP_CT_DSR,
     MAP_CONFIG,
     MAP_SNAT_ADDRS,
     MAP_TX_PORTS,
@@ -120,6 +127,12 @@ pub const fn default_embryonic_flows(conntrack_flows: u32) -> u32 {
 }
 /// Entries in the conntrack map per tracked flow.
 pub const CONNTRACK_ENTRIES_PER_FLOW: u32 = 2;
+/// Capacity of [`MAP_CT_DSR`] for `conntrack_flows` tracked flows: one entry per DSR flow,
+/// so the same number of DSR flows as full-NAT flows (each of those takes two entries of
+/// [`MAP_CONNTRACK`]); a DSR entry is 24 bytes against two 56-byte NAT entries.
+pub const fn dsr_flows_capacity(conntrack_flows: u32) -> u32 {
+    conntrack_flows
+}
 /// Maximum number of SNAT addresses.
 pub const MAX_SNAT_ADDRS: u32 = 16;
 /// Capacity of [`MAP_LOCAL_ADDRS`]: one VIP per service plus every SNAT address, twice, since
@@ -217,8 +230,9 @@ pub struct ServiceValue {
 /// default: an all-zero value is a full-NAT service.
 pub const FORWARDING_NAT: u32 = 0;
 /// [`ServiceValue::forwarding`]: direct server return. The client's packet is encapsulated
-/// unchanged in an outer IPv4 header (IPIP) toward the backend, chosen by Maglev for every
-/// packet (no conntrack); the backend decapsulates and answers the client directly.
+/// unchanged in an outer IPv4 header (IPIP) toward the backend, chosen by Maglev when the flow
+/// starts and then pinned in [`MAP_CT_DSR`]; the backend decapsulates and answers the client
+/// directly.
 pub const FORWARDING_DSR: u32 = 1;
 
 /// Offset in [`MAP_MAGLEV`] of table `slot` (0 or 1) of a service.
@@ -240,6 +254,14 @@ pub struct VipValue {
 pub const LOCAL_F_VIP: u32 = 1 << 0;
 /// [`MAP_LOCAL_ADDRS`] value bit: the address is a SNAT address (in [`MAP_SNAT_ADDRS`]).
 pub const LOCAL_F_SNAT: u32 = 1 << 1;
+/// [`MAP_LOCAL_ADDRS`] value bit, with [`LOCAL_F_VIP`]: every service on this VIP is a DSR
+/// service (lbd sets it from [`VIP_F_DSR_ONLY`]). A TCP packet to it skips the two full-NAT
+/// conntrack lookups and goes straight to its service; a full-NAT service found there anyway
+/// (lbd adding one before the bit is cleared) takes the usual path, so the bit is only a hint.
+pub const LOCAL_F_DSR_ONLY: u32 = 1 << 2;
+/// [`VipValue::flags`] bit: every service on this VIP is a DSR service; lbd mirrors it into
+/// [`MAP_LOCAL_ADDRS`] as [`LOCAL_F_DSR_ONLY`].
+pub const VIP_F_DSR_ONLY: u32 = 1 << 0;
 
 /// The backend failed its health check or was removed as failed: flows pinned to it by
 /// conntrack are re-balanced instead of forwarded to it.
@@ -365,6 +387,65 @@ impl FlowEntry {
     }
 }
 
+/// [`DsrEntry::flags`]: the client sent a FIN on this flow (the flow is closing: its entry
+/// lives [`crate::tcp_state::TIME_WAIT`]'s timeout after its last packet, and a SYN opens a
+/// new connection).
+pub const DSR_F_FIN: u32 = 1 << 0;
+/// [`DsrEntry::flags`]: the client sent a RST on this flow (closed: [`crate::tcp_state::CLOSE`]'s
+/// timeout, and a SYN opens a new connection).
+pub const DSR_F_RST: u32 = 1 << 1;
+
+/// Value of [`MAP_CT_DSR`]: the backend a DSR flow is pinned to.
+///
+/// lb sees only the client's side of a DSR flow, so there is no TCP state machine: the entry
+/// records the backend (id and address: ids are reused by lbd, so a hit whose
+/// `LB_BACKENDS[backend_id]` no longer holds `backend_addr_be` re-picks), when the flow last
+/// sent a packet and whether the client sent a FIN or RST. It is live for the ESTABLISHED
+/// timeout after the last packet, the TIME_WAIT timeout once a FIN was seen, the CLOSE
+/// timeout once a RST was seen ([`DsrEntry::timeout_ns`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DsrEntry {
+    /// `bpf_ktime_get_coarse_ns()` of the flow's last packet (refreshed at most every
+    /// [`FLOW_TOUCH_INTERVAL_NS`]).
+    pub last_seen_ns: u64,
+    pub backend_id: u32,
+    /// The backend's address when the entry was written (`LB_BACKENDS[backend_id].addr_be`).
+    pub backend_addr_be: u32,
+    /// `DSR_F_*` bits.
+    pub flags: u32,
+    /// Service id (for the flow counts of lbd's sweep).
+    pub service_id: u32,
+}
+
+impl DsrEntry {
+    /// True once the client sent a FIN or a RST.
+    #[inline(always)]
+    pub fn closing(&self) -> bool {
+        self.flags & (DSR_F_FIN | DSR_F_RST) != 0
+    }
+
+    /// Idle timeout of this entry under `cfg`: ESTABLISHED's, TIME_WAIT's once a FIN was
+    /// seen, CLOSE's once a RST was seen.
+    #[inline(always)]
+    pub fn timeout_ns(&self, cfg: &GlobalConfig) -> u64 {
+        let state = if self.flags & DSR_F_RST != 0 {
+            crate::tcp_state::CLOSE
+        } else if self.flags & DSR_F_FIN != 0 {
+            crate::tcp_state::TIME_WAIT
+        } else {
+            crate::tcp_state::ESTABLISHED
+        };
+        cfg.tcp_timeouts_ns[(state & 7) as usize]
+    }
+
+    /// True when the entry has been idle longer than its timeout at time `now_ns`.
+    #[inline(always)]
+    pub fn is_expired(&self, now_ns: u64, cfg: &GlobalConfig) -> bool {
+        now_ns.saturating_sub(self.last_seen_ns) > self.timeout_ns(cfg)
+    }
+}
+
 /// Value of [`MAP_CONFIG`] slot 0: settings the control plane can change at run time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -433,6 +514,7 @@ mod pod {
     unsafe impl aya::Pod for BackendValue {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowEntry {}
+    unsafe impl aya::Pod for DsrEntry {}
     unsafe impl aya::Pod for GlobalConfig {}
     unsafe impl aya::Pod for FlowStats {}
 }
@@ -446,6 +528,7 @@ const _: () = {
     assert!(size_of::<FlowKey>() == 16);
     assert!(size_of::<FlowEntry>() == 56);
     assert!(align_of::<FlowEntry>() == 8);
+    assert!(size_of::<DsrEntry>() == 24);
     assert!(size_of::<GlobalConfig>() == 80);
     assert!(size_of::<FlowStats>() == 48);
 };
@@ -515,6 +598,32 @@ mod tests {
         assert_eq!(d[ESTABLISHED as usize], 7440 * SEC);
         assert_eq!(d[TIME_WAIT as usize], 60 * SEC);
         assert_eq!(d[CLOSE as usize], 10 * SEC);
+    }
+
+    #[test]
+    fn dsr_expiry_follows_flags() {
+        use crate::tcp_state::*;
+        let cfg = GlobalConfig::default();
+        let t = cfg.tcp_timeouts_ns;
+        let mut e = DsrEntry {
+            last_seen_ns: 1_000,
+            ..Default::default()
+        };
+        assert!(!e.closing());
+        assert_eq!(e.timeout_ns(&cfg), t[ESTABLISHED as usize]);
+        assert!(!e.is_expired(1_000 + t[ESTABLISHED as usize], &cfg));
+        assert!(e.is_expired(1_001 + t[ESTABLISHED as usize], &cfg));
+        e.flags = DSR_F_FIN;
+        assert!(e.closing());
+        assert_eq!(e.timeout_ns(&cfg), t[TIME_WAIT as usize]);
+        // A RST wins over a FIN seen before it.
+        e.flags = DSR_F_FIN | DSR_F_RST;
+        assert_eq!(e.timeout_ns(&cfg), t[CLOSE as usize]);
+        assert!(e.is_expired(1_001 + t[CLOSE as usize], &cfg));
+        // A clock that went backwards never expires an entry.
+        assert!(!e.is_expired(0, &cfg));
+        assert_eq!(offset_of!(DsrEntry, backend_id), 8);
+        assert_eq!(offset_of!(DsrEntry, flags), 16);
     }
 
     #[test]

@@ -3,14 +3,31 @@
 //! backend decapsulates it on its `tunl0` device, owns the VIP on its loopback and answers the
 //! client directly, so lb sees only the client -> VIP direction.
 //!
-//! No connection tracking: every packet of a DSR service picks its backend from the flow's
-//! own Maglev slot (`flow_hash` of the 5-tuple with the global seed, slot `h % table_size`).
-//! Any node with the same configuration and seed therefore sends any packet of a flow to the
-//! same backend, whether or not it saw the SYN. Passive suspicion and the selection walk are
-//! not used (they are per node, and DSR never sees the backend's answers): the table lbd
-//! writes is the only input. The price: a flow follows its slot, so a table change (a backend
-//! added, removed, down or drained) moves the flows of the changed slots.
+//! Connection tracking without a state machine (`LB_CT_DSR`, one [`DsrEntry`] per flow keyed
+//! by its client -> VIP 5-tuple): a flow is pinned to the backend it started on, so a Maglev
+//! table change (a backend added, removed, down or drained) moves no open flow. A flow
+//! without an entry takes the backend of its own Maglev slot (`flow_hash` of the 5-tuple with
+//! the global seed, slot `h % table_size`, probe 0): any node with the same configuration and
+//! seed picks the same backend, whether or not it saw the SYN. Passive suspicion and the
+//! selection walk are not used (they are per node, and DSR never sees the backend's answers).
 //!
+//! - An entry is written for the first packet of a flow that is neither a SYN nor a RST (the
+//!   handshake's ACK, or any packet of a flow ECMP moved here): a spoofed SYN flood inserts
+//!   nothing and evicts no pinned flow. The price: a table change between a SYN and its ACK
+//!   moves that one handshake.
+//! - A hit is live for the ESTABLISHED timeout after its last packet (TIME_WAIT's once the
+//!   client sent a FIN, CLOSE's once it sent a RST, [`DsrEntry::timeout_ns`]), refreshed at
+//!   most once a second. Its backend is kept while `LB_BACKENDS[id]` still holds the address
+//!   the entry recorded, down or draining included (`CT_DOWN_KEPT` when flagged down: the
+//!   full-NAT `on_backend_down: keep`, the only mode DSR allows); a cleared entry or an id
+//!   reused for another address re-picks from the slot (`CT_DSR_REPICK`).
+//! - A SYN on a live entry that saw a FIN or RST opens a new connection (`CT_SYN_REUSE`): it
+//!   is balanced from its slot and the entry overwritten; so is any packet on an expired
+//!   entry. A SYN on a live open entry keeps its backend (`CT_SYN_ON_OPEN`; the backend's
+//!   kernel answers it with a challenge ACK, RFC 5961).
+//! - An entry the LRU evicts falls back to its slot: the same backend while the table is
+//!   unchanged. lbd's sweep deletes expired entries and counts the live ones.
+
 //! The outer header: version 4, IHL 5, TOS and identification copied from the inner header,
 //! DF copied from the inner header, TTL 64, protocol IPIP, source the service's configured
 //! node address, destination the backend; only its checksum is computed (the inner packet,
@@ -20,19 +37,23 @@
 //! ([`crate::icmp::frag_needed`]).
 
 use crate::{
+    conntrack::now_ns,
     forward::{egress_action, fib_v4, Fib},
     icmp,
-    maps::{LB_BACKENDS, LB_CONFIG, LB_MAGLEV},
+    maps::{LB_BACKENDS, LB_CONFIG, LB_CT_DSR, LB_MAGLEV},
     parse::{frame_len, ptr_at, EthHdr, Ipv4Hdr, TcpHdr, ETH_HLEN, ETH_P_IP_BE, IPV4_HLEN},
     rst::{self, sum_words},
     stats::{self, Verdict},
 };
-use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::{
+    bindings::BPF_ANY, helpers::generated::bpf_xdp_adjust_head, programs::XdpContext,
+};
 use lb_common::{
-    checksum::csum_fold, hash::flow_hash, passive::probe_slot, tcp_flags, FlowKey, ServiceValue,
-    BACKEND_ID_NONE, DROP_DSR_NO_BACKEND, DROP_FIB_FAILED, DROP_TOO_BIG, FWD_DSR, ICMP_TO_BACKEND,
-    IPPROTO_IPIP,
-    PASS_FIB_NO_NEIGH, PASS_NO_TX_PORT, SERVICE_F_NO_BACKEND,
+    checksum::csum_fold, hash::flow_hash, passive::probe_slot, tcp_flags, DsrEntry, FlowKey,
+    GlobalConfig, ServiceValue, BACKEND_F_DOWN, BACKEND_ID_NONE, CT_DOWN_KEPT, CT_DSR_NEW,
+    CT_DSR_REPICK, CT_SYN_ON_OPEN, CT_SYN_REUSE, DROP_DSR_NO_BACKEND, DROP_FIB_FAILED,
+    DROP_TOO_BIG, DSR_F_FIN, DSR_F_RST, FLOW_TOUCH_INTERVAL_NS, FWD_DSR, ICMP_TO_BACKEND,
+    IPPROTO_IPIP, PASS_FIB_NO_NEIGH, PASS_NO_TX_PORT, SERVICE_F_NO_BACKEND,
 };
 
 /// Bytes the encapsulation adds: the outer IPv4 header.
@@ -43,8 +64,9 @@ const OUTER_TTL: u8 = 64;
 const IP_DF_BE: u16 = 0x4000u16.to_be();
 
 /// A TCP packet to the DSR service `svc` (IPv4 without options, full TCP header; `key` its
-/// 5-tuple), outer source `src_be`. Returns `FWD_DSR` (sent), `PASS_FIB_NO_NEIGH` or
-/// `PASS_NO_TX_PORT` (the encapsulated packet is passed to the kernel, which forwards it),
+/// 5-tuple), outer source `src_be`: to the flow's pinned backend, or its slot's
+/// ([`flow_backend`]). Returns `FWD_DSR` (sent), `PASS_FIB_NO_NEIGH` or `PASS_NO_TX_PORT`
+/// (the encapsulated packet is passed to the kernel, which forwards it),
 /// `TX_ICMP_FRAG_NEEDED` / `DROP_TOO_BIG` (too big once encapsulated), `DROP_FIB_FAILED`,
 /// and without a backend `TX_RST_NO_BACKEND` for a SYN, `DROP_DSR_NO_BACKEND` otherwise.
 #[inline(always)]
@@ -58,33 +80,18 @@ pub fn lb4_dsr(
     src_be: u32,
 ) -> Result<Verdict, ()> {
     let is_syn = tcp.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
-    let Some((backend_id, backend_addr)) = backend(svc, key)? else {
+    let Some((backend_id, backend_addr)) = flow_backend(svc, key, tcp.flags)? else {
         if is_syn {
             return rst::reply_rst(ctx, svc.service_id);
         }
         return Ok(Verdict::drop(DROP_DSR_NO_BACKEND));
     };
-    let outer_len = ip.tot_len() + DSR_ENCAP_LEN;
-    if outer_len > u16::MAX as usize {
-        return Ok(Verdict::drop(DROP_TOO_BIG));
-    }
-    let hop = fib_v4(
-        ctx,
-        IPPROTO_IPIP,
-        ip.tos,
-        src_be,
-        backend_addr,
-        outer_len as u16,
-    );
-    match hop {
-        Fib::FragNeeded(mtu) => {
-            // The packet is still the client's: the quote is what it sent.
-            let inner_mtu = mtu.saturating_sub(DSR_ENCAP_LEN as u16);
-            return Ok(icmp::frag_needed(ctx, eth, ip, key, inner_mtu));
-        }
-        Fib::Failed => return Ok(Verdict::drop(DROP_FIB_FAILED)),
-        Fib::Ready { .. } | Fib::NoNeigh => {}
-    }
+    let hop = match outer_hop(ctx, ip, src_be, backend_addr) {
+        // The packet is still the client's: the quote is what it sent.
+        Ok(Fib::FragNeeded(mtu)) => return Ok(icmp::frag_needed(ctx, eth, ip, key, mtu)),
+        Ok(hop) => hop,
+        Err(counter) => return Ok(Verdict::drop(counter)),
+    };
     if is_syn {
         stats::new_flow(svc.service_id, backend_id);
     }
@@ -94,11 +101,12 @@ pub fn lb4_dsr(
 /// An ICMP error addressed to a DSR VIP (a router on the client's path, e.g. fragmentation
 /// needed for the backend's answer) quoting the backend's packet VIP:port -> client, `key`
 /// the flow's client -> VIP 5-tuple: the backend sent that packet directly, so the error goes
-/// to the backend the flow's own Maglev slot names, encapsulated like the flow's packets, and
-/// the backend's kernel learns the path MTU (or the error) for its socket. Returns
-/// `ICMP_TO_BACKEND` (sent), the pass verdicts of [`lb4_dsr`], `DROP_DSR_NO_BACKEND`,
-/// `DROP_FIB_FAILED`, and `DROP_TOO_BIG` when it no longer fits once encapsulated (never an
-/// ICMP error about an ICMP error, RFC 1122 3.2.2).
+/// to the flow's backend (its live `LB_CT_DSR` entry's, else its Maglev slot's; the entry is
+/// neither written nor refreshed), encapsulated like the flow's packets, and the backend's
+/// kernel learns the path MTU (or the error) for its socket. Returns `ICMP_TO_BACKEND`
+/// (sent), the pass verdicts of [`lb4_dsr`], `DROP_DSR_NO_BACKEND`, `DROP_FIB_FAILED`, and
+/// `DROP_TOO_BIG` when it no longer fits once encapsulated (never an ICMP error about an ICMP
+/// error, RFC 1122 3.2.2).
 #[inline(always)]
 pub fn icmp_to_backend(
     ctx: &XdpContext,
@@ -108,32 +116,130 @@ pub fn icmp_to_backend(
     svc: &ServiceValue,
     src_be: u32,
 ) -> Result<Verdict, ()> {
-    let Some((backend_id, backend_addr)) = backend(svc, key)? else {
-        return Ok(Verdict::drop(DROP_DSR_NO_BACKEND));
+    let cfg = LB_CONFIG.get(0).ok_or(())?;
+    // SAFETY: read-only map value, valid while the program runs.
+    let pinned = match unsafe { LB_CT_DSR.get(key) } {
+        Some(e) if !e.is_expired(now_ns(), cfg) => pinned_backend(e).map(|(b, _)| b),
+        _ => None,
     };
-    let outer_len = ip.tot_len() + DSR_ENCAP_LEN;
-    if outer_len > u16::MAX as usize {
-        return Ok(Verdict::drop(DROP_TOO_BIG));
-    }
-    let hop = fib_v4(
-        ctx,
-        IPPROTO_IPIP,
-        ip.tos,
-        src_be,
-        backend_addr,
-        outer_len as u16,
-    );
-    match hop {
-        Fib::FragNeeded(_) => return Ok(Verdict::drop(DROP_TOO_BIG)),
-        Fib::Failed => return Ok(Verdict::drop(DROP_FIB_FAILED)),
-        Fib::Ready { .. } | Fib::NoNeigh => {}
-    }
-    let v = send_encapsulated(ctx, eth, ip, svc, (backend_id, backend_addr), src_be, hop)?;
+    let backend = match pinned {
+        Some(b) => b,
+        None => match slot_backend(svc, key, cfg)? {
+            Some(b) => b,
+            None => return Ok(Verdict::drop(DROP_DSR_NO_BACKEND)),
+        },
+    };
+    let hop = match outer_hop(ctx, ip, src_be, backend.1) {
+        Ok(Fib::FragNeeded(_)) => return Ok(Verdict::drop(DROP_TOO_BIG)),
+        Ok(hop) => hop,
+        Err(counter) => return Ok(Verdict::drop(counter)),
+    };
+    let v = send_encapsulated(ctx, eth, ip, svc, backend, src_be, hop)?;
     Ok(if v.counter == FWD_DSR {
         Verdict::new(v.action, ICMP_TO_BACKEND)
     } else {
         v
     })
+}
+
+/// The next hop of the packet `ip` once encapsulated from `src_be` to `dst_be` (one
+/// `bpf_fib_lookup` for the outer packet): `Fib::Ready`, `Fib::NoNeigh`, or
+/// `Fib::FragNeeded` with the route's MTU less the outer header (what the inner packet may
+/// be); `Err` with the drop counter when it cannot be sent: `DROP_TOO_BIG` (the outer length
+/// would exceed 65535), `DROP_FIB_FAILED`.
+#[inline(always)]
+fn outer_hop(ctx: &XdpContext, ip: &Ipv4Hdr, src_be: u32, dst_be: u32) -> Result<Fib, u32> {
+    let outer_len = ip.tot_len() + DSR_ENCAP_LEN;
+    if outer_len > u16::MAX as usize {
+        return Err(DROP_TOO_BIG);
+    }
+    match fib_v4(ctx, IPPROTO_IPIP, ip.tos, src_be, dst_be, outer_len as u16) {
+        Fib::FragNeeded(mtu) => Ok(Fib::FragNeeded(mtu.saturating_sub(DSR_ENCAP_LEN as u16))),
+        Fib::Failed => Err(DROP_FIB_FAILED),
+        hop => Ok(hop),
+    }
+}
+
+/// The `DSR_F_*` bits a packet with TCP `flags` records.
+#[inline(always)]
+fn close_bits(flags: u8) -> u32 {
+    let mut bits = 0;
+    if flags & tcp_flags::FIN != 0 {
+        bits |= DSR_F_FIN;
+    }
+    if flags & tcp_flags::RST != 0 {
+        bits |= DSR_F_RST;
+    }
+    bits
+}
+
+/// The backend (id, address) a live entry `e` pins its flow to, with its `BACKEND_F_*` flags,
+/// while `LB_BACKENDS` still holds the address the entry recorded for that id (down and
+/// draining backends included); `None` when the backend is gone (cleared, or its id reused
+/// for another address).
+#[inline(always)]
+fn pinned_backend(e: &DsrEntry) -> Option<((u32, u32), u32)> {
+    match LB_BACKENDS.get(e.backend_id) {
+        Some(b) if b.addr_be == e.backend_addr_be && b.addr_be != 0 => {
+            Some(((e.backend_id, e.backend_addr_be), b.flags))
+        }
+        _ => None,
+    }
+}
+
+/// The backend (id, address) of a packet with TCP `flags` of the DSR flow `key` of `svc`,
+/// maintaining the flow's `LB_CT_DSR` entry (the module's rules): the pinned backend of a live
+/// entry, refreshed; else the flow's Maglev slot's, written into the entry when there was one
+/// (expired, closing and a SYN, or its backend gone) or when the packet is neither a SYN nor
+/// a RST. `None` without a backend (none in the service, the slot empty, the backend cleared).
+#[inline(always)]
+fn flow_backend(svc: &ServiceValue, key: &FlowKey, flags: u8) -> Result<Option<(u32, u32)>, ()> {
+    let cfg = LB_CONFIG.get(0).ok_or(())?;
+    let now = now_ns();
+    let is_syn = flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
+    let mut overwrite = false;
+    if let Some(e) = LB_CT_DSR.get_ptr_mut(key) {
+        // SAFETY: map value pointer; concurrent updates are benign (last writer wins).
+        let e = unsafe { &mut *e };
+        if !e.is_expired(now, cfg) {
+            if is_syn && e.closing() {
+                stats::count(CT_SYN_REUSE);
+            } else if let Some((b, backend_flags)) = pinned_backend(e) {
+                if is_syn {
+                    stats::count(CT_SYN_ON_OPEN);
+                }
+                if backend_flags & BACKEND_F_DOWN != 0 {
+                    stats::count(CT_DOWN_KEPT);
+                }
+                let bits = e.flags | close_bits(flags);
+                if bits != e.flags || now.saturating_sub(e.last_seen_ns) >= FLOW_TOUCH_INTERVAL_NS
+                {
+                    e.flags = bits;
+                    e.last_seen_ns = now;
+                }
+                return Ok(Some(b));
+            } else {
+                stats::count(CT_DSR_REPICK);
+            }
+        }
+        overwrite = true;
+    }
+    let Some((id, addr)) = slot_backend(svc, key, cfg)? else {
+        return Ok(None);
+    };
+    if overwrite || flags & (tcp_flags::SYN | tcp_flags::RST) == 0 {
+        let entry = DsrEntry {
+            last_seen_ns: now,
+            backend_id: id,
+            backend_addr_be: addr,
+            flags: close_bits(flags),
+            service_id: svc.service_id,
+        };
+        if LB_CT_DSR.insert(key, &entry, BPF_ANY as u64).is_ok() {
+            stats::count(CT_DSR_NEW);
+        }
+    }
+    Ok(Some((id, addr)))
 }
 
 /// Encapsulates the IPv4 packet in `ctx` toward `backend` (id, address) from `src_be` and
@@ -183,11 +289,14 @@ fn send_encapsulated(
 /// The backend of `key`'s own Maglev slot in `svc`'s active table, with its address; `None`
 /// when the service has no backend, the slot is empty or the backend entry is cleared.
 #[inline(always)]
-fn backend(svc: &ServiceValue, key: &FlowKey) -> Result<Option<(u32, u32)>, ()> {
+fn slot_backend(
+    svc: &ServiceValue,
+    key: &FlowKey,
+    cfg: &GlobalConfig,
+) -> Result<Option<(u32, u32)>, ()> {
     if svc.flags & SERVICE_F_NO_BACKEND != 0 || svc.table_size == 0 {
         return Ok(None);
     }
-    let cfg = LB_CONFIG.get(0).ok_or(())?;
     let h = flow_hash(
         key.src_addr_be,
         key.dst_addr_be,

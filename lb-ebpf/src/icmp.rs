@@ -12,9 +12,10 @@
 //!   error leaves as VIP -> client quoting client -> VIP ([`lb4_icmp_from_backend`]);
 //! - from the client side, to a VIP, quoting VIP -> client: the forward entry; the error leaves
 //!   as SNAT address -> backend quoting backend -> SNAT address ([`lb4_icmp_from_client`]);
-//! - from the client side, to a DSR VIP, quoting VIP -> client with no entry (DSR tracks
-//!   nothing): the backend answered directly, so the error goes unchanged, encapsulated like the
-//!   flow's packets, to the backend the flow's Maglev slot names ([`crate::dsr::icmp_to_backend`]).
+//! - from the client side, to a DSR VIP, quoting VIP -> client with no full-NAT entry: the
+//!   backend answered directly, so the error goes unchanged, encapsulated like the flow's
+//!   packets, to the flow's backend: its `LB_CT_DSR` entry's, else its Maglev slot's
+//!   ([`crate::dsr::icmp_to_backend`]).
 //!
 //! The outer source becomes the flow's own address on that side (VIP or SNAT address), not the
 //! router that generated the error: the receiver accepts an ICMP error from any source, and

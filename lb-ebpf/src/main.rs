@@ -126,7 +126,7 @@ fn try_lb(ctx: &XdpContext) -> Result<Verdict, ()> {
         if let Some(tcp) = ptr_at::<TcpHdr>(ctx, ETH_HLEN + IPV4_HLEN) {
             // SAFETY: bounds-checked by ptr_at, disjoint from the IP header.
             let tcp = unsafe { &mut *tcp };
-            return lb4_tcp(ctx, eth, ip, tcp, tot_len, is_vip);
+            return lb4_tcp(ctx, eth, ip, tcp, tot_len, local);
         }
     }
     if is_vip {
@@ -167,9 +167,12 @@ fn service_key(ip: &Ipv4Hdr, tcp: &TcpHdr) -> ServiceKey {
     }
 }
 
-/// Unfragmented TCP without IP options and with a full TCP header, to a VIP (`is_vip`) or a
-/// SNAT address: the conntrack entry of its 5-tuple decides between the reply path and the
-/// service path.
+/// Unfragmented TCP without IP options and with a full TCP header, to a VIP or a SNAT address
+/// (`local`, its `LOCAL_F_*` bits): the conntrack entry of its 5-tuple decides between the
+/// reply path and the service path. A VIP flagged `LOCAL_F_DSR_ONLY` (all its services are
+/// DSR) skips the full-NAT conntrack lookups and goes to its service first; a full-NAT
+/// service found there anyway (lbd adds it before it clears the bit) is looked up then, so
+/// the bit never changes a verdict of a full-NAT service.
 #[inline(always)]
 fn lb4_tcp(
     ctx: &XdpContext,
@@ -177,29 +180,39 @@ fn lb4_tcp(
     ip: &mut Ipv4Hdr,
     tcp: &mut TcpHdr,
     tot_len: usize,
-    is_vip: bool,
+    local: u32,
 ) -> Result<Verdict, ()> {
+    let is_vip = local & LOCAL_F_VIP != 0;
+    let dsr_only = is_vip && local & LOCAL_F_DSR_ONLY != 0;
     let key = tcp_key(ip.src_be, ip.dst_be, tcp.src_port_be, tcp.dst_port_be);
-    let found =
-        if ablate::NO_CT_MISS && tcp.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN {
-            None
-        } else {
-            conntrack::lookup(&key)
-        };
-    let Some((table, entry)) = found else {
+    let mut found = if dsr_only
+        || (ablate::NO_CT_MISS && tcp.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN)
+    {
+        None
+    } else {
+        conntrack::lookup(&key)
+    };
+    if found.is_none() {
         if !is_vip {
             return Ok(Verdict::pass(PASS_NOT_SERVICE));
         }
-        return match vip_service(ip, tcp, tot_len) {
-            // DSR flows have no conntrack entry: their packets always come here.
-            Ok(svc) => match Forwarding::of(&svc) {
-                Forwarding::Nat => lb4_service(ctx, eth, ip, tcp, &key, &svc, None),
-                Forwarding::Dsr { src_be } => {
-                    dsr::lb4_dsr(ctx, eth, ip, tcp, &key, &svc, src_be)
-                }
-            },
-            Err(v) => Ok(v),
+        let svc = match vip_service(ip, tcp, tot_len) {
+            Ok(svc) => svc,
+            Err(v) => return Ok(v),
         };
+        // DSR flows have no full-NAT conntrack entry: their packets always come here.
+        if let Forwarding::Dsr { src_be } = Forwarding::of(&svc) {
+            return dsr::lb4_dsr(ctx, eth, ip, tcp, &key, &svc, src_be);
+        }
+        if dsr_only {
+            found = conntrack::lookup(&key);
+        }
+        if found.is_none() {
+            return lb4_service(ctx, eth, ip, tcp, &key, &svc, None);
+        }
+    }
+    let Some((table, entry)) = found else {
+        return Err(());
     };
     // SAFETY: map value pointer; concurrent updates are benign (last writer wins).
     let entry = unsafe { &mut *entry };

@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     decap::{DECAP_MAX_ADDRS, DECAP_MAX_SOURCES, DECAP_MAX_VIPS, DECAP_NUM_COUNTERS},
-    passive::BackendSuspect, BackendValue, FlowEntry, FlowKey, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue,
+    passive::BackendSuspect, dsr_flows_capacity, BackendValue, DsrEntry, FlowEntry, FlowKey, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue,
     local_addrs_capacity, CONFIG_ENTRIES, CONNTRACK_ENTRIES_PER_FLOW, DEFAULT_CONNTRACK_FLOWS, DEFAULT_MAGLEV_TABLE_SIZE,
     DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, EVENTS_RING_BYTES, MAX_SNAT_ADDRS, MAX_TX_PORTS, NUM_COUNTERS,
 };
@@ -65,6 +65,11 @@ pub static LB_CT_SYN: LruHashMap<FlowKey, FlowEntry> = LruHashMap::pinned(
     DEFAULT_CONNTRACK_FLOWS / 8 * CONNTRACK_ENTRIES_PER_FLOW,
     CT_FLAGS,
 );
+
+/// DSR flows: client -> VIP 5-tuple -> the backend the flow is pinned to (`crate::dsr`).
+#[map]
+pub static LB_CT_DSR: LruHashMap<FlowKey, DsrEntry> =
+    LruHashMap::pinned(dsr_flows_capacity(DEFAULT_CONNTRACK_FLOWS), CT_FLAGS);
 
 /// Global run-time settings in slot 0 (SNAT range, timeouts, hash seed).
 #[map]
@@ -144,6 +149,7 @@ const _: () = {
     assert!(same(lb_common::MAP_MAGLEV, "LB_MAGLEV"));
     assert!(same(lb_common::MAP_CONNTRACK, "LB_CONNTRACK"));
     assert!(same(lb_common::MAP_CT_SYN, "LB_CT_SYN"));
+    assert!(same(lb_common::MAP_CT_DSR, "LB_CT_DSR"));
     assert!(same(lb_common::MAP_CONFIG, "LB_CONFIG"));
     assert!(same(lb_common::MAP_SNAT_ADDRS, "LB_SNAT_ADDRS"));
     assert!(same(lb_common::MAP_TX_PORTS, "LB_TX_PORTS"));

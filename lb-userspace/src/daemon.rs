@@ -545,6 +545,7 @@ where
                     match result {
                         Ok(s) => tracing::debug!(
                             entries = s.entries,
+                            dsr_flows = s.dsr_flows,
                             expired_removed = s.expired_removed,
                             took_ms = started.elapsed().as_millis() as u64,
                             "conntrack sweep"

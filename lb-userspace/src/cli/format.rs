@@ -1081,7 +1081,8 @@ VIP         ANNOUNCED  WHY
                 "\nct_syn_retried          0      0\n\
                  ct_syn_retry_exhausted  0      0\nfwd_dsr                 0      0\n\
                  drop_dsr_no_backend     0      0\nsnat_pool_full          0      0\n\
-                 snat_search_short       0      0\nfrom_the_future         1      -\n"
+                 snat_search_short       0      0\nct_dsr_new              0      0\n\
+                 ct_dsr_repick           0      0\nfrom_the_future         1      -\n"
             ),
             "\n{got}"
         );

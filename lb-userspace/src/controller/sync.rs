@@ -1,6 +1,7 @@
 //! Bringing the data plane in line with the model: one service (make-before-break) and the VIP map.
 
 use super::*;
+use lb_common::VIP_F_DSR_ONLY;
 
 /// True when writing `new` flags over `written` ones sets `BACKEND_F_RESET` on a backend that
 /// may have flows (a backend never written has none).
@@ -147,9 +148,12 @@ impl<D: Dataplane> Controller<D> {
     /// gone) are removed before new ones are inserted, so moving a service to a new VIP fits
     /// in a full map (`limits.max_services` entries).
     pub(super) fn sync_vips(&mut self) -> Result<(), ControllerError> {
-        let mut want: BTreeMap<u32, u32> = BTreeMap::new();
+        // Per VIP: its service count and whether every one of them is DSR.
+        let mut want: BTreeMap<u32, (u32, bool)> = BTreeMap::new();
         for s in &self.services {
-            *want.entry(s.key.vip_be).or_insert(0) += 1;
+            let w = want.entry(s.key.vip_be).or_insert((0, true));
+            w.0 += 1;
+            w.1 &= s.cfg.forwarding == crate::config::Forwarding::Dsr;
         }
         let stale: Vec<u32> = self
             .vips
@@ -161,10 +165,10 @@ impl<D: Dataplane> Controller<D> {
             self.write_remove_vip(vip)?;
             self.vips.remove(&vip);
         }
-        for (vip, count) in want {
+        for (vip, (count, dsr_only)) in want {
             let value = VipValue {
                 service_count: count,
-                flags: 0,
+                flags: if dsr_only { VIP_F_DSR_ONLY } else { 0 },
             };
             if self.vips.get(&vip) != Some(&Some(value)) {
                 self.write_vip(vip, &value)?;

@@ -1055,3 +1055,88 @@ fn snat_pool_follows_a_reloaded_port_range() {
     let p = snat_pool_of(&ctl, "web", "10.1.2.2:8080").unwrap();
     assert_eq!((p.in_use, p.ports_per_address, p.total()), (50, 200, 400));
 }
+
+/// A VIP whose services are all DSR carries `LOCAL_F_DSR_ONLY` (its packets skip the full-NAT
+/// conntrack lookups); a full-NAT service on it clears the bit, removing that service sets it
+/// again, and removing the VIP drops both bits.
+#[test]
+fn dsr_only_vips_carry_the_dsr_only_bit() {
+    use lb_common::{LOCAL_F_DSR_ONLY, LOCAL_F_SNAT, LOCAL_F_VIP, VIP_F_DSR_ONLY};
+    let (mut ctl, dp) = start(SNAT_POOL);
+    let (vip, snat) = (Ipv4Addr::new(192, 0, 2, 10), Ipv4Addr::new(10, 0, 255, 1));
+    let dsr_vip = Ipv4Addr::new(192, 0, 2, 20);
+    // Mixed VIP: no bit.
+    assert_eq!(local_addrs(&dp)[&vip], LOCAL_F_VIP);
+    // The DSR service alone on its own VIP: the bit, in LB_VIPS and LB_LOCAL_ADDRS.
+    let mut c = ctl.config().clone();
+    c.services[2].vip = dsr_vip;
+    ctl.apply(c.clone()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(local_addrs(&dp)[&vip], LOCAL_F_VIP);
+    assert_eq!(local_addrs(&dp)[&dsr_vip], LOCAL_F_VIP | LOCAL_F_DSR_ONLY);
+    let be = lb_common::ipv4_to_be(dsr_vip);
+    assert_eq!(dp.vip(be).unwrap().unwrap().flags, VIP_F_DSR_ONLY);
+    // A full-NAT service joins it: the bit goes.
+    c.services[1].vip = dsr_vip;
+    ctl.apply(c.clone()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(local_addrs(&dp)[&dsr_vip], LOCAL_F_VIP);
+    assert_eq!(dp.vip(be).unwrap().unwrap().flags, 0);
+    // It leaves again: the bit is back.
+    c.services[1].vip = vip;
+    ctl.apply(c.clone()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(local_addrs(&dp)[&dsr_vip], LOCAL_F_VIP | LOCAL_F_DSR_ONLY);
+    // The DSR service moves back: its old VIP leaves the filter entirely (no bit left over).
+    c.services[2].vip = vip;
+    ctl.apply(c).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        local_addrs(&dp),
+        BTreeMap::from([
+            (snat, LOCAL_F_SNAT),
+            (Ipv4Addr::new(10, 0, 255, 2), LOCAL_F_SNAT),
+            (vip, LOCAL_F_VIP)
+        ])
+    );
+}
+
+/// Live DSR entries count as their service's and backend's active flows, and hold a removed
+/// DSR backend's id like full-NAT flows do (its flows keep going to it until they end).
+#[test]
+fn sweep_counts_dsr_flows_and_they_hold_a_removed_backend() {
+    let (mut ctl, dp) = start(SNAT_POOL);
+    let mut c = ctl.config().clone();
+    c.services[2].backends.push(crate::config::BackendConfig {
+        address: addr("10.1.4.2:82"),
+        weight: 1,
+        backup: false,
+        drain: false,
+    });
+    ctl.apply(c.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let sid = ctl
+        .services()
+        .iter()
+        .find(|s| s.cfg.name == "direct")
+        .unwrap()
+        .id;
+    let b1 = id_of(&ctl, "direct", "10.1.3.2:82");
+    let b2 = id_of(&ctl, "direct", "10.1.4.2:82");
+    dp.state().live_dsr_flows.insert(b1, (sid, 3));
+    dp.state().live_dsr_flows.insert(b2, (sid, 2));
+    let sweep = ctl.sweep(0).unwrap();
+    assert_eq!(sweep.dsr_flows, 5);
+    let svc = ctl
+        .services()
+        .iter()
+        .find(|s| s.cfg.name == "direct")
+        .unwrap();
+    assert_eq!(svc.active_flows, 5);
+    assert_eq!(svc.backend(addr("10.1.4.2:82")).unwrap().active_flows, 2);
+    // b2 removed while it has DSR flows: kept (flagged down) until they end.
+    c.services[2].backends.pop();
+    ctl.apply(c).unwrap_or_else(|e| panic!("{e}"));
+    ctl.sweep(0).unwrap();
+    assert_eq!(dp.state().backends[&b2].flags, BACKEND_F_DOWN);
+    assert_eq!(ctl.retired().len(), 1);
+    dp.state().live_dsr_flows.remove(&b2);
+    ctl.sweep(0).unwrap();
+    assert!(!dp.state().backends.contains_key(&b2));
+    assert!(ctl.retired().is_empty());
+}

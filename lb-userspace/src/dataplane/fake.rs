@@ -15,9 +15,10 @@ use super::{
 };
 use lb_common::{
     passive::{BackendSuspect, PassiveEvent},
-    BackendValue, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue, LOCAL_F_SNAT,
-    LOCAL_F_VIP, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_BACKEND_SUSPECT, MAP_CONFIG, MAP_MAGLEV,
-    MAP_SERVICES, MAP_SERVICE_STATS, MAP_SNAT_ADDRS, MAP_TX_PORTS, MAP_VIPS, NUM_COUNTERS,
+    BackendValue, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue, LOCAL_F_DSR_ONLY,
+    LOCAL_F_SNAT, LOCAL_F_VIP, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_BACKEND_SUSPECT, MAP_CONFIG,
+    MAP_MAGLEV, MAP_SERVICES, MAP_SERVICE_STATS, MAP_SNAT_ADDRS, MAP_TX_PORTS, MAP_VIPS,
+    NUM_COUNTERS, VIP_F_DSR_ONLY,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -160,6 +161,9 @@ pub struct FakeState {
     pub events_taken: bool,
     /// Live flows per backend id that the next sweep reports (set by tests).
     pub live_flows: HashMap<u32, (u32, u64)>,
+    /// Live DSR flows (`LB_CT_DSR` entries, one per flow) per backend id, as (service id,
+    /// flows), that the next sweep reports (set by tests).
+    pub live_dsr_flows: HashMap<u32, (u32, u64)>,
     /// SNAT ports held per (backend endpoint, SNAT address) that the next sweep reports
     /// (set by tests; [`ConntrackSweep::snat_ports_by_address`]).
     pub snat_ports: HashMap<(SocketAddrV4, Ipv4Addr), u64>,
@@ -193,6 +197,7 @@ impl Default for FakeState {
             events_pending: Vec::new(),
             events_taken: false,
             live_flows: HashMap::new(),
+            live_dsr_flows: HashMap::new(),
             snat_ports: HashMap::new(),
             ops: Vec::new(),
             flow_resets: Vec::new(),
@@ -424,6 +429,12 @@ impl Dataplane for FakeDataplane {
             hash_full(s.vips.contains_key(&vip_be), s.vips.len(), l.max_services)
         })?;
         update_local(&mut s.local, vip_be, LOCAL_F_VIP, true);
+        update_local(
+            &mut s.local,
+            vip_be,
+            LOCAL_F_DSR_ONLY,
+            value.flags & VIP_F_DSR_ONLY != 0,
+        );
         s.vips.insert(vip_be, *value);
         Ok(())
     }
@@ -431,7 +442,7 @@ impl Dataplane for FakeDataplane {
     fn remove_vip(&mut self, vip_be: u32) -> Result<()> {
         let mut s = self.write(Op::RemoveVip(vip_be))?;
         s.vips.remove(&vip_be);
-        update_local(&mut s.local, vip_be, LOCAL_F_VIP, false);
+        update_local(&mut s.local, vip_be, LOCAL_F_VIP | LOCAL_F_DSR_ONLY, false);
         Ok(())
     }
 
@@ -602,7 +613,8 @@ fn hash_full(exists: bool, len: usize, max: u32) -> Option<io::Error> {
     (!exists && len >= max as usize).then(|| io::Error::from_raw_os_error(libc::E2BIG))
 }
 
-/// The fake's sweeper: reports [`FakeState::live_flows`] and [`FakeState::snat_ports`].
+/// The fake's sweeper: reports [`FakeState::live_flows`], [`FakeState::live_dsr_flows`] and
+/// [`FakeState::snat_ports`].
 struct FakeSweeper {
     state: Arc<Mutex<FakeState>>,
 }
@@ -618,6 +630,16 @@ impl ConntrackSweeper for FakeSweeper {
             *sweep.flows_by_backend.entry(backend).or_insert(0) += flows;
             *sweep.flows_by_service.entry(service).or_insert(0) += flows;
             sweep.entries += 2 * flows;
+        }
+        for (&backend, &(service, flows)) in &s.live_dsr_flows {
+            let e = lb_common::DsrEntry {
+                backend_id: backend,
+                service_id: service,
+                ..Default::default()
+            };
+            for _ in 0..flows {
+                sweep.count_dsr_flow(&e);
+            }
         }
         sweep.snat_ports_by_address = s
             .snat_ports

@@ -153,6 +153,9 @@ pub struct ConntrackSweep {
     pub expired_removed: u64,
     /// Entries present after the sweep.
     pub entries: u64,
+    /// Live DSR flows (entries of `LB_CT_DSR` not past their timeout), also counted in
+    /// `flows_by_backend` and `flows_by_service`.
+    pub dsr_flows: u64,
     /// SNAT ports held per backend endpoint and SNAT address: the live reply entries
     /// (`FLOW_F_REPLY`, keyed by backend address, SNAT address, backend port, SNAT port) of
     /// both conntrack maps (an embryonic flow's reservation holds its port too). Each holds
@@ -186,7 +189,15 @@ impl ConntrackSweep {
             .or_default() += 1;
     }
 
-    /// Adds the counts of `other` (the sweep of the other conntrack map).
+    /// Counts the live DSR flow of entry `e` (one entry per flow).
+    pub fn count_dsr_flow(&mut self, e: &lb_common::DsrEntry) {
+        *self.flows_by_backend.entry(e.backend_id).or_default() += 1;
+        *self.flows_by_service.entry(e.service_id).or_default() += 1;
+        self.dsr_flows += 1;
+        self.entries += 1;
+    }
+
+    /// Adds the counts of `other` (the sweep of another conntrack map).
     pub fn merge(&mut self, other: ConntrackSweep) {
         for (k, n) in other.flows_by_backend {
             *self.flows_by_backend.entry(k).or_default() += n;
@@ -199,6 +210,7 @@ impl ConntrackSweep {
         }
         self.expired_removed += other.expired_removed;
         self.entries += other.entries;
+        self.dsr_flows += other.dsr_flows;
     }
 
     /// SNAT ports held per backend endpoint (endpoints holding none are absent).

@@ -62,6 +62,17 @@ pub fn snat_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 255, u8::try_from(i).expect("few nodes"))
 }
 
+/// Backend `j`'s address in the service: `10.1.<j>.2:80` (a DSR backend listens on the
+/// service port; the full-NAT servers listen there too).
+pub fn backend_service_addr(j: usize) -> SocketAddrV4 {
+    SocketAddrV4::new(backend_ip(j), VIP_PORT)
+}
+
+/// Backend `j`'s entry in the service (weight 1, not drained).
+pub fn backend_spec(j: usize) -> BackendSpec {
+    BackendSpec::new(backend_service_addr(j))
+}
+
 /// Every node's address, in order.
 pub fn all_nodes() -> Vec<Ipv4Addr> {
     (1..=NODES).map(node_addr).collect()
@@ -88,8 +99,12 @@ pub struct ScaleOutOptions {
     pub mode: Mode,
     /// The service's forwarding.
     pub forwarding: Forwarding,
-    /// Backends (1..=254).
+    /// Backends (1..=254): namespaces set up (DSR decapsulation included) with their
+    /// servers running.
     pub backends: usize,
+    /// How many of them (the first ones) the nodes' first configuration lists; the others
+    /// wait for a scenario that adds them ([`ScaleOut::set_config_backends`]).
+    pub configured: usize,
     /// The service's health checks.
     pub health: HealthSpec,
 }
@@ -101,6 +116,7 @@ impl ScaleOutOptions {
             mode,
             forwarding,
             backends: 3,
+            configured: 3,
             health: HealthSpec::default(),
         }
     }
@@ -128,6 +144,8 @@ pub struct ScaleOut {
     client: Netns,
     tmp: TempDir,
     bpffs_root: PathBuf,
+    /// The backends every node's configuration lists ([`ScaleOut::node_yaml`]).
+    config_backends: Vec<BackendSpec>,
 }
 
 /// No transmit checksum or segmentation offload on a veth end (xdp-environment pitfalls 2
@@ -153,12 +171,19 @@ impl ScaleOut {
                 opts.backends
             )));
         }
+        if !(1..=opts.backends).contains(&opts.configured) {
+            return Err(LabError::Unavailable(format!(
+                "configured must be 1..=backends ({}), got {}",
+                opts.backends, opts.configured
+            )));
+        }
         let prefix = sys::unique_prefix();
         let testsrv = release_binary("lb-testsrv")?;
         let tmp = TempDir::create(&prefix)?;
         let client = Netns::create(&format!("{prefix}-c"))?;
         let mut lab = ScaleOut {
             bpffs_root: Path::new("/sys/fs/bpf").join(&prefix),
+            config_backends: (1..=opts.configured).map(backend_spec).collect(),
             prefix: prefix.clone(),
             opts,
             nodes: Vec::new(),
@@ -422,9 +447,7 @@ impl ScaleOut {
                 port: VIP_PORT,
                 health: self.opts.health.clone(),
                 on_backend_down: None,
-                backends: (1..=self.opts.backends)
-                    .map(|j| BackendSpec::new(SocketAddrV4::new(backend_ip(j), VIP_PORT)))
-                    .collect(),
+                backends: self.config_backends.clone(),
             }],
         };
         let mut y = cfg.to_yaml();
@@ -550,6 +573,66 @@ impl ScaleOut {
                 "table inet {table} {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n    iifname \"rt{i}\" ip daddr 10.1.0.0/16 drop\n  }}\n}}\n"
             );
             sys::run_with_input(ns_command(rt, "nft").args(["-f", "-"]), &rules).map(|_| ())
+        }
+    }
+
+    /// The backends every node's configuration lists, in order.
+    pub fn config_backends(&self) -> &[BackendSpec] {
+        &self.config_backends
+    }
+
+    /// Sets the backends of every node's configuration: the next [`Self::start_lbd`] or
+    /// [`Self::reload_all`] writes them.
+    pub fn set_config_backends(&mut self, backends: Vec<BackendSpec>) {
+        self.config_backends = backends;
+    }
+
+    /// Rewrites every running node's configuration file ([`Self::node_yaml`]) and runs
+    /// `lbctl reload` on each, node 1 first; returns lbctl's answers in node order.
+    pub fn reload_all(&self) -> Result<Vec<String>> {
+        (1..=NODES)
+            .map(|i| {
+                let lbd = self.lbd(i)?;
+                lbd.write_config(&self.node_yaml(i))?;
+                lbd.lbctl(&["reload"])
+                    .map_err(|e| LabError::Api(format!("node {i}: lbctl reload: {e}")))
+            })
+            .collect()
+    }
+
+    /// Makes backend `j`'s `GET /healthz` fail (`false`: its health file exists, every
+    /// node's HTTP check fails while the server keeps serving) or pass again (`true`).
+    pub fn set_backend_healthy(&self, j: usize, healthy: bool) -> Result<()> {
+        let f = self.health_file(j);
+        if healthy {
+            match std::fs::remove_file(&f) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(LabError::io(format!("removing {}", f.display()))(e))
+                }
+                _ => Ok(()),
+            }
+        } else {
+            std::fs::write(&f, b"").map_err(LabError::io(format!("creating {}", f.display())))
+        }
+    }
+
+    /// Blocks node `i`'s health checks of backend `j` only (`true`: an nftables rule in the
+    /// backend's namespace drops TCP from the node's address to port 80, which is what both
+    /// checks are, the DSR probe once `lb_decap` has decapsulated it and the HTTP request)
+    /// or lets them through again (`false`). The clients' packets, which the node forwards
+    /// with the client's source, and the other nodes' checks pass: node `i` alone sees the
+    /// backend fail, its forwarding intact.
+    pub fn set_checks_blocked(&self, i: usize, j: usize, blocked: bool) -> Result<()> {
+        let ns = self.backend_ns(j);
+        let table = format!("lab_checks_n{i}");
+        if blocked {
+            let rules = format!(
+                "table inet {table} {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    ip saddr {} tcp dport {VIP_PORT} drop\n  }}\n}}\n",
+                node_addr(i)
+            );
+            sys::run_with_input(ns_command(ns, "nft").args(["-f", "-"]), &rules).map(|_| ())
+        } else {
+            ns_run(ns, "nft", &["delete", "table", "inet", &table]).map(|_| ())
         }
     }
 

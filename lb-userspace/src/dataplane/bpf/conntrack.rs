@@ -141,6 +141,47 @@ impl BpfDataplane {
         }
     }
 
+    /// The raw entries of `LB_CT_DSR` (tests and inspection).
+    pub fn dsr_entries(&self) -> Result<Vec<(FlowKey, DsrEntry)>> {
+        self.ct_dsr
+            .iter()
+            .map(|r| r.map_err(map_err(MAP_CT_DSR)))
+            .collect()
+    }
+
+    /// The `LB_CT_DSR` entry of `key`, if any.
+    pub fn dsr_entry(&self, key: &FlowKey) -> Result<Option<DsrEntry>> {
+        match self.ct_dsr.get(key, 0) {
+            Ok(e) => Ok(Some(e)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(MAP_CT_DSR)(e)),
+        }
+    }
+
+    /// Writes one `LB_CT_DSR` entry (tests: pre-age or forge entries).
+    pub fn set_dsr_entry(&mut self, key: &FlowKey, entry: &DsrEntry) -> Result<()> {
+        self.ct_dsr
+            .insert(key, entry, 0)
+            .map_err(map_err(MAP_CT_DSR))
+    }
+
+    /// Removes the `LB_CT_DSR` entry of `key` (absent: an error, as for conntrack entries).
+    pub fn remove_dsr_entry(&mut self, key: &FlowKey) -> Result<()> {
+        self.ct_dsr.remove(key).map_err(map_err(MAP_CT_DSR))
+    }
+
+    /// Removes every `LB_CT_DSR` entry.
+    pub fn clear_dsr(&mut self) -> Result<()> {
+        let keys: Vec<FlowKey> = self.ct_dsr.keys().filter_map(|k| k.ok()).collect();
+        for k in keys {
+            match self.ct_dsr.remove(&k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(MAP_CT_DSR)(e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Removes every conntrack entry (both maps).
     pub fn clear_conntrack(&mut self) -> Result<()> {
         for (map, name) in [
@@ -170,10 +211,12 @@ fn partner_key(e: &FlowEntry) -> FlowKey {
     }
 }
 
-/// Walks `LB_CONNTRACK` and `LB_CT_SYN` through their own fds (see
-/// [`Dataplane::conntrack_sweeper`]); both entries of a flow are always in the same map.
+/// Walks `LB_CONNTRACK`, `LB_CT_SYN` and `LB_CT_DSR` through their own fds (see
+/// [`Dataplane::conntrack_sweeper`]); both entries of a full-NAT flow are always in the same
+/// map.
 pub(super) struct BpfConntrackSweeper {
     pub(super) maps: [OneMapSweeper; 2],
+    pub(super) dsr: DsrSweeper,
 }
 
 impl ConntrackSweeper for BpfConntrackSweeper {
@@ -182,7 +225,48 @@ impl ConntrackSweeper for BpfConntrackSweeper {
         for m in &mut self.maps {
             total.merge(m.sweep(now_ns, cfg)?);
         }
+        total.merge(self.dsr.sweep(now_ns, cfg)?);
         Ok(total)
+    }
+}
+
+/// The sweep of `LB_CT_DSR`: expired entries deleted, live ones counted as flows of their
+/// backend and service (so a removed backend keeps its id, address and flows until they end,
+/// as for full NAT under `on_backend_down: keep`).
+pub(super) struct DsrSweeper {
+    pub(super) map: BpfHashMap<MapData, FlowKey, DsrEntry>,
+}
+
+impl DsrSweeper {
+    fn sweep(&mut self, now_ns: u64, cfg: &GlobalConfig) -> Result<ConntrackSweep> {
+        let mut entries = Vec::new();
+        for item in self.map.iter() {
+            match item {
+                Ok(kv) => entries.push(kv),
+                // Entries can vanish under iteration (LRU eviction, XDP): skip them.
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(MAP_CT_DSR)(e)),
+            }
+        }
+        let mut sweep = ConntrackSweep::default();
+        for (k, e) in entries {
+            // Re-read before deleting: the data plane may have refreshed the entry meanwhile.
+            let expired = e.is_expired(now_ns, cfg)
+                && self
+                    .map
+                    .get(&k, 0)
+                    .is_ok_and(|now| now.is_expired(now_ns, cfg));
+            if !expired {
+                sweep.count_dsr_flow(&e);
+                continue;
+            }
+            match self.map.remove(&k) {
+                Ok(()) => sweep.expired_removed += 1,
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(MAP_CT_DSR)(e)),
+            }
+        }
+        Ok(sweep)
     }
 }
 

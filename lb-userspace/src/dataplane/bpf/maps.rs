@@ -150,6 +150,7 @@ impl Dataplane for BpfDataplane {
 
     fn set_vip(&mut self, vip_be: u32, value: &VipValue) -> Result<()> {
         self.update_local(vip_be, LOCAL_F_VIP, true)?;
+        self.update_local(vip_be, LOCAL_F_DSR_ONLY, value.flags & VIP_F_DSR_ONLY != 0)?;
         self.vips
             .insert(vip_be, value, 0)
             .map_err(map_err(MAP_VIPS))
@@ -160,7 +161,7 @@ impl Dataplane for BpfDataplane {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
             Err(e) => return Err(map_err(MAP_VIPS)(e)),
         }
-        self.update_local(vip_be, LOCAL_F_VIP, false)
+        self.update_local(vip_be, LOCAL_F_VIP | LOCAL_F_DSR_ONLY, false)
     }
 
     fn set_tx_port(&mut self, ifindex: u32) -> Result<()> {
@@ -254,11 +255,26 @@ impl Dataplane for BpfDataplane {
             let map = BpfHashMap::try_from(Map::LruHashMap(data)).map_err(map_err(name))?;
             Ok::<_, DataplaneError>(OneMapSweeper { map, name })
         };
+        let dsr = {
+            let fd = self
+                .ct_dsr
+                .map()
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| DataplaneError::Map {
+                    map: MAP_CT_DSR,
+                    source,
+                })?;
+            let data = MapData::from_fd(fd).map_err(map_err(MAP_CT_DSR))?;
+            BpfHashMap::try_from(Map::LruHashMap(data)).map_err(map_err(MAP_CT_DSR))?
+        };
         Ok(Box::new(BpfConntrackSweeper {
             maps: [
                 own(&self.conntrack, MAP_CONNTRACK)?,
                 own(&self.ct_syn, MAP_CT_SYN)?,
             ],
+            dsr: DsrSweeper { map: dsr },
         }))
     }
 

@@ -11,7 +11,7 @@ mod events;
 mod maps;
 mod pins;
 
-use conntrack::{BpfConntrackSweeper, OneMapSweeper};
+use conntrack::{BpfConntrackSweeper, DsrSweeper, OneMapSweeper};
 use events::RingEvents;
 use maps::{mmap_maglev, MaglevMmap};
 use pins::{check_pinned, maglev_entries, remove_empty_root};
@@ -35,12 +35,13 @@ use aya::{
 };
 use lb_common::{
     passive::{BackendSuspect, PassiveEvent},
-    BackendValue, FlowEntry, FlowKey, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue,
-    ABI_VERSION, ALL_MAPS, CONFIG_ENTRIES, CONNTRACK_ENTRIES_PER_FLOW, EVENTS_RING_BYTES,
-    FLOW_F_REPLY, IPPROTO_TCP, LOCAL_F_SNAT, LOCAL_F_VIP, MAP_BACKENDS, MAP_BACKEND_STATS,
-    MAP_BACKEND_SUSPECT, MAP_CONFIG, MAP_CONNTRACK, MAP_CT_SYN, MAP_EVENTS, MAP_LOCAL_ADDRS,
-    MAP_MAGLEV, MAP_SERVICES, MAP_SERVICE_STATS, MAP_SNAT_ADDRS, MAP_SNAT_FULL, MAP_STATS,
-    MAP_TX_PORTS, MAP_VIPS, MAX_SNAT_ADDRS, MAX_TX_PORTS, NUM_COUNTERS, PROGRAM_NAME,
+    BackendValue, DsrEntry, FlowEntry, FlowKey, FlowStats, GlobalConfig, ServiceKey, ServiceValue,
+    VipValue, ABI_VERSION, ALL_MAPS, CONFIG_ENTRIES, CONNTRACK_ENTRIES_PER_FLOW, EVENTS_RING_BYTES,
+    FLOW_F_REPLY, IPPROTO_TCP, LOCAL_F_DSR_ONLY, LOCAL_F_SNAT, LOCAL_F_VIP, MAP_BACKENDS,
+    MAP_BACKEND_STATS, MAP_BACKEND_SUSPECT, MAP_CONFIG, MAP_CONNTRACK, MAP_CT_DSR, MAP_CT_SYN,
+    MAP_EVENTS, MAP_LOCAL_ADDRS, MAP_MAGLEV, MAP_SERVICES, MAP_SERVICE_STATS, MAP_SNAT_ADDRS,
+    MAP_SNAT_FULL, MAP_STATS, MAP_TX_PORTS, MAP_VIPS, MAX_SNAT_ADDRS, MAX_TX_PORTS, NUM_COUNTERS,
+    PROGRAM_NAME, VIP_F_DSR_ONLY,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -80,6 +81,8 @@ pub struct BpfDataplane {
     maglev_mmap: Option<MaglevMmap>,
     conntrack: BpfHashMap<MapData, FlowKey, FlowEntry>,
     ct_syn: BpfHashMap<MapData, FlowKey, FlowEntry>,
+    /// `LB_CT_DSR`: the backend each DSR flow is pinned to.
+    ct_dsr: BpfHashMap<MapData, FlowKey, DsrEntry>,
     config: Array<MapData, GlobalConfig>,
     snat_addrs: Array<MapData, u32>,
     tx_ports: DevMapHash<MapData>,
@@ -288,6 +291,10 @@ impl BpfDataplane {
                 opts.embryonic_flows
                     .saturating_mul(CONNTRACK_ENTRIES_PER_FLOW),
             )
+            .map_max_entries(
+                MAP_CT_DSR,
+                lb_common::dsr_flows_capacity(opts.conntrack_flows),
+            )
             .map_max_entries(MAP_SERVICE_STATS, opts.max_services)
             .map_max_entries(MAP_BACKEND_STATS, opts.max_backends)
             .map_max_entries(MAP_BACKEND_SUSPECT, opts.max_backends)
@@ -308,6 +315,7 @@ impl BpfDataplane {
             maglev_mmap,
             conntrack: take(&mut ebpf, MAP_CONNTRACK)?,
             ct_syn: take(&mut ebpf, MAP_CT_SYN)?,
+            ct_dsr: take(&mut ebpf, MAP_CT_DSR)?,
             config: take(&mut ebpf, MAP_CONFIG)?,
             snat_addrs: take(&mut ebpf, MAP_SNAT_ADDRS)?,
             tx_ports: take(&mut ebpf, MAP_TX_PORTS)?,

@@ -29,6 +29,11 @@ pub(super) fn expected_shape(name: &str, opts: &LoadOptions) -> (u32, u32, u32) 
             sz(size_of::<FlowKey>()),
             sz(size_of::<FlowEntry>()),
         ),
+        MAP_CT_DSR => (
+            lb_common::dsr_flows_capacity(opts.conntrack_flows),
+            sz(size_of::<FlowKey>()),
+            sz(size_of::<DsrEntry>()),
+        ),
         MAP_CONFIG => (CONFIG_ENTRIES, 4, sz(size_of::<GlobalConfig>())),
         MAP_SNAT_ADDRS => (MAX_SNAT_ADDRS, 4, 4),
         MAP_TX_PORTS => (MAX_TX_PORTS, 4, 8),
