@@ -90,14 +90,15 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum DecapCommand {
     /// Attach lb_decap to IFACE and pin it, so it keeps working after lbctl exits (replaces an
-    /// earlier attachment to IFACE).
+    /// earlier attachment to IFACE, an older lbctl's included).
     Attach {
         /// The interface lb's encapsulated packets arrive on.
         iface: String,
         /// XDP mode: native (driver), generic (skb) or auto (native, else generic).
         #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
         xdp_mode: XdpMode,
-        /// bpffs directory for the pins (`<DIR>/abiN/net<netns>/<IFACE>/`).
+        /// bpffs directory for the pins (`<DIR>/lb_decap/vN/net<netns>/<IFACE>/`; an older
+        /// lbctl's attachment there, also `<DIR>/abiN/...`, is taken over).
         #[arg(long, value_name = "DIR", default_value = DEFAULT_DECAP_PIN_ROOT)]
         pin_root: PathBuf,
         /// Decapsulate IPIP addressed to ADDR (repeatable); default: IFACE's IPv4 addresses now.
@@ -116,7 +117,7 @@ pub enum DecapCommand {
         #[arg(long = "vip", value_name = "ADDR")]
         vips: Vec<Ipv4Addr>,
     },
-    /// Detach lb_decap from IFACE and remove its pins.
+    /// Detach lb_decap from IFACE and remove its pins (in any lbctl version's layout).
     Detach {
         /// The interface.
         iface: String,
@@ -291,6 +292,7 @@ fn run_decap(command: &DecapCommand, output: Output, out: &mut dyn Write) -> Res
                     "pin_dir": a.dir.display().to_string(),
                     "link_id": a.link_id,
                     "replaced": a.replaced,
+                    "adopted_from": a.adopted_from.as_ref().map(|d| d.display().to_string()),
                 });
                 writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
             } else {
@@ -311,6 +313,13 @@ fn run_decap(command: &DecapCommand, output: Output, out: &mut dyn Write) -> Res
                     strings(&vip_strs),
                     a.dir.display()
                 )?;
+                if let Some(old) = &a.adopted_from {
+                    writeln!(
+                        out,
+                        "taken over from an older lbctl's attachment (pins moved from {})",
+                        old.display()
+                    )?;
+                }
             }
         }
         DecapCommand::Detach { iface, pin_root } => {
