@@ -18,6 +18,11 @@
 //! | [`MAP_DECAP_SOURCES`] | LPM trie | prefix length `u32` + `u32` address (`_be`) | `u32` (unused, 0) | `lbctl decap attach` |
 //! | [`MAP_DECAP_VIPS`] | hash | `u32` address (`_be`) | `u32` (unused, 0) | `lbctl decap attach` |
 //! | [`MAP_DECAP_STATS`] | per-CPU array | `u32` counter index (below) | `u64` | XDP |
+//!
+//! The pinned layout of an attachment (which files, which maps, their key/value shapes,
+//! capacities and counter indices) is versioned by [`DECAP_ABI_VERSION`], not by
+//! [`crate::ABI_VERSION`]: that one is `lb_xdp`'s, and a change to the balancer's maps must not
+//! move the backends' attachments.
 
 /// The addresses an IPIP packet may be addressed to for `lb_decap` to strip its outer header
 /// (the backend's own addresses on the interface; the kernel's `tunl0` accepts any local
@@ -38,6 +43,15 @@ pub const DECAP_MAX_SOURCES: u32 = 64;
 pub const DECAP_MAX_VIPS: u32 = 256;
 /// Name of the decapsulating XDP program in the object file.
 pub const DECAP_PROGRAM_NAME: &str = "lb_decap";
+
+/// Version of `lb_decap`'s pinned layout: `lbctl decap attach` pins an attachment under
+/// `<pin_root>/lb_decap/v<DECAP_ABI_VERSION>/net<netns inode>/<iface>/`. Bump it when what an
+/// attachment pins changes shape (a map added, removed or renamed, a key, value or capacity,
+/// a counter index's meaning), and only then; `lb_xdp`'s [`crate::ABI_VERSION`] is independent.
+/// `lbctl decap` finds and takes over attachments of older layouts (lower versions, and the
+/// `abi<N>/net<netns inode>/<iface>/` directories of lbctl builds before this constant, which
+/// used `ABI_VERSION`); the test `layout_is_versioned` records what version 1 is.
+pub const DECAP_ABI_VERSION: u32 = 1;
 
 /// IPIP to a decapsulation address: the outer header was stripped and the client's packet
 /// passed to the kernel (`XDP_PASS`).
@@ -106,5 +120,45 @@ mod tests {
         ] {
             assert!(name.len() <= 15, "{name}");
         }
+    }
+
+    /// What pin layout `DECAP_ABI_VERSION` 1 is. A change here without a bump would let a new
+    /// lbctl adopt pins whose shape it does not expect: change the layout, bump
+    /// `DECAP_ABI_VERSION`, then record the new layout here.
+    #[test]
+    fn layout_is_versioned() {
+        assert_eq!(
+            (
+                DECAP_ABI_VERSION,
+                [
+                    MAP_DECAP_ADDRS,
+                    MAP_DECAP_SOURCES,
+                    MAP_DECAP_VIPS,
+                    MAP_DECAP_STATS
+                ],
+                [DECAP_MAX_ADDRS, DECAP_MAX_SOURCES, DECAP_MAX_VIPS],
+                DECAP_COUNTER_NAMES,
+            ),
+            (
+                1,
+                [
+                    "LB_DECAP_ADDRS",
+                    "LB_DECAP_SRCS",
+                    "LB_DECAP_VIPS",
+                    "LB_DECAP_STATS"
+                ],
+                [64, 64, 256],
+                [
+                    "decapsulated",
+                    "pass_other",
+                    "drop_malformed",
+                    "drop_unsupported",
+                    "aborted",
+                    "drop_source",
+                    "drop_not_vip",
+                ],
+            ),
+            "lb_decap's pinned layout changed: bump DECAP_ABI_VERSION and record the new layout"
+        );
     }
 }

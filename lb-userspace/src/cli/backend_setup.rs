@@ -1,6 +1,7 @@
 //! `lbctl backend-setup --dsr VIP`: the commands a backend of a DSR service needs
-//! (docs/scale-out.md, "DSR"). Pure functions, so the netns lab can run exactly what an
-//! operator is told to run.
+//! (docs/scale-out.md, "DSR"), and the command's arguments ([`BackendSetupArgs`]). The script
+//! comes from pure functions, so the netns lab can run exactly what an operator is told to
+//! run; only [`lbd_dsr_sources`] talks to lbd (the outer sources, when not given).
 //!
 //! Why each command: lb sends the client's packet inside an IPIP header addressed to the
 //! backend; the `tunl0` device decapsulates it; the inner packet is addressed to the VIP, so the
@@ -20,10 +21,14 @@
 //! that same interface, so reverse-path filtering passes it: the XDP variant leaves
 //! `rp_filter` as it is (disabling it would only widen what a spoofed packet can do).
 
+use crate::api::client::Client;
+use crate::api::proto::Request;
 use crate::dataplane::decap::Ipv4Prefix;
 use crate::dataplane::XdpMode;
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::Args;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// How a DSR backend strips lb's IPIP header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -219,9 +224,128 @@ const MTU_ADVICE: &str =
          # The service's backends must listen on the VIP's port on all addresses, or on both the\n\
          # VIP and the backend's own address (lb's health checks connect to the latter).\n";
 
+/// Arguments of `lbctl backend-setup`.
+#[derive(Debug, Args)]
+pub struct BackendSetupArgs {
+    /// A backend of the DSR service(s) on this VIP (`forwarding: dsr`; repeatable, one script
+    /// for every VIP of the backend): IPIP decapsulation, the VIP on lo, arp_ignore=1 and
+    /// arp_announce=2 (and rp_filter off on tunl0 with `--decap ipip`).
+    #[arg(long, value_name = "VIP", required = true)]
+    pub dsr: Vec<Ipv4Addr>,
+    /// How the backend strips the IPIP header: the kernel's tunl0 (ipip module) or lb's XDP
+    /// program (`lbctl decap attach`; for kernels without the ipip module).
+    #[arg(long, value_enum, default_value_t = Decap::Ipip)]
+    pub decap: Decap,
+    /// With `--decap xdp`: the backend interface lb's packets arrive on.
+    #[arg(long, value_name = "IFACE")]
+    pub iface: Option<String>,
+    /// With `--decap xdp`: the XDP mode to attach in (default auto).
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpMode>,
+    /// With `--decap xdp`: the bpffs directory for the pins (default /sys/fs/bpf/lb-decap).
+    #[arg(long, value_name = "DIR")]
+    pub pin_root: Option<PathBuf>,
+    /// With `--decap xdp`: an lb node's outer (IPIP) source, ADDR or ADDR/LEN (repeatable:
+    /// every node's `dsr.source`); lb_decap accepts IPIP only from these. Default: the running
+    /// lbd's (`--socket`) `dsr.source`/`dsr_source` of the services on the VIPs.
+    #[arg(long = "source", value_name = "CIDR")]
+    pub sources: Vec<Ipv4Prefix>,
+    /// With `--decap xdp`: accept IPIP from any source (not recommended; the script warns).
+    #[arg(long, conflicts_with = "sources")]
+    pub allow_any_source: bool,
+}
+
+/// The script `lbctl backend-setup` prints for `args`. `lbd_sources` is asked for the outer
+/// sources when `--decap xdp` has neither `--source` nor `--allow-any-source` (`lbctl` asks
+/// the running lbd: [`lbd_dsr_sources`]).
+pub fn backend_setup_script(
+    args: &BackendSetupArgs,
+    lbd_sources: impl FnOnce(&[Ipv4Addr]) -> Result<Vec<Ipv4Prefix>>,
+) -> Result<String> {
+    match args.decap {
+        Decap::Ipip => {
+            if args.iface.is_some()
+                || args.xdp_mode.is_some()
+                || args.pin_root.is_some()
+                || !args.sources.is_empty()
+                || args.allow_any_source
+            {
+                bail!("--iface, --xdp-mode, --pin-root, --source and --allow-any-source apply only to --decap xdp");
+            }
+            Ok(dsr_script(&args.dsr))
+        }
+        Decap::Xdp => {
+            let Some(iface) = args.iface.clone() else {
+                bail!("--iface: required with --decap xdp (the interface lb's packets arrive on)");
+            };
+            validate_iface(&iface).map_err(|e| anyhow!(e))?;
+            let sources = if args.sources.is_empty() && !args.allow_any_source {
+                lbd_sources(&args.dsr).context(
+                    "--source: required with --decap xdp unless lbd runs here: the address(es) lb's nodes send IPIP from (their dsr.source); lb_decap accepts IPIP only from them",
+                )?
+            } else {
+                args.sources.clone()
+            };
+            let decap = XdpDecap {
+                iface,
+                mode: args.xdp_mode,
+                pin_root: args.pin_root.clone(),
+                lbctl: "lbctl".into(),
+                sources,
+                any_source: args.allow_any_source,
+            };
+            Ok(dsr_xdp_script(&args.dsr, &decap))
+        }
+    }
+}
+
+/// The outer sources the running lbd at `socket` uses toward the backends of `vips`' DSR
+/// services (each service's `dsr_source`, else `dsr.source`).
+pub fn lbd_dsr_sources(socket: &Path, vips: &[Ipv4Addr]) -> Result<Vec<Ipv4Prefix>> {
+    let mut client = Client::connect(socket)
+        .with_context(|| format!("lbd's API at {} is not reachable", socket.display()))?;
+    let data = client.call(&Request::ConfigDump)?;
+    let yaml: String =
+        serde_json::from_value(data).context("lbd's config_dump answer is not a string")?;
+    let cfg = crate::config::Config::from_yaml_str(&yaml, "lbd's running configuration")?;
+    dsr_sources(&cfg, vips)
+}
+
+/// The outer sources of `cfg`'s DSR services on `vips` (each service's `dsr_source`, else
+/// `dsr.source`), without repeats; an error when a VIP has no DSR service in `cfg`.
+pub fn dsr_sources(cfg: &crate::config::Config, vips: &[Ipv4Addr]) -> Result<Vec<Ipv4Prefix>> {
+    let global = cfg.dsr.as_ref().and_then(|d| d.source);
+    let mut out: Vec<Ipv4Prefix> = Vec::new();
+    for vip in vips {
+        let mut found = false;
+        for svc in cfg
+            .services
+            .iter()
+            .filter(|s| s.vip == *vip && s.forwarding == crate::config::Forwarding::Dsr)
+        {
+            found = true;
+            if let Some(src) = svc.dsr_source.or(global) {
+                let p = Ipv4Prefix::from(src);
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+        if !found {
+            bail!("the running lbd has no forwarding: dsr service on {vip}");
+        }
+    }
+    if out.is_empty() {
+        bail!("the running lbd has no dsr.source");
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::test_support::parse;
+    use crate::cli::Command;
 
     #[test]
     fn commands_for_a_vip() {
@@ -339,5 +463,144 @@ mod tests {
         assert!(script.contains("# WARNING: --allow-any-source"), "{script}");
         assert!(script.contains("echo 'warning: lb_decap accepts IPIP from any source"));
         assert!(script.contains("lbctl decap attach eth0 --vip 192.0.2.10 --allow-any-source\n"));
+    }
+
+    fn setup_args(args: &[&str]) -> BackendSetupArgs {
+        match parse(args).unwrap().command {
+            Command::BackendSetup(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn backend_setup_xdp_needs_sources() {
+        let no_lbd = |_: &[Ipv4Addr]| -> Result<Vec<Ipv4Prefix>> { bail!("no lbd here") };
+        // Neither --source nor lbd: an error naming --source, not a script accepting any.
+        let a = setup_args(&[
+            "backend-setup",
+            "--dsr",
+            "192.0.2.10",
+            "--decap",
+            "xdp",
+            "--iface",
+            "eth0",
+        ]);
+        let e = format!("{:#}", backend_setup_script(&a, no_lbd).unwrap_err());
+        assert!(e.starts_with("--source: required with --decap xdp"), "{e}");
+        assert!(e.contains("no lbd here"), "{e}");
+        // The sources lbd reports.
+        let script = backend_setup_script(&a, |vips| {
+            assert_eq!(vips, [Ipv4Addr::new(192, 0, 2, 10)]);
+            Ok(vec!["10.0.255.2".parse().unwrap()])
+        })
+        .unwrap();
+        assert!(
+            script.contains("lbctl decap attach eth0 --vip 192.0.2.10 --allow-source 10.0.255.2\n"),
+            "{script}"
+        );
+        // Given sources and several VIPs: lbd is not asked.
+        let a = setup_args(&[
+            "backend-setup",
+            "--dsr",
+            "192.0.2.10",
+            "--dsr",
+            "192.0.2.11",
+            "--decap",
+            "xdp",
+            "--iface",
+            "eth0",
+            "--source",
+            "10.0.255.0/24",
+            "--source",
+            "10.0.254.2",
+        ]);
+        let script = backend_setup_script(&a, no_lbd).unwrap();
+        assert!(script.contains(
+            "lbctl decap attach eth0 --vip 192.0.2.10 --vip 192.0.2.11 --allow-source 10.0.255.0/24 --allow-source 10.0.254.2\n"
+        ), "{script}");
+        // The explicit escape hatch warns; it cannot be combined with --source.
+        let a = setup_args(&[
+            "backend-setup",
+            "--dsr",
+            "192.0.2.10",
+            "--decap",
+            "xdp",
+            "--iface",
+            "eth0",
+            "--allow-any-source",
+        ]);
+        let script = backend_setup_script(&a, no_lbd).unwrap();
+        assert!(script.contains("WARNING") && script.contains("--allow-any-source\n"));
+        assert!(parse(&[
+            "backend-setup",
+            "--dsr",
+            "192.0.2.10",
+            "--decap",
+            "xdp",
+            "--iface",
+            "eth0",
+            "--allow-any-source",
+            "--source",
+            "10.0.0.1",
+        ])
+        .is_err());
+        // Host bits in a prefix are refused, naming the fix.
+        let e = parse(&[
+            "backend-setup",
+            "--dsr",
+            "192.0.2.10",
+            "--source",
+            "10.0.255.2/24",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("did you mean 10.0.255.0/24"), "{e}");
+        // An interface name that could break out of the script's lines is refused.
+        let a = setup_args(&[
+            "backend-setup",
+            "--dsr",
+            "192.0.2.10",
+            "--decap",
+            "xdp",
+            "--iface",
+            "eth0\nreboot",
+            "--source",
+            "10.0.0.1",
+        ]);
+        let e = backend_setup_script(&a, no_lbd).unwrap_err().to_string();
+        assert!(
+            e.starts_with("--iface: \"eth0\\nreboot\" is not a valid interface name"),
+            "{e}"
+        );
+        // --source belongs to the XDP variant.
+        let a = setup_args(&[
+            "backend-setup",
+            "--dsr",
+            "192.0.2.10",
+            "--source",
+            "10.0.0.1",
+        ]);
+        assert!(backend_setup_script(&a, no_lbd).is_err());
+    }
+
+    #[test]
+    fn dsr_sources_of_the_running_config() {
+        let yaml = "interfaces: [eth0]\nsnat:\n  addresses: [10.0.255.9]\ndsr:\n  source: 10.0.255.2\n\
+                    services:\n\
+                    - name: a\n  vip: 192.0.2.10\n  port: 80\n  forwarding: dsr\n  backends: [{address: 10.1.1.2:80}]\n\
+                    - name: b\n  vip: 192.0.2.10\n  port: 443\n  forwarding: dsr\n  dsr_source: 10.0.255.3\n  backends: [{address: 10.1.1.2:443}]\n\
+                    - name: c\n  vip: 192.0.2.20\n  port: 80\n  backends: [{address: 10.1.1.2:80}]\n";
+        let cfg = crate::config::Config::from_yaml_str(yaml, "test").unwrap();
+        let got = dsr_sources(&cfg, &[Ipv4Addr::new(192, 0, 2, 10)]).unwrap();
+        let want: Vec<Ipv4Prefix> =
+            vec!["10.0.255.2".parse().unwrap(), "10.0.255.3".parse().unwrap()];
+        assert_eq!(got, want);
+        let e = dsr_sources(&cfg, &[Ipv4Addr::new(192, 0, 2, 20)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no forwarding: dsr service on 192.0.2.20"),
+            "{e}"
+        );
     }
 }

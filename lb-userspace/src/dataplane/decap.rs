@@ -4,9 +4,19 @@
 //!
 //! Pin layout, one directory per attachment (network namespaces share bpffs, and every
 //! namespace may have its own `eth0`):
-//! `<pin_root>/abi<ABI_VERSION>/net<netns inode>/<iface>/` holding `link` (the XDP link),
-//! `LB_DECAP_ADDRS`, `LB_DECAP_SRCS`, `LB_DECAP_VIPS` and `LB_DECAP_STATS`. The attachment lives as long as `link` is pinned
-//! and the interface exists; `lbctl decap detach` detaches it and removes the directory.
+//! `<pin_root>/lb_decap/v<DECAP_ABI_VERSION>/net<netns inode>/<iface>/` holding `link` (the
+//! XDP link), `LB_DECAP_ADDRS`, `LB_DECAP_SRCS`, `LB_DECAP_VIPS` and `LB_DECAP_STATS`. The
+//! attachment lives as long as `link` is pinned and the interface exists; `lbctl decap detach`
+//! detaches it and removes the directory.
+//!
+//! The version is `lb_decap`'s own ([`DECAP_ABI_VERSION`]), not `lb_xdp`'s `ABI_VERSION`, which
+//! lbctl builds before it used (`<pin_root>/abi<ABI_VERSION>/net<netns inode>/<iface>/`): a
+//! balancer map change must not hide the backends' attachments. Attachments in an older layout
+//! (any `abi<N>`, or `lb_decap/v<M>` below the current version) are found by every command:
+//! [`attach`] takes them over (replaces the program through their pinned link, no gap, and
+//! moves the pins into the current layout), [`detach`] removes them, [`read_counters`] reads
+//! them. Pins of a newer layout (a newer lbctl's) are removed by [`detach`] only; [`attach`]
+//! and [`read_counters`] refuse them with an error saying so.
 //!
 //! Loading the object creates every map it declares, `lb_xdp`'s included: those are created
 //! with one entry or a few each (they are released when the loading process exits, since no
@@ -30,10 +40,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::decap::{
-    DECAP_MAX_ADDRS, DECAP_MAX_SOURCES, DECAP_MAX_VIPS, DECAP_NUM_COUNTERS, DECAP_PROGRAM_NAME,
-    MAP_DECAP_ADDRS, MAP_DECAP_SOURCES, MAP_DECAP_STATS, MAP_DECAP_VIPS,
+    DECAP_ABI_VERSION, DECAP_MAX_ADDRS, DECAP_MAX_SOURCES, DECAP_MAX_VIPS, DECAP_NUM_COUNTERS,
+    DECAP_PROGRAM_NAME, MAP_DECAP_ADDRS, MAP_DECAP_SOURCES, MAP_DECAP_STATS, MAP_DECAP_VIPS,
 };
-use lb_common::{ABI_VERSION, ALL_MAPS, MAP_EVENTS};
+use lb_common::{ALL_MAPS, MAP_EVENTS};
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
@@ -41,6 +51,10 @@ use std::path::{Path, PathBuf};
 
 /// Default pin root of `lbctl decap`.
 pub const DEFAULT_DECAP_PIN_ROOT: &str = "/sys/fs/bpf/lb-decap";
+
+/// The directory under a pin root holding `lb_decap`'s attachments, one subdirectory per
+/// layout version (`v<DECAP_ABI_VERSION>`).
+pub const DECAP_PIN_SUBDIR: &str = "lb_decap";
 
 /// The counters of one attachment, indexed by `lb_common::decap::DECAP_*`, summed over CPUs.
 pub type DecapCounters = [u64; DECAP_NUM_COUNTERS as usize];
@@ -152,6 +166,9 @@ pub struct Attached {
     pub link_id: u32,
     /// Whether an existing attachment's program was replaced through its link (no gap).
     pub replaced: bool,
+    /// The pin directory of an older layout whose attachment was taken over (replaced through
+    /// its link, its pins moved to [`Self::dir`]).
+    pub adopted_from: Option<PathBuf>,
 }
 
 /// Replaces the keys of the hash set `map` with `new`: only keys that leave are removed (first,
@@ -342,9 +359,12 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
         })
 }
 
+/// The counters of `stats` summed over CPUs; counters past the map's end (an older layout's
+/// map, which had fewer) read 0.
 fn sum_counters(stats: &PerCpuArray<MapData, u64>) -> Result<DecapCounters> {
     let mut out = [0u64; DECAP_NUM_COUNTERS as usize];
-    for (i, slot) in out.iter_mut().enumerate() {
+    let len = stats.len() as usize;
+    for (i, slot) in out.iter_mut().enumerate().take(len) {
         let values = stats
             .get(&(i as u32), 0)
             .map_err(map_err(MAP_DECAP_STATS))?;
@@ -353,22 +373,142 @@ fn sum_counters(stats: &PerCpuArray<MapData, u64>) -> Result<DecapCounters> {
     Ok(out)
 }
 
-/// The pin directory of the attachment to `iface` in the calling thread's network namespace.
-pub fn attachment_dir(pin_root: &Path, iface: &str) -> Result<PathBuf> {
-    if iface.is_empty() || iface.contains('/') || iface == "." || iface == ".." {
-        return Err(DataplaneError::NoInterface {
-            iface: iface.into(),
-        });
-    }
+/// The name of the calling thread's network namespace's directory in a pin layout
+/// (`net<inode>`).
+fn netns_dir_name() -> Result<String> {
     let ns =
         std::fs::metadata("/proc/thread-self/ns/net").map_err(|source| DataplaneError::Io {
             what: "reading /proc/thread-self/ns/net".into(),
             source,
         })?;
+    Ok(format!("net{}", ns.ino()))
+}
+
+fn check_iface(iface: &str) -> Result<()> {
+    if iface.is_empty() || iface.contains('/') || iface == "." || iface == ".." {
+        return Err(DataplaneError::NoInterface {
+            iface: iface.into(),
+        });
+    }
+    Ok(())
+}
+
+/// The pin directory of the attachment to `iface` in the calling thread's network namespace,
+/// in the current layout: `<pin_root>/lb_decap/v<DECAP_ABI_VERSION>/net<inode>/<iface>`.
+pub fn attachment_dir(pin_root: &Path, iface: &str) -> Result<PathBuf> {
+    check_iface(iface)?;
     Ok(pin_root
-        .join(format!("abi{ABI_VERSION}"))
-        .join(format!("net{}", ns.ino()))
+        .join(DECAP_PIN_SUBDIR)
+        .join(format!("v{DECAP_ABI_VERSION}"))
+        .join(netns_dir_name()?)
         .join(iface))
+}
+
+/// The subdirectories of `dir` named `<prefix><decimal number>`, with their numbers.
+fn versioned_subdirs(dir: &Path, prefix: &str) -> Vec<(u32, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let v = name.to_str()?.strip_prefix(prefix)?;
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            Some((v.parse().ok()?, e.path()))
+        })
+        .filter(|(_, p)| p.is_dir())
+        .collect()
+}
+
+/// The pin directories of attachments to one interface in other layouts than the current one.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct OtherLayouts {
+    /// Older layouts, newest first: `lb_decap/v<M>` with `M` below [`DECAP_ABI_VERSION`] (by
+    /// `M`, descending), then the `abi<N>` layout of lbctl builds before it (by `N`,
+    /// descending).
+    older: Vec<PathBuf>,
+    /// `lb_decap/v<M>` with `M` above [`DECAP_ABI_VERSION`] (a newer lbctl's), with `M`.
+    newer: Vec<(u32, PathBuf)>,
+}
+
+/// The attachments to `iface` in the calling thread's network namespace under `pin_root` in
+/// layouts other than the current one ([`attachment_dir`]).
+fn other_layouts(pin_root: &Path, iface: &str) -> Result<OtherLayouts> {
+    check_iface(iface)?;
+    let net = netns_dir_name()?;
+    let in_layout = |root: &Path| {
+        let dir = root.join(&net).join(iface);
+        dir.is_dir().then_some(dir)
+    };
+    let mut own = versioned_subdirs(&pin_root.join(DECAP_PIN_SUBDIR), "v");
+    own.sort_by_key(|d| std::cmp::Reverse(d.0));
+    let mut legacy = versioned_subdirs(pin_root, "abi");
+    legacy.sort_by_key(|d| std::cmp::Reverse(d.0));
+    let mut out = OtherLayouts::default();
+    for (v, root) in own {
+        if let Some(dir) = in_layout(&root) {
+            match v.cmp(&DECAP_ABI_VERSION) {
+                std::cmp::Ordering::Less => out.older.push(dir),
+                std::cmp::Ordering::Greater => out.newer.push((v, dir)),
+                std::cmp::Ordering::Equal => {}
+            }
+        }
+    }
+    out.older
+        .extend(legacy.iter().filter_map(|(_, root)| in_layout(root)));
+    Ok(out)
+}
+
+/// The error for an attachment pinned by a newer lbctl (layout `v<version>` in `dir`).
+fn newer_layout_error(iface: &str, version: u32, dir: &Path) -> DataplaneError {
+    DataplaneError::Usage(format!(
+        "lb_decap on {iface} was attached by a newer lbctl (pin layout v{version} at {}; this lbctl uses v{DECAP_ABI_VERSION}): use that lbctl, or run `lbctl decap detach {iface}` first (IPIP to {iface} is not decapsulated until the next attach)",
+        dir.display()
+    ))
+}
+
+/// Detaches the attachment pinned in `dir` (under `pin_root`), removes `dir` and then its
+/// parents that are left empty, up to (not including) `pin_root`.
+fn remove_attachment(pin_root: &Path, dir: &Path) -> Result<()> {
+    detach_dir(dir)?;
+    remove_empty_parents(pin_root, dir);
+    Ok(())
+}
+
+/// Removes the parents of `dir` that are empty, nearest first, up to (not including)
+/// `pin_root`.
+fn remove_empty_parents(pin_root: &Path, dir: &Path) {
+    for parent in dir.ancestors().skip(1) {
+        if parent == pin_root || !parent.starts_with(pin_root) {
+            break;
+        }
+        if std::fs::remove_dir(parent).is_err() {
+            break;
+        }
+    }
+}
+
+/// Moves the pins of an attachment from the older layout's `from` to `to` (the current
+/// layout's directory, which does not exist), then removes `from`'s emptied parents up to
+/// `pin_root`.
+fn move_pins(pin_root: &Path, from: &Path, to: &Path) -> Result<()> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| DataplaneError::Fs {
+            action: "creating the pin directory",
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    std::fs::rename(from, to).map_err(|source| DataplaneError::Fs {
+        action: "moving the attachment's pins to the current layout",
+        path: from.to_path_buf(),
+        source,
+    })?;
+    remove_empty_parents(pin_root, from);
+    Ok(())
 }
 
 /// The IPv4 addresses of `iface` (in the calling thread's network namespace).
@@ -412,7 +552,10 @@ pub fn interface_addresses(iface: &str) -> Result<Vec<Ipv4Addr>> {
 /// a new program with new lists is loaded and swapped in through the pinned link
 /// (`BPF_LINK_UPDATE`, atomic: every packet meets the old program or the new one); the link,
 /// its mode and the counters stay. If anything fails before the swap, the old attachment is
-/// left as it was. Only a defunct link (the interface was recreated) is attached afresh. It decapsulates IPIP addressed to `rules.addresses`,
+/// left as it was. Only a defunct link (the interface was recreated) is attached afresh. An
+/// attachment pinned in an older layout (an older lbctl's, see the module docs) is replaced
+/// the same way and its pins then move to the current layout ([`Attached::adopted_from`]);
+/// one pinned in a newer layout is refused. It decapsulates IPIP addressed to `rules.addresses`,
 /// or, when that is empty, to the IPv4 addresses `iface` has now, from `rules.sources` to
 /// `rules.vips` (neither may be empty: an empty allow-list would accept nothing, and "any"
 /// must be asked for, as [`Ipv4Prefix::ANY`]).
@@ -449,27 +592,57 @@ pub fn attach(iface: &str, mode: XdpMode, pin_root: &Path, rules: &DecapRules) -
     check_len("allowed sources", rules.sources.len(), DECAP_MAX_SOURCES)?;
     check_len("VIPs", rules.vips.len(), DECAP_MAX_VIPS)?;
     let dir = attachment_dir(pin_root, iface)?;
-    if dir.join("link").exists() {
-        match replace(&dir, iface, idx, mode, &rules) {
-            Ok((mode, link_id)) => {
-                return Ok(Attached {
-                    dir,
-                    mode,
-                    rules,
-                    link_id,
-                    replaced: true,
-                })
-            }
+    let others = other_layouts(pin_root, iface)?;
+    if let Some((version, newer)) = others.newer.first() {
+        return Err(newer_layout_error(iface, *version, newer));
+    }
+    // The current layout's attachment first, then the older layouts' (newest first). At most
+    // one of them is live (an interface holds one XDP program); the first whose link takes
+    // the new program is kept, and the others' pins (of defunct links) are removed.
+    let mut kept: Option<(PathBuf, AttachedMode, u32)> = None;
+    for found in std::iter::once(dir.clone()).chain(others.older) {
+        if !found.exists() {
+            continue;
+        }
+        if kept.is_some() || !found.join("link").exists() {
+            // A defunct leftover, or pins without a link (an interrupted attach): nothing is
+            // attached through them.
+            remove_attachment(pin_root, &found)?;
+            continue;
+        }
+        match replace(&found, iface, idx, mode, &rules) {
+            Ok((mode, link_id)) => kept = Some((found, mode, link_id)),
             Err(Replace::Failed(e)) => return Err(e),
             Err(Replace::Stale(why)) => {
                 // Nothing decapsulates through this link any more: attach afresh.
                 tracing::warn!(iface, reason = %why, "stale lb_decap attachment; attaching afresh");
-                detach_dir(&dir)?;
+                remove_attachment(pin_root, &found)?;
             }
         }
-    } else if dir.exists() {
-        // Pins without a link (an interrupted attach): nothing is attached through them.
-        detach_dir(&dir)?;
+    }
+    if let Some((found, mode, link_id)) = kept {
+        let adopted_from = if found == dir {
+            None
+        } else {
+            // The new program runs through the old layout's link: its pins join the current
+            // layout, where the next detach, stats or attach looks first.
+            move_pins(pin_root, &found, &dir).map_err(|e| {
+                DataplaneError::Usage(format!(
+                    "lb_decap on {iface} was replaced in place through the link pinned in {} (it decapsulates with the new lists), but its pins could not move to {}: {e}; `lbctl decap detach {iface}` removes it",
+                    found.display(),
+                    dir.display()
+                ))
+            })?;
+            Some(found)
+        };
+        return Ok(Attached {
+            dir,
+            mode,
+            rules,
+            link_id,
+            replaced: true,
+            adopted_from,
+        });
     }
     std::fs::create_dir_all(&dir).map_err(|source| DataplaneError::Fs {
         action: "creating the pin directory",
@@ -498,6 +671,7 @@ pub fn attach(iface: &str, mode: XdpMode, pin_root: &Path, rules: &DecapRules) -
             rules,
             link_id,
             replaced: false,
+            adopted_from: None,
         }),
         Err(e) => {
             let _ = std::fs::remove_dir_all(&dir);
@@ -630,20 +804,23 @@ fn replace(
 }
 
 /// Detaches the attachment to `iface` (in the calling thread's network namespace) and removes
-/// its pin directory; `false` when there was none.
+/// its pin directory, in whichever layout it is pinned (the current one, an older or a newer
+/// lbctl's; all of them if several are), then the parents left empty (never `pin_root`);
+/// `false` when there was none.
 pub fn detach(pin_root: &Path, iface: &str) -> Result<bool> {
     let dir = attachment_dir(pin_root, iface)?;
-    if !dir.exists() {
-        return Ok(false);
-    }
-    detach_dir(&dir)?;
-    // The namespace's and the ABI's directories when left empty (never the root).
-    for parent in dir.ancestors().skip(1).take(2) {
-        if std::fs::remove_dir(parent).is_err() {
-            break;
+    let others = other_layouts(pin_root, iface)?;
+    let mut removed = false;
+    for found in std::iter::once(dir)
+        .chain(others.older)
+        .chain(others.newer.into_iter().map(|(_, d)| d))
+    {
+        if found.exists() {
+            remove_attachment(pin_root, &found)?;
+            removed = true;
         }
     }
-    Ok(true)
+    Ok(removed)
 }
 
 /// Forces the detach of the link pinned in `dir` and removes `dir`.
@@ -666,18 +843,157 @@ fn detach_dir(dir: &Path) -> Result<()> {
     })
 }
 
-/// The counters of the attachment to `iface` (in the calling thread's network namespace).
+/// The counters of the attachment to `iface` (in the calling thread's network namespace), in
+/// the current layout or else the newest older one (counters an older layout lacks read 0).
 pub fn read_counters(pin_root: &Path, iface: &str) -> Result<DecapCounters> {
     let dir = attachment_dir(pin_root, iface)?;
-    let path = dir.join(MAP_DECAP_STATS);
-    if !path.exists() {
+    let others = other_layouts(pin_root, iface)?;
+    let Some(path) = std::iter::once(dir.clone())
+        .chain(others.older)
+        .map(|d| d.join(MAP_DECAP_STATS))
+        .find(|p| p.exists())
+    else {
+        if let Some((version, newer)) = others.newer.first() {
+            return Err(newer_layout_error(iface, *version, newer));
+        }
         return Err(DataplaneError::Usage(format!(
             "no decapsulator is attached to {iface} in this network namespace ({} does not exist); run `lbctl decap attach {iface}`",
             dir.display()
         )));
-    }
+    };
     let data = MapData::from_pin(&path).map_err(map_err(MAP_DECAP_STATS))?;
     let stats: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(map_err(MAP_DECAP_STATS))?;
     sum_counters(&stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TempDir;
+
+    /// Creates `root/rel` (a directory) with a regular file `LB_DECAP_STATS` in it, the shape
+    /// of an attachment's pins without a kernel (no bpffs, no link).
+    fn fake_pins(root: &Path, rel: &str) -> PathBuf {
+        let dir = root.join(rel);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(MAP_DECAP_STATS), b"").unwrap();
+        dir
+    }
+
+    #[test]
+    fn attachment_dir_is_lb_decaps_own_layout() {
+        let net = netns_dir_name().unwrap();
+        assert_eq!(
+            attachment_dir(Path::new("/pins"), "eth0").unwrap(),
+            PathBuf::from(format!("/pins/lb_decap/v{DECAP_ABI_VERSION}/{net}/eth0"))
+        );
+        for bad in ["", ".", "..", "a/b"] {
+            assert!(attachment_dir(Path::new("/pins"), bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn other_layouts_lists_older_newest_first_and_newer() {
+        let t = TempDir::new("decap-layouts");
+        let root = t.path();
+        let net = netns_dir_name().unwrap();
+        let cur = DECAP_ABI_VERSION;
+        let abi6 = fake_pins(root, &format!("abi6/{net}/eth0"));
+        let abi7 = fake_pins(root, &format!("abi7/{net}/eth0"));
+        let abi12 = fake_pins(root, &format!("abi12/{net}/eth0"));
+        let own_old = fake_pins(root, &format!("lb_decap/v{}/{net}/eth0", cur - 1));
+        fake_pins(root, &format!("lb_decap/v{cur}/{net}/eth0"));
+        let newer = fake_pins(root, &format!("lb_decap/v{}/{net}/eth0", cur + 1));
+        // Not attachments to eth0 in this namespace's layouts: another namespace, another
+        // interface, lbd's own pins, names that are no layout.
+        fake_pins(root, "abi7/net1/eth0");
+        fake_pins(root, &format!("abi7/{net}/eth1"));
+        fake_pins(root, "abi7/links");
+        fake_pins(root, &format!("abix/{net}/eth0"));
+        fake_pins(root, &format!("lb_decap/w3/{net}/eth0"));
+        assert_eq!(
+            other_layouts(root, "eth0").unwrap(),
+            OtherLayouts {
+                older: vec![own_old, abi12, abi7, abi6],
+                newer: vec![(cur + 1, newer)],
+            }
+        );
+        assert_eq!(
+            other_layouts(&root.join("missing"), "eth0").unwrap(),
+            OtherLayouts::default()
+        );
+    }
+
+    /// An attachment pinned by an lbctl built for another lb_xdp ABI version (`abi<N>/`) is
+    /// found and removed by `detach`, with the directories it leaves empty; lbd's pins in the
+    /// same `abi<N>` directory and other interfaces' stay.
+    #[test]
+    fn detach_removes_older_layouts() {
+        let t = TempDir::new("decap-detach");
+        let root = t.path();
+        let net = netns_dir_name().unwrap();
+        fake_pins(root, &format!("abi6/{net}/eth0"));
+        fake_pins(root, &format!("abi7/{net}/eth0"));
+        fake_pins(root, &format!("abi7/{net}/eth1"));
+        fake_pins(root, "abi5/links");
+        fake_pins(root, &format!("abi5/{net}/eth0"));
+        fake_pins(
+            root,
+            &format!("lb_decap/v{}/{net}/eth0", DECAP_ABI_VERSION + 1),
+        );
+        assert!(detach(root, "eth0").unwrap());
+        let mut left: Vec<String> = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+                left.push(rel);
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                }
+            }
+        }
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "abi5".to_string(),
+                "abi5/links".into(),
+                format!("abi5/links/{MAP_DECAP_STATS}"),
+                "abi7".into(),
+                format!("abi7/{net}"),
+                format!("abi7/{net}/eth1"),
+                format!("abi7/{net}/eth1/{MAP_DECAP_STATS}"),
+            ]
+        );
+        assert!(!detach(root, "eth0").unwrap(), "nothing left to detach");
+    }
+
+    /// `stats` reads an older layout's counters; with only a newer layout's pins it refuses,
+    /// naming the way out.
+    #[test]
+    fn counters_of_a_newer_layout_are_refused() {
+        let t = TempDir::new("decap-newer");
+        let root = t.path();
+        let net = netns_dir_name().unwrap();
+        fake_pins(
+            root,
+            &format!("lb_decap/v{}/{net}/lo", DECAP_ABI_VERSION + 1),
+        );
+        let e = read_counters(root, "lo").unwrap_err().to_string();
+        assert!(
+            e.contains("attached by a newer lbctl") && e.contains("lbctl decap detach lo"),
+            "{e}"
+        );
+        let rules = DecapRules {
+            addresses: vec![],
+            sources: vec![Ipv4Prefix::ANY],
+            vips: vec![Ipv4Addr::new(192, 0, 2, 10)],
+        };
+        let e = attach("lo", XdpMode::Auto, root, &rules)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("attached by a newer lbctl"), "{e}");
+    }
 }

@@ -4,6 +4,7 @@
 use super::*;
 use crate::config::db::{DbClusterConfig, PromoteConfig};
 use crate::db::observation::MemberObservation;
+use std::time::{Duration, SystemTime};
 
 const SYS: u64 = 7_301_234_567_890_123_456;
 const OTHER_SYS: u64 = 42;

@@ -142,3 +142,146 @@ fn decap_attach_under_another_bpffs() {
         "a temporary pin directory was left behind: {left}"
     );
 }
+
+/// An attachment an older lbctl left, pinned in an older layout (`abi<N>/net<netns>/<iface>/`,
+/// named after lb_xdp's ABI version, or an older `lb_decap/v<M>/`), is found by every
+/// command: `attach` replaces its program through its pinned link (same link id, no gap) and
+/// moves its pins to the current layout, `stats` reads it, `detach` removes it (the program
+/// and every directory it leaves empty). One pinned by a newer lbctl (`lb_decap/v<M+1>/`) is
+/// refused by `attach` with the way out, and removed by `detach`. The older layouts are made
+/// the way an older lbctl leaves them: this lbctl attaches, then the attachment's directory
+/// (link and maps) is moved where the older one pinned it.
+#[test]
+fn decap_takes_over_older_pin_layouts() {
+    lb_tests::fixture::require_root();
+    let v = lb_common::decap::DECAP_ABI_VERSION;
+    let script = format!(
+        "R=/sys/fs/bpf/decap\n\
+         NS=$(stat -L -c %i /proc/self/ns/net)\n\
+         A=\"$LBCTL --output json decap attach d0 --pin-root $R --vip 192.0.2.10\"\n\
+         pin_dir() {{ sed -n 's/.*\"pin_dir\": \"\\([^\"]*\\)\".*/\\1/p'; }}\n\
+         as_layout() {{ mkdir -p $R/$2/net$NS && mv \"$1\" $R/$2/net$NS/d0; \
+         D=$(dirname \"$1\"); rmdir \"$D\" \"$(dirname \"$D\")\" $R/lb_decap 2>/dev/null; true; }}\n\
+         echo '== ns'; echo $NS\n\
+         echo '== first'; F=$($A --xdp-mode generic --allow-source 10.9.0.2 2>&1); echo \"$F\"\n\
+         as_layout \"$(echo \"$F\" | pin_dir)\" abi7\n\
+         echo '== legacy'; find $R -mindepth 1 | sort\n\
+         echo '== legacy stats'; $LBCTL --output json decap stats d0 --pin-root $R 2>&1\n\
+         echo '== adopt'; F=$($A --allow-source 10.9.0.3 2>&1); echo \"$F\"\n\
+         echo '== adopted'; find $R -mindepth 1 | sort\n\
+         echo '== link'; ip link show dev d0\n\
+         as_layout \"$(echo \"$F\" | pin_dir)\" abi6\n\
+         echo '== detach'; $LBCTL decap detach d0 --pin-root $R 2>&1\n\
+         echo '== detached'; find $R -mindepth 1 | sort; ip link show dev d0\n\
+         echo '== stats after'; $LBCTL decap stats d0 --pin-root $R 2>&1 && echo UNEXPECTED SUCCESS\n\
+         echo '== own older'; F=$($A --xdp-mode generic --allow-source 10.9.0.2 2>&1); echo \"$F\"\n\
+         as_layout \"$(echo \"$F\" | pin_dir)\" lb_decap/v{older}\n\
+         echo '== own older adopt'; $A --allow-source 10.9.0.2 2>&1\n\
+         $LBCTL decap detach d0 --pin-root $R >/dev/null 2>&1\n\
+         echo '== newer'; F=$($A --xdp-mode generic --allow-source 10.9.0.2 2>&1); echo \"$F\"\n\
+         as_layout \"$(echo \"$F\" | pin_dir)\" lb_decap/v{newer}\n\
+         echo '== newer attach'; $A --allow-source 10.9.0.2 2>&1 && echo UNEXPECTED SUCCESS\n\
+         echo '== newer detach'; $LBCTL decap detach d0 --pin-root $R 2>&1\n\
+         echo '== newer detached'; find $R -mindepth 1 | sort; ip link show dev d0\n\
+         echo '== end'",
+        older = v.wrapping_sub(1),
+        newer = v + 1,
+    );
+    let (out, err) = in_namespace("mount -t bpf bpf /sys/fs/bpf", &script);
+    let out = format!("{out}\n== stderr\n{err}");
+    let ns = section(&out, "ns").trim().to_string();
+    let current = format!("/sys/fs/bpf/decap/lb_decap/v{v}/net{ns}/d0");
+    let first = json(&out, "first");
+    let link = first["link_id"].as_u64().expect("link_id");
+    let legacy = section(&out, "legacy");
+    assert!(
+        legacy.contains(&format!("/sys/fs/bpf/decap/abi7/net{ns}/d0/link\n"))
+            && !legacy.contains("lb_decap"),
+        "the test's abi7 layout was not made:\n{out}"
+    );
+    let stats = json(&out, "legacy stats");
+    assert_eq!(
+        stats["drop_source"], 0,
+        "stats must read the abi7 pins:\n{out}"
+    );
+
+    let adopt = json(&out, "adopt");
+    assert_eq!(
+        (
+            adopt["replaced"].clone(),
+            adopt["link_id"].as_u64(),
+            adopt["pin_dir"].as_str(),
+            adopt["adopted_from"].as_str(),
+        ),
+        (
+            Value::Bool(true),
+            Some(link),
+            Some(current.as_str()),
+            Some(format!("/sys/fs/bpf/decap/abi7/net{ns}/d0").as_str()),
+        ),
+        "attach over the abi7 attachment must replace its program through its link and move the pins:\n{out}"
+    );
+    assert_eq!(adopt["sources"], serde_json::json!(["10.9.0.3"]));
+    let adopted = section(&out, "adopted");
+    assert!(
+        adopted.contains(&format!("{current}/link\n")) && !adopted.contains("abi7"),
+        "the pins must be in the current layout only:\n{adopted}"
+    );
+    let shown = section(&out, "link");
+    assert!(
+        shown.contains("xdpgeneric") && shown.contains("lb_decap"),
+        "{shown}"
+    );
+
+    let detach = section(&out, "detach");
+    assert!(detach.contains("lb_decap detached from d0"), "{out}");
+    let detached = section(&out, "detached");
+    assert!(
+        !detached.contains("/sys/fs/bpf/decap/") && !detached.contains("xdp"),
+        "detach must remove the abi6 attachment (program and pins):\n{detached}"
+    );
+    let after = section(&out, "stats after");
+    assert!(
+        after.contains("no decapsulator is attached to d0") && !after.contains("UNEXPECTED"),
+        "{after}"
+    );
+
+    let own_older = json(&out, "own older");
+    let own_older_adopt = json(&out, "own older adopt");
+    assert_eq!(
+        (
+            own_older_adopt["link_id"].as_u64(),
+            own_older_adopt["pin_dir"].as_str(),
+            own_older_adopt["adopted_from"].as_str(),
+        ),
+        (
+            own_older["link_id"].as_u64(),
+            Some(current.as_str()),
+            Some(
+                format!(
+                    "/sys/fs/bpf/decap/lb_decap/v{}/net{ns}/d0",
+                    v.wrapping_sub(1)
+                )
+                .as_str()
+            ),
+        ),
+        "{out}"
+    );
+
+    let newer = section(&out, "newer attach");
+    assert!(
+        newer.contains("attached by a newer lbctl")
+            && newer.contains("lbctl decap detach d0")
+            && !newer.contains("UNEXPECTED"),
+        "{newer}"
+    );
+    assert!(
+        section(&out, "newer detach").contains("lb_decap detached from d0"),
+        "{out}"
+    );
+    let gone = section(&out, "newer detached");
+    assert!(
+        !gone.contains("/sys/fs/bpf/decap/") && !gone.contains("xdp"),
+        "{gone}"
+    );
+}
