@@ -9,8 +9,8 @@
 //!   yet also waits while a backend of its services is **rising** (`down` with a passed check
 //!   since): a node whose backends come back one by one (after a partition, say) would
 //!   otherwise announce with a Maglev table that lacks the backends still rising, and the
-//!   flows the router moves to it (DSR: stateless) would reach other backends than on every
-//!   other node, which reset them. An announced VIP stays announced while it can serve.
+//!   flows the router moves to it (DSR: no entry on this node, so their Maglev slot) would
+//!   reach other backends than on every other node, which reset them. An announced VIP stays announced while it can serve.
 //! - [`bird`] writes the include file and runs `birdc configure`.
 //! - [`tun`] is the dead-man switch: the routes are device routes on a tun device that dies
 //!   with lbd.
