@@ -24,7 +24,10 @@
 //! - A SYN on a live entry that saw a FIN or RST opens a new connection (`CT_SYN_REUSE`): it
 //!   is balanced from its slot and the entry overwritten; so is any packet on an expired
 //!   entry. A SYN on a live open entry keeps its backend (`CT_SYN_ON_OPEN`; the backend's
-//!   kernel answers it with a challenge ACK, RFC 5961).
+//!   kernel answers it with a challenge ACK, RFC 5961), unless that backend is marked down:
+//!   then it is a new connection on a port whose old flow ended unseen (the backend died, the
+//!   client gave up without a FIN or RST lb saw), and it is re-balanced like a SYN after a FIN
+//!   (`CT_SYN_REUSE`) instead of being sent to a down backend until the entry expires.
 //! - An entry the LRU evicts falls back to its slot: the same backend while the table is
 //!   unchanged. lbd's sweep deletes expired entries and counts the live ones.
 
@@ -202,9 +205,11 @@ fn flow_backend(svc: &ServiceValue, key: &FlowKey, flags: u8) -> Result<Option<(
         // SAFETY: map value pointer; concurrent updates are benign (last writer wins).
         let e = unsafe { &mut *e };
         if !e.is_expired(now, cfg) {
-            if is_syn && e.closing() {
+            let pinned = pinned_backend(e);
+            let down = matches!(pinned, Some((_, f)) if f & BACKEND_F_DOWN != 0);
+            if is_syn && (e.closing() || down) {
                 stats::count(CT_SYN_REUSE);
-            } else if let Some((b, backend_flags)) = pinned_backend(e) {
+            } else if let Some((b, backend_flags)) = pinned {
                 if is_syn {
                     stats::count(CT_SYN_ON_OPEN);
                 }

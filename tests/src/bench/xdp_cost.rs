@@ -105,9 +105,10 @@ pub const CASES: [&str; 10] = [
 pub const CASE_EST_FWD: &str = "established forward (repeat = 1)";
 /// Full NAT, new flow, one SYN per `BPF_PROG_TEST_RUN`.
 pub const CASE_SYN: &str = "new flow, SYN (repeat = 1)";
-/// DSR, a packet of an open flow (an ACK; DSR keeps no conntrack entry), `repeat = 1`.
+/// DSR, a packet of an open flow (an ACK whose flow is pinned in `LB_CT_DSR`: a hit),
+/// `repeat = 1`.
 pub const CASE_DSR_EST: &str = "DSR established forward, IPIP out (repeat = 1)";
-/// DSR, the SYN of a new flow, `repeat = 1`.
+/// DSR, the SYN of a new flow (no `LB_CT_DSR` entry; a SYN writes none), `repeat = 1`.
 pub const CASE_DSR_SYN: &str = "DSR new flow, SYN, IPIP out (repeat = 1)";
 
 /// The test-run harness alone: `lb_xdp_pass` (returns `XDP_PASS`), `repeat = N`.
@@ -118,7 +119,8 @@ pub const CASE_EST_CHAIN: &str = "established fwd/reply (chain, repeat = 254)";
 pub const CASE_SYN_CHAIN: &str = "new flow, SYN (chain, repeat = 254)";
 
 /// Order in which a round measures the cases (indices into [`CASES`]): the `repeat = 1`
-/// established and DSR cases (DSR adds no conntrack entry), the established chain, then the
+/// established and DSR cases (DSR adds no full-NAT conntrack entry; each DSR case empties
+/// `LB_CT_DSR` first), the established chain, then the
 /// SYN chain (it turns the backends into VIPs, which the established chain's crafted entries
 /// must not meet; it adds 10k flows), then the `repeat = 1` SYNs, which grow the table by
 /// 700k entries, so every other case sees the nominal fill level.
@@ -386,7 +388,8 @@ fn bed_service(
 }
 
 /// The beds' DSR service: [`DSR_VIP`]:[`VIP_PORT`] (service [`DSR_SERVICE_ID`]) over the
-/// full-NAT service's Maglev table (same backends), outer source [`DSR_SRC`].
+/// full-NAT service's Maglev table (same backends), outer source [`DSR_SRC`], its VIP flagged
+/// DSR-only.
 fn dsr_service(dp: &mut lb::dataplane::bpf::BpfDataplane, m: u32) -> Result<(), String> {
     let e = |e: lb::dataplane::DataplaneError| e.to_string();
     dp.set_service(
@@ -406,11 +409,13 @@ fn dsr_service(dp: &mut lb::dataplane::bpf::BpfDataplane, m: u32) -> Result<(), 
         },
     )
     .map_err(e)?;
+    // As lbd sets it for a VIP whose services are all DSR: its packets skip the full-NAT
+    // conntrack lookups.
     dp.set_vip(
         ipv4_to_be(DSR_VIP),
         &VipValue {
             service_count: 1,
-            flags: 0,
+            flags: lb_common::VIP_F_DSR_ONLY,
         },
     )
     .map_err(e)
@@ -632,11 +637,15 @@ impl Bed {
     }
 
     /// `packets` packets of distinct DSR flows (client `client_of(k)` -> [`DSR_VIP`], TCP flags
-    /// `flags`), one `BPF_PROG_TEST_RUN` each; returns the mean ns per packet. Every output
-    /// must be exactly the encapsulated frame toward the flow's Maglev backend (computed here
-    /// from the table and `flow_hash`), and the counters must show every packet on the DSR
-    /// path: `FWD_DSR` + packets, `NEW_FLOW` unchanged (no conntrack), the DSR service's
-    /// packets + packets and new flows + packets for SYNs, + 0 otherwise.
+    /// `flags`), one `BPF_PROG_TEST_RUN` each; returns the mean ns per packet. `LB_CT_DSR` is
+    /// emptied first; for SYNs that is the state measured (a new flow: a miss, and a SYN writes
+    /// no entry); for ACKs an unmeasured pass first pins every flow (the handshake's ACK
+    /// writes its entry), so the measured pass is what an open flow's packets do (a hit).
+    /// Every output must be exactly the encapsulated frame toward the flow's Maglev backend
+    /// (computed here from the table and `flow_hash`), and the counters of the measured pass
+    /// must show every packet on the DSR path: `FWD_DSR` + packets, `NEW_FLOW` unchanged (no
+    /// full-NAT conntrack), `CT_DSR_NEW` unchanged (SYNs write no entry, ACKs hit theirs), the
+    /// DSR service's packets + packets and new flows + packets for SYNs, + 0 otherwise.
     fn dsr(&mut self, packets: u32, flags: u8) -> Result<f64, String> {
         let what = if flags == tcp_flags::SYN {
             "DSR new flow"
@@ -644,8 +653,43 @@ impl Bed {
             "DSR established forward"
         };
         let e = |e: lb::dataplane::DataplaneError| e.to_string();
+        self.dp.clear_dsr().map_err(e)?;
+        if flags != tcp_flags::SYN {
+            self.dsr_pass(packets, flags, what)?;
+            let pinned = self.dp.dsr_entries().map_err(e)?.len();
+            if pinned != packets as usize {
+                return Err(format!(
+                    "{what}: the pinning pass left {pinned} LB_CT_DSR entries, {packets} expected"
+                ));
+            }
+        }
         let before = self.counters()?;
         let svc_before = self.dp.service_stats(DSR_SERVICE_ID).map_err(e)?;
+        let total = self.dsr_pass(packets, flags, what)?;
+        let after = self.counters()?;
+        let svc = self.dp.service_stats(DSR_SERVICE_ID).map_err(e)?;
+        let d = |c: u32| after[c as usize] - before[c as usize];
+        let new = if flags == tcp_flags::SYN { packets } else { 0 };
+        let got = (
+            d(lb_common::FWD_DSR),
+            d(lb_common::NEW_FLOW),
+            d(lb_common::CT_DSR_NEW),
+            svc.packets_in - svc_before.packets_in,
+            svc.new_flows - svc_before.new_flows,
+        );
+        let want = (u64::from(packets), 0, 0, u64::from(packets), u64::from(new));
+        if got != want {
+            return Err(format!(
+                "{what}: FWD_DSR, NEW_FLOW, CT_DSR_NEW, the service's packets and new flows \
+                 rose by {got:?}, expected {want:?}"
+            ));
+        }
+        Ok(total as f64 / f64::from(packets))
+    }
+
+    /// One pass of [`Bed::dsr`]: the packets sent and their outputs checked; returns the
+    /// total ns.
+    fn dsr_pass(&mut self, packets: u32, flags: u8, what: &str) -> Result<u64, String> {
         let m = self.table.len() as u32;
         let mut total = 0u64;
         for k in 0..packets {
@@ -676,24 +720,7 @@ impl Bed {
             }
             total += r.duration_ns;
         }
-        let after = self.counters()?;
-        let svc = self.dp.service_stats(DSR_SERVICE_ID).map_err(e)?;
-        let d = |c: u32| after[c as usize] - before[c as usize];
-        let new = if flags == tcp_flags::SYN { packets } else { 0 };
-        let got = (
-            d(lb_common::FWD_DSR),
-            d(lb_common::NEW_FLOW),
-            svc.packets_in - svc_before.packets_in,
-            svc.new_flows - svc_before.new_flows,
-        );
-        let want = (u64::from(packets), 0, u64::from(packets), u64::from(new));
-        if got != want {
-            return Err(format!(
-                "{what}: FWD_DSR, NEW_FLOW, the service's packets and new flows rose by {got:?}, \
-                 expected {want:?}"
-            ));
-        }
-        Ok(total as f64 / f64::from(packets))
+        Ok(total)
     }
 
     /// A step coprime with the number of flows, so `k * stride % n` visits every flow in a
@@ -1349,18 +1376,20 @@ pub fn run_parts(scale: Scale, parts: Parts) -> (Section, Vec<Target>) {
              repeat = 1 new-flow case adds 2 entries per packet, so the table grows by {} \
              entries during it. **DSR** (issue 13): the bed also holds a `forwarding: dsr` \
              service on {DSR_VIP}:{VIP_PORT} over the same 4 backends and Maglev table (outer \
-             source {DSR_SRC}); {packets} packets per case per round, `repeat = 1`, each of a \
-             distinct flow client_k -> DSR VIP: the SYNs, then an ACK of each of the same flows \
-             (DSR keeps no conntrack entry, so an established packet misses in both conntrack \
-             maps like a SYN and takes its flow's Maglev slot; the SYN only adds the service's \
-             new-flow count). No chain: a DSR forward puts a 20-byte outer header in front of \
+             source {DSR_SRC}; its VIP flagged DSR-only as lbd flags it, so its packets skip \
+             the full-NAT conntrack maps); {packets} packets per case per round, `repeat = 1`, \
+             each of a distinct flow client_k -> DSR VIP: the SYNs with `LB_CT_DSR` emptied (a \
+             miss, the flow's Maglev slot; a SYN writes no entry), then an ACK of each of the \
+             same flows, timed in a second pass after an untimed first pass pinned every flow \
+             (each timed ACK hits its `LB_CT_DSR` entry, whose backend is checked against \
+             `LB_BACKENDS`). No chain: a DSR forward puts a 20-byte outer header in front of \
              the packet, so its output is never again a packet of the same path (and a chain \
              would run out of headroom after a dozen runs). Every output must be byte for byte \
              the IPIP frame toward the flow's Maglev backend (computed by the bench from the \
              table and `flow_hash`: the outer header with its checksum, the client's packet \
              unchanged behind it), FWD_DSR and the service's packet count must rise by exactly \
-             the packets, NEW_FLOW not at all. Unlike a full-NAT established packet, a DSR \
-             packet has no cached next hop: each one pays a `bpf_fib_lookup`. **Backend side** \
+             the packets, NEW_FLOW and CT_DSR_NEW not at all. Unlike a full-NAT established \
+             packet, a DSR packet has no cached next hop: each one pays a `bpf_fib_lookup`. **Backend side** \
              (`lb_decap`, no conntrack, so once per round, not per fill level): a chain of \
              `repeat = {DECAP_CHAIN}` on a frame with {DECAP_CHAIN} nested IPIP headers to the \
              backend's address, each run stripping one (the checks, address lookup, checksum \
