@@ -46,6 +46,13 @@ impl IcmpError {
 /// What `packet` (an IPv4 packet as a raw ICMP socket reads it) says about probe `p`: an
 /// ICMP destination unreachable or time exceeded whose quote is `p`'s outer header (IPIP
 /// from `p.local`'s address to `p.backend` with `p.ip_id`), else `None`.
+///
+/// Off-path spoofing: the addresses are guessable and the id is 16 bits, so that alone would
+/// let anyone fail probes with a flood of forged errors. When the quote reaches into the
+/// inner packet (Linux quotes up to 576 bytes, so the backend's and most routers' errors
+/// hold all of it), the inner addresses, ports and the SYN's random sequence number must
+/// match too (48 more bits); a quote of the outer header only (RFC 792's minimum) is
+/// accepted only from the backend itself.
 pub fn parse_icmp(packet: &[u8], p: &Probe) -> Option<IcmpError> {
     let hlen = usize::from(packet.first()? & 0x0f) * 4;
     if packet[0] >> 4 != 4
@@ -69,11 +76,26 @@ pub fn parse_icmp(packet: &[u8], p: &Probe) -> Option<IcmpError> {
     {
         return None;
     }
-    Some(IcmpError {
-        from: addr(packet, 12),
-        kind,
-        code,
-    })
+    let from = addr(packet, 12);
+    // The inner IPv4 header and the TCP ports and sequence number (8 bytes).
+    let inner = &q[IPV4_HLEN..];
+    if inner.len() >= IPV4_HLEN + 8 {
+        let ihl = usize::from(inner[0] & 0x0f) * 4;
+        let t = inner.get(ihl..ihl + 8)?;
+        let port = |at: usize| u16::from_be_bytes([t[at], t[at + 1]]);
+        if inner[9] != super::IPPROTO_TCP
+            || addr(inner, 12) != *p.local.ip()
+            || addr(inner, 16) != *p.vip.ip()
+            || port(0) != p.local.port()
+            || port(2) != p.vip.port()
+            || u32::from_be_bytes([t[4], t[5], t[6], t[7]]) != p.isn
+        {
+            return None;
+        }
+    } else if from != p.backend {
+        return None;
+    }
+    Some(IcmpError { from, kind, code })
 }
 
 /// A classic BPF program for a raw ICMP socket that keeps only destination unreachable and
@@ -163,8 +185,23 @@ mod tests {
         let e = parse_icmp(&error(p.backend, src, 3, 3, &syn), &p).expect("whole quote");
         assert!(e.describe().contains("tunl0"), "{}", e.describe());
         let router = Ipv4Addr::new(10, 0, 9, 1);
-        let e = parse_icmp(&error(router, src, 11, 0, quote), &p).expect("router");
+        let e = parse_icmp(&error(router, src, 11, 0, &syn), &p).expect("router");
         assert_eq!(e.from, router);
+        // A quote of the outer header only: from the backend only (anyone can guess the
+        // addresses and try 65536 ids).
+        let outer_only = &syn[..IPV4_HLEN + 8];
+        assert_eq!(parse_icmp(&error(router, src, 11, 0, outer_only), &p), None);
+        // A quote reaching the inner packet must match its addresses, ports and sequence
+        // number, from anyone (a forged error with the right id but a guessed ISN fails).
+        for at in [20 + 12, 20 + 16, 40, 42, 44, 47] {
+            let mut forged = syn.clone();
+            forged[at] ^= 1;
+            assert_eq!(
+                parse_icmp(&error(p.backend, src, 3, 2, &forged), &p),
+                None,
+                "byte {at} changed"
+            );
+        }
         // Another packet quoted: other id, other backend, not IPIP; not an error type;
         // truncated.
         let mut other = quote.to_vec();
