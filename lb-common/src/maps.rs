@@ -257,7 +257,10 @@ pub const LOCAL_F_SNAT: u32 = 1 << 1;
 /// [`MAP_LOCAL_ADDRS`] value bit, with [`LOCAL_F_VIP`]: every service on this VIP is a DSR
 /// service (lbd sets it from [`VIP_F_DSR_ONLY`]). A TCP packet to it skips the two full-NAT
 /// conntrack lookups and goes straight to its service; a full-NAT service found there anyway
-/// (lbd adding one before the bit is cleared) takes the usual path, so the bit is only a hint.
+/// (lbd adding one before the bit is cleared) takes the usual path, so a stale bit never
+/// breaks a full-NAT service. The bit is set as soon as a VIP's last full-NAT service is gone
+/// (removed or switched to DSR): that VIP's open full-NAT flows are then no longer looked up
+/// and break (docs/scale-out.md, "Same backend on every node, and kept across table changes").
 pub const LOCAL_F_DSR_ONLY: u32 = 1 << 2;
 /// [`VipValue::flags`] bit: every service on this VIP is a DSR service; lbd mirrors it into
 /// [`MAP_LOCAL_ADDRS`] as [`LOCAL_F_DSR_ONLY`].
@@ -388,8 +391,9 @@ impl FlowEntry {
 }
 
 /// [`DsrEntry::flags`]: the client sent a FIN on this flow (the flow is closing: its entry
-/// lives [`crate::tcp_state::TIME_WAIT`]'s timeout after its last packet, and a SYN opens a
-/// new connection).
+/// lives [`crate::tcp_state::FIN_WAIT`]'s timeout after its last packet, as IPVS's `tcpfin`:
+/// the backend may still be sending after the client's half-close, and the client's ACKs keep
+/// refreshing it; a SYN opens a new connection).
 pub const DSR_F_FIN: u32 = 1 << 0;
 /// [`DsrEntry::flags`]: the client sent a RST on this flow (closed: [`crate::tcp_state::CLOSE`]'s
 /// timeout, and a SYN opens a new connection).
@@ -401,7 +405,7 @@ pub const DSR_F_RST: u32 = 1 << 1;
 /// records the backend (id and address: ids are reused by lbd, so a hit whose
 /// `LB_BACKENDS[backend_id]` no longer holds `backend_addr_be` re-picks), when the flow last
 /// sent a packet and whether the client sent a FIN or RST. It is live for the ESTABLISHED
-/// timeout after the last packet, the TIME_WAIT timeout once a FIN was seen, the CLOSE
+/// timeout after the last packet, the FIN_WAIT timeout once a FIN was seen, the CLOSE
 /// timeout once a RST was seen ([`DsrEntry::timeout_ns`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -425,14 +429,14 @@ impl DsrEntry {
         self.flags & (DSR_F_FIN | DSR_F_RST) != 0
     }
 
-    /// Idle timeout of this entry under `cfg`: ESTABLISHED's, TIME_WAIT's once a FIN was
+    /// Idle timeout of this entry under `cfg`: ESTABLISHED's, FIN_WAIT's once a FIN was
     /// seen, CLOSE's once a RST was seen.
     #[inline(always)]
     pub fn timeout_ns(&self, cfg: &GlobalConfig) -> u64 {
         let state = if self.flags & DSR_F_RST != 0 {
             crate::tcp_state::CLOSE
         } else if self.flags & DSR_F_FIN != 0 {
-            crate::tcp_state::TIME_WAIT
+            crate::tcp_state::FIN_WAIT
         } else {
             crate::tcp_state::ESTABLISHED
         };
@@ -615,7 +619,7 @@ mod tests {
         assert!(e.is_expired(1_001 + t[ESTABLISHED as usize], &cfg));
         e.flags = DSR_F_FIN;
         assert!(e.closing());
-        assert_eq!(e.timeout_ns(&cfg), t[TIME_WAIT as usize]);
+        assert_eq!(e.timeout_ns(&cfg), t[FIN_WAIT as usize]);
         // A RST wins over a FIN seen before it.
         e.flags = DSR_F_FIN | DSR_F_RST;
         assert_eq!(e.timeout_ns(&cfg), t[CLOSE as usize]);

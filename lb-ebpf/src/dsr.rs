@@ -15,7 +15,7 @@
 //!   handshake's ACK, or any packet of a flow ECMP moved here): a spoofed SYN flood inserts
 //!   nothing and evicts no pinned flow. The price: a table change between a SYN and its ACK
 //!   moves that one handshake.
-//! - A hit is live for the ESTABLISHED timeout after its last packet (TIME_WAIT's once the
+//! - A hit is live for the ESTABLISHED timeout after its last packet (FIN_WAIT's once the
 //!   client sent a FIN, CLOSE's once it sent a RST, [`DsrEntry::timeout_ns`]), refreshed at
 //!   most once a second. Its backend is kept while `LB_BACKENDS[id]` still holds the address
 //!   the entry recorded, down or draining included (`CT_DOWN_KEPT` when flagged down: the

@@ -38,7 +38,8 @@ fn temporary(dir: &Path, name: &str) -> PathBuf {
 
 /// Writes `text` to `path` so that a reader sees the old file or the new one, never a part:
 /// a temporary file in the same directory, fsynced, then renamed over `path` (and the
-/// directory fsynced); with `keep_backup` the previous file is first copied to `<path>.bak`.
+/// directory fsynced); with `keep_backup` the previous file is first written to `<path>.bak`
+/// the same way (a temporary file renamed over it, so a link placed there is never followed).
 /// The new file gets permission bits `mode`, whatever the process's umask (lbd may run with
 /// `UMask=0077`, and BIRD, running as its own user, must read its include file).
 ///

@@ -250,14 +250,19 @@ impl DsrSweeper {
         }
         let mut sweep = ConntrackSweep::default();
         for (k, e) in entries {
-            // Re-read before deleting: the data plane may have refreshed the entry meanwhile.
-            let expired = e.is_expired(now_ns, cfg)
-                && self
-                    .map
-                    .get(&k, 0)
-                    .is_ok_and(|now| now.is_expired(now_ns, cfg));
-            if !expired {
-                sweep.count_dsr_flow(&e);
+            // Re-read before deleting: the data plane may have refreshed the entry meanwhile
+            // (or re-pinned it to another backend: count what it holds now).
+            let current = if e.is_expired(now_ns, cfg) {
+                match self.map.get(&k, 0) {
+                    Ok(now) if !now.is_expired(now_ns, cfg) => Some(now),
+                    Ok(_) => None,
+                    Err(_) => continue,
+                }
+            } else {
+                Some(e)
+            };
+            if let Some(live) = current {
+                sweep.count_dsr_flow(&live);
                 continue;
             }
             match self.map.remove(&k) {
