@@ -371,14 +371,34 @@ pub fn run_rounds(
                 .try_clone()
                 .map_err(|e| format!("creating {}: {e}", out.display()))?;
             let start = std::time::Instant::now();
-            let status = std::process::Command::new(&build.bench)
-                .current_dir(cwd)
-                .args(["--only", "xdp_cost", "--commit", &build.label, "--json"])
-                .arg(&json)
-                .stdout(logf)
-                .stderr(errf)
-                .status()
-                .map_err(|e| format!("starting {}: {e}", build.bench.display()))?;
+            // ETXTBSY: a just-written executable is still open for writing in a child that
+            // another thread forked and that has not exec'd yet (a test's fake bench, or a
+            // build finishing); the program did not run, so starting it again is safe.
+            let mut attempt = 0;
+            let status = loop {
+                let (out, err) = match (logf.try_clone(), errf.try_clone()) {
+                    (Ok(o), Ok(e)) => (o, e),
+                    (Err(e), _) | (_, Err(e)) => {
+                        return Err(format!("creating {}: {e}", out.display()))
+                    }
+                };
+                match std::process::Command::new(&build.bench)
+                    .current_dir(cwd)
+                    .args(["--only", "xdp_cost", "--commit", &build.label, "--json"])
+                    .arg(&json)
+                    .stdout(out)
+                    .stderr(err)
+                    .status()
+                {
+                    Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempt < 20 => {
+                        attempt += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    r => {
+                        break r.map_err(|e| format!("starting {}: {e}", build.bench.display()))?
+                    }
+                }
+            };
             let seconds = start.elapsed().as_secs_f64();
             if !status.success() {
                 return Err(format!(
