@@ -603,17 +603,7 @@ impl ScaleOut {
     /// Makes backend `j`'s `GET /healthz` fail (`false`: its health file exists, every
     /// node's HTTP check fails while the server keeps serving) or pass again (`true`).
     pub fn set_backend_healthy(&self, j: usize, healthy: bool) -> Result<()> {
-        let f = self.health_file(j);
-        if healthy {
-            match std::fs::remove_file(&f) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(LabError::io(format!("removing {}", f.display()))(e))
-                }
-                _ => Ok(()),
-            }
-        } else {
-            std::fs::write(&f, b"").map_err(LabError::io(format!("creating {}", f.display())))
-        }
+        super::topology::set_health_file(&self.health_file(j), healthy)
     }
 
     /// Blocks node `i`'s health checks of backend `j` only (`true`: an nftables rule in the

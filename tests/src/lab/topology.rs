@@ -334,17 +334,7 @@ impl Lab {
     /// Makes backend `i`'s health endpoint fail (`false`) or pass again (`true`) while every
     /// other endpoint keeps serving: a health-check flap.
     pub fn set_backend_healthy(&self, i: usize, healthy: bool) -> Result<()> {
-        let f = self.health_file(i);
-        if healthy {
-            match std::fs::remove_file(&f) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(LabError::io(format!("removing {}", f.display()))(e))
-                }
-                _ => Ok(()),
-            }
-        } else {
-            std::fs::write(&f, b"").map_err(LabError::io(format!("creating {}", f.display())))
-        }
+        set_health_file(&self.health_file(i), healthy)
     }
 
     /// Takes backend `i`'s link down (`e0` in its namespace) or up again: packets to it vanish
@@ -781,5 +771,20 @@ impl Drop for Lab {
                 eprintln!("lab: cannot remove {}: {e}", self.bpffs_root.display());
             }
         }
+    }
+}
+
+/// Removes (`healthy`) or creates a backend's health file `f`: while it exists, the test
+/// server's `GET /healthz` fails and every other endpoint keeps serving.
+pub(crate) fn set_health_file(f: &std::path::Path, healthy: bool) -> Result<()> {
+    if healthy {
+        match std::fs::remove_file(f) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(LabError::io(format!("removing {}", f.display()))(e))
+            }
+            _ => Ok(()),
+        }
+    } else {
+        std::fs::write(f, b"").map_err(LabError::io(format!("creating {}", f.display())))
     }
 }
