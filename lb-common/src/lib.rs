@@ -19,6 +19,7 @@
 
 pub mod checksum;
 pub mod counters;
+pub mod ct_filter;
 pub mod decap;
 pub mod hash;
 pub mod maps;
@@ -27,9 +28,10 @@ pub mod retry;
 pub mod tcp_state;
 
 pub use counters::*;
+pub use ct_filter::*;
 pub use maps::*;
 
-/// Version of the pinned map layout; part of the pin directory name (`abi8`).
+/// Version of the pinned map layout; part of the pin directory name (`abi9`).
 ///
 /// 2: [`FlowEntry`] grew the cached next hop (32 -> 56 bytes).
 /// 3: [`FlowEntry`] holds the shared TCP state (`state`, `close_dir`; the ESTABLISHED and
@@ -57,7 +59,9 @@ pub use maps::*;
 /// 8: DSR connection tracking: [`MAP_CT_DSR`] is new (one [`DsrEntry`] per DSR flow, pinning
 ///    it to its backend across table changes); [`MAP_LOCAL_ADDRS`] may carry
 ///    [`LOCAL_F_DSR_ONLY`]; `LB_STATS` grew the DSR conntrack counters.
-pub const ABI_VERSION: u32 = 8;
+/// 9: the key filter in front of [`MAP_CONNTRACK`] ([`ct_filter`]): [`MAP_CT_FILTER`] and
+///    [`MAP_CT_FILTER_CTL`] are new.
+pub const ABI_VERSION: u32 = 9;
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";

@@ -19,6 +19,8 @@
 //! | [`MAP_BACKEND_SUSPECT`] | array | `u32` backend id | [`crate::passive::BackendSuspect`] | XDP raises, lbd clears |
 //! | [`MAP_EVENTS`] | ring buffer | - | [`crate::passive::PassiveEvent`] records | XDP (lbd reads) |
 //! | [`MAP_SNAT_FULL`] | array | `u32` backend id | `u64` coarse-clock ns | XDP |
+//! | [`crate::ct_filter::MAP_CT_FILTER`] | array, mmapable | `u32` word | `u64` bits | every writer of [`MAP_CONNTRACK`] sets, lbd clears |
+//! | [`crate::ct_filter::MAP_CT_FILTER_CTL`] | array (1) | `u32` 0 | [`crate::ct_filter::CtFilterCtl`] | lbd |
 //!
 //! Capacities marked "default" are set by lbd at load time from the configuration
 //! (`aya::EbpfLoader::set_max_entries`); the values here are what the object file declares.
@@ -81,7 +83,7 @@ pub const MAP_SNAT_FULL: &str = "LB_SNAT_FULL";
 pub const EVENTS_RING_BYTES: u32 = 64 * 1024;
 
 /// Every map name, in a stable order (used for pinning and re-adoption).
-pub const ALL_MAPS: [&str; 17] = [
+pub const ALL_MAPS: [&str; 19] = [
     MAP_SERVICES,
     MAP_VIPS,
     MAP_LOCAL_ADDRS,
@@ -99,6 +101,8 @@ pub const ALL_MAPS: [&str; 17] = [
     MAP_BACKEND_SUSPECT,
     MAP_EVENTS,
     MAP_SNAT_FULL,
+    crate::ct_filter::MAP_CT_FILTER,
+    crate::ct_filter::MAP_CT_FILTER_CTL,
 ];
 
 // ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@
 //! ([`search_start`]).
 
 use crate::{
-    ablate,
+    ablate, ct_filter,
     maps::{LB_CONNTRACK, LB_CT_SYN, LB_SNAT_ADDRS, LB_SNAT_FULL},
     stats,
 };
@@ -26,9 +26,8 @@ use lb_common::{
     hash::{flow_hash, snat_port_base, snat_port_candidate, SNAT_SEED_XOR},
     tcp_state::{is_embryonic, Transition, CLOSE},
     BackendValue, FlowEntry, FlowKey, GlobalConfig, CT_PAIR_REPAIRED, FLOW_F_REPLY,
-    FLOW_TOUCH_INTERVAL_NS, IPPROTO_TCP, MAX_SNAT_ADDRS, PARTNER_SYNC_REFRESHES,
-    SNAT_FULL_HOLD_NS, SNAT_POOL_FULL, SNAT_PORT_ATTEMPTS, SNAT_PORT_ATTEMPTS_SHORT,
-    SNAT_SEARCH_SHORT,
+    FLOW_TOUCH_INTERVAL_NS, IPPROTO_TCP, MAX_SNAT_ADDRS, PARTNER_SYNC_REFRESHES, SNAT_FULL_HOLD_NS,
+    SNAT_POOL_FULL, SNAT_PORT_ATTEMPTS, SNAT_PORT_ATTEMPTS_SHORT, SNAT_SEARCH_SHORT,
 };
 
 /// Which conntrack map a flow lives in.
@@ -102,6 +101,7 @@ impl Table {
     pub fn insert(self, key: &FlowKey, entry: &FlowEntry, flags: u64) -> Result<(), i32> {
         match self {
             Table::Main => {
+                ct_filter::mark(key);
                 let r = LB_CONNTRACK.insert(key, entry, flags);
                 call_site_barrier::<4>();
                 r
@@ -134,6 +134,20 @@ fn call_site_barrier<const ID: u32>() {
 pub fn lookup(key: &FlowKey) -> Option<(Table, *mut FlowEntry)> {
     if let Some(e) = LB_CONNTRACK.get_ptr_mut(key) {
         return Some((Table::Main, e));
+    }
+    LB_CT_SYN.get_ptr_mut(key).map(|e| (Table::Embryonic, e))
+}
+
+/// [`lookup`] for a bare SYN (the first packet of most new flows): `LB_CONNTRACK` only when
+/// its key filter says it may hold `key` ([`ct_filter::may_hold`]), so a new flow's own
+/// 5-tuple costs no miss in that map's bucket array. Every other packet keeps [`lookup`]
+/// (an established packet's entry is there; the filter would be one more access).
+#[inline(always)]
+pub fn lookup_syn(key: &FlowKey) -> Option<(Table, *mut FlowEntry)> {
+    if ct_filter::may_hold(key) {
+        if let Some(e) = LB_CONNTRACK.get_ptr_mut(key) {
+            return Some((Table::Main, e));
+        }
     }
     LB_CT_SYN.get_ptr_mut(key).map(|e| (Table::Embryonic, e))
 }
@@ -261,6 +275,8 @@ fn promote(
     entry.close_dir = t.close_dir;
     entry.last_seen_ns = now_ns;
     entry.refreshes = 0;
+    ct_filter::mark(key);
+    ct_filter::mark(&pkey);
     if LB_CONNTRACK.insert(key, &*entry, BPF_ANY as u64).is_err() {
         return Pair::Ok;
     }
@@ -454,9 +470,13 @@ fn take_over(table: Table, rkey: &FlowKey, own: &FlowKey, cfg: &GlobalConfig, no
 }
 
 /// True when no live flow of `LB_CONNTRACK` holds the reply key `rkey`; an expired one that
-/// may be taken over ([`take_over`]) is removed.
+/// may be taken over ([`take_over`]) is removed. A key the filter has never seen costs no
+/// lookup ([`ct_filter::may_hold`]).
 #[inline(always)]
 fn free_in_main(rkey: &FlowKey, own: &FlowKey, cfg: &GlobalConfig, now_ns: u64) -> bool {
+    if !ct_filter::may_hold(rkey) {
+        return true;
+    }
     // SAFETY: read-only presence check.
     if unsafe { LB_CONNTRACK.get(rkey) }.is_none() {
         return true;

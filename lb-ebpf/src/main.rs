@@ -17,6 +17,7 @@
 
 mod ablate;
 mod conntrack;
+mod ct_filter;
 mod decap;
 mod dsr;
 mod forward;
@@ -43,7 +44,8 @@ use lb_common::{
         tcp_next_state, Transition, CLOSE, DIR_ORIG, DIR_REPLY, EV_NEW_CONNECTION, EV_NONE,
         EV_SYN_ON_OPEN, SYN_SENT,
     },
-    BACKEND_F_DOWN, BACKEND_F_RESET, BACKEND_ID_NONE, FLOW_F_REPLY, IPPROTO_ICMP, IPPROTO_TCP, SERVICE_F_NO_BACKEND, *,
+    BACKEND_F_DOWN, BACKEND_F_RESET, BACKEND_ID_NONE, FLOW_F_REPLY, IPPROTO_ICMP, IPPROTO_TCP,
+    SERVICE_F_NO_BACKEND, *,
 };
 use maps::{LB_BACKENDS, LB_CONFIG, LB_LOCAL_ADDRS, LB_MAGLEV, LB_SERVICES};
 use parse::{
@@ -190,6 +192,8 @@ fn lb4_tcp(
         || (ablate::NO_CT_MISS && tcp.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN)
     {
         None
+    } else if tcp.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN {
+        conntrack::lookup_syn(&key)
     } else {
         conntrack::lookup(&key)
     };
@@ -242,11 +246,7 @@ fn lb4_tcp(
 /// A VIP packet that cannot be balanced: a fragment, IP options, not TCP (an ICMP error about
 /// a tracked flow is translated for its backend), or a truncated TCP header.
 #[inline(always)]
-fn lb4_vip_exception(
-    ctx: &XdpContext,
-    eth: &mut EthHdr,
-    ip: &mut Ipv4Hdr,
-) -> Result<Verdict, ()> {
+fn lb4_vip_exception(ctx: &XdpContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr) -> Result<Verdict, ()> {
     if ip.is_fragment() {
         return Ok(Verdict::drop(DROP_VIP_FRAGMENT));
     }

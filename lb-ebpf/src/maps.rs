@@ -10,10 +10,14 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
+    ct_filter_map_entries,
     decap::{DECAP_MAX_ADDRS, DECAP_MAX_SOURCES, DECAP_MAX_VIPS, DECAP_NUM_COUNTERS},
-    passive::BackendSuspect, dsr_flows_capacity, BackendValue, DsrEntry, FlowEntry, FlowKey, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue,
-    local_addrs_capacity, CONFIG_ENTRIES, CONNTRACK_ENTRIES_PER_FLOW, DEFAULT_CONNTRACK_FLOWS, DEFAULT_MAGLEV_TABLE_SIZE,
-    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, EVENTS_RING_BYTES, MAX_SNAT_ADDRS, MAX_TX_PORTS, NUM_COUNTERS,
+    dsr_flows_capacity, local_addrs_capacity,
+    passive::BackendSuspect,
+    BackendValue, CtFilterCtl, DsrEntry, FlowEntry, FlowKey, FlowStats, GlobalConfig, ServiceKey,
+    ServiceValue, VipValue, CONFIG_ENTRIES, CONNTRACK_ENTRIES_PER_FLOW, DEFAULT_CONNTRACK_FLOWS,
+    DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, EVENTS_RING_BYTES,
+    MAX_SNAT_ADDRS, MAX_TX_PORTS, NUM_COUNTERS,
 };
 
 /// Services by (VIP, port, protocol): which Maglev table and stats slot a packet uses.
@@ -65,6 +69,19 @@ pub static LB_CT_SYN: LruHashMap<FlowKey, FlowEntry> = LruHashMap::pinned(
     DEFAULT_CONNTRACK_FLOWS / 8 * CONNTRACK_ENTRIES_PER_FLOW,
     CT_FLAGS,
 );
+
+/// The key filter in front of `LB_CONNTRACK` (`crate::ct_filter`): both generations' bits.
+/// Mmapable: lbd clears a generation and ORs in the keys its sweep saw with memory stores.
+#[map]
+pub static LB_CT_FILTER: Array<u64> = Array::pinned(
+    ct_filter_map_entries(DEFAULT_CONNTRACK_FLOWS * CONNTRACK_ENTRIES_PER_FLOW),
+    BPF_F_MMAPABLE,
+);
+
+/// The key filter's active generation and size (slot 0); all zero: the filter is off.
+/// Mmapable: lbd switches the generation with a memory store.
+#[map]
+pub static LB_CT_FLT_CTL: Array<CtFilterCtl> = Array::pinned(1, BPF_F_MMAPABLE);
 
 /// DSR flows: client -> VIP 5-tuple -> the backend the flow is pinned to (`crate::dsr`).
 #[map]

@@ -17,6 +17,8 @@ use std::net::Ipv4Addr;
 
 #[path = "fixtures/backend_down.rs"]
 mod backend_down;
+#[path = "fixtures/ct_filter.rs"]
+mod ct_filter;
 #[path = "fixtures/decap.rs"]
 mod decap;
 #[path = "fixtures/dsr.rs"]
@@ -1919,6 +1921,8 @@ fn unpinned_attach_native_auto_and_pass_program() {
 // Run: cargo test --release -p lb-tests --test fixtures hot_path_cost -- --ignored --nocapture
 // Env: LB_HOT_FILL=<conntrack entries to pre-fill, default 0>, LB_HOT_ROUNDS=<default 5>,
 // LB_HOT_FLOWS=<conntrack size in flows, default DEFAULT_CONNTRACK_FLOWS>,
+// LB_HOT_EMBRYONIC=<embryonic map size in flows, default 1024>, LB_HOT_FILTER_OFF=1 (each
+// object also with the conntrack key filter off),
 // LB_HOT_OBJECT=<comma-separated paths of lb-ebpf builds to compare instead of the embedded
 // one>, LB_HOT_NOCHECK=1 (skip the counter checks: for scratch builds that cut a path short),
 // LB_HOT_CASES=<comma-separated substrings of case names: measure only those cases, e.g.
@@ -2077,7 +2081,7 @@ fn hot_dataplane(ifs: &Ifs, object: Option<&[u8]>, fill: u32, flows: u32) -> Bpf
         max_backends: 32,
         maglev_table_size: TABLE,
         conntrack_flows: flows,
-        embryonic_flows: 1024,
+        embryonic_flows: env_number("LB_HOT_EMBRYONIC", 1024) as u32,
         pin_root: None,
     };
     let mut dp = match object {
@@ -2176,6 +2180,15 @@ fn hot_path_cost() {
             .collect(),
         Err(_) => vec![("embedded".to_string(), None)],
     };
+    // LB_HOT_FILTER_OFF=1: each object twice, the second with the conntrack key filter off.
+    let filter_off = std::env::var("LB_HOT_FILTER_OFF").is_ok_and(|v| v == "1");
+    let objects: Vec<(String, Option<Vec<u8>>, bool)> = objects
+        .into_iter()
+        .flat_map(|(name, obj)| {
+            let off = filter_off.then(|| (format!("{name}/no-filter"), obj.clone(), true));
+            std::iter::once((name, obj, false)).chain(off)
+        })
+        .collect();
     let ns = FixtureNetns::create();
     setup_network(&ns);
     // Rewritten packets addressed to the VIP (forward ping-pong, SYN chain) leave via priv0.
@@ -2195,7 +2208,13 @@ fn hot_path_cost() {
     ns.run_inside(move || {
         let mut dps: Vec<BpfDataplane> = objects
             .iter()
-            .map(|(_, obj)| hot_dataplane(&ifs, obj.as_deref(), fill, flows))
+            .map(|(_, obj, off)| {
+                let dp = hot_dataplane(&ifs, obj.as_deref(), fill, flows);
+                if *off {
+                    dp.ct_filter().expect("the key filter is mapped").turn_off();
+                }
+                dp
+            })
             .collect();
         let ack = |src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16| {
             let mut f = TcpFrame::syn(ROUTER_MAC, PUB_MAC, src, sport, dst, dport)
@@ -2287,7 +2306,7 @@ fn hot_path_cost() {
         );
         for (i, c) in cases.iter().enumerate() {
             println!("{}", c.name);
-            for (o, (name, _)) in objects.iter().enumerate() {
+            for (o, (name, _, _)) in objects.iter().enumerate() {
                 let r = &results[o][i];
                 let mut s = r.clone();
                 s.sort_by(f64::total_cmp);

@@ -115,9 +115,18 @@ impl BpfDataplane {
                 .insert(key, entry, 0)
                 .map_err(map_err(MAP_CT_SYN));
         }
+        // The key filter learns every key before `LB_CONNTRACK` holds it.
+        if let Some(f) = &self.ct_filter {
+            f.mark(key);
+        }
         self.conntrack
             .insert(key, entry, 0)
             .map_err(map_err(MAP_CONNTRACK))
+    }
+
+    /// The key filter in front of `LB_CONNTRACK`, if mapped (tests).
+    pub fn ct_filter(&self) -> Option<&CtFilter> {
+        self.ct_filter.as_deref()
     }
 
     /// Writes one entry into the embryonic map `LB_CT_SYN` (tests: a handshake in progress).
@@ -215,16 +224,26 @@ fn partner_key(e: &FlowEntry) -> FlowKey {
 /// [`Dataplane::conntrack_sweeper`]); both entries of a full-NAT flow are always in the same
 /// map.
 pub(super) struct BpfConntrackSweeper {
+    /// `LB_CONNTRACK`, then `LB_CT_SYN`.
     pub(super) maps: [OneMapSweeper; 2],
     pub(super) dsr: DsrSweeper,
+    /// The key filter in front of `LB_CONNTRACK`, rebuilt one step per sweep.
+    pub(super) filter: Option<std::sync::Arc<CtFilter>>,
 }
 
 impl ConntrackSweeper for BpfConntrackSweeper {
     fn sweep(&mut self, now_ns: u64, cfg: &GlobalConfig) -> Result<ConntrackSweep> {
         let mut total = ConntrackSweep::default();
-        for m in &mut self.maps {
-            total.merge(m.sweep(now_ns, cfg)?);
+        // A sweep either clears the filter's inactive generation or, a grace time after
+        // that, fills it from its scan of `LB_CONNTRACK` and switches to it.
+        let fill = self.filter.as_ref().and_then(|f| f.begin_sweep());
+        let [main, embryonic] = &mut self.maps;
+        let filter = self.filter.as_deref().zip(fill);
+        total.merge(main.sweep(now_ns, cfg, filter)?);
+        if let Some((f, gen)) = filter {
+            f.switch_to(gen);
         }
+        total.merge(embryonic.sweep(now_ns, cfg, None)?);
         total.merge(self.dsr.sweep(now_ns, cfg)?);
         Ok(total)
     }
@@ -282,7 +301,13 @@ pub(super) struct OneMapSweeper {
 }
 
 impl OneMapSweeper {
-    fn sweep(&mut self, now_ns: u64, cfg: &GlobalConfig) -> Result<ConntrackSweep> {
+    /// Sweeps this map; with `filter`, sets every scanned key's bit in that generation.
+    fn sweep(
+        &mut self,
+        now_ns: u64,
+        cfg: &GlobalConfig,
+        filter: Option<(&CtFilter, u32)>,
+    ) -> Result<ConntrackSweep> {
         // One pass to snapshot every entry and whether its own time expired. A flow is idle
         // only when both of its entries are: the data plane writes the partner's time only
         // on every PARTNER_SYNC_REFRESHES-th refresh, so one direction's entry may be stale
@@ -295,6 +320,9 @@ impl OneMapSweeper {
                 Err(aya::maps::MapError::KeyNotFound) => continue,
                 Err(e) => return Err(map_err(self.name)(e)),
             };
+            if let Some((f, gen)) = filter {
+                f.fill_key(gen, &k);
+            }
             snapshot.insert(k, (e.is_expired(now_ns, cfg), e));
         }
         let mut sweep = ConntrackSweep::default();

@@ -275,6 +275,7 @@ impl Dataplane for BpfDataplane {
                 own(&self.ct_syn, MAP_CT_SYN)?,
             ],
             dsr: DsrSweeper { map: dsr },
+            filter: self.ct_filter.clone(),
         }))
     }
 

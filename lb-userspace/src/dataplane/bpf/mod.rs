@@ -7,11 +7,13 @@
 //! while no `lbd` runs.
 
 mod conntrack;
+mod ct_filter;
 mod events;
 mod maps;
 mod pins;
 
 use conntrack::{BpfConntrackSweeper, DsrSweeper, OneMapSweeper};
+pub use ct_filter::CtFilter;
 use events::RingEvents;
 use maps::{mmap_maglev, MaglevMmap};
 use pins::{check_pinned, maglev_entries, remove_empty_root};
@@ -92,6 +94,9 @@ pub struct BpfDataplane {
     suspect: Array<MapData, BackendSuspect>,
     /// `LB_SNAT_FULL`: per backend id, until when new flows search short (data plane only).
     snat_full: Array<MapData, u64>,
+    /// The key filter in front of `LB_CONNTRACK` (`None`: the kernel refused its mapping;
+    /// the filter then stays as it is, off for a fresh map).
+    ct_filter: Option<std::sync::Arc<CtFilter>>,
     /// The event ring buffer until [`Dataplane::take_passive_events`] hands it out.
     /// (A mutex so tests can drain it through `&self`: [`BpfDataplane::pending_events`].)
     events: std::sync::Mutex<Option<RingBuf<MapData>>>,
@@ -266,6 +271,9 @@ impl BpfDataplane {
         }
         check_pinned(&dir, opts)?;
 
+        let ct_entries = opts
+            .conntrack_flows
+            .saturating_mul(CONNTRACK_ENTRIES_PER_FLOW);
         let mut loader = EbpfLoader::new();
         let pin_paths: Vec<(&'static str, PathBuf)> =
             ALL_MAPS.iter().map(|n| (*n, dir.join(n))).collect();
@@ -298,7 +306,11 @@ impl BpfDataplane {
             .map_max_entries(MAP_SERVICE_STATS, opts.max_services)
             .map_max_entries(MAP_BACKEND_STATS, opts.max_backends)
             .map_max_entries(MAP_BACKEND_SUSPECT, opts.max_backends)
-            .map_max_entries(MAP_SNAT_FULL, opts.max_backends);
+            .map_max_entries(MAP_SNAT_FULL, opts.max_backends)
+            .map_max_entries(
+                lb_common::MAP_CT_FILTER,
+                lb_common::ct_filter_map_entries(ct_entries),
+            );
         let mut ebpf = loader.load(object).map_err(|e| DataplaneError::Load {
             source: Box::new(e),
         })?;
@@ -306,6 +318,9 @@ impl BpfDataplane {
             load_program(xdp_program(&mut ebpf, name)?, name)?;
         }
         let maglev_mmap = mmap_maglev(&ebpf, entries);
+        let conntrack: BpfHashMap<MapData, FlowKey, FlowEntry> = take(&mut ebpf, MAP_CONNTRACK)?;
+        let conntrack_empty = conntrack.keys().next().is_none();
+        let ct_filter = CtFilter::open(&ebpf, ct_entries, conntrack_empty);
         Ok(Self {
             services: take(&mut ebpf, MAP_SERVICES)?,
             vips: take(&mut ebpf, MAP_VIPS)?,
@@ -313,7 +328,8 @@ impl BpfDataplane {
             backends: take(&mut ebpf, MAP_BACKENDS)?,
             maglev: take(&mut ebpf, MAP_MAGLEV)?,
             maglev_mmap,
-            conntrack: take(&mut ebpf, MAP_CONNTRACK)?,
+            conntrack,
+            ct_filter,
             ct_syn: take(&mut ebpf, MAP_CT_SYN)?,
             ct_dsr: take(&mut ebpf, MAP_CT_DSR)?,
             config: take(&mut ebpf, MAP_CONFIG)?,

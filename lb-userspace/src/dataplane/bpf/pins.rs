@@ -43,6 +43,15 @@ pub(super) fn expected_shape(name: &str, opts: &LoadOptions) -> (u32, u32, u32) 
         MAP_BACKEND_SUSPECT => (opts.max_backends, 4, sz(size_of::<BackendSuspect>())),
         MAP_EVENTS => (EVENTS_RING_BYTES, 0, 0),
         MAP_SNAT_FULL => (opts.max_backends, 4, 8),
+        lb_common::MAP_CT_FILTER => (
+            lb_common::ct_filter_map_entries(
+                opts.conntrack_flows
+                    .saturating_mul(CONNTRACK_ENTRIES_PER_FLOW),
+            ),
+            4,
+            8,
+        ),
+        lb_common::MAP_CT_FILTER_CTL => (1, 4, 8),
         _ => unreachable!("unknown map {name}"),
     }
 }
