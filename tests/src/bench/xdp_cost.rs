@@ -464,9 +464,21 @@ fn expect(v: u32, want: u32, what: &str) -> Result<(), String> {
     }
 }
 
+/// The bed's load options: the defaults, but `LB_BENCH_EMBRYONIC_FLOWS` (an ablation knob,
+/// docs/benchmarks.md "The conntrack key filter") sets the embryonic map's size.
+fn bed_options() -> Result<LoadOptions, String> {
+    let mut o = LoadOptions::default();
+    if let Ok(v) = std::env::var("LB_BENCH_EMBRYONIC_FLOWS") {
+        o.embryonic_flows = v
+            .parse()
+            .map_err(|_| format!("LB_BENCH_EMBRYONIC_FLOWS={v}: expected a number of flows"))?;
+    }
+    Ok(o)
+}
+
 impl Bed {
     fn new(entries: u32) -> Result<Bed, String> {
-        let mut pdp = PrivateDataplane::load(&LoadOptions::default())?;
+        let mut pdp = PrivateDataplane::load(&bed_options()?)?;
         let dp = pdp.get_mut();
         let a0 = ifindex("a0")?;
         let b0 = ifindex("b0")?;

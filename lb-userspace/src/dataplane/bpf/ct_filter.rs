@@ -18,62 +18,20 @@ use std::time::{Duration, Instant};
 /// inserted it just after, has ended. lbd sweeps every 5 s.
 pub(super) const CT_FILTER_GRACE: Duration = Duration::from_secs(1);
 
-/// A shared writable mapping of an mmapable BPF array.
-struct Mapping {
-    ptr: *mut u8,
-    len: usize,
-}
-
-// SAFETY: the mapping is shared memory accessed only through atomics.
-unsafe impl Send for Mapping {}
-// SAFETY: as above.
-unsafe impl Sync for Mapping {}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: ptr/len come from a successful mmap and are unmapped once.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
+/// The filter's words in a shared mapping.
+struct Mapping(ArrayMapping);
 
 impl Mapping {
-    /// Maps `bytes` of the array `name` of `ebpf`.
     fn of(ebpf: &Ebpf, name: &'static str, bytes: usize) -> Result<Self> {
-        let Some(Map::Array(data)) = ebpf.map(name) else {
-            return Err(DataplaneError::MissingInObject {
-                kind: "array map",
-                name: name.into(),
-            });
-        };
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let len = bytes.div_ceil(page) * page;
-        // SAFETY: mapping a BPF array fd; the kernel checks size and flags.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                data.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io_err(format!("mmap of {name}"))(io::Error::last_os_error()));
-        }
-        Ok(Self {
-            ptr: ptr.cast(),
-            len,
-        })
+        ArrayMapping::of(ebpf, name, bytes).map(Self)
     }
 
     /// The `i`-th 64-bit word (`i` must lie inside the array).
     fn word(&self, i: usize) -> &AtomicU64 {
-        assert!((i + 1) * 8 <= self.len);
+        assert!((i + 1) * 8 <= self.0.len());
         // SAFETY: in bounds (checked), 8-byte aligned (page-aligned base), shared memory the
         // kernel and the data plane access atomically too.
-        unsafe { AtomicU64::from_ptr(self.ptr.cast::<u64>().add(i)) }
+        unsafe { AtomicU64::from_ptr(self.0.ptr().cast::<u64>().add(i)) }
     }
 }
 

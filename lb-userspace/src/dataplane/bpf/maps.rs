@@ -5,55 +5,24 @@ use super::*;
 
 /// A shared writable mapping of the mmapable `LB_MAGLEV` array.
 pub(super) struct MaglevMmap {
-    pub(super) ptr: *mut u8,
-    pub(super) len: usize,
+    pub(super) map: ArrayMapping,
     pub(super) entries: u32,
-}
-
-// SAFETY: the mapping is owned by this struct and only written through `&mut BpfDataplane`.
-unsafe impl Send for MaglevMmap {}
-
-impl Drop for MaglevMmap {
-    fn drop(&mut self) {
-        // SAFETY: ptr/len come from a successful mmap and are unmapped once.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
 }
 
 /// A shared writable mapping of `LB_MAGLEV` (`None`, with a warning, when the kernel refuses:
 /// tables are then written one slot per syscall).
 pub(super) fn mmap_maglev(ebpf: &Ebpf, entries: u32) -> Option<MaglevMmap> {
-    let Some(Map::Array(data)) = ebpf.map(MAP_MAGLEV) else {
-        return None;
-    };
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-    // Array elements are 8-byte aligned slots in the kernel (value_size rounded up to 8).
-    let len = (entries as usize * 8).div_ceil(page) * page;
-    // SAFETY: mapping a BPF array fd; the kernel checks size and flags.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            data.fd().as_fd().as_raw_fd(),
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        tracing::warn!(
-            map = MAP_MAGLEV,
-            error = %io::Error::last_os_error(),
-            "cannot mmap the Maglev array; writing tables with one syscall per slot"
-        );
-        return None;
+    match ArrayMapping::of(ebpf, MAP_MAGLEV, entries as usize * 8) {
+        Ok(map) => Some(MaglevMmap { map, entries }),
+        Err(e) => {
+            tracing::warn!(
+                map = MAP_MAGLEV,
+                error = %e,
+                "cannot mmap the Maglev array; writing tables with one syscall per slot"
+            );
+            None
+        }
     }
-    Some(MaglevMmap {
-        ptr: ptr.cast(),
-        len,
-        entries,
-    })
 }
 
 impl Dataplane for BpfDataplane {
@@ -120,7 +89,7 @@ impl Dataplane for BpfDataplane {
             for (i, id) in table.iter().enumerate() {
                 // SAFETY: within the mapping (checked above); slots are 8 bytes apart.
                 unsafe {
-                    let p = m.ptr.add((offset as usize + i) * 8).cast::<u32>();
+                    let p = m.map.ptr().add((offset as usize + i) * 8).cast::<u32>();
                     std::ptr::write_volatile(p, *id);
                 }
             }
@@ -312,7 +281,9 @@ impl Dataplane for BpfDataplane {
                 .map(|i| {
                     // SAFETY: within the mapping (checked above); slots are 8 bytes apart.
                     unsafe {
-                        std::ptr::read_volatile(m.ptr.add((offset as usize + i) * 8).cast::<u32>())
+                        std::ptr::read_volatile(
+                            m.map.ptr().add((offset as usize + i) * 8).cast::<u32>(),
+                        )
                     }
                 })
                 .collect());

@@ -10,12 +10,14 @@ mod conntrack;
 mod ct_filter;
 mod events;
 mod maps;
+mod mmap;
 mod pins;
 
 use conntrack::{BpfConntrackSweeper, DsrSweeper, OneMapSweeper};
 pub use ct_filter::CtFilter;
 use events::RingEvents;
 use maps::{mmap_maglev, MaglevMmap};
+use mmap::ArrayMapping;
 use pins::{check_pinned, maglev_entries, remove_empty_root};
 pub(super) use pins::{ifindex, is_bpffs, link_detach, obj_get, private_pin_dir, TempPinDir};
 
