@@ -122,4 +122,3 @@ mod tests {
         assert!(words.iter().all(|&n| n < 40), "{:?}", words.iter().max());
     }
 }
-

@@ -12,6 +12,8 @@
 //! reader of the response is cut off too); at most [`crate::limits::METRICS_MAX_CONNECTIONS`]
 //! are open at a time.
 
+mod conntrack_filter;
+
 use crate::api::proto::{BackendStats, Health, ServiceStats, SnatPortsInfo, StatsSnapshot};
 use crate::limits::{accept_loop, METRICS_MAX_CONNECTIONS};
 use hyper::body::Incoming;
@@ -652,7 +654,7 @@ fn encode_snapshot(
             }
         }
     }
-    Ok(())
+    conntrack_filter::encode(snap, encoder)
 }
 
 /// The registry served at `/metrics`: the snapshot families, then lbd's own counters.
@@ -823,6 +825,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, n)| (n.to_string(), i as u64))
                 .collect::<BTreeMap<_, _>>(),
+            conntrack_filter: None,
         }
     }
 

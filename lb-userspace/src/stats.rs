@@ -285,6 +285,7 @@ pub fn snapshot<D: Dataplane>(ctl: &Controller<D>, sampler: &StatsSampler) -> St
             .map(|s| service_stats(s, sampler))
             .collect(),
         counters: sampler.counters(),
+        conntrack_filter: ctl.last_sweep().and_then(|s| s.ct_filter),
     }
 }
 
@@ -400,5 +401,52 @@ mod tests {
             ctl.snat_pools_in_warning(),
             vec!["10.1.0.1:80".parse().unwrap()]
         );
+    }
+
+    /// The key filter's state reported by the sweep reaches the API, `lbctl stats` and the
+    /// metrics; the last sweep's state wins.
+    #[test]
+    fn conntrack_filter_state_reaches_stats_cli_and_metrics() {
+        let cfg = Config::from_yaml_str(
+            "interfaces: [eth0]\nsnat: {addresses: [10.0.0.1]}\nlimits: {maglev_table_size: 101}\nservices: []\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let dp = FakeDataplane::new();
+        let mut ctl = Controller::new(dp.clone(), cfg).unwrap();
+        let mut sampler = StatsSampler::new();
+        sampler.sample(&ctl).unwrap();
+        assert_eq!(
+            snapshot(&ctl, &sampler).conntrack_filter,
+            None,
+            "no sweep yet"
+        );
+        let mut f = crate::dataplane::CtFilterStatus {
+            enabled: true,
+            bits_set: 100,
+            bits_total: 1 << 14,
+            rebuilds: 3,
+        };
+        dp.state().ct_filter = Some(f);
+        ctl.sweep(0).unwrap();
+        f.bits_set = 5734;
+        f.rebuilds = 4;
+        dp.state().ct_filter = Some(f);
+        ctl.sweep(0).unwrap();
+        let snap = snapshot(&ctl, &sampler);
+        assert_eq!(snap.conntrack_filter, Some(f));
+        let out = crate::cli::format::stats(&snap, None, false);
+        assert!(
+            out.contains("\nconntrack key filter: on, 35% (high) of 16.4K bits set, 4 rebuilds\n"),
+            "{out}"
+        );
+        let text = crate::metrics::render(&snap);
+        for line in [
+            "\nlb_conntrack_filter_enabled 1\n",
+            "\nlb_conntrack_filter_fill_ratio 0.3499755859375\n",
+            "\nlb_conntrack_filter_rebuilds_total 4\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
     }
 }

@@ -1048,6 +1048,8 @@ fn snat_pool_use_counts_open_connections(mode: Mode) {
     let backend = lb_tests::lab::backend_addr(1).to_string();
     let table = l.lbd().unwrap().lbctl(&["stats"]).expect("lbctl stats");
     assert!(table.contains(" 8/10 80% "), "{table}");
+    // The sweep reports the conntrack key filter too (fresh maps: on).
+    assert!(table.contains("\nconntrack key filter: on, "), "{table}");
     let metrics = client::run_in_netns(l.balancer_path(), || async {
         let mut c = HttpConn::connect("127.0.0.1:9560".parse().unwrap(), PROBE_TIMEOUT).await?;
         Ok(c.request("GET", "/metrics", b"").await?.text())
@@ -1061,6 +1063,10 @@ fn snat_pool_use_counts_open_connections(mode: Mode) {
         let series = format!("{name}{{service=\"web\",backend=\"{backend}\"}} {v}\n");
         assert!(metrics.contains(&series), "{series} missing:\n{metrics}");
     }
+    assert!(
+        metrics.contains("\nlb_conntrack_filter_enabled 1\n"),
+        "lb_conntrack_filter_enabled missing:\n{metrics}"
+    );
     let log = || std::fs::read_to_string(l.lbd().unwrap().log_path()).unwrap_or_default();
     let warning = format!("SNAT ports to backend {backend} are running out: 8 of 10 in use");
     assert!(

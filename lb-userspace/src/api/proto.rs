@@ -18,7 +18,7 @@
 //! `docs/api.md` documents every request and response with examples.
 
 use crate::config::{BackendConfig, ServiceConfig};
-use crate::dataplane::AttachedMode;
+use crate::dataplane::{AttachedMode, CtFilterStatus};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -471,6 +471,10 @@ pub struct StatsSnapshot {
     /// Global verdict and event counters summed over CPUs, keyed by
     /// [`lb_common::COUNTER_NAMES`] (every name is present).
     pub counters: BTreeMap<String, u64>,
+    /// The key filter in front of `LB_CONNTRACK` at the last conntrack sweep; `None` before
+    /// the first sweep or from an older lbd.
+    #[serde(default)]
+    pub conntrack_filter: Option<CtFilterStatus>,
 }
 
 /// One service with its configuration summary, stats and backends (also the element of
@@ -916,12 +920,23 @@ mod tests {
             timestamp_ms: 1_700_000_000_000,
             services: vec![service()],
             counters,
+            conntrack_filter: Some(CtFilterStatus {
+                enabled: true,
+                bits_set: 3,
+                bits_total: 16384,
+                rebuilds: 2,
+            }),
         };
         let back: StatsSnapshot = Response::from_line(&Response::success(&snap).to_line())
             .unwrap()
             .into_typed("stats data")
             .unwrap();
         assert_eq!(back, snap);
+        // From an older lbd: no filter.
+        let mut v = serde_json::to_value(&snap).unwrap();
+        v.as_object_mut().unwrap().remove("conntrack_filter");
+        let old: StatsSnapshot = serde_json::from_value(v).unwrap();
+        assert_eq!(old.conntrack_filter, None);
 
         let list = vec![service()];
         let back: Vec<ServiceStats> = Response::from_line(&Response::success(&list).to_line())

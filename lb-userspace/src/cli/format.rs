@@ -14,6 +14,7 @@ use crate::api::proto::{
     BackendListEntry, BackendStats, DbClusterInfo, DbEventInfo, Health, ServiceStats,
     StatsSnapshot, StatusInfo,
 };
+use crate::dataplane::CtFilterStatus;
 use std::fmt::Write as _;
 
 /// Formats a count: exact below 1000, else scaled by 1000 with one decimal below 100 of the
@@ -596,14 +597,39 @@ pub fn db_events(list: &[DbEventInfo]) -> String {
     t.render("")
 }
 
-/// The `lbctl stats` view: services with backends, then the global counters in
-/// [`lb_common::COUNTER_NAMES`] order (then any the server added).
+/// The conntrack key filter's line of `lbctl stats`:
+/// `conntrack key filter: on, 2.1% of 16.8M bits set, 12 rebuilds`, with `(high)` after the
+/// percentage above [`CtFilterStatus::HIGH_FILL_RATIO`].
+pub fn conntrack_filter(f: &CtFilterStatus) -> String {
+    if !f.enabled {
+        return "conntrack key filter: off (new flows make every conntrack lookup)".into();
+    }
+    let high = if f.fill_ratio() > CtFilterStatus::HIGH_FILL_RATIO {
+        " (high)"
+    } else {
+        ""
+    };
+    format!(
+        "conntrack key filter: on, {}{high} of {} bits set, {} rebuilds",
+        percent(f.bits_set, f.bits_total),
+        count(f.bits_total),
+        f.rebuilds
+    )
+}
+
+/// The `lbctl stats` view: services with backends, the conntrack key filter's line (once a
+/// sweep reported it), then the global counters in [`lb_common::COUNTER_NAMES`] order (then
+/// any the server added).
 ///
 /// `rates` adds a per-second column computed against `previous` (the sample before, as in
 /// `--watch`; `-` while there is none). A single sample prints totals only.
 pub fn stats(snap: &StatsSnapshot, previous: Option<&StatsSnapshot>, rates: bool) -> String {
     let mut out = services_with_backends(&snap.services);
     out.push('\n');
+    if let Some(f) = &snap.conntrack_filter {
+        out.push_str(&conntrack_filter(f));
+        out.push_str("\n\n");
+    }
     let dt_secs = previous
         .map(|p| snap.timestamp_ms.saturating_sub(p.timestamp_ms) as f64 / 1000.0)
         .filter(|dt| *dt > 0.0);
@@ -1043,20 +1069,49 @@ VIP         ANNOUNCED  WHY
             timestamp_ms: 10_000,
             services: vec![],
             counters: counters.clone(),
+            conntrack_filter: None,
         };
         counters.insert("fwd_to_backend".into(), 4000);
         counters.insert("new_flow".into(), 3);
         counters.insert("from_the_future".into(), 1);
-        let snap = StatsSnapshot {
+        let mut snap = StatsSnapshot {
             timestamp_ms: 12_000,
             services: vec![],
             counters,
+            conntrack_filter: None,
         };
         let got = stats(&snap, Some(&prev), true);
         assert!(
             got.starts_with("no services\n\nCOUNTER                 TOTAL  RATE/s\n"),
             "\n{got}"
         );
+        // Once a sweep reported the key filter, its line comes before the counters.
+        let mut f = CtFilterStatus {
+            enabled: true,
+            bits_set: 352_322,
+            bits_total: 1 << 24,
+            rebuilds: 12,
+        };
+        snap.conntrack_filter = Some(f);
+        let with_filter = stats(&snap, Some(&prev), true);
+        assert!(
+            with_filter.starts_with(
+                "no services\n\nconntrack key filter: on, 2.1% of 16.8M bits set, 12 rebuilds\n\n\
+                 COUNTER                 TOTAL  RATE/s\n"
+            ),
+            "\n{with_filter}"
+        );
+        f.bits_set = 1 << 23;
+        assert_eq!(
+            conntrack_filter(&f),
+            "conntrack key filter: on, 50% (high) of 16.8M bits set, 12 rebuilds"
+        );
+        f.enabled = false;
+        assert_eq!(
+            conntrack_filter(&f),
+            "conntrack key filter: off (new flows make every conntrack lookup)"
+        );
+        snap.conntrack_filter = None;
         assert!(
             got.contains("\nfwd_to_backend          4000   2.0K\n"),
             "\n{got}"

@@ -68,6 +68,7 @@ pub(super) fn snapshot(ts: u64, fwd: u64) -> StatsSnapshot {
         timestamp_ms: ts,
         services: vec![],
         counters,
+        conntrack_filter: None,
     }
 }
 

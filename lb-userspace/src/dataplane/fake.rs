@@ -10,8 +10,8 @@
 //! told to fail a chosen write ([`FaultPlan`]) so tests can check what a failure mid-way leaves.
 
 use super::{
-    local_bits, ConntrackSweep, ConntrackSweeper, Dataplane, DataplaneError, EventBatch,
-    PassiveEventSource, Result,
+    local_bits, ConntrackSweep, ConntrackSweeper, CtFilterStatus, Dataplane, DataplaneError,
+    EventBatch, PassiveEventSource, Result,
 };
 use lb_common::{
     passive::{BackendSuspect, PassiveEvent},
@@ -167,6 +167,9 @@ pub struct FakeState {
     /// SNAT ports held per (backend endpoint, SNAT address) that the next sweep reports
     /// (set by tests; [`ConntrackSweep::snat_ports_by_address`]).
     pub snat_ports: HashMap<(SocketAddrV4, Ipv4Addr), u64>,
+    /// The conntrack key filter's state that the next sweep reports (set by tests; the fake
+    /// has no filter: `None`).
+    pub ct_filter: Option<CtFilterStatus>,
     /// Every write, in order.
     pub ops: Vec<Op>,
     /// Backend ids passed to `reset_backend_flows`, in order (not a map write).
@@ -199,6 +202,7 @@ impl Default for FakeState {
             live_flows: HashMap::new(),
             live_dsr_flows: HashMap::new(),
             snat_ports: HashMap::new(),
+            ct_filter: None,
             ops: Vec::new(),
             flow_resets: Vec::new(),
             limits: None,
@@ -613,8 +617,8 @@ fn hash_full(exists: bool, len: usize, max: u32) -> Option<io::Error> {
     (!exists && len >= max as usize).then(|| io::Error::from_raw_os_error(libc::E2BIG))
 }
 
-/// The fake's sweeper: reports [`FakeState::live_flows`], [`FakeState::live_dsr_flows`] and
-/// [`FakeState::snat_ports`].
+/// The fake's sweeper: reports [`FakeState::live_flows`], [`FakeState::live_dsr_flows`],
+/// [`FakeState::snat_ports`] and [`FakeState::ct_filter`].
 struct FakeSweeper {
     state: Arc<Mutex<FakeState>>,
 }
@@ -647,6 +651,7 @@ impl ConntrackSweeper for FakeSweeper {
             .filter(|(_, n)| **n > 0)
             .map(|(k, n)| (*k, *n))
             .collect();
+        sweep.ct_filter = s.ct_filter;
         Ok(sweep)
     }
 }

@@ -161,6 +161,43 @@ pub struct ConntrackSweep {
     /// both conntrack maps (an embryonic flow's reservation holds its port too). Each holds
     /// one port of that endpoint's pool on that address. See [`ConntrackSweep::snat_ports`].
     pub snat_ports_by_address: HashMap<(SocketAddrV4, Ipv4Addr), u64>,
+    /// The key filter in front of `LB_CONNTRACK` after this sweep's rebuild step (the BPF
+    /// data plane reports it off when it could not map it); `None` from a data plane without
+    /// one (the fake, unless a test sets it).
+    pub ct_filter: Option<CtFilterStatus>,
+}
+
+/// The state of the key filter in front of `LB_CONNTRACK` (`lb_common::ct_filter`). A clear
+/// bit lets a new flow skip two conntrack lookups; the set fraction is about the fraction
+/// of new flows that make them anyway.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CtFilterStatus {
+    /// The data plane reads the filter (it is off when its map could not be mapped, or when
+    /// lbd re-adopted a conntrack map the filter had not seen; every lookup is then made).
+    pub enabled: bool,
+    /// Bits set in the generation lookups read (0 while off).
+    pub bits_set: u64,
+    /// Bits per generation (8 or more per `LB_CONNTRACK` entry; 0 when not mapped).
+    pub bits_total: u64,
+    /// Rebuilds completed since lbd opened the filter (one every second sweep: a clear, then
+    /// a fill from the sweep's scan and a switch).
+    pub rebuilds: u64,
+}
+
+impl CtFilterStatus {
+    /// A fill ratio above this is high: a full, well-sized conntrack map sets about 1 bit
+    /// in 8 (0.12); above this, the conntrack map is too small for the rate of new flows
+    /// (evicted keys keep their bits until a rebuild) or the rebuild is not running.
+    pub const HIGH_FILL_RATIO: f64 = 0.3;
+
+    /// Set bits / bits (0 while off or not mapped).
+    pub fn fill_ratio(&self) -> f64 {
+        if self.bits_total == 0 {
+            0.0
+        } else {
+            self.bits_set as f64 / self.bits_total as f64
+        }
+    }
 }
 
 /// SNAT ports one backend endpoint holds (from a [`ConntrackSweep`]).
@@ -211,6 +248,7 @@ impl ConntrackSweep {
         self.expired_removed += other.expired_removed;
         self.entries += other.entries;
         self.dsr_flows += other.dsr_flows;
+        self.ct_filter = other.ct_filter.or(self.ct_filter);
     }
 
     /// SNAT ports held per backend endpoint (endpoints holding none are absent).

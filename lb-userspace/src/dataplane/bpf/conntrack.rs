@@ -245,6 +245,12 @@ impl ConntrackSweeper for BpfConntrackSweeper {
         }
         total.merge(embryonic.sweep(now_ns, cfg, None)?);
         total.merge(self.dsr.sweep(now_ns, cfg)?);
+        // Without a mapped filter the data plane makes every lookup: report it off.
+        total.ct_filter = Some(
+            self.filter
+                .as_ref()
+                .map_or_else(CtFilterStatus::default, |f| f.status()),
+        );
         Ok(total)
     }
 }

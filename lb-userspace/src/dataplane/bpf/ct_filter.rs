@@ -56,7 +56,7 @@ pub struct CtFilter {
     /// Words per generation.
     words: u32,
     phase: Mutex<Phase>,
-    /// Rebuilds completed (tests).
+    /// Rebuilds completed (tests, metrics).
     rebuilds: AtomicU32,
 }
 
@@ -174,6 +174,19 @@ impl CtFilter {
     /// Rebuilds completed since this filter was opened.
     pub fn rebuilds(&self) -> u32 {
         self.rebuilds.load(Ordering::Relaxed)
+    }
+
+    /// Whether it is on, how full its active generation is, and rebuilds so far (what a
+    /// sweep reports).
+    pub fn status(&self) -> CtFilterStatus {
+        let (set, total) = self.fill();
+        let enabled = self.read_ctl().word_mask != 0;
+        CtFilterStatus {
+            enabled,
+            bits_set: if enabled { set } else { 0 },
+            bits_total: total,
+            rebuilds: u64::from(self.rebuilds()),
+        }
     }
 
     /// A sweep begins: clears the inactive generation if that is due, or returns the

@@ -22,8 +22,8 @@ use pins::{check_pinned, maglev_entries, remove_empty_root};
 pub(super) use pins::{ifindex, is_bpffs, link_detach, obj_get, private_pin_dir, TempPinDir};
 
 use super::{
-    local_bits, AttachedMode, ConntrackSweep, ConntrackSweeper, Dataplane, DataplaneError,
-    EventBatch, LoadOptions, PassiveEventSource, Result, XdpMode, EBPF_OBJECT,
+    local_bits, AttachedMode, ConntrackSweep, ConntrackSweeper, CtFilterStatus, Dataplane,
+    DataplaneError, EventBatch, LoadOptions, PassiveEventSource, Result, XdpMode, EBPF_OBJECT,
 };
 use aya::{
     maps::{
