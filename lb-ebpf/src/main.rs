@@ -173,7 +173,8 @@ fn service_key(ip: &Ipv4Hdr, tcp: &TcpHdr) -> ServiceKey {
 /// DSR) skips the full-NAT conntrack lookups and goes to its service first; a full-NAT
 /// service found there anyway (lbd adds it before it clears the bit) is looked up then, so
 /// a stale bit never changes a verdict of a full-NAT service (and lbd sets the bit only once
-/// no full-NAT flow to the VIP is left, so none is missed: docs/architecture.md, step 3).
+/// no full-NAT flow of a service switched to DSR is left, so none of them is missed:
+/// docs/architecture.md, step 3).
 #[inline(always)]
 fn lb4_tcp(
     ctx: &XdpContext,
