@@ -262,11 +262,13 @@ pub const LOCAL_F_SNAT: u32 = 1 << 1;
 /// service (lbd sets it from [`VIP_F_DSR_ONLY`]). A TCP packet to it skips the two full-NAT
 /// conntrack lookups and goes straight to its service; a full-NAT service found there anyway
 /// (lbd adding one before the bit is cleared) takes the usual path, so a stale bit never
-/// breaks a full-NAT service. The bit is set as soon as a VIP's last full-NAT service is gone
-/// (removed or switched to DSR): that VIP's open full-NAT flows are then no longer looked up
-/// and break (docs/scale-out.md, "Same backend on every node, and kept across table changes").
+/// breaks a full-NAT service. After a VIP's last full-NAT service is gone (switched to DSR or
+/// removed), lbd sets the bit only once a conntrack sweep found no live full-NAT flow to a port
+/// of the VIP that still has a service, so the open flows of a service switched to DSR keep
+/// their conntrack lookups until they end (docs/architecture.md, step 3).
 pub const LOCAL_F_DSR_ONLY: u32 = 1 << 2;
-/// [`VipValue::flags`] bit: every service on this VIP is a DSR service; lbd mirrors it into
+/// [`VipValue::flags`] bit: every service on this VIP is a DSR service and no full-NAT flow to
+/// one of them is open (as of the last conntrack sweep); lbd mirrors it into
 /// [`MAP_LOCAL_ADDRS`] as [`LOCAL_F_DSR_ONLY`].
 pub const VIP_F_DSR_ONLY: u32 = 1 << 0;
 

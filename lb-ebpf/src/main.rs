@@ -174,8 +174,9 @@ fn service_key(ip: &Ipv4Hdr, tcp: &TcpHdr) -> ServiceKey {
 /// reply path and the service path. A VIP flagged `LOCAL_F_DSR_ONLY` (all its services are
 /// DSR) skips the full-NAT conntrack lookups and goes to its service first; a full-NAT
 /// service found there anyway (lbd adds it before it clears the bit) is looked up then, so
-/// a stale bit never changes a verdict of a full-NAT service (but a full-NAT flow of a
-/// service switched to DSR on a then DSR-only VIP is no longer found: docs/architecture.md).
+/// a stale bit never changes a verdict of a full-NAT service (and lbd sets the bit only once
+/// no full-NAT flow of a service switched to DSR is left, so none of them is missed:
+/// docs/architecture.md, step 3).
 #[inline(always)]
 fn lb4_tcp(
     ctx: &XdpContext,

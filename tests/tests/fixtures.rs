@@ -1460,6 +1460,12 @@ fn conntrack_sweep_counts_and_expires_pairs() {
         assert_eq!(live.flows_by_service.get(&0), Some(&3));
         let per_backend: u64 = live.flows_by_backend.values().sum();
         assert_eq!(per_backend, 3);
+        // Full-NAT flows per destination: the forward entries (here embryonic, in LB_CT_SYN)
+        // by VIP:port; what keeps lbd from flagging the VIP DSR-only.
+        assert_eq!(
+            live.nat_flows_by_dest,
+            std::collections::HashMap::from([(std::net::SocketAddrV4::new(VIP, 80), 3)])
+        );
         // Refresh one reply entry as of `later`: its pair must survive (the SNAT port is still
         // in use) while the two fully expired pairs go.
         let syn_timeout = cfg.tcp_timeouts_ns[tcp_state::SYN_SENT as usize];
@@ -1478,9 +1484,14 @@ fn conntrack_sweep_counts_and_expires_pairs() {
         // The forward entry is stale but its partner is fresh: the flow is live (one direction
         // alone keeps a pair alive, docs/maps.md) and counted.
         assert_eq!(partial.flows_by_service.get(&0), Some(&1), "{partial:?}");
+        assert_eq!(
+            partial.nat_flows_by_dest,
+            std::collections::HashMap::from([(std::net::SocketAddrV4::new(VIP, 80), 1)])
+        );
         let all = dp.sweep_conntrack(later + syn_timeout + 1, &cfg).unwrap();
         assert_eq!(all.expired_removed, 2, "{all:?}");
         assert_eq!(all.entries, 0);
+        assert!(all.nat_flows_by_dest.is_empty(), "{all:?}");
         assert!(dp.conntrack_entries().unwrap().is_empty());
     });
 }

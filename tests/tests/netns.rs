@@ -109,6 +109,10 @@ both_modes!(
 #[path = "netns/dsr.rs"]
 mod dsr;
 
+/// A reload that leaves a VIP with DSR services only keeps its open full-NAT connections.
+#[path = "netns/dsr_reload.rs"]
+mod dsr_reload;
+
 #[path = "netns/decap_cli.rs"]
 mod decap_cli;
 

@@ -29,6 +29,7 @@ pub(super) struct Saved {
     used_service_ids: BTreeSet<u32>,
     global: GlobalConfig,
     vips: BTreeMap<u32, Option<VipValue>>,
+    nat_vips: BTreeMap<u32, super::dsr_only::NatFlows>,
 }
 
 impl<D: Dataplane> Controller<D> {
@@ -49,6 +50,7 @@ impl<D: Dataplane> Controller<D> {
             used_service_ids: self.used_service_ids.clone(),
             global: self.global,
             vips: self.vips.clone(),
+            nat_vips: self.nat_vips.clone(),
         };
         self.journal = Some(Vec::new());
         let result = change(self);
@@ -65,6 +67,7 @@ impl<D: Dataplane> Controller<D> {
             used_service_ids,
             global,
             vips,
+            nat_vips,
         } = saved;
         self.config = config;
         self.services = services;
@@ -73,6 +76,7 @@ impl<D: Dataplane> Controller<D> {
         self.used_service_ids = used_service_ids;
         self.global = global;
         self.vips = vips;
+        self.nat_vips = nat_vips;
         if journal.is_empty() {
             return Err(error);
         }

@@ -23,6 +23,9 @@
 mod db;
 #[cfg(test)]
 mod db_tests;
+mod dsr_only;
+#[cfg(test)]
+mod dsr_only_tests;
 
 pub use db::{reset_reason, GateChange};
 mod journal;
@@ -221,6 +224,11 @@ pub struct Controller<D: Dataplane> {
     journal: Option<Vec<journal::Undo>>,
     sweep_generation: u64,
     last_sweep: Option<ConntrackSweep>,
+    /// The generation of `last_sweep` (0: none yet).
+    last_sweep_generation: u64,
+    /// VIPs that have, or may still have flows of, a full-NAT service: they do not get the
+    /// DSR-only bit ([`dsr_only`]).
+    nat_vips: BTreeMap<u32, dsr_only::NatFlows>,
     /// SNAT pool warnings per backend endpoint (see [`crate::snat_pool::Alarm`]).
     snat_alarms: BTreeMap<SocketAddrV4, crate::snat_pool::Alarm>,
 }
@@ -300,6 +308,8 @@ impl<D: Dataplane> Controller<D> {
             journal: None,
             sweep_generation: 0,
             last_sweep: None,
+            last_sweep_generation: 0,
+            nat_vips: BTreeMap::new(),
             snat_alarms: BTreeMap::new(),
         };
         // All or nothing: a failure restores the pinned state as it was.
@@ -435,6 +445,10 @@ impl<D: Dataplane> Controller<D> {
         }
         for (vip, value) in pinned_vips {
             ctl.vips.insert(vip, Some(value)); // kept if right, else rewritten or removed
+            if value.flags & lb_common::VIP_F_DSR_ONLY == 0 {
+                // It may have full-NAT flows: no DSR-only bit before a sweep found none.
+                ctl.nat_vips.insert(vip, dsr_only::NatFlows::Possible);
+            }
         }
         ctl.sync_vips()?;
         ctl.mark_retired()?;

@@ -85,6 +85,8 @@ impl<D: Dataplane> Controller<D> {
         }
         self.retired = keep;
         self.last_sweep = Some(sweep);
-        Ok(())
+        self.last_sweep_generation = generation;
+        // A VIP left with DSR services only gets its DSR-only bit once its full-NAT flows ended.
+        self.sync_vips()
     }
 }

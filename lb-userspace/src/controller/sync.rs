@@ -144,7 +144,8 @@ impl<D: Dataplane> Controller<D> {
         Ok(rewrite)
     }
 
-    /// Brings `LB_VIPS` in line with the services. Stale VIPs (whose services are already
+    /// Brings `LB_VIPS` in line with the services (and the DSR-only bit with the latest
+    /// conntrack sweep: [`super::dsr_only`]). Stale VIPs (whose services are already
     /// gone) are removed before new ones are inserted, so moving a service to a new VIP fits
     /// in a full map (`limits.max_services` entries).
     pub(super) fn sync_vips(&mut self) -> Result<(), ControllerError> {
@@ -155,6 +156,7 @@ impl<D: Dataplane> Controller<D> {
             w.0 += 1;
             w.1 &= s.cfg.forwarding == crate::config::Forwarding::Dsr;
         }
+        self.track_nat_vips(&want);
         let stale: Vec<u32> = self
             .vips
             .keys()
@@ -165,7 +167,9 @@ impl<D: Dataplane> Controller<D> {
             self.write_remove_vip(vip)?;
             self.vips.remove(&vip);
         }
-        for (vip, (count, dsr_only)) in want {
+        for (vip, (count, all_dsr)) in want {
+            // Not while full-NAT flows to it may be open: its packets skip their conntrack.
+            let dsr_only = all_dsr && !self.nat_vips.contains_key(&vip);
             let value = VipValue {
                 service_count: count,
                 flags: if dsr_only { VIP_F_DSR_ONLY } else { 0 },

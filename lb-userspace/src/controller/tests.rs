@@ -1058,7 +1058,7 @@ fn snat_pool_follows_a_reloaded_port_range() {
 
 /// A VIP whose services are all DSR carries `LOCAL_F_DSR_ONLY` (its packets skip the full-NAT
 /// conntrack lookups); a full-NAT service on it clears the bit, removing that service sets it
-/// again, and removing the VIP drops both bits.
+/// again (after a sweep), and removing the VIP drops both bits.
 #[test]
 fn dsr_only_vips_carry_the_dsr_only_bit() {
     use lb_common::{LOCAL_F_DSR_ONLY, LOCAL_F_SNAT, LOCAL_F_VIP, VIP_F_DSR_ONLY};
@@ -1080,9 +1080,12 @@ fn dsr_only_vips_carry_the_dsr_only_bit() {
     ctl.apply(c.clone()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(local_addrs(&dp)[&dsr_vip], LOCAL_F_VIP);
     assert_eq!(dp.vip(be).unwrap().unwrap().flags, 0);
-    // It leaves again: the bit is back.
+    // It leaves again: the bit is back once a sweep found no full-NAT flow to the VIP
+    // (dsr_only_tests.rs).
     c.services[1].vip = vip;
     ctl.apply(c.clone()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(local_addrs(&dp)[&dsr_vip], LOCAL_F_VIP);
+    ctl.sweep(0).unwrap();
     assert_eq!(local_addrs(&dp)[&dsr_vip], LOCAL_F_VIP | LOCAL_F_DSR_ONLY);
     // The DSR service moves back: its old VIP leaves the filter entirely (no bit left over).
     c.services[2].vip = vip;

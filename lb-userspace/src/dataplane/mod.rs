@@ -149,6 +149,11 @@ pub struct ConntrackSweep {
     pub flows_by_backend: HashMap<u32, u64>,
     /// Live flows per service id.
     pub flows_by_service: HashMap<u32, u64>,
+    /// Live full-NAT flows per destination (VIP:service port): the live forward entries
+    /// (`FLOW_F_REPLY` clear, keyed by client, VIP, client port, service port) of both
+    /// conntrack maps, by their key's destination. The controller flags a VIP DSR-only only
+    /// once none is left on a port that still has a service (`controller/dsr_only.rs`).
+    pub nat_flows_by_dest: HashMap<SocketAddrV4, u64>,
     /// Entries (both directions) deleted because their flow had expired.
     pub expired_removed: u64,
     /// Entries present after the sweep.
@@ -241,6 +246,9 @@ impl ConntrackSweep {
         }
         for (k, n) in other.flows_by_service {
             *self.flows_by_service.entry(k).or_default() += n;
+        }
+        for (k, n) in other.nat_flows_by_dest {
+            *self.nat_flows_by_dest.entry(k).or_default() += n;
         }
         for (k, n) in other.snat_ports_by_address {
             *self.snat_ports_by_address.entry(k).or_default() += n;

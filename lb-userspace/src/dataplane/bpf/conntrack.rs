@@ -343,6 +343,11 @@ impl OneMapSweeper {
             } else if e.flags & FLOW_F_REPLY == 0 {
                 *sweep.flows_by_backend.entry(e.backend_id).or_default() += 1;
                 *sweep.flows_by_service.entry(e.service_id).or_default() += 1;
+                let dest = std::net::SocketAddrV4::new(
+                    lb_common::ipv4_from_be(k.dst_addr_be),
+                    lb_common::port_from_be(k.dst_port_be),
+                );
+                *sweep.nat_flows_by_dest.entry(dest).or_default() += 1;
             } else {
                 // A live reply entry is the reservation of its SNAT port.
                 sweep.count_snat_port(k);

@@ -9,10 +9,13 @@
 //! map refuses a new key with `E2BIG`, an array refuses an index past its end), and it can be
 //! told to fail a chosen write ([`FaultPlan`]) so tests can check what a failure mid-way leaves.
 
+mod handles;
+
 use super::{
-    local_bits, ConntrackSweep, ConntrackSweeper, CtFilterStatus, Dataplane, DataplaneError,
-    EventBatch, PassiveEventSource, Result,
+    local_bits, ConntrackSweeper, CtFilterStatus, Dataplane, DataplaneError, PassiveEventSource,
+    Result,
 };
+use handles::{FakeEvents, FakeSweeper};
 use lb_common::{
     passive::{BackendSuspect, PassiveEvent},
     BackendValue, FlowStats, GlobalConfig, ServiceKey, ServiceValue, VipValue, LOCAL_F_DSR_ONLY,
@@ -164,6 +167,9 @@ pub struct FakeState {
     /// Live DSR flows (`LB_CT_DSR` entries, one per flow) per backend id, as (service id,
     /// flows), that the next sweep reports (set by tests).
     pub live_dsr_flows: HashMap<u32, (u32, u64)>,
+    /// Live full-NAT flows per destination (VIP:port) that the next sweep reports (set by
+    /// tests; [`super::ConntrackSweep::nat_flows_by_dest`]; not derived from `live_flows`).
+    pub live_nat_flows: HashMap<SocketAddrV4, u64>,
     /// SNAT ports held per (backend endpoint, SNAT address) that the next sweep reports
     /// (set by tests; [`ConntrackSweep::snat_ports_by_address`]).
     pub snat_ports: HashMap<(SocketAddrV4, Ipv4Addr), u64>,
@@ -201,6 +207,7 @@ impl Default for FakeState {
             events_taken: false,
             live_flows: HashMap::new(),
             live_dsr_flows: HashMap::new(),
+            live_nat_flows: HashMap::new(),
             snat_ports: HashMap::new(),
             ct_filter: None,
             ops: Vec::new(),
@@ -615,64 +622,4 @@ fn out_of_bounds(start: u32, len: u64, size: u32) -> Option<io::Error> {
 /// The kernel's answer to a new key in a full hash map: `E2BIG`.
 fn hash_full(exists: bool, len: usize, max: u32) -> Option<io::Error> {
     (!exists && len >= max as usize).then(|| io::Error::from_raw_os_error(libc::E2BIG))
-}
-
-/// The fake's sweeper: reports [`FakeState::live_flows`], [`FakeState::live_dsr_flows`],
-/// [`FakeState::snat_ports`] and [`FakeState::ct_filter`].
-struct FakeSweeper {
-    state: Arc<Mutex<FakeState>>,
-}
-
-impl ConntrackSweeper for FakeSweeper {
-    fn sweep(&mut self, _now_ns: u64, _cfg: &GlobalConfig) -> Result<ConntrackSweep> {
-        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let mut sweep = ConntrackSweep::default();
-        for (&backend, &(service, flows)) in &s.live_flows {
-            if flows == 0 {
-                continue;
-            }
-            *sweep.flows_by_backend.entry(backend).or_insert(0) += flows;
-            *sweep.flows_by_service.entry(service).or_insert(0) += flows;
-            sweep.entries += 2 * flows;
-        }
-        for (&backend, &(service, flows)) in &s.live_dsr_flows {
-            let e = lb_common::DsrEntry {
-                backend_id: backend,
-                service_id: service,
-                ..Default::default()
-            };
-            for _ in 0..flows {
-                sweep.count_dsr_flow(&e);
-            }
-        }
-        sweep.snat_ports_by_address = s
-            .snat_ports
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(k, n)| (*k, *n))
-            .collect();
-        sweep.ct_filter = s.ct_filter;
-        Ok(sweep)
-    }
-}
-
-/// The fake's [`PassiveEventSource`]: events sent by [`FakeDataplane::emit_passive`].
-struct FakeEvents {
-    rx: tokio::sync::mpsc::UnboundedReceiver<PassiveEvent>,
-}
-
-impl PassiveEventSource for FakeEvents {
-    fn next_batch(&mut self) -> EventBatch<'_> {
-        Box::pin(async move {
-            let first = self.rx.recv().await.ok_or_else(|| DataplaneError::Io {
-                what: "the fake data plane's event source".into(),
-                source: std::io::Error::from(std::io::ErrorKind::BrokenPipe),
-            })?;
-            let mut batch = vec![first];
-            while let Ok(e) = self.rx.try_recv() {
-                batch.push(e);
-            }
-            Ok(batch)
-        })
-    }
 }
