@@ -17,7 +17,9 @@
 //!   of every key its scan saw and then makes that generation the active one. A key written
 //!   after the clear was marked by its writer; one written before it (mark before the clear,
 //!   insert after, within one program run of microseconds) is in the map long before the
-//!   scan, which sees every entry present throughout it. The old generation stays a superset
+//!   scan, a `BPF_MAP_LOOKUP_BATCH` walk by bucket index, which returns every key present
+//!   throughout it (a `get_next_key` walk can skip buckets when an LRU element it stands on is
+//!   reused elsewhere). The old generation stays a superset
 //!   (writers mark both) and is cleared no earlier than a sweep interval after the switch,
 //!   long after any program run that read the old generation number has ended.
 //! - A control word of 0 (`word_mask == 0`, a fresh map no loader has set up) turns the

@@ -238,12 +238,28 @@ impl ConntrackSweeper for BpfConntrackSweeper {
         // that, fills it from its scan of `LB_CONNTRACK` and switches to it.
         let fill = self.filter.as_ref().and_then(|f| f.begin_sweep());
         let [main, embryonic] = &mut self.maps;
-        let filter = self.filter.as_deref().zip(fill);
-        total.merge(main.sweep(now_ns, cfg, filter)?);
-        if let Some((f, gen)) = filter {
-            f.switch_to(gen);
+        // The embryonic map first: a flow promoted during the sweep (inserted into
+        // `LB_CONNTRACK`, then removed from `LB_CT_SYN`) is seen in at least one of the two
+        // walks, so the live full-NAT flow counts (the DSR-only bit waits for them) never miss
+        // it; one seen in both is counted twice, which only keeps the bit off a sweep longer.
+        total.merge(embryonic.sweep(now_ns, cfg)?);
+        total.merge(main.sweep(now_ns, cfg)?);
+        if let (Some(f), Some(token)) = (self.filter.as_deref(), fill) {
+            // Its own walk, by bucket index (`for_each_key_batched`): a key-by-key walk can
+            // skip buckets when an LRU element it stands on is reused, and a skipped key
+            // would lose its bit.
+            let fd = main.map.map().fd().as_fd();
+            let (ks, vs) = (size_of::<FlowKey>(), size_of::<FlowEntry>());
+            for_each_key_batched(fd, ks, vs, |k| {
+                // SAFETY: `k` holds the bytes of one `FlowKey` (plain old data).
+                let key = unsafe { std::ptr::read_unaligned(k.as_ptr().cast::<FlowKey>()) };
+                f.fill_key(token.gen, &key);
+            })
+            .map_err(io_err(
+                "BPF_MAP_LOOKUP_BATCH of LB_CONNTRACK (the key filter's rebuild)",
+            ))?;
+            f.switch_to(token);
         }
-        total.merge(embryonic.sweep(now_ns, cfg, None)?);
         total.merge(self.dsr.sweep(now_ns, cfg)?);
         // Without a mapped filter the data plane makes every lookup: report it off.
         total.ct_filter = Some(
@@ -307,13 +323,8 @@ pub(super) struct OneMapSweeper {
 }
 
 impl OneMapSweeper {
-    /// Sweeps this map; with `filter`, sets every scanned key's bit in that generation.
-    fn sweep(
-        &mut self,
-        now_ns: u64,
-        cfg: &GlobalConfig,
-        filter: Option<(&CtFilter, u32)>,
-    ) -> Result<ConntrackSweep> {
+    /// Sweeps this map.
+    fn sweep(&mut self, now_ns: u64, cfg: &GlobalConfig) -> Result<ConntrackSweep> {
         // One pass to snapshot every entry and whether its own time expired. A flow is idle
         // only when both of its entries are: the data plane writes the partner's time only
         // on every PARTNER_SYNC_REFRESHES-th refresh, so one direction's entry may be stale
@@ -326,9 +337,6 @@ impl OneMapSweeper {
                 Err(aya::maps::MapError::KeyNotFound) => continue,
                 Err(e) => return Err(map_err(self.name)(e)),
             };
-            if let Some((f, gen)) = filter {
-                f.fill_key(gen, &k);
-            }
             snapshot.insert(k, (e.is_expired(now_ns, cfg), e));
         }
         let mut sweep = ConntrackSweep::default();

@@ -48,6 +48,13 @@ enum Phase {
     Switched(Instant),
 }
 
+/// What a sweep that fills the inactive generation holds: which one, and the clear it follows.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct FillToken {
+    pub(super) gen: u32,
+    cleared_at: Instant,
+}
+
 /// The filter's two maps, mapped, and the rebuild's phase; shared by the data plane handle
 /// (marks) and the sweepers (rebuild).
 pub struct CtFilter {
@@ -168,7 +175,10 @@ impl CtFilter {
     /// Turns the filter off (every lookup is made; measurements compare both). It cannot be
     /// turned on again: a filter may only start with an empty conntrack map.
     pub fn turn_off(&self) {
-        self.write_ctl(CtFilterCtl::default());
+        // The active generation stays: a program run that reads the two halves of the
+        // control word apart sees either the old word or "off", never a stale generation.
+        let gen = self.read_ctl().gen;
+        self.write_ctl(CtFilterCtl { gen, word_mask: 0 });
     }
 
     /// Rebuilds completed since this filter was opened.
@@ -191,7 +201,7 @@ impl CtFilter {
 
     /// A sweep begins: clears the inactive generation if that is due, or returns the
     /// generation this sweep's scan fills ([`Self::fill_key`], then [`Self::switch_to`]).
-    pub(super) fn begin_sweep(&self) -> Option<u32> {
+    pub(super) fn begin_sweep(&self) -> Option<FillToken> {
         let c = self.read_ctl();
         if c.word_mask == 0 {
             return None;
@@ -209,7 +219,10 @@ impl CtFilter {
                 *phase = Phase::Cleared(Instant::now());
                 None
             }
-            Phase::Cleared(at) if now.duration_since(at) >= CT_FILTER_GRACE => Some(inactive),
+            Phase::Cleared(at) if now.duration_since(at) >= CT_FILTER_GRACE => Some(FillToken {
+                gen: inactive,
+                cleared_at: at,
+            }),
             Phase::Cleared(_) => None,
         }
     }
@@ -224,16 +237,23 @@ impl CtFilter {
     }
 
     /// The scan filled generation `gen`: lookups read it from now on.
-    pub(super) fn switch_to(&self, gen: u32) {
+    /// Only if nothing happened to the filter since the clear `token` follows (another
+    /// sweep's switch or clear, or the filter turned off): the generation was then not
+    /// filled by this sweep's walk alone, and the rebuild starts over.
+    pub(super) fn switch_to(&self, token: FillToken) {
+        let mut phase = self.phase.lock().unwrap_or_else(|p| p.into_inner());
         let c = self.read_ctl();
-        if c.word_mask == 0 {
+        let current = matches!(*phase, Phase::Cleared(at) if at == token.cleared_at);
+        if !current || c.word_mask == 0 || c.gen & 1 == token.gen & 1 {
+            tracing::debug!("conntrack key filter: switch skipped, the rebuild starts over");
+            *phase = Phase::Dirty;
             return;
         }
         self.write_ctl(CtFilterCtl {
-            gen: gen & 1,
+            gen: token.gen & 1,
             word_mask: c.word_mask,
         });
-        *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = Phase::Switched(Instant::now());
+        *phase = Phase::Switched(Instant::now());
         self.rebuilds.fetch_add(1, Ordering::Relaxed);
     }
 }

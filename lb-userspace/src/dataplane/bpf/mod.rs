@@ -19,7 +19,9 @@ use events::RingEvents;
 use maps::{mmap_maglev, MaglevMmap};
 use mmap::ArrayMapping;
 use pins::{check_pinned, maglev_entries, remove_empty_root};
-pub(super) use pins::{ifindex, is_bpffs, link_detach, obj_get, private_pin_dir, TempPinDir};
+pub(super) use pins::{
+    for_each_key_batched, ifindex, is_bpffs, link_detach, obj_get, private_pin_dir, TempPinDir,
+};
 
 use super::{
     local_bits, AttachedMode, ConntrackSweep, ConntrackSweeper, CtFilterStatus, Dataplane,

@@ -221,3 +221,81 @@ pub(in crate::dataplane) fn ifindex(iface: &str) -> Result<u32> {
     }
     Ok(idx)
 }
+
+/// Calls `each` with every key of the hash map `fd` (keys of `key_size`, values of
+/// `value_size` bytes), through `BPF_MAP_LOOKUP_BATCH`. The kernel walks the buckets by index
+/// and copies each bucket under its lock, so a key present in the map throughout the walk is
+/// always returned. (`bpf_map_get_next_key`, which aya's iterators use, follows the found
+/// element's next pointer; in an LRU map that element may meanwhile have been reused in
+/// another bucket, and the walk then skips the buckets in between.)
+pub(in crate::dataplane) fn for_each_key_batched(
+    fd: std::os::fd::BorrowedFd<'_>,
+    key_size: usize,
+    value_size: usize,
+    mut each: impl FnMut(&[u8]),
+) -> io::Result<()> {
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    // union bpf_attr, the batch commands' struct.
+    #[repr(C)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    let mut chunk = 4096usize;
+    let mut keys = vec![0u8; chunk * key_size];
+    let mut values = vec![0u8; chunk * value_size];
+    // The hash map's batch token is a bucket index (u32).
+    let mut in_batch = 0u32;
+    let mut out_batch = 0u32;
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &in_batch as *const u32 as u64
+            },
+            out_batch: &mut out_batch as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: bpf(2) with the batch attr; the buffers hold `count` keys and values.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let err = (rc < 0).then(io::Error::last_os_error);
+        if err.as_ref().and_then(io::Error::raw_os_error) == Some(libc::ENOSPC) {
+            // One bucket holds more than `chunk` elements: retry it with room for them.
+            chunk *= 2;
+            keys.resize(chunk * key_size, 0);
+            values.resize(chunk * value_size, 0);
+            continue;
+        }
+        let n = (attr.count as usize).min(chunk);
+        for k in keys[..n * key_size].chunks_exact(key_size) {
+            each(k);
+        }
+        match err {
+            None => {}
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Some(e) => return Err(e),
+        }
+        in_batch = out_batch;
+        first = false;
+    }
+}
