@@ -250,15 +250,20 @@ impl ConntrackSweeper for BpfConntrackSweeper {
             // would lose its bit.
             let fd = main.map.map().fd().as_fd();
             let (ks, vs) = (size_of::<FlowKey>(), size_of::<FlowEntry>());
-            for_each_key_batched(fd, ks, vs, |k| {
+            let walked = for_each_key_batched(fd, ks, vs, |k| {
                 // SAFETY: `k` holds the bytes of one `FlowKey` (plain old data).
                 let key = unsafe { std::ptr::read_unaligned(k.as_ptr().cast::<FlowKey>()) };
                 f.fill_key(token.gen, &key);
-            })
-            .map_err(io_err(
-                "BPF_MAP_LOOKUP_BATCH of LB_CONNTRACK (the key filter's rebuild)",
-            ))?;
-            f.switch_to(token);
+            });
+            match walked {
+                Ok(()) => f.switch_to(token),
+                // No switch (the generation may lack keys): the filter keeps the one it has,
+                // a superset, and the next sweep tries again. The sweep itself goes on.
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "conntrack key filter: BPF_MAP_LOOKUP_BATCH of LB_CONNTRACK failed; rebuild postponed"
+                ),
+            }
         }
         total.merge(self.dsr.sweep(now_ns, cfg)?);
         // Without a mapped filter the data plane makes every lookup: report it off.
